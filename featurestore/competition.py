@@ -1,0 +1,247 @@
+"""Readers for the BirdCLEF competition files: CSVs and soundscape names into Arrow tables.
+
+All readers are strict: a missing column, a label absent from the taxonomy or a name that does
+not parse raises :class:`DataError` naming the file and the row (1-based line number in the CSV).
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+TAXONOMY_COLUMNS = ("primary_label", "inat_taxon_id", "scientific_name", "common_name", "class_name")
+TRAIN_COLUMNS = ("primary_label", "secondary_labels", "filename")
+TRAIN_OPTIONAL = ("type", "latitude", "longitude", "scientific_name", "common_name", "class_name",
+                  "author", "license", "rating", "url", "collection")
+LABEL_COLUMNS = ("filename", "start", "end", "primary_label")
+WINDOW_SECONDS = 5
+
+SOUNDSCAPE_NAME_RE = re.compile(
+    r"^(?P<soundscape_id>[A-Za-z0-9]+_(?P<split>Train|Test)_(?P<number>\d+))_(?P<site>S\d+)_"
+    r"(?P<date>\d{8})_(?P<time>\d{6})$"
+)
+
+
+class DataError(ValueError):
+    """Bad competition input; the message names the file and row."""
+
+
+def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV as (line number, dict); raises DataError if the file or a column is missing."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataError(f"{path}: missing required column(s) {missing}; found {header}")
+        rows = []
+        for row in reader:
+            if None in row:  # more fields than the header
+                raise DataError(f"{path} line {reader.line_num}: more fields than the header has")
+            rows.append((reader.line_num, row))
+    return rows
+
+
+# ---------------------------------------------------------------------------- taxonomy
+def read_taxonomy(path: Path) -> pa.Table:
+    rows = read_csv_rows(path, TAXONOMY_COLUMNS)
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        label = row["primary_label"].strip()
+        if not label:
+            raise DataError(f"{path} line {line}: empty primary_label")
+        if label in seen:
+            raise DataError(f"{path} line {line}: primary_label {label!r} already on line {seen[label]}")
+        seen[label] = line
+    return pa.table(
+        {
+            "primary_label": [r["primary_label"].strip() for _, r in rows],
+            "inat_taxon_id": [r["inat_taxon_id"].strip() or None for _, r in rows],
+            "scientific_name": [r["scientific_name"].strip() for _, r in rows],
+            "common_name": [r["common_name"].strip() for _, r in rows],
+            "class_name": [r["class_name"].strip() for _, r in rows],
+            "class_index": pa.array(range(len(rows)), pa.int32()),
+            "source_file": [path.name] * len(rows),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------- train.csv
+def parse_label_list(text: str, where: str) -> list[str]:
+    """Parse ``"['a', 'b']"`` (train.csv secondary_labels) into a list of strings."""
+    text = (text or "").strip()
+    if not text or text == "[]":
+        return []
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as exc:
+        raise DataError(f"{where}: cannot parse label list {text!r}") from exc
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str | int) for v in value):
+        raise DataError(f"{where}: label list {text!r} is not a list of labels")
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+def _float_or_none(text: str | None, where: str) -> float | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise DataError(f"{where}: {text!r} is not a number") from exc
+
+
+def read_train_csv(path: Path, known_labels: set[str]) -> pa.Table:
+    """train.csv → ``recordings``; secondary labels parsed; unknown labels are a DataError."""
+    rows = read_csv_rows(path, TRAIN_COLUMNS)
+    out: dict[str, list] = {k: [] for k in (
+        "recording_id", "primary_label", "secondary_labels", "filename", "collection", "author", "rating",
+        "latitude", "longitude", "type", "license", "url", "scientific_name", "common_name", "class_name",
+        "source_row")}
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        where = f"{path} line {line}"
+        label = row["primary_label"].strip()
+        if label not in known_labels:
+            raise DataError(f"{where}: primary_label {label!r} is not in the taxonomy")
+        secondary = parse_label_list(row["secondary_labels"], where)
+        unknown = [s for s in secondary if s not in known_labels]
+        if unknown:
+            raise DataError(f"{where}: secondary label(s) {unknown} not in the taxonomy")
+        filename = row["filename"].strip()
+        if not filename:
+            raise DataError(f"{where}: empty filename")
+        if filename in seen:
+            raise DataError(f"{where}: filename {filename!r} already on line {seen[filename]}")
+        seen[filename] = line
+        out["recording_id"].append(Path(filename).with_suffix("").as_posix())
+        out["primary_label"].append(label)
+        out["secondary_labels"].append(secondary)
+        out["filename"].append(filename)
+        out["source_row"].append(line)
+        for col in ("collection", "author", "type", "license", "url", "scientific_name", "common_name", "class_name"):
+            out[col].append((row.get(col) or "").strip() or None)
+        for col in ("rating", "latitude", "longitude"):
+            out[col].append(_float_or_none(row.get(col), f"{where} column {col}"))
+    schema = {"secondary_labels": pa.list_(pa.string()), "source_row": pa.int32(),
+              "rating": pa.float64(), "latitude": pa.float64(), "longitude": pa.float64()}
+    return pa.table({k: pa.array(v, schema.get(k, pa.string())) for k, v in out.items()})
+
+
+# ---------------------------------------------------------------------------- soundscapes
+@dataclass(frozen=True)
+class SoundscapeName:
+    soundscape_id: str
+    split: str
+    site: str
+    date: date
+    time_utc: str
+    hour: int
+
+
+def parse_soundscape_name(filename: str) -> SoundscapeName:
+    """``BC2026_Train_0039_S22_20211231_201500.ogg`` → id, site, date, UTC time, hour."""
+    stem = Path(filename).stem
+    match = SOUNDSCAPE_NAME_RE.match(stem)
+    if not match:
+        raise DataError(f"{filename}: soundscape name does not parse as <id>_<Train|Test>_<n>_<site>_<YYYYMMDD>_<HHMMSS>")
+    try:
+        day = datetime.strptime(match["date"], "%Y%m%d").date()
+        clock = datetime.strptime(match["time"], "%H%M%S").time()
+    except ValueError as exc:
+        raise DataError(f"{filename}: invalid date or time in soundscape name ({exc})") from exc
+    return SoundscapeName(match["soundscape_id"], match["split"].lower(), match["site"], day,
+                          clock.strftime("%H:%M:%S"), clock.hour)
+
+
+def parse_clock(text: str, where: str) -> float:
+    """``00:00:05`` (or plain seconds) → seconds."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            seconds = 0.0
+            for p in parts:
+                seconds = seconds * 60 + p
+            return seconds
+        return float(text)
+    except ValueError as exc:
+        raise DataError(f"{where}: cannot parse time {text!r}") from exc
+
+
+@dataclass
+class LabelReport:
+    raw_rows: int
+    duplicate_rows: int
+    conflicts: list[str]
+
+
+def read_soundscape_labels(path: Path, known_labels: set[str]) -> tuple[pa.Table, LabelReport]:
+    """train_soundscapes_labels.csv → one row per (filename, start_s, end_s) with its label list.
+
+    The real file lists every window twice; identical repeats are dropped. Repeats with a
+    different label set are reported in ``LabelReport.conflicts`` and kept as the union with
+    ``conflict = true`` so nothing is silently merged.
+    """
+    rows = read_csv_rows(path, LABEL_COLUMNS)
+    segments: dict[tuple[str, float, float], dict] = {}
+    conflicts: list[str] = []
+    duplicates = 0
+    for line, row in rows:
+        where = f"{path} line {line}"
+        filename = row["filename"].strip()
+        name = parse_soundscape_name(filename)  # raises naming the file
+        start = parse_clock(row["start"], where)
+        end = parse_clock(row["end"], where)
+        if end <= start:
+            raise DataError(f"{where}: end {row['end']!r} is not after start {row['start']!r}")
+        labels = [t.strip() for t in row["primary_label"].split(";") if t.strip()]
+        unknown = [t for t in labels if t not in known_labels]
+        if unknown:
+            raise DataError(f"{where}: label(s) {unknown} not in the taxonomy")
+        key = (filename, start, end)
+        if key in segments:
+            duplicates += 1
+            seg = segments[key]
+            if set(labels) != set(seg["labels"]):
+                conflicts.append(f"{filename} {start:g}-{end:g}s: line {seg['source_row']} {sorted(seg['labels'])} "
+                                 f"vs line {line} {sorted(labels)}")
+                seg["labels"] = sorted(set(seg["labels"]) | set(labels))
+                seg["conflict"] = True
+            continue
+        segments[key] = {"filename": filename, "name": name, "start_s": start, "end_s": end,
+                         "labels": sorted(set(labels)), "conflict": False, "source_row": line}
+    ordered = sorted(segments.values(), key=lambda s: (s["filename"], s["start_s"]))
+    table = pa.table(
+        {
+            "filename": [s["filename"] for s in ordered],
+            "soundscape_id": [s["name"].soundscape_id for s in ordered],
+            "site": [s["name"].site for s in ordered],
+            "hour": pa.array([s["name"].hour for s in ordered], pa.int8()),
+            "start_s": pa.array([s["start_s"] for s in ordered], pa.float64()),
+            "end_s": pa.array([s["end_s"] for s in ordered], pa.float64()),
+            "row_id": [f"{Path(s['filename']).stem}_{int(round(s['end_s']))}" for s in ordered],
+            "labels": pa.array([s["labels"] for s in ordered], pa.list_(pa.string())),
+            "conflict": [s["conflict"] for s in ordered],
+            "source_row": pa.array([s["source_row"] for s in ordered], pa.int32()),
+        }
+    )
+    return table, LabelReport(len(rows), duplicates, conflicts)
+
+
+def read_submission_columns(path: Path) -> list[str]:
+    """Header of sample_submission.csv (row_id followed by the class columns)."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        header = next(csv.reader(fh), None)
+    if not header or header[0] != "row_id":
+        raise DataError(f"{path}: first column must be 'row_id', found {header[:1] if header else 'nothing'}")
+    return header
