@@ -121,8 +121,8 @@ def with_provenance(table: pa.Table, source_file: str | None = None) -> pa.Table
     """Add ``ingest_version`` and ``ingested_at`` (and ``source_file`` when given) to every row."""
     n = table.num_rows
     if source_file is not None and "source_file" not in table.column_names:
-        table = table.append_column("source_file", pa.array([source_file] * n))
-    table = table.append_column("ingest_version", pa.array([INGEST_VERSION] * n))
+        table = table.append_column("source_file", pa.array([source_file] * n, pa.string()))
+    table = table.append_column("ingest_version", pa.array([INGEST_VERSION] * n, pa.string()))
     return table.append_column("ingested_at", pa.array([utc_now()] * n, pa.timestamp("us")))
 
 

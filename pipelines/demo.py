@@ -11,9 +11,11 @@ import os
 import time
 from pathlib import Path
 
+from featurestore.folds import make_folds
 from featurestore.ingest import run_ingest
 from pipelines._cli import parser, run_main
 from pipelines.demo_data import FULL, SMALL, generate_demo_dataset
+from pipelines.report import write_report
 
 MARKER = "demo.json"
 
@@ -50,6 +52,14 @@ def run_demo(out: Path, *, small: bool = False, seed: int = 2026, workers: int |
     t0 = time.perf_counter()
     summaries["ingest"] = run_ingest(data, store, workers=workers)
     say(f"[demo] ingest ({time.perf_counter() - t0:.1f} s)\n{summaries['ingest'].render()}")
+
+    t0 = time.perf_counter()
+    summaries["folds"] = make_folds(store, new_version=True)  # regenerated demo data = new fold inputs
+    say(f"[demo] folds ({time.perf_counter() - t0:.1f} s)\n{summaries['folds'].render()}")
+
+    t0 = time.perf_counter()
+    summaries["report"] = write_report(store, out / "memo.html")
+    say(f"[demo] data memo written to {summaries['report']} ({time.perf_counter() - t0:.1f} s)")
 
     say(f"[demo] store: {store}\n[demo] try: duckdb {store / 'catalog.duckdb'} "
         "\"SELECT class_name, count(*) FROM recordings GROUP BY 1\"")

@@ -1,0 +1,129 @@
+"""The training frame: labelled windows × stored features, with weights, groups and folds.
+
+Focal-clip windows carry weak labels (the clip's primary + secondary labels on every window);
+labelled soundscape windows carry the experts' strong 5-s labels. Unlabelled soundscape windows
+are not training rows. Every row keeps its ``window_id`` so OOF predictions join back exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from featurestore.store import FeatureStore, StoreError
+
+FOCAL = "train_audio"
+SOUNDSCAPE = "train_soundscapes"
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    features: str = "birdnet"          # feature view(s), comma-joined
+    pooling: str = "mean"
+    focal_weight: float = 1.0
+    soundscape_weight: float = 2.0
+    context: bool = False              # add neighbour-mean and file-max context features
+
+
+@dataclass
+class TrainingFrame:
+    window_ids: np.ndarray
+    X: np.ndarray
+    Y: np.ndarray
+    weight: np.ndarray
+    groups: np.ndarray                 # audio file of each window (inner splits, bootstrap)
+    source: np.ndarray
+    class_names: list[str]
+    feature_names: list[str]
+    feature_versions: dict = field(default_factory=dict)
+
+    def subset(self, mask: np.ndarray) -> TrainingFrame:
+        return TrainingFrame(self.window_ids[mask], self.X[mask], self.Y[mask], self.weight[mask],
+                             self.groups[mask], self.source[mask], self.class_names, self.feature_names,
+                             self.feature_versions)
+
+
+def class_names_of(store: FeatureStore) -> list[str]:
+    """Class columns in submission order (taxonomy.class_index)."""
+    return [r[0] for r in store.rows("SELECT primary_label FROM taxonomy ORDER BY class_index")]
+
+
+def window_labels(store: FeatureStore) -> dict[str, tuple[str, list[str]]]:
+    """window_id → (source, labels) for every trainable window."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    if store.has_table("recordings"):
+        rows = store.rows(
+            "SELECT w.window_id, r.primary_label, r.secondary_labels FROM windows w "
+            "JOIN recordings r ON w.source = 'train_audio' AND w.filename = r.filename")
+        for wid, primary, secondary in rows:
+            out[wid] = (FOCAL, sorted({primary, *(secondary or [])}))
+    if store.has_table("soundscape_labels"):
+        rows = store.rows(
+            "SELECT w.window_id, l.labels FROM windows w JOIN soundscape_labels l "
+            "ON w.source = 'train_soundscapes' AND w.filename = l.filename AND w.start_s = l.start_s")
+        for wid, labels in rows:
+            out[wid] = (SOUNDSCAPE, sorted(labels))
+    return out
+
+
+def label_matrix(labels: list[list[str]], class_names: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(class_names)}
+    Y = np.zeros((len(labels), len(class_names)), dtype=np.float32)
+    for r, labs in enumerate(labels):
+        for lab in labs:
+            Y[r, index[lab]] = 1.0
+    return Y
+
+
+def file_of(window_id: str) -> str:
+    return window_id.rsplit("@", 1)[0]
+
+
+def start_of(window_id: str) -> int:
+    return int(window_id.rsplit("@", 1)[1])
+
+
+def add_context(X: np.ndarray, window_ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Append, per window, the mean of its neighbouring windows in the same file and the file-wide max."""
+    files = np.array([file_of(w) for w in window_ids])
+    starts = np.array([start_of(w) for w in window_ids])
+    order = np.lexsort((starts, files))
+    neighbour = np.empty_like(X)
+    file_max = np.empty_like(X)
+    sorted_files = files[order]
+    bounds = np.flatnonzero(np.r_[True, sorted_files[1:] != sorted_files[:-1], True])
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        idx = order[a:b]
+        block = X[idx]
+        padded = np.vstack([block[:1], block, block[-1:]])
+        neighbour[idx] = (padded[:-2] + padded[2:]) / 2
+        file_max[idx] = block.max(axis=0)
+    return np.hstack([X, neighbour, file_max]), ["ctx_neighbour", "ctx_filemax"]
+
+
+def build_frame(store: FeatureStore, spec: FrameSpec, window_ids: list[str] | None = None) -> TrainingFrame:
+    """Labelled windows with their features, in a deterministic (window_id) order."""
+    from embed.features import load_window_features
+
+    labelled = window_labels(store)
+    if window_ids is not None:
+        labelled = {w: labelled[w] for w in window_ids if w in labelled}
+    if not labelled:
+        raise StoreError("no labelled windows in the store (ingest train.csv / soundscape labels first)")
+    wanted = sorted(labelled)
+    ids, X, names, versions = load_window_features(store, spec.features, pooling=spec.pooling, window_ids=wanted)
+    ids = np.asarray(ids)
+    if len(ids) == 0:
+        raise StoreError(f"no stored {spec.features!r} features for the labelled windows; run pipelines.embed")
+    order = np.argsort(ids, kind="stable")
+    ids, X = ids[order], np.asarray(X, dtype=np.float32)[order]
+    if spec.context:
+        X, suffixes = add_context(X, ids)
+        names = list(names) + [f"{s}:{n}" for s in suffixes for n in names]
+    classes = class_names_of(store)
+    sources = np.array([labelled[w][0] for w in ids])
+    Y = label_matrix([labelled[w][1] for w in ids], classes)
+    weight = np.where(sources == SOUNDSCAPE, spec.soundscape_weight, spec.focal_weight).astype(np.float64)
+    groups = np.array([file_of(w) for w in ids])
+    return TrainingFrame(ids, X, Y, weight, groups, sources, classes, list(names), dict(versions))

@@ -1,0 +1,399 @@
+"""Heads: models that map a window feature matrix to one probability per class.
+
+One contract for every head: ``fit(X, Y, sample_weight=None, groups=None)`` and
+``predict_proba(X) -> (n_windows, n_classes)``; ``save(folder)`` / :func:`load_head` keep every
+trained head loadable from a plain folder (JSON + ``.npz`` + LightGBM model text, no pickles).
+Parameters are frozen dataclasses; :func:`config_hash` names a run by them.
+
+Heads: L0 class prior, BirdNET zero-shot (matched logits → sigmoid; unmatched classes get the
+prior), per-class logistic regression (standardised, optional PCA), per-class LightGBM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit
+
+PRIOR_PSEUDOCOUNT = 1.0
+ZERO_SHOT_PREFIX = "birdnet_logit:"
+
+
+class HeadError(ValueError):
+    """Bad head input or configuration; the message says what."""
+
+
+# ---------------------------------------------------------------------------- params
+@dataclass(frozen=True)
+class PriorParams:
+    pseudocount: float = PRIOR_PSEUDOCOUNT
+
+
+@dataclass(frozen=True)
+class ZeroShotParams:
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class LinearParams:
+    C: float = 0.1                # sklearn convention: C * weighted loss + 0.5 * ||w||^2
+    pca_components: int = 256     # 0 = no PCA; also skipped when there are fewer features
+    max_iter: int = 100
+    balanced: bool = True         # weight positives and negatives equally per class
+    tol: float = 1e-5
+
+
+@dataclass(frozen=True)
+class LGBMParams:
+    n_estimators: int = 200
+    learning_rate: float = 0.1
+    num_leaves: int = 15
+    min_child_samples: int = 5
+    feature_fraction: float = 0.5
+    neg_per_pos: float = 20.0     # per tree, sample about this many negatives per positive (0 = all)
+    lambda_l2: float = 1.0
+    max_bin: int = 63
+    early_stopping_rounds: int = 30
+    inner_valid_fraction: float = 0.15
+    n_jobs: int = 2
+    seed: int = 0
+
+
+PARAMS_BY_KIND = {"prior": PriorParams, "zeroshot": ZeroShotParams, "linear": LinearParams, "lgbm": LGBMParams}
+
+
+def make_params(kind: str, overrides: dict | None = None):
+    """Parameter dataclass of a head kind, with ``overrides`` applied (unknown keys are an error)."""
+    if kind not in PARAMS_BY_KIND:
+        raise HeadError(f"unknown head {kind!r}; choose from {sorted(PARAMS_BY_KIND)}")
+    cls = PARAMS_BY_KIND[kind]
+    overrides = dict(overrides or {})
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise HeadError(f"unknown {kind} parameter(s) {unknown}; known: {sorted(names)}")
+    return cls(**overrides)
+
+
+def config_hash(config: dict) -> str:
+    """Short stable hash of a JSON-able run configuration."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------- helpers
+def _check_xy(X: np.ndarray, Y: np.ndarray | None, n_classes: int, n_features: int | None) -> None:
+    if X.ndim != 2:
+        raise HeadError(f"X must be 2-D (windows x features); got shape {X.shape}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise HeadError(f"X has {X.shape[1]} features; the head expects {n_features}")
+    if not np.isfinite(X).all():
+        raise HeadError("X contains NaN or inf")
+    if Y is not None and (Y.ndim != 2 or Y.shape != (X.shape[0], n_classes)):
+        raise HeadError(f"Y must be (windows x {n_classes} classes); got {Y.shape} for X {X.shape}")
+
+
+def class_prior(Y: np.ndarray, sample_weight: np.ndarray | None, pseudocount: float = PRIOR_PSEUDOCOUNT) -> np.ndarray:
+    """Smoothed weighted positive rate per class; a class with no positive gets pseudocount / (n + 2)."""
+    w = np.ones(len(Y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    pos = (Y * w[:, None]).sum(axis=0)
+    return (pos + pseudocount) / (w.sum() + 2.0 * pseudocount)
+
+
+class Head:
+    """Base class: stores class and feature names and implements save/load of the common part."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, params, class_names: list[str], feature_names: list[str]):
+        self.params = params
+        self.class_names = list(class_names)
+        self.feature_names = list(feature_names)
+        self.prior_: np.ndarray | None = None
+
+    def fit(self, X: np.ndarray, Y: np.ndarray, sample_weight: np.ndarray | None = None,
+            groups: np.ndarray | None = None) -> Head:
+        raise NotImplementedError
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"prior": self.prior_}
+
+    def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.prior_ = arrays["prior"]
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"kind": self.kind, "params": asdict(self.params), "class_names": self.class_names,
+                "feature_names": self.feature_names}
+        np.savez(folder / "arrays.npz", **{k: v for k, v in self._arrays().items() if v is not None})
+        (folder / "head.json").write_text(json.dumps(meta, indent=1))
+        return folder
+
+
+class PriorHead(Head):
+    """L0: every window gets the class's training base rate."""
+
+    kind = "prior"
+
+    def fit(self, X, Y, sample_weight=None, groups=None):
+        _check_xy(X, Y, len(self.class_names), None)
+        self.prior_ = class_prior(Y, sample_weight, self.params.pseudocount)
+        return self
+
+    def predict_proba(self, X):
+        return np.broadcast_to(self.prior_, (X.shape[0], len(self.class_names))).astype(np.float32)
+
+
+class ZeroShotHead(Head):
+    """BirdNET's own logits for the classes matched to the taxonomy; the prior for the rest.
+
+    Expects the ``birdnet_logits`` feature view, whose columns are named ``birdnet_logit:<label>``.
+    """
+
+    kind = "zeroshot"
+
+    def fit(self, X, Y, sample_weight=None, groups=None):
+        _check_xy(X, Y, len(self.class_names), len(self.feature_names))
+        self.prior_ = class_prior(Y, sample_weight)
+        return self
+
+    def column_of_class(self) -> dict[int, int]:
+        by_label = {n.removeprefix(ZERO_SHOT_PREFIX): j for j, n in enumerate(self.feature_names)
+                    if n.startswith(ZERO_SHOT_PREFIX)}
+        if not by_label:
+            raise HeadError("zero-shot head needs the birdnet_logits feature view (columns 'birdnet_logit:<label>')")
+        return {i: by_label[c] for i, c in enumerate(self.class_names) if c in by_label}
+
+    def predict_proba(self, X):
+        _check_xy(X, None, len(self.class_names), len(self.feature_names))
+        out = np.tile(self.prior_.astype(np.float32), (X.shape[0], 1))
+        for i, j in self.column_of_class().items():
+            out[:, i] = expit(X[:, j] / self.params.temperature)
+        return out
+
+
+# ---------------------------------------------------------------------------- linear
+def fit_logistic_all_classes(Z: np.ndarray, Y: np.ndarray, row_weight: np.ndarray, C: float,
+                             max_iter: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class L2 logistic regressions solved jointly with one L-BFGS over all classes.
+
+    The objective is the sum of the independent per-class sklearn objectives
+    ``C * sum_i w_ic * logloss_ic + 0.5 * ||w_c||^2`` (intercept unpenalised), so the solution equals
+    per-class ``LogisticRegression(C=C)``. Hand-written because one (n x d) @ (d x classes) product per
+    iteration is far faster than 234 separate sklearn fits (see bench/train_speed.py).
+    ``row_weight`` is (n,) or (n, classes).
+    """
+    n, d = Z.shape
+    k = Y.shape[1]
+    W_rows = row_weight if row_weight.ndim == 2 else np.broadcast_to(row_weight[:, None], (n, k))
+    Zf = Z.astype(np.float32)
+    Yf = Y.astype(np.float32)
+    Wf = np.ascontiguousarray(W_rows, dtype=np.float32)
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        coef = theta[: d * k].reshape(d, k)
+        bias = theta[d * k:]
+        logits = Zf @ coef.astype(np.float32) + bias.astype(np.float32)
+        # log(1 + e^x) - y x, computed stably
+        loss = (np.logaddexp(0.0, logits) - Yf * logits) * Wf
+        resid = (expit(logits) - Yf) * Wf
+        grad_coef = (Zf.T @ resid).astype(np.float64) * C + coef
+        grad_bias = resid.sum(axis=0, dtype=np.float64) * C
+        value = C * float(loss.sum(dtype=np.float64)) + 0.5 * float(np.sum(coef * coef))
+        return value, np.concatenate([grad_coef.ravel(), grad_bias])
+
+    start = np.zeros(d * k + k)
+    result = minimize(objective, start, jac=True, method="L-BFGS-B",
+                      options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-10})
+    return result.x[: d * k].reshape(d, k), result.x[d * k:]
+
+
+class LinearHead(Head):
+    """Per-class logistic regression on standardised (optionally PCA-reduced) features."""
+
+    kind = "linear"
+
+    def fit(self, X, Y, sample_weight=None, groups=None):
+        _check_xy(X, Y, len(self.class_names), len(self.feature_names))
+        p = self.params
+        X = X.astype(np.float64)
+        w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        self.prior_ = class_prior(Y, w)
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0)
+        self.scale_[self.scale_ < 1e-8] = 1.0
+        Z = (X - self.mean_) / self.scale_
+        self.components_ = None
+        if p.pca_components and p.pca_components < Z.shape[1]:
+            _, _, vt = np.linalg.svd(Z[:: max(1, len(Z) // 20000)], full_matrices=False)
+            self.components_ = vt[: p.pca_components].T
+            Z = Z @ self.components_
+        weights = np.broadcast_to(w[:, None], Y.shape).copy()
+        if p.balanced:  # equal total weight for positives and negatives of each class
+            pos = (Y * weights).sum(axis=0)
+            neg = ((1 - Y) * weights).sum(axis=0)
+            total = pos + neg
+            scale_pos = np.where(pos > 0, total / (2 * np.maximum(pos, 1e-12)), 1.0)
+            scale_neg = np.where(pos > 0, total / (2 * np.maximum(neg, 1e-12)), 1.0)
+            weights *= np.where(Y > 0, scale_pos, scale_neg)
+        weights /= weights.mean()
+        self.has_positive_ = Y.sum(axis=0) > 0
+        coef, bias = fit_logistic_all_classes(Z, Y, weights, p.C, p.max_iter, p.tol)
+        self.coef_, self.bias_ = coef, bias
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        _check_xy(X, None, len(self.class_names), len(self.feature_names))
+        Z = (X.astype(np.float64) - self.mean_) / self.scale_
+        if self.components_ is not None:
+            Z = Z @ self.components_
+        return Z @ self.coef_ + self.bias_
+
+    def predict_proba(self, X):
+        out = expit(self.decision_function(X)).astype(np.float32)
+        out[:, ~self.has_positive_] = self.prior_[~self.has_positive_]  # nothing learnt: the prior
+        return out
+
+    def _arrays(self):
+        return {"prior": self.prior_, "mean": self.mean_, "scale": self.scale_, "coef": self.coef_,
+                "bias": self.bias_, "has_positive": self.has_positive_,
+                "components": self.components_}
+
+    def _set_arrays(self, arrays):
+        self.prior_, self.mean_, self.scale_ = arrays["prior"], arrays["mean"], arrays["scale"]
+        self.coef_, self.bias_, self.has_positive_ = arrays["coef"], arrays["bias"], arrays["has_positive"]
+        self.components_ = arrays.get("components")
+
+
+# ---------------------------------------------------------------------------- LightGBM
+def inner_split(n: int, groups: np.ndarray | None, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the inner early-stopping rows: whole groups (files), about ``fraction`` of rows."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        return rng.random(n) < fraction
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    chosen = rng.random(len(uniq)) < fraction
+    return chosen[inverse]
+
+
+def negative_bagging(y: np.ndarray, neg_per_pos: float) -> dict:
+    """Balanced bagging for one class: keep every positive and ~``neg_per_pos`` negatives each per tree.
+
+    Most of the 234 classes are rare, so this cuts their histogram work by 10-100x.
+    """
+    pos = float(y.sum())
+    neg = float(len(y) - pos)
+    if neg_per_pos <= 0 or neg == 0:
+        return {}
+    fraction = float(np.clip(neg_per_pos * pos / neg, 0.02, 1.0))
+    if fraction >= 1.0:
+        return {}
+    return {"pos_bagging_fraction": 1.0, "neg_bagging_fraction": fraction, "bagging_freq": 1}
+
+
+class LGBMHead(Head):
+    """One LightGBM binary model per class, early-stopped on an inner group split.
+
+    The binned Dataset is built once and re-labelled per class (binning 100k x 1k features is the
+    costly part); negative bagging keeps rare classes cheap. Classes with no positive (or no
+    positive in the inner training part) predict the prior and are listed in ``constant_classes_``.
+    """
+
+    kind = "lgbm"
+
+    def fit(self, X, Y, sample_weight=None, groups=None):
+        import lightgbm as lgb
+
+        _check_xy(X, Y, len(self.class_names), len(self.feature_names))
+        p = self.params
+        w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        self.prior_ = class_prior(Y, w)
+        valid = inner_split(len(X), groups, p.inner_valid_fraction, p.seed)
+        if valid.all() or not valid.any():
+            valid = np.zeros(len(X), bool)
+        train_rows = ~valid
+        base = {"objective": "binary", "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
+                "min_data_in_leaf": p.min_child_samples, "feature_fraction": p.feature_fraction,
+                "lambda_l2": p.lambda_l2, "max_bin": p.max_bin, "num_threads": p.n_jobs, "seed": p.seed,
+                "deterministic": True, "verbosity": -1}
+        data_params = {"max_bin": p.max_bin, "min_data_in_leaf": p.min_child_samples, "feature_pre_filter": False,
+                       "verbosity": -1}
+        dtrain = lgb.Dataset(X[train_rows], label=Y[train_rows, 0], weight=w[train_rows], params=data_params,
+                             free_raw_data=False).construct()
+        dvalid = (lgb.Dataset(X[valid], label=Y[valid, 0], weight=w[valid], reference=dtrain,
+                              params=data_params).construct() if valid.any() else None)
+        self.models_: dict[int, str] = {}
+        self.constant_classes_: list[str] = []
+        for c, name in enumerate(self.class_names):
+            y_tr = Y[train_rows, c]
+            if y_tr.sum() == 0 or y_tr.sum() == len(y_tr):
+                self.constant_classes_.append(name)
+                continue
+            dtrain.set_label(y_tr)
+            callbacks = []
+            sets = [dtrain]
+            if dvalid is not None and 0 < Y[valid, c].sum() < valid.sum():
+                dvalid.set_label(Y[valid, c])
+                sets = [dvalid]
+                callbacks = [lgb.early_stopping(p.early_stopping_rounds, verbose=False)]
+            booster = lgb.train({**base, **negative_bagging(y_tr, p.neg_per_pos)}, dtrain, num_boost_round=p.n_estimators, valid_sets=sets, callbacks=callbacks)
+            best = booster.best_iteration if callbacks and booster.best_iteration > 0 else p.n_estimators
+            self.models_[c] = booster.model_to_string(num_iteration=best)
+        self._boosters = None
+        return self
+
+    def _load_boosters(self):
+        import lightgbm as lgb
+
+        if getattr(self, "_boosters", None) is None:
+            self._boosters = {c: lgb.Booster(model_str=text) for c, text in self.models_.items()}
+        return self._boosters
+
+    def predict_proba(self, X):
+        _check_xy(X, None, len(self.class_names), len(self.feature_names))
+        out = np.tile(self.prior_.astype(np.float32), (X.shape[0], 1))
+        for c, booster in self._load_boosters().items():
+            out[:, c] = booster.predict(X, num_threads=self.params.n_jobs)
+        return out
+
+    def save(self, folder):
+        folder = super().save(folder)
+        models = folder / "lgbm"
+        models.mkdir(exist_ok=True)
+        for c, text in self.models_.items():
+            (models / f"class_{c:04d}.txt").write_text(text)
+        (folder / "constant_classes.json").write_text(json.dumps(self.constant_classes_))
+        return folder
+
+
+HEAD_CLASSES: dict[str, type[Head]] = {h.kind: h for h in (PriorHead, ZeroShotHead, LinearHead, LGBMHead)}
+
+
+def make_head(kind: str, class_names: list[str], feature_names: list[str], overrides: dict | None = None) -> Head:
+    return HEAD_CLASSES[kind](make_params(kind, overrides), class_names, feature_names)
+
+
+def load_head(folder: str | Path) -> Head:
+    """Load a head saved with :meth:`Head.save` (plain JSON, npz and LightGBM text files)."""
+    folder = Path(folder)
+    meta_path = folder / "head.json"
+    if not meta_path.exists():
+        raise HeadError(f"{folder}: not a saved head (no head.json)")
+    meta = json.loads(meta_path.read_text())
+    head = make_head(meta["kind"], meta["class_names"], meta["feature_names"], meta["params"])
+    with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
+        head._set_arrays({k: arrays[k] for k in arrays.files})
+    if isinstance(head, LGBMHead):
+        head.models_ = {int(p.stem.split("_")[1]): p.read_text() for p in sorted((folder / "lgbm").glob("*.txt"))}
+        head.constant_classes_ = json.loads((folder / "constant_classes.json").read_text())
+        head._boosters = None
+    return head

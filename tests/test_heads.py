@@ -1,0 +1,112 @@
+"""Heads: exactness against scikit-learn, the prior and zero-shot rules, LightGBM, save/load round trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+
+from models.heads import HeadError, config_hash, load_head, make_head, negative_bagging
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    rng = np.random.default_rng(0)
+    n, d, k = 1500, 20, 5
+    X = rng.normal(size=(n, d))
+    W = rng.normal(size=(d, k))
+    Y = (X @ W + rng.normal(size=(n, k)) * 2 > 2.5).astype(np.float32)
+    Y[:, 4] = 0  # a class with no positive
+    return X, Y, [f"c{i}" for i in range(k)], [f"f{j}" for j in range(d)]
+
+
+def test_linear_head_equals_sklearn_per_class_logistic_regression(data) -> None:
+    X, Y, classes, feats = data
+    head = make_head("linear", classes, feats, {"balanced": False, "C": 0.1, "pca_components": 0,
+                                                "max_iter": 1000, "tol": 1e-8}).fit(X, Y)
+    Z = StandardScaler().fit_transform(X)
+    proba = head.predict_proba(X)
+    for c in range(4):
+        ref = LogisticRegression(C=0.1, max_iter=2000, tol=1e-10).fit(Z, Y[:, c])
+        np.testing.assert_allclose(head.coef_[:, c], ref.coef_[0], atol=1e-4)
+        np.testing.assert_allclose(proba[:, c], ref.predict_proba(Z)[:, 1], atol=1e-4)
+    # the class without positives predicts its (smoothed) prior everywhere
+    assert np.allclose(proba[:, 4], 1.0 / (len(X) + 2))
+
+
+def test_balanced_linear_head_matches_sklearn_balanced(data) -> None:
+    X, Y, classes, feats = data
+    head = make_head("linear", classes, feats, {"C": 0.05, "pca_components": 0, "max_iter": 1000,
+                                                "tol": 1e-8}).fit(X, Y)
+    Z = StandardScaler().fit_transform(X)
+    ref = LogisticRegression(C=0.05, class_weight="balanced", max_iter=2000, tol=1e-10).fit(Z, Y[:, 0])
+    np.testing.assert_allclose(head.predict_proba(X)[:, 0], ref.predict_proba(Z)[:, 1], atol=1e-4)
+
+
+def test_prior_head_is_the_weighted_base_rate(data) -> None:
+    X, Y, classes, feats = data
+    w = np.linspace(0.5, 2.0, len(X))
+    proba = make_head("prior", classes, feats).fit(X, Y, w).predict_proba(X[:3])
+    expected = ((Y * w[:, None]).sum(0) + 1.0) / (w.sum() + 2.0)
+    np.testing.assert_allclose(proba, np.tile(expected, (3, 1)), rtol=1e-6)
+
+
+def test_zero_shot_uses_matched_logits_and_prior_elsewhere(data) -> None:
+    X, Y, classes, _ = data
+    feats = ["birdnet_logit:c1", "birdnet_logit:c3", "other"]
+    logits = np.array([[0.0, 2.0, 5.0], [-3.0, 1.0, 5.0]])
+    head = make_head("zeroshot", classes, feats).fit(np.zeros((len(Y), 3)), Y)
+    proba = head.predict_proba(logits)
+    np.testing.assert_allclose(proba[:, 1], 1 / (1 + np.exp(-logits[:, 0])), rtol=1e-6)
+    np.testing.assert_allclose(proba[:, 3], 1 / (1 + np.exp(-logits[:, 1])), rtol=1e-6)
+    np.testing.assert_allclose(proba[:, 0], (Y[:, 0].sum() + 1) / (len(Y) + 2), rtol=1e-6)
+    with pytest.raises(HeadError, match="birdnet_logits feature view"):
+        make_head("zeroshot", classes, ["a", "b"]).fit(np.zeros((len(Y), 2)), Y).predict_proba(np.zeros((1, 2)))
+
+
+def test_lgbm_head_learns_and_handles_empty_classes(data, tmp_path: Path) -> None:
+    X, Y, classes, feats = data
+    groups = np.arange(len(X)) // 10
+    head = make_head("lgbm", classes, feats, {"n_estimators": 60, "n_jobs": 1}).fit(X[:1000], Y[:1000], groups=groups[:1000])
+    assert head.constant_classes_ == ["c4"]
+    proba = head.predict_proba(X[1000:])
+    for c in range(4):
+        assert roc_auc_score(Y[1000:, c], proba[:, c]) > 0.85
+    loaded = load_head(head.save(tmp_path / "h"))
+    np.testing.assert_array_equal(loaded.predict_proba(X[1000:]), proba)
+
+
+def test_saved_heads_round_trip_exactly(data, tmp_path: Path) -> None:
+    X, Y, classes, feats = data
+    for kind in ("prior", "linear"):
+        head = make_head(kind, classes, feats).fit(X, Y)
+        loaded = load_head(head.save(tmp_path / kind))
+        np.testing.assert_array_equal(loaded.predict_proba(X), head.predict_proba(X))
+        assert (tmp_path / kind / "head.json").exists() and not list((tmp_path / kind).glob("*.pkl"))
+
+
+def test_bad_input_and_params_are_clear(data) -> None:
+    X, Y, classes, feats = data
+    with pytest.raises(HeadError, match="unknown lgbm parameter"):
+        make_head("lgbm", classes, feats, {"num_leafs": 3})
+    with pytest.raises(HeadError, match="X has 3 features; the head expects 20"):
+        make_head("linear", classes, feats).fit(X, Y).predict_proba(X[:, :3])
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(HeadError, match="NaN"):
+        make_head("linear", classes, feats).fit(bad, Y)
+    with pytest.raises(HeadError, match="Y must be"):
+        make_head("prior", classes, feats).fit(X, Y[:, :2])
+
+
+def test_negative_bagging_and_config_hash() -> None:
+    y = np.zeros(10_000)
+    y[:50] = 1
+    assert negative_bagging(y, 20.0)["neg_bagging_fraction"] == pytest.approx(20 * 50 / 9950)
+    y[:5000] = 1
+    assert negative_bagging(y, 20.0) == {}
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1}) != config_hash({"a": 2})
