@@ -1,0 +1,10 @@
+"""Embed once, reuse everywhere: frozen audio models and classical features into the feature store.
+
+* :mod:`embed.audio` — decode, mono mix, polyphase resampling, the frame grid inside 5-s windows;
+* :mod:`embed.birdnet` — BirdNET V2.4 (TFLite, ai-edge-litert) embedding + matched logits;
+* :mod:`embed.classical` — log-mel / PCEN / MFCC / spectral statistics per window (numpy + scipy);
+* :mod:`embed.custom` — user-supplied TFLite or ONNX models from a small config (Perch v2 preset);
+* :mod:`embed.features` — read pooled window features back (:func:`load_window_features`) or embed
+  one file in memory (:func:`embed_file`) — the API for training and the Kaggle notebook;
+* :mod:`embed.job` — the resumable, sharded, multi-process job behind ``python -m pipelines.embed``.
+"""

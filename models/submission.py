@@ -45,12 +45,15 @@ def expected_row_ids(stems: Iterable[str], n_windows: int = 12, window_s: int = 
     return [f"{stem}_{window_s * (i + 1)}" for stem in stems for i in range(n_windows)]
 
 
-def validate_submission(path: str | os.PathLike, sample_submission: str | os.PathLike,
+def validate_submission(path: str | os.PathLike, sample_submission: str | os.PathLike | list[str],
                         expected_ids: list[str] | None = None) -> int:
-    """Check columns and order, row ids (unique, complete), numbers, NaN and [0, 1]; returns the row count."""
+    """Check columns and order, row ids (unique, complete), numbers, NaN and [0, 1]; returns the row count.
+
+    ``sample_submission`` is the sample file or its header (``["row_id", *classes]``).
+    """
     path = Path(path)
     header = read_header(path)
-    wanted = read_header(Path(sample_submission))
+    wanted = list(sample_submission) if isinstance(sample_submission, list) else read_header(Path(sample_submission))
     if header != wanted:
         if sorted(header) == sorted(wanted):
             first = next(i for i, (a, b) in enumerate(zip(header, wanted, strict=True)) if a != b)

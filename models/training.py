@@ -25,6 +25,7 @@ from featurestore.store import FeatureStore, StoreError, utc_now, write_parquet_
 from models.frame import SOUNDSCAPE, FrameSpec, TrainingFrame, build_frame
 from models.heads import Head, config_hash, load_head, make_head, make_params
 from models.metrics import MetricReport, evaluate
+from models.predict import EXTRACTORS_FILE
 
 HEADS_DIR = "heads"
 OOF_DIR = "oof"
@@ -48,6 +49,21 @@ class ExperimentResult:
         return (f"head {self.head_id} ({self.kind}): OOF AUC {self.oof_auc:.4f} on {self.eval_rows} "
                 f"(fold mean {self.fold_mean:.4f} +/- {self.fold_std:.4f}); train {self.train_seconds:.1f} s, "
                 f"predict {self.predict_seconds:.1f} s\n{self.report.render()}")
+
+
+def extractor_params(store: FeatureStore, feature_versions: dict) -> dict[str, dict]:
+    """The stored parameters of every extractor version a head uses (what inference rebuilds)."""
+    from embed.features import version_meta
+
+    out = {}
+    for name, version in feature_versions.items():
+        if name == "pooling":
+            continue
+        meta = version_meta(store, version)
+        if not meta:
+            raise StoreError(f"extractor version {version} has no extractor_versions row in {store.root}")
+        out[name] = meta["params"]
+    return out
 
 
 def fold_assignment(store: FeatureStore, window_ids: np.ndarray, version: str | None,
@@ -135,6 +151,7 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
         out_dir = store.root / HEADS_DIR / head_id
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+        (out_dir / EXTRACTORS_FILE).write_text(json.dumps(extractor_params(store, frame.feature_versions), indent=1))
         oof, train_s, predict_s = cross_validate(frame, folds, kind, asdict(params), out_dir, progress)
 
         scored = folds != -1

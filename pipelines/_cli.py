@@ -8,8 +8,12 @@ from collections.abc import Callable
 
 from featurestore.competition import DataError
 from featurestore.store import StoreError
+from models.heads import HeadError
+from models.metrics import MetricError
+from models.submission import SubmissionError
 
-USER_ERRORS: tuple[type[Exception], ...] = (DataError, StoreError, FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (DataError, StoreError, HeadError, MetricError, SubmissionError,
+                                            FileNotFoundError)
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:

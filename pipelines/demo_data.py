@@ -189,7 +189,7 @@ def _soundscape(rng: np.random.Generator, site_classes: list[DemoClass]) -> tupl
     chosen = rng.choice(len(site_classes), size=min(len(site_classes), int(rng.integers(3, 6))), replace=False)
     for idx in chosen:
         cls = site_classes[int(idx)]
-        snr_db = rng.uniform(-3, 18)
+        snr_db = rng.uniform(0, 20)
         start = rng.uniform(0, 30)
         end = min(SOUNDSCAPE_SECONDS, start + rng.uniform(15, 45))
         spans = place_calls(track, cls, rng, start, end, (0.8, 5.0), noise_level * 10 ** (snr_db / 20) * 1.4)

@@ -39,3 +39,18 @@ def demo_store(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     store = tmp_path_factory.mktemp("demo_store") / "store"
     run_ingest(demo_data, store, workers=2)
     return store
+
+
+@pytest.fixture(scope="session")
+def demo_embedded_store(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small demo with folds and BirdNET + classical features (copy it before writing)."""
+    import shutil
+
+    from embed.job import run_embed
+    from featurestore.folds import make_folds
+
+    store = tmp_path_factory.mktemp("demo_embedded") / "store"
+    shutil.copytree(demo_store, store)
+    make_folds(store)
+    run_embed(store, ("birdnet", "classical"), workers=2)
+    return store

@@ -13,7 +13,9 @@ import pytest
 import soundfile as sf
 
 from featurestore.competition import read_soundscape_labels, read_taxonomy, read_train_csv
+from models.submission import validate_submission
 from pipelines.demo_data import DEMO_CLASSES, SMALL, generate_demo_dataset
+from pipelines.validate_submission import expected_ids_for_audio
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,5 +63,13 @@ def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
                             cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert "problems: 0 error(s)" in out and "windows" in out
-    assert (tmp_path / "demo" / "store" / "catalog.duckdb").exists()
+    assert "problems: 0 error(s)" in out and "folds created" in out and "236/236 of this shard's windows" in out
+    for kind in ("prior", "zeroshot", "linear", "lgbm"):
+        assert f"[demo] train {kind} on" in out
+    demo = tmp_path / "demo"
+    assert (demo / "memo.html").exists() and (demo / "store" / "catalog.duckdb").exists()
+    score = float(out.split("demo test-set AUC ")[1].split()[0])
+    assert "(validated)" in out and score > 0.85
+    sample = demo / "data" / "sample_submission.csv"
+    assert validate_submission(demo / "submission.csv", sample,
+                               expected_ids_for_audio(demo / "data" / "test_soundscapes")) == 48

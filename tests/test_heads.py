@@ -110,3 +110,15 @@ def test_negative_bagging_and_config_hash() -> None:
     y[:5000] = 1
     assert negative_bagging(y, 20.0) == {}
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1}) != config_hash({"a": 2})
+
+
+def test_pca_linear_head_whitened_solve_keeps_the_sklearn_objective(data) -> None:
+    X, Y, classes, feats = data
+    head = make_head("linear", classes, feats, {"balanced": False, "C": 0.1, "pca_components": 6,
+                                                "max_iter": 500, "tol": 1e-9}).fit(X, Y)
+    Z = StandardScaler().fit_transform(X)
+    _, _, vt = np.linalg.svd(Z, full_matrices=False)
+    P = Z @ vt[:6].T
+    for c in range(2):
+        ref = LogisticRegression(C=0.1, max_iter=2000, tol=1e-10).fit(P, Y[:, c])
+        np.testing.assert_allclose(head.predict_proba(X)[:, c], ref.predict_proba(P)[:, 1], atol=1e-4)

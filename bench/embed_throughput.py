@@ -1,0 +1,124 @@
+"""Embedding throughput: the BirdNET interpreter ceiling vs the whole embed job with 1 and 2 workers.
+
+On the same real-length files (default: the twelve 60-s, 32-kHz .ogg soundscapes of the small demo
+dataset, generated into a temp folder), in one run, prints audio-seconds per wall-second and per
+CPU-second for
+
+  (a) the BirdNET-only interpreter ceiling: frames decoded, resampled and cut beforehand, the best
+      of a few batch sizes, one interpreter thread;
+  (b) the whole embed job with 1 worker: decode + resample + BirdNET + classical + Parquet writes;
+  (c) the same job with 2 workers;
+
+and a last line ``pipeline/ceiling ratio: X  2-worker scaling: Y`` (wall-clock rates (b)/(a) and
+(c)/(b)). The machine's load average is printed first: other work on the cores lowers (c).
+
+Usage: python bench/embed_throughput.py [--data DIR] [--sources train_soundscapes,test_soundscapes] [--files 12] [--hop 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from embed.audio import Audio, cut_frames, frame_grid
+from embed.birdnet import FRAME_SECONDS, SAMPLE_RATE, _runner, patched_model
+from embed.job import run_embed
+from featurestore.ingest import run_ingest
+from featurestore.store import FeatureStore
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its reaped children (the job's worker processes)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def prepare(data: Path | None, work: Path, sources: list[str], n_files: int) -> tuple[Path, list[Path], float]:
+    """An ingested store restricted to ``n_files`` files of ``sources``; returns (store, files, audio seconds)."""
+    if data is None:
+        from pipelines.demo_data import SMALL, generate_demo_dataset
+        data = generate_demo_dataset(work / "demo", SMALL, seed=11)
+    store = work / "store"
+    run_ingest(data, store, workers=os.cpu_count())
+    with FeatureStore.open(store, read_only=True) as s:
+        rows = s.sql("SELECT source, filename, max(audio_end_s) AS d FROM windows GROUP BY 1, 2 ORDER BY 1, 2"
+                     ).to_pylist()
+    rows = [r for r in rows if r["source"] in sources][:n_files]
+    if not rows:
+        raise SystemExit(f"no audio files in {sources} under {data}")
+    return store, [data / r["source"] / r["filename"] for r in rows], sum(r["d"] for r in rows)
+
+
+def ceiling(files: list[Path], hop: float, cache: Path | None) -> tuple[float, float, int, int]:
+    """Wall and CPU seconds of BirdNET alone on every frame of ``files``, at the best batch size."""
+    frames = []
+    for path in files:
+        audio = Audio.load(path)
+        starts = list(range(0, int(round(audio.duration_s / 5)) * 5, 5)) or [0]
+        grid = frame_grid(starts, audio.duration_s, SAMPLE_RATE, FRAME_SECONDS, hop)
+        frames.append(cut_frames(audio.at(SAMPLE_RATE), grid.start_sample, int(FRAME_SECONDS * SAMPLE_RATE)))
+    frames = np.concatenate(frames)
+    model = patched_model(cache)
+    best, best_batch = float("inf"), 1
+    probe = frames[: min(len(frames), 48)]
+    for batch in (1, 2, 4, 8):
+        runner = _runner(model, batch_size=batch)
+        runner.run(probe[:batch])                       # warm-up (allocation, XNNPACK packing)
+        t0 = time.perf_counter()
+        runner.run(probe)
+        if (elapsed := time.perf_counter() - t0) < best:
+            best, best_batch = elapsed, batch
+    runner = _runner(model, batch_size=best_batch)
+    runner.run(frames[:best_batch])
+    t0, c0 = time.perf_counter(), time.process_time()
+    runner.run(frames)
+    return time.perf_counter() - t0, time.process_time() - c0, best_batch, len(frames)
+
+
+def job(store: Path, work: Path, workers: int, sources: list[str], hop: float, cache: Path | None) -> tuple[float, float]:
+    copy = work / f"store-{workers}"
+    shutil.copytree(store, copy)
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    summary = run_embed(copy, ["birdnet", "classical"], workers=workers, sources=sources, hop_s=hop, cache_dir=cache)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    assert not summary.errors, summary.render()
+    return wall, cpu
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, help="competition-layout folder (default: generate the demo dataset)")
+    ap.add_argument("--sources", default="train_soundscapes,test_soundscapes",
+                    help="sources to use (default train_soundscapes,test_soundscapes)")
+    ap.add_argument("--files", type=int, default=12, help="number of files (default 12)")
+    ap.add_argument("--hop", type=float, default=1.0, help="BirdNET frame hop in s (default 1.0)")
+    ap.add_argument("--cache-dir", type=Path, help="patched-model cache (default: the user cache)")
+    args = ap.parse_args()
+    sources = args.sources.split(",")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory(prefix="embed-bench-") as tmp:
+        work = Path(tmp)
+        store, files, audio_s = prepare(args.data, work, sources, args.files)
+        print(f"{len(files)} file(s), {audio_s:.1f} s of audio, hop {args.hop:g} s")
+        rates = {}
+        wall, cpu, batch, n_frames = ceiling(files, args.hop, args.cache_dir)
+        rates["a"] = audio_s / wall
+        print(f"(a) BirdNET ceiling, {n_frames} frames, batch {batch}: {audio_s / wall:7.1f} audio-s/wall-s "
+              f"{audio_s / cpu:7.1f} audio-s/CPU-s ({1000 * wall / n_frames:.1f} ms/frame)")
+        for key, workers in (("b", 1), ("c", 2)):
+            wall, cpu = job(store, work, workers, sources, args.hop, args.cache_dir)
+            rates[key] = audio_s / wall
+            print(f"({key}) embed job, {workers} worker(s), birdnet+classical: {audio_s / wall:7.1f} audio-s/wall-s "
+                  f"{audio_s / cpu:7.1f} audio-s/CPU-s")
+    print(f"pipeline/ceiling ratio: {rates['b'] / rates['a']:.2f}  2-worker scaling: {rates['c'] / rates['b']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

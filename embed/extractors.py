@@ -1,0 +1,170 @@
+"""What every extractor shares: outputs, versions, frame models, and building one from a name or params.
+
+Two kinds of extractor exist:
+
+* **frame models** (BirdNET, user-supplied TFLite/ONNX models) run on fixed-length frames placed
+  inside each 5-s window (:func:`embed.audio.frame_offsets`) and return one embedding (float16)
+  and optionally logits (float32) per frame; windows are pooled later, so the pooling can change
+  without re-embedding;
+* **window features** (classical statistics) return one float32 vector per window.
+
+An extractor's ``version`` is a string id that changes whenever its code, parameters or model
+change; it is stored with every row it writes. ``params()`` holds everything needed to rebuild the
+same extractor elsewhere (:func:`extractor_from_params`), e.g. in the Kaggle notebook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from embed.audio import Audio, FrameGrid, cut_frames, frame_grid
+
+EMBED_CODE_VERSION = 1
+WINDOW_SECONDS = 5
+FRAME_CHUNK = 64  # frames cut and run at a time
+
+
+@dataclass
+class FrameOutput:
+    """Per-frame outputs of a frame model for one file."""
+
+    grid: FrameGrid
+    embedding: np.ndarray           # (n, d) float16
+    logits: np.ndarray | None       # (n, k) float32
+
+
+@dataclass
+class WindowOutput:
+    """Per-window features for one file."""
+
+    features: np.ndarray            # (n_windows, d) float32
+    valid_fraction: np.ndarray      # (n_windows,) float32
+
+
+_BLAS: list = []
+
+
+def one_blas_thread():
+    """Context running BLAS on one thread. Used around matrix products so that results do not depend
+    on the caller's thread count (the store and in-memory paths stay bit-identical), and because
+    OpenBLAS threads competing for busy cores were measured ~3x slower than one thread here."""
+    try:
+        from threadpoolctl import ThreadpoolController  # ships with scikit-learn
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
+def params_hash(params: dict) -> str:
+    text = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file, computed once per process for an unchanged file (same size and mtime)."""
+    stat = os.stat(path)
+    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Extractor(ABC):
+    """Common interface; see the module docstring."""
+
+    name: str          # "birdnet", "classical", "custom:<model name>"
+    kind: str          # "frames" | "windows"
+    table: str         # part table the rows go to
+    notes: list[str] = []  # facts worth reporting (e.g. unmatched classes), set per instance
+
+    @abstractmethod
+    def params(self) -> dict:
+        """Everything that defines the outputs (and rebuilds the extractor)."""
+
+    @property
+    def version(self) -> str:
+        return f"{self.name}-{params_hash(self.params())}"
+
+    @abstractmethod
+    def compute(self, audio: Audio, window_starts: list[float]) -> FrameOutput | WindowOutput:
+        """Outputs for the windows of one decoded file starting at ``window_starts`` (seconds)."""
+
+    def feature_names(self) -> list[str]:
+        """Names of the per-window feature vector (window extractors)."""
+        return []
+
+    def logit_labels(self) -> list[str]:
+        """Names of the stored logit columns (frame models with logits)."""
+        return []
+
+
+class FrameModel(Extractor):
+    """A model applied to frames of ``frame_s`` seconds at ``sample_rate``, ``hop_s`` apart in a window.
+
+    Subclasses provide :meth:`_run` mapping (n, samples) frames to ``embedding`` and ``logits``.
+    """
+
+    kind = "frames"
+    sample_rate: int
+    frame_s: float
+    hop_s: float
+    logit_indices: list[int] | None = None   # model logit columns kept (None: no logits)
+    model_sha256: str
+
+    @property
+    def version(self) -> str:
+        """``<name>-<model sha256[:8]>-h<hop>-<params hash>``; moving the model file keeps it."""
+        params = {k: v for k, v in self.params().items() if k != "model_path"}
+        return f"{self.name}-{self.model_sha256[:8]}-h{self.hop_s:g}-{params_hash(params)}"
+
+    @abstractmethod
+    def _run(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        ...
+
+    def compute(self, audio: Audio, window_starts: list[float]) -> FrameOutput:
+        signal = audio.at(self.sample_rate)
+        grid = frame_grid(window_starts, audio.duration_s, self.sample_rate, self.frame_s, self.hop_s,
+                          WINDOW_SECONDS)
+        frame_len = int(round(self.frame_s * self.sample_rate))
+        embedding, logits = [], []
+        for i in range(0, len(grid.start_sample), FRAME_CHUNK):   # bounded memory for long recordings
+            out = self._run(cut_frames(signal, grid.start_sample[i: i + FRAME_CHUNK], frame_len))
+            embedding.append(out["embedding"].astype(np.float16))
+            if self.logit_indices is not None and "logits" in out:
+                logits.append(np.ascontiguousarray(out["logits"][:, self.logit_indices], dtype=np.float32))
+        return FrameOutput(grid, np.concatenate(embedding), np.concatenate(logits) if logits else None)
+
+
+def extractor_from_params(params: dict, **runtime) -> Extractor:
+    """Rebuild an extractor from its stored ``params`` (``extractor_versions.params``).
+
+    ``runtime`` passes options that do not change the outputs (threads, batch_size, cache_dir,
+    model_path for a user model that moved).
+    """
+    kind = params.get("kind")
+    if kind == "birdnet":
+        from embed.birdnet import BirdNet
+        return BirdNet.from_params(params, **runtime)
+    if kind == "classical":
+        from embed.classical import Classical
+        return Classical.from_params(params)
+    if kind == "custom":
+        from embed.custom import CustomModel
+        return CustomModel.from_params(params, **runtime)
+    raise ValueError(f"unknown extractor kind {kind!r} in params")

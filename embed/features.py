@@ -1,0 +1,322 @@
+"""Window features for training and inference: read them from the store, or embed one file in memory.
+
+Views (comma-join them to concatenate, e.g. ``"birdnet,classical"``):
+
+==========================  ===================  ==========================================
+view                        part table           columns
+==========================  ===================  ==========================================
+``birdnet``                 birdnet_frames       ``birdnet:<i>`` (1,024, pooled frames)
+``birdnet_logits``          birdnet_frames       ``birdnet_logit:<primary_label>``
+``classical``               classical_windows    ``classical:<statistic>`` (815)
+``custom:<name>``           custom_frames        ``custom:<name>:<i>``
+``custom_logits:<name>``    custom_frames        ``custom_logit:<name>:<label>``
+==========================  ===================  ==========================================
+
+Frame views are pooled per window (``mean``, ``max`` or ``meanmax`` = both, the max half named
+``<column>@max``). :func:`load_window_features` (store) and :func:`embed_file` (in memory, for the
+Kaggle notebook) share :func:`pool_frames` and the float16 rounding of embeddings, so the same
+file gives bit-identical features on both paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embed.audio import Audio
+from embed.extractors import Extractor, FrameOutput, WindowOutput
+from featurestore.store import FeatureStore, StoreError
+
+POOLINGS = ("mean", "max", "meanmax")
+VERSIONS_TABLE = "extractor_versions"
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    view: str
+    extractor: str          # extractor name: birdnet, classical, custom:<name>
+    table: str
+    column: str             # embedding | logits | features
+    frame_level: bool
+
+
+def parse_view(view: str) -> ViewSpec:
+    """The storage behind one (non-joined) view name."""
+    view = view.strip()
+    if view == "birdnet":
+        return ViewSpec(view, "birdnet", "birdnet_frames", "embedding", True)
+    if view == "birdnet_logits":
+        return ViewSpec(view, "birdnet", "birdnet_frames", "logits", True)
+    if view == "classical":
+        return ViewSpec(view, "classical", "classical_windows", "features", False)
+    prefix, _, name = view.partition(":")
+    if prefix in ("custom", "custom_logits") and name:
+        return ViewSpec(view, f"custom:{name}", "custom_frames", "embedding" if prefix == "custom" else "logits", True)
+    raise ValueError(f"unknown feature view {view!r}: use birdnet, birdnet_logits, classical, custom:<name>, "
+                     "custom_logits:<name> (comma-join to concatenate)")
+
+
+def split_views(view: str) -> list[ViewSpec]:
+    specs = [parse_view(v) for v in view.split(",") if v.strip()]
+    if not specs:
+        raise ValueError("empty feature view")
+    return specs
+
+
+def base_names(spec: ViewSpec, dim: int, meta: dict) -> list[str]:
+    """Column names of a view before pooling suffixes; ``meta`` holds logit_labels / feature_names."""
+    if spec.column == "features":
+        names = [f"classical:{n}" for n in meta.get("feature_names") or []]
+        return names if len(names) == dim else [f"classical:{i}" for i in range(dim)]
+    if spec.column == "logits":
+        labels = list(meta.get("logit_labels") or [])
+        if len(labels) != dim:
+            labels = [str(i) for i in range(dim)]
+        if spec.extractor == "birdnet":
+            return [f"birdnet_logit:{label}" for label in labels]
+        return [f"custom_logit:{spec.extractor.removeprefix('custom:')}:{label}" for label in labels]
+    return [f"{spec.extractor}:{i}" for i in range(dim)]
+
+
+def pooled_names(names: list[str], pooling: str, frame_level: bool) -> list[str]:
+    if frame_level and pooling == "meanmax":
+        return names + [f"{n}@max" for n in names]
+    return names
+
+
+def pool_frames(window_index: np.ndarray, values: np.ndarray, pooling: str) -> np.ndarray:
+    """Pool rows of ``values`` that share a (contiguous, sorted) ``window_index``: one row per window.
+
+    The mean accumulates in float64 and is returned as float32; the same call serves the store
+    and the in-memory path, so both give identical numbers.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
+    values = np.asarray(values, dtype=np.float32)
+    if len(values) == 0:
+        return np.zeros((0, values.shape[1] * (2 if pooling == "meanmax" else 1)), np.float32)
+    keys = np.asarray(window_index)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    out = []
+    if pooling in ("mean", "meanmax"):
+        counts = np.diff(np.r_[starts, len(values)])[:, None]
+        out.append((np.add.reduceat(values.astype(np.float64), starts, axis=0) / counts).astype(np.float32))
+    if pooling in ("max", "meanmax"):
+        out.append(np.maximum.reduceat(values, starts, axis=0))
+    return out[0] if len(out) == 1 else np.hstack(out)
+
+
+# ---------------------------------------------------------------------------- store path
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _parts_source(store: FeatureStore, table: str) -> str | None:
+    if not store.part_files(table):
+        return None
+    return f"read_parquet({_sql_str(store.part_glob(table))}, union_by_name = true)"
+
+
+def stored_versions(store: FeatureStore, extractor: str) -> list[tuple[str, object, int]]:
+    """(extractor_version, last written_at, rows) of an extractor's stored rows, newest first."""
+    table = {"birdnet": "birdnet_frames", "classical": "classical_windows"}.get(extractor, "custom_frames")
+    source = _parts_source(store, table)
+    if source is None:
+        return []
+    return store.rows(f"SELECT extractor_version, max(written_at), count(*) FROM {source} WHERE extractor = ? "
+                      "GROUP BY 1 ORDER BY 2 DESC, 1", [extractor])
+
+
+def resolve_version(store: FeatureStore, extractor: str, versions: dict | None = None) -> str:
+    """The pinned version (``versions[extractor]``) or the most recently written one."""
+    if versions and versions.get(extractor):
+        return versions[extractor]
+    found = stored_versions(store, extractor)
+    if not found:
+        kind = extractor.split(":", 1)[0]
+        raise StoreError(f"no {extractor} features in the store {store.root}; run python -m pipelines.embed "
+                         f"--store {store.root} --extractor {kind}")
+    return found[0][0]
+
+
+def version_meta(store: FeatureStore, version: str) -> dict:
+    """The ``extractor_versions`` row of a version (params decoded), or {} when absent."""
+    source = _parts_source(store, VERSIONS_TABLE)
+    if source is None:
+        return {}
+    rows = store.sql(f"SELECT * FROM {source} WHERE extractor_version = ? ORDER BY written_at DESC LIMIT 1",
+                     [version]).to_pylist()
+    if not rows:
+        return {}
+    meta = rows[0]
+    meta["params"] = json.loads(meta.get("params") or "{}")
+    return meta
+
+
+def _list_to_matrix(column: pa.ChunkedArray | pa.Array, what: str) -> np.ndarray:
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(arr) == 0:
+        return np.zeros((0, 0), np.float32)
+    if arr.null_count:
+        raise StoreError(f"{what}: {arr.null_count} row(s) have no values")
+    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+    if lengths.min() != lengths.max():
+        raise StoreError(f"{what}: rows of different lengths ({lengths.min()}..{lengths.max()})")
+    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(len(arr), int(lengths[0]))
+
+
+def _load_view(store: FeatureStore, spec: ViewSpec, version: str, pooling: str,
+               wanted: str | None) -> tuple[list[str], np.ndarray, list[str]]:
+    source = _parts_source(store, spec.table)
+    if source is None:
+        raise StoreError(f"no {spec.table} parts in the store {store.root}; run python -m pipelines.embed")
+    keys = "window_id, frame_index" if spec.frame_level else "window_id"
+    filter_ids = f" AND window_id IN (SELECT window_id FROM {wanted})" if wanted else ""
+    query = (f"SELECT window_id, {spec.column} AS v FROM (SELECT window_id, "
+             f"{'frame_index, ' if spec.frame_level else ''}{spec.column}, row_number() OVER "
+             f"(PARTITION BY {keys} ORDER BY written_at DESC) AS _rank FROM {source} "
+             f"WHERE extractor_version = ?{filter_ids}) WHERE _rank = 1 ORDER BY {keys}")
+    table = store.sql(query, [version])
+    ids = table.column("window_id").to_numpy(zero_copy_only=False)
+    values = _list_to_matrix(table.column("v"), f"{spec.table}.{spec.column} ({version})")
+    if spec.frame_level:
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
+        X = pool_frames(ids, values, pooling)
+        window_ids = ids[starts].tolist()
+    else:
+        X, window_ids = values, ids.tolist()
+    meta = version_meta(store, version)
+    names = pooled_names(base_names(spec, values.shape[1], meta), pooling, spec.frame_level)
+    return window_ids, X, names
+
+
+def load_window_features(store: FeatureStore, view: str = "birdnet", pooling: str = "mean",
+                         window_ids: Sequence[str] | None = None, versions: dict | None = None,
+                         ) -> tuple[list[str], np.ndarray, list[str], dict]:
+    """Per-window features of ``view`` from the store.
+
+    Returns ``(window_ids, X float32 [n, d], feature_names, versions)``; ``versions`` maps each
+    extractor to the extractor_version read (pin one with ``versions={"birdnet": ...}``; default:
+    the most recently written) plus ``pooling``. Windows are sorted by id, or follow ``window_ids``
+    when given; a window missing from any joined view is left out.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
+    specs = split_views(view)
+    used: dict[str, str] = {}
+    wanted = None
+    if window_ids is not None:
+        wanted = f"_embed_wanted_{uuid.uuid4().hex[:8]}"
+        store.con.register(wanted, pa.table({"window_id": pa.array(list(window_ids), pa.string())}))
+    try:
+        loaded = []
+        for spec in specs:
+            version = used.setdefault(spec.extractor, resolve_version(store, spec.extractor, versions))
+            loaded.append(_load_view(store, spec, version, pooling, wanted))
+    finally:
+        if wanted:
+            store.con.unregister(wanted)
+    order = list(window_ids) if window_ids is not None else sorted(loaded[0][0])
+    present = set(order)
+    for ids, _, _ in loaded:
+        present &= set(ids)
+    order = [w for w in dict.fromkeys(order) if w in present]
+    blocks, names = [], []
+    for ids, X, cols in loaded:
+        position = {w: i for i, w in enumerate(ids)}
+        blocks.append(X[[position[w] for w in order]] if order else np.zeros((0, X.shape[1]), np.float32))
+        names += cols
+    X = np.hstack(blocks).astype(np.float32, copy=False) if blocks else np.zeros((0, 0), np.float32)
+    return order, X, names, {**used, "pooling": pooling}
+
+
+def extractors_from_store(store: FeatureStore, versions: dict, **runtime) -> list[Extractor]:
+    """Rebuild the extractors of ``versions`` (as returned by :func:`load_window_features`) from their
+    stored params, e.g. to embed test audio exactly like the training features. ``runtime``: threads,
+    batch_size, cache_dir, model_path (see :func:`embed.extractors.extractor_from_params`)."""
+    from embed.extractors import extractor_from_params
+
+    out = []
+    for name, version in versions.items():
+        if name == "pooling":
+            continue
+        meta = version_meta(store, version)
+        if not meta:
+            raise StoreError(f"extractor version {version!r} is not described in {VERSIONS_TABLE} of {store.root}")
+        extractor = extractor_from_params(meta["params"], **runtime)
+        if extractor.version != version:
+            raise StoreError(f"rebuilt {name} has version {extractor.version}, the store has {version}")
+        out.append(extractor)
+    return out
+
+
+# ---------------------------------------------------------------------------- in-memory path
+def default_views(extractor: Extractor) -> list[str]:
+    """The views an extractor produces."""
+    if extractor.name == "birdnet":
+        return ["birdnet"] + (["birdnet_logits"] if extractor.logit_labels() else [])
+    if extractor.name == "classical":
+        return ["classical"]
+    name = extractor.name.removeprefix("custom:")
+    return [f"custom:{name}"] + ([f"custom_logits:{name}"] if extractor.logit_labels() else [])
+
+
+def _view_matrix(spec: ViewSpec, extractor: Extractor, out: FrameOutput | WindowOutput,
+                 pooling: str) -> tuple[np.ndarray, list[str]]:
+    meta = {"logit_labels": extractor.logit_labels(), "feature_names": extractor.feature_names()}
+    if isinstance(out, WindowOutput):
+        X = out.features
+    else:
+        values = out.embedding if spec.column == "embedding" else out.logits
+        if values is None:
+            raise ValueError(f"{extractor.name} produced no logits, so view {spec.view!r} is empty")
+        X = pool_frames(out.grid.window_index, values.astype(np.float32), pooling)
+    return X, pooled_names(base_names(spec, X.shape[1] // (2 if spec.frame_level and pooling == "meanmax" else 1),
+                                      meta), pooling, spec.frame_level)
+
+
+def embed_file_with_names(path: str | os.PathLike, extractors: Sequence[Extractor], *, soundscape: bool = True,
+                          window_starts: Sequence[float] | None = None, views: Sequence[str] | None = None,
+                          pooling: str = "mean") -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+    """Like :func:`embed_file`, with the feature names of each view as a third element."""
+    from featurestore.windows import window_starts as grid
+
+    audio = Audio.load(path)
+    starts = list(window_starts) if window_starts is not None else grid(audio.duration_s, soundscape)
+    by_name = {ex.name: ex for ex in extractors}
+    outputs = {ex.name: ex.compute(audio, starts) for ex in extractors}
+    views = list(views) if views is not None else [v for ex in extractors for v in default_views(ex)]
+    result = {}
+    for view in views:
+        blocks, names = [], []
+        for spec in split_views(view):
+            if spec.extractor not in by_name:
+                raise ValueError(f"view {spec.view!r} needs the {spec.extractor} extractor")
+            X, cols = _view_matrix(spec, by_name[spec.extractor], outputs[spec.extractor], pooling)
+            blocks.append(X)
+            names += cols
+        result[view] = (np.asarray(starts, dtype=np.float64), np.hstack(blocks).astype(np.float32, copy=False), names)
+    return result
+
+
+def embed_file(path: str | os.PathLike, extractors: Sequence[Extractor], *, soundscape: bool = True,
+               window_starts: Sequence[float] | None = None, views: Sequence[str] | None = None,
+               pooling: str = "mean") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Embed one audio file without a store: ``{view: (window_starts, X float32 [windows, d])}``.
+
+    Windows follow the store's grid (:func:`featurestore.windows.window_starts`; ``soundscape``
+    selects the 12-window soundscape rule or the focal-clip rule) unless ``window_starts`` is
+    given. ``views`` defaults to every view the extractors produce; comma-joined views concatenate.
+    Raises :class:`embed.audio.AudioError` naming the file when it cannot be decoded.
+    """
+    full = embed_file_with_names(path, extractors, soundscape=soundscape, window_starts=window_starts,
+                                 views=views, pooling=pooling)
+    return {view: (starts, X) for view, (starts, X, _) in full.items()}

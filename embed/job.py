@@ -1,0 +1,474 @@
+"""The embedding job: every window in the store not yet embedded by an extractor version, once.
+
+Tables (all part tables, so shards and machines can fill one store; the views dedupe by key):
+
+* ``birdnet_frames`` / ``custom_frames`` — one row per frame: window_id, frame_index, frame_start_s
+  (absolute, in the file), valid_fraction + is_padded (share of the frame that is real audio;
+  windows past the end of a file are zero-padded), extractor, extractor_version, embedding
+  (float16), logits (float32; the classes matched to the taxonomy unless full logits were asked
+  for), written_at. Key (window_id, extractor_version, frame_index).
+* ``classical_windows`` — one row per window: window_id, extractor, extractor_version,
+  valid_fraction, is_padded, features (float32), written_at. Key (window_id, extractor_version).
+* ``extractor_versions`` — what each version means: params (JSON), logit_labels, feature_names.
+* ``embed_errors`` — files that could not be embedded, with the reason.
+* ``birdnet_class_map`` (snapshot) — each taxonomy class and its BirdNET class, if any.
+
+Work is planned per file (all of a file's windows in one atomic part), split over shards by a
+hash of the file path and over worker processes (one single-threaded interpreter each). Parts are
+written atomically, so a run killed with ``kill -9`` and re-run ends with every window exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from embed.audio import Audio, AudioError
+from embed.extractors import Extractor, FrameOutput, WindowOutput, extractor_from_params
+from embed.features import VERSIONS_TABLE
+from featurestore.competition import DataError
+from featurestore.store import FeatureStore, StoreError, utc_now, write_parquet_atomic
+
+FRAME_KEYS = ["window_id", "extractor_version", "frame_index"]
+PART_TABLES = {
+    "birdnet_frames": FRAME_KEYS,
+    "custom_frames": FRAME_KEYS,
+    "classical_windows": ["window_id", "extractor_version"],
+    VERSIONS_TABLE: ["extractor_version"],
+    "embed_errors": ["file", "extractor_version"],
+}
+EXTRACTORS = ("birdnet", "classical", "custom")
+LOCK_WAIT_SECONDS = 120.0
+
+
+# ---------------------------------------------------------------------------- planning
+@dataclass
+class FileTask:
+    key: str                                   # "<source>/<filename>"
+    path: str
+    duration_s: float
+    windows: dict[str, list[tuple[str, int]]]  # extractor version -> [(window_id, start_s)]
+
+
+@dataclass
+class TaskResult:
+    files: int = 0
+    audio_s: float = 0.0
+    windows: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    errors: list[dict] = field(default_factory=list)
+
+
+def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int]:
+    """``"I/N"`` (0 <= I < N) -> (I, N)."""
+    if text is None:
+        return 0, 1
+    if isinstance(text, tuple):
+        index, count = text
+    else:
+        try:
+            index, count = (int(x) for x in str(text).split("/"))
+        except ValueError as exc:
+            raise DataError(f"--shard {text!r}: expected I/N, e.g. 0/2 and 1/2") from exc
+    if not 0 <= index < count:
+        raise DataError(f"--shard {index}/{count}: need 0 <= I < N")
+    return index, count
+
+
+def in_shard(key: str, shard: tuple[int, int]) -> bool:
+    """Deterministic split of files over N shards (sha1 of the file path)."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % shard[1] == shard[0]
+
+
+def plan_tasks(files: list[FileTask], workers: int, task_seconds: float | None = None) -> list[list[FileTask]]:
+    """Group files (in order) into tasks of about ``task_seconds`` of audio; one part per task."""
+    total = sum(f.duration_s for f in files)
+    target = task_seconds or min(600.0, max(20.0, total / max(1, workers * 8)))
+    tasks: list[list[FileTask]] = []
+    current: list[FileTask] = []
+    seconds = 0.0
+    for f in files:
+        current.append(f)
+        seconds += f.duration_s
+        if seconds >= target or len(current) >= 256:
+            tasks.append(current)
+            current, seconds = [], 0.0
+    if current:
+        tasks.append(current)
+    return tasks
+
+
+# ---------------------------------------------------------------------------- rows
+def _fixed_list(matrix: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    n, d = matrix.shape
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(matrix).reshape(-1), value_type), d)
+
+
+def frame_rows(ex: Extractor, out: FrameOutput, ids: list[str], written_at) -> pa.Table:
+    g = out.grid
+    n = len(g.window_index)
+    cols = {
+        "window_id": pa.array([ids[i] for i in g.window_index.tolist()], pa.string()),
+        "frame_index": pa.array(g.frame_index, pa.int16()),
+        "frame_start_s": pa.array(g.start_s, pa.float64()),
+        "valid_fraction": pa.array(g.valid_fraction, pa.float32()),
+        "is_padded": pa.array(g.valid_fraction < 1.0, pa.bool_()),
+        "extractor": pa.array([ex.name] * n, pa.string()),
+        "extractor_version": pa.array([ex.version] * n, pa.string()),
+        "embedding": _fixed_list(out.embedding.astype(np.float16), pa.float16()),
+    }
+    if out.logits is not None:
+        cols["logits"] = _fixed_list(out.logits.astype(np.float32), pa.float32())
+    cols["written_at"] = pa.array([written_at] * n, pa.timestamp("us"))
+    return pa.table(cols)
+
+
+def window_rows(ex: Extractor, out: WindowOutput, ids: list[str], written_at) -> pa.Table:
+    n = len(ids)
+    return pa.table({
+        "window_id": pa.array(ids, pa.string()),
+        "extractor": pa.array([ex.name] * n, pa.string()),
+        "extractor_version": pa.array([ex.version] * n, pa.string()),
+        "valid_fraction": pa.array(out.valid_fraction, pa.float32()),
+        "is_padded": pa.array(out.valid_fraction < 1.0, pa.bool_()),
+        "features": _fixed_list(out.features.astype(np.float32), pa.float32()),
+        "written_at": pa.array([written_at] * n, pa.timestamp("us")),
+    })
+
+
+def version_row(ex: Extractor) -> pa.Table:
+    params = ex.params()
+    return pa.table({
+        "extractor": [ex.name], "extractor_version": [ex.version], "table_name": [ex.table],
+        "params": [json.dumps(params, sort_keys=True)],
+        "logit_labels": pa.array([ex.logit_labels()], pa.list_(pa.string())),
+        "feature_names": pa.array([ex.feature_names()], pa.list_(pa.string())),
+        "model_sha256": [params.get("model_sha256")], "code_version": [params.get("code_version")],
+        "written_at": pa.array([utc_now()], pa.timestamp("us")),
+    })
+
+
+def error_rows(errors: list[dict]) -> pa.Table:
+    keys = ("file", "extractor_version", "message")
+    cols = {k: pa.array([e[k] for e in errors], pa.string()) for k in keys}
+    cols["written_at"] = pa.array([utc_now()] * len(errors), pa.timestamp("us"))
+    return pa.table(cols)
+
+
+def part_path(parts_root: Path, table: str) -> Path:
+    return parts_root / table / f"part-{utc_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:10]}.parquet"
+
+
+# ---------------------------------------------------------------------------- one task (worker side)
+def run_task(extractors: list[Extractor], task: list[FileTask], parts_root: Path,
+             still_wanted: Callable[[], bool] = lambda: True) -> TaskResult:
+    """Embed the files of one task and write one atomic part per table."""
+    result = TaskResult()
+    tables: dict[str, list[pa.Table]] = {}
+    for f in task:
+        result.files += 1
+        result.audio_s += f.duration_s
+        try:
+            audio = Audio.load(f.path)
+        except AudioError as exc:
+            result.errors += [{"file": f.key, "extractor_version": v, "message": str(exc)} for v in f.windows]
+            continue
+        written_at = utc_now()
+        for ex in extractors:
+            todo = f.windows.get(ex.version)
+            if not todo:
+                continue
+            ids = [w for w, _ in todo]
+            try:
+                out = ex.compute(audio, [s for _, s in todo])
+            except DataError as exc:
+                result.errors.append({"file": f.key, "extractor_version": ex.version, "message": f"{f.path}: {exc}"})
+                continue
+            rows = frame_rows(ex, out, ids, written_at) if isinstance(out, FrameOutput) else \
+                window_rows(ex, out, ids, written_at)
+            tables.setdefault(ex.table, []).append(rows)
+            result.windows[ex.name] = result.windows.get(ex.name, 0) + len(ids)
+    if not still_wanted():  # the parent died (kill -9): write nothing, the re-run redoes this task
+        os._exit(1)
+    for table, pieces in tables.items():
+        merged = pa.concat_tables(pieces, promote_options="default")
+        write_parquet_atomic(merged, part_path(parts_root, table))
+        result.rows[table] = merged.num_rows
+    if result.errors:
+        write_parquet_atomic(error_rows(result.errors), part_path(parts_root, "embed_errors"))
+    return result
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(params: list[dict], runtime: dict, parts_root: str) -> None:
+    _WORKER["parent"] = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(_WORKER["parent"],), daemon=True).start()
+    _WORKER["extractors"] = [extractor_from_params(p, **runtime) for p in params]
+    _WORKER["parts_root"] = Path(parts_root)
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """Pool workers hold both ends of their task pipe, so a killed parent would leave them waiting forever."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
+
+
+def _worker_task(task: list[FileTask]) -> TaskResult:
+    return run_task(_WORKER["extractors"], task, _WORKER["parts_root"],
+                    still_wanted=lambda: os.getppid() == _WORKER["parent"])
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Spawned workers inherit the environment: one BLAS/OpenMP thread each (we parallelise by process)."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {n: os.environ.get(n) for n in names}
+    os.environ.update(dict.fromkeys(names, "1"))
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+
+
+def execute(extractors: list[Extractor], tasks: list[list[FileTask]], parts_root: Path, workers: int,
+            runtime: dict) -> Iterator[TaskResult]:
+    """Results of ``tasks`` as they finish; one worker runs inline with the parent's extractors."""
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield run_task(extractors, task, parts_root)
+        return
+    ctx = multiprocessing.get_context("spawn")  # never fork a DuckDB connection or an interpreter
+    params = [ex.params() for ex in extractors]
+    with _single_threaded_children():
+        pool = ctx.Pool(min(workers, len(tasks)), initializer=_init_worker,
+                        initargs=(params, runtime, str(parts_root)))
+    with pool:
+        yield from pool.imap_unordered(_worker_task, tasks, chunksize=1)
+
+
+# ---------------------------------------------------------------------------- the job
+@dataclass
+class EmbedSummary:
+    store: str
+    data_dir: str
+    shard: tuple[int, int]
+    workers: int
+    versions: dict[str, str]
+    windows_in_scope: dict[str, int]
+    windows_before: dict[str, int]
+    windows_now: dict[str, int]
+    windows_stored: dict[str, int]
+    rows_written: dict[str, int]
+    files: int
+    audio_s: float
+    wall_s: float
+    errors: list[dict]
+    notes: list[str]
+
+    def render(self) -> str:
+        rate = self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
+        lines = [f"embed: store {self.store}, audio {self.data_dir}, shard {self.shard[0]}/{self.shard[1]}, "
+                 f"{self.workers} worker(s)"]
+        for name, version in self.versions.items():
+            lines.append(f"  {name:<10} {version}: {self.windows_now.get(name, 0)} window(s) embedded now, "
+                         f"{self.windows_before.get(name, 0)} already stored, {self.windows_stored.get(name, 0)}/"
+                         f"{self.windows_in_scope.get(name, 0)} of this shard's windows stored")
+        lines.append(f"  {self.files} file(s), {self.audio_s:.1f} s of audio in {self.wall_s:.1f} s "
+                     f"({rate:.1f} audio-s per s)")
+        if self.rows_written:
+            lines.append("  rows written: " + ", ".join(f"{t} {n}" for t, n in sorted(self.rows_written.items())))
+        lines += [f"  note: {n}" for n in self.notes]
+        files = sorted({e["file"]: e["message"] for e in self.errors}.items())
+        if files:
+            lines.append(f"  {len(files)} file(s) skipped (recorded in embed_errors; fix and re-run):")
+            lines += [f"    {message}" for _, message in files[:20]]
+            if len(files) > 20:
+                lines.append("    ...")
+        return "\n".join(lines)
+
+
+def open_store(store_dir: str | os.PathLike, wait_s: float = LOCK_WAIT_SECONDS) -> FeatureStore:
+    """Open the store read-write, waiting while another process (another shard) holds the catalog."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return FeatureStore.open(store_dir, create=False)
+        except StoreError as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def data_dir_of(store: FeatureStore) -> Path:
+    if not store.rows("SELECT 1 FROM duckdb_tables() WHERE table_name = 'ingest_runs'"):
+        raise StoreError(f"{store.root}: no ingest run recorded; run python -m pipelines.ingest first")
+    row = store.first("SELECT data_dir FROM ingest_runs ORDER BY run_at DESC LIMIT 1")
+    return Path(row[0])
+
+
+def build_extractors(names: list[str], taxonomy: pa.Table, *, hop_s: float | None = None, batch_size: int = 1,
+                     threads: int = 1, full_logits: bool = False, model: str | os.PathLike | None = None,
+                     model_config: str | os.PathLike | dict = "perch_v2", labels_file: str | None = None,
+                     cache_dir: str | os.PathLike | None = None) -> list[Extractor]:
+    """Extractors by name (``birdnet``, ``classical``, ``custom``) with the job's options."""
+    out: list[Extractor] = []
+    for name in names:
+        if name == "birdnet":
+            from embed.birdnet import DEFAULT_HOP_SECONDS, BirdNet
+            out.append(BirdNet(taxonomy, hop_s=hop_s or DEFAULT_HOP_SECONDS, full_logits=full_logits,
+                               batch_size=batch_size, threads=threads, cache_dir=cache_dir))
+        elif name == "classical":
+            from embed.classical import Classical
+            out.append(Classical())
+        elif name == "custom":
+            from embed.custom import CustomModel
+            if model is None:
+                raise DataError("--extractor custom needs --model path/to/model.tflite (or .onnx)")
+            out.append(CustomModel(model, model_config, taxonomy, hop_s=hop_s, full_logits=full_logits,
+                                   labels_file=labels_file, batch_size=batch_size, threads=threads))
+        else:
+            raise DataError(f"unknown extractor {name!r}; use {', '.join(EXTRACTORS)}")
+    return out
+
+
+def _done_windows(store: FeatureStore, table: str, version: str) -> set[str]:
+    if not store.part_files(table):
+        return set()
+    glob = store.part_glob(table).replace("'", "''")
+    rows = store.rows(f"SELECT DISTINCT window_id FROM read_parquet('{glob}', union_by_name = true) "
+                      "WHERE extractor_version = ?", [version])
+    return {r[0] for r in rows}
+
+
+def _prepare(store: FeatureStore, extractors: list[Extractor]) -> None:
+    for name, keys in PART_TABLES.items():
+        store.register_part_table(name, keys)
+    known = set()
+    if store.part_files(VERSIONS_TABLE):
+        glob = store.part_glob(VERSIONS_TABLE).replace("'", "''")
+        known = {r[0] for r in store.rows(f"SELECT DISTINCT extractor_version FROM read_parquet('{glob}')")}
+    for ex in extractors:
+        if ex.version not in known:
+            store.append_part(VERSIONS_TABLE, version_row(ex))
+        cmap = getattr(ex, "cmap", None)
+        if ex.name == "birdnet" and cmap is not None:
+            n = cmap.num_rows
+            table = cmap.append_column("model_sha256", pa.array([ex.params()["model_sha256"]] * n)) \
+                .append_column("created_at", pa.array([utc_now()] * n, pa.timestamp("us")))
+            store.write_table("birdnet_class_map", table, params={"model_sha256": ex.params()["model_sha256"]})
+
+
+def _forget_fixed_errors(store: FeatureStore, files: set[str], missing: set[tuple[str, str]]) -> None:
+    """Drop ``embed_errors`` rows of this run's files whose windows are now all stored."""
+    if not store.part_files("embed_errors"):
+        return
+    stale = store.rows("SELECT file, extractor_version FROM embed_errors")
+    if not any(f in files and (f, v) not in missing for f, v in stale):
+        return
+    store.compact_parts("embed_errors", keep=lambda t: t.filter(pa.array(
+        [f not in files or (f, v) in missing for f, v in zip(t.column("file").to_pylist(),
+                                                              t.column("extractor_version").to_pylist(),
+                                                              strict=True)], pa.bool_())))
+
+
+def run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple[str, ...] = ("birdnet", "classical"),
+              *, data_dir: str | os.PathLike | None = None, workers: int | None = None,
+              shard: str | tuple[int, int] | None = None, sources: list[str] | None = None,
+              hop_s: float | None = None, batch_size: int = 1, threads: int = 1, full_logits: bool = False,
+              model: str | os.PathLike | None = None, model_config: str | os.PathLike | dict = "perch_v2",
+              labels_file: str | None = None, cache_dir: str | os.PathLike | None = None,
+              task_seconds: float | None = None, progress: Callable[[float], object] | None = None,
+              on_total: Callable[[float], object] | None = None) -> EmbedSummary:
+    """Embed every window of the store not yet stored for each extractor version; see the module docstring."""
+    t_start = time.perf_counter()
+    names = [n.strip() for n in (extractors.split(",") if isinstance(extractors, str) else extractors) if n.strip()]
+    shard = parse_shard(shard)
+    workers = max(1, workers or os.cpu_count() or 1)
+    with open_store(store_dir) as store:
+        data = Path(data_dir).expanduser().resolve() if data_dir else data_dir_of(store)
+        if not data.is_dir():
+            raise DataError(f"audio folder {data} not found (from ingest_runs; pass --data to override)")
+        taxonomy = store.read_table("taxonomy")
+        exs = build_extractors(names, taxonomy, hop_s=hop_s, batch_size=batch_size, threads=threads,
+                               full_logits=full_logits, model=model, model_config=model_config,
+                               labels_file=labels_file, cache_dir=cache_dir)
+        _prepare(store, exs)
+        windows = store.sql("SELECT window_id, source, filename, start_s, audio_end_s FROM windows "
+                            "ORDER BY source, filename, start_s").to_pylist()
+        done = {ex.version: _done_windows(store, ex.table, ex.version) for ex in exs}
+        root, parts_root = str(store.root), store.root / "parts"
+
+    unknown = sorted(set(sources or []) - {w["source"] for w in windows})
+    if unknown:
+        raise DataError(f"no windows from source(s) {unknown} in the store; sources present: "
+                        f"{sorted({w['source'] for w in windows})}")
+    by_file: dict[str, list[dict]] = {}
+    for w in windows:
+        if sources and w["source"] not in sources:
+            continue
+        key = f"{w['source']}/{w['filename']}"
+        if in_shard(key, shard):
+            by_file.setdefault(key, []).append(w)
+    scope = {ex.name: sum(len(ws) for ws in by_file.values()) for ex in exs}
+    before = {ex.name: sum(w["window_id"] in done[ex.version] for ws in by_file.values() for w in ws) for ex in exs}
+    files = []
+    for key, ws in by_file.items():
+        todo = {ex.version: [(w["window_id"], w["start_s"]) for w in ws if w["window_id"] not in done[ex.version]]
+                for ex in exs}
+        todo = {v: t for v, t in todo.items() if t}
+        if todo:
+            files.append(FileTask(key, str(data / key), max(w["audio_end_s"] for w in ws), todo))
+    tasks = plan_tasks(files, workers, task_seconds)
+    if on_total:
+        on_total(sum(f.duration_s for f in files))
+    if tasks and any(ex.name == "birdnet" for ex in exs):
+        from embed.birdnet import patched_model
+        patched_model(cache_dir)  # build/verify the cached model once, before workers start
+
+    runtime = {"batch_size": batch_size, "threads": threads, "cache_dir": cache_dir}
+    now: dict[str, int] = {}
+    rows: dict[str, int] = {}
+    errors: list[dict] = []
+    audio_s, n_files = 0.0, 0
+    for result in execute(exs, tasks, parts_root, workers, runtime):
+        for k, v in result.windows.items():
+            now[k] = now.get(k, 0) + v
+        for k, v in result.rows.items():
+            rows[k] = rows.get(k, 0) + v
+        errors += result.errors
+        audio_s += result.audio_s
+        n_files += result.files
+        if progress:
+            progress(result.audio_s)
+
+    with open_store(root) as store:
+        store.refresh_part_views()
+        stored, missing = {}, set()
+        for ex in exs:
+            present = _done_windows(store, ex.table, ex.version)
+            stored[ex.name] = sum(w["window_id"] in present for ws in by_file.values() for w in ws)
+            missing |= {(key, ex.version) for key, ws in by_file.items() if any(w["window_id"] not in present
+                                                                               for w in ws)}
+        _forget_fixed_errors(store, set(by_file), missing)
+    notes = [n for ex in exs for n in getattr(ex, "notes", [])]
+    return EmbedSummary(root, str(data), shard, workers, {ex.name: ex.version for ex in exs}, scope, before, now,
+                        stored, rows, n_files, audio_s, time.perf_counter() - t_start, errors, notes)

