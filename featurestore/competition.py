@@ -50,17 +50,22 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict
     return rows
 
 
+def require_unique(value: str, column: str, seen: dict[str, int], line: int, where: str) -> str:
+    """``value`` if it is non-empty and not seen before in ``column`` (then remembered), else DataError."""
+    if not value:
+        raise DataError(f"{where}: empty {column}")
+    if value in seen:
+        raise DataError(f"{where}: {column} {value!r} already on line {seen[value]}")
+    seen[value] = line
+    return value
+
+
 # ---------------------------------------------------------------------------- taxonomy
 def read_taxonomy(path: Path) -> pa.Table:
     rows = read_csv_rows(path, TAXONOMY_COLUMNS)
     seen: dict[str, int] = {}
     for line, row in rows:
-        label = row["primary_label"].strip()
-        if not label:
-            raise DataError(f"{path} line {line}: empty primary_label")
-        if label in seen:
-            raise DataError(f"{path} line {line}: primary_label {label!r} already on line {seen[label]}")
-        seen[label] = line
+        require_unique(row["primary_label"].strip(), "primary_label", seen, line, f"{path} line {line}")
     return pa.table(
         {
             "primary_label": [r["primary_label"].strip() for _, r in rows],
@@ -115,12 +120,7 @@ def read_train_csv(path: Path, known_labels: set[str]) -> pa.Table:
         unknown = [s for s in secondary if s not in known_labels]
         if unknown:
             raise DataError(f"{where}: secondary label(s) {unknown} not in the taxonomy")
-        filename = row["filename"].strip()
-        if not filename:
-            raise DataError(f"{where}: empty filename")
-        if filename in seen:
-            raise DataError(f"{where}: filename {filename!r} already on line {seen[filename]}")
-        seen[filename] = line
+        filename = require_unique(row["filename"].strip(), "filename", seen, line, where)
         out["recording_id"].append(Path(filename).with_suffix("").as_posix())
         out["primary_label"].append(label)
         out["secondary_labels"].append(secondary)

@@ -120,3 +120,16 @@ def test_conflicting_duplicates_are_reported_not_merged_silently(bc: Path, known
     assert len(report.conflicts) == 1 and "116570" in report.conflicts[0]
     row = table.filter(table.column("conflict")).to_pylist()
     assert len(row) == 1 and "116570" in row[0]["labels"]
+
+
+def test_duplicate_or_empty_keys_name_both_lines(bc: Path, known: set[str], tmp_path: Path) -> None:
+    lines = (bc / "taxonomy.csv").read_text().splitlines()
+    dup = tmp_path / "taxonomy.csv"
+    dup.write_text("\n".join([*lines, lines[1]]) + "\n")
+    with pytest.raises(DataError, match=rf"taxonomy\.csv line {len(lines) + 1}: primary_label '1161364' already on line 2"):
+        read_taxonomy(dup)
+    rows = (bc / "train.csv").read_text().splitlines()
+    train = tmp_path / "train.csv"
+    train.write_text("\n".join([*rows, rows[1].replace("1161364/iNat1264238.ogg", "")]) + "\n")
+    with pytest.raises(DataError, match=r"train\.csv line 6: empty filename"):
+        read_train_csv(train, known)
