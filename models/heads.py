@@ -238,12 +238,14 @@ class LinearHead(Head):
         self.components_ = None
         penalty = None
         if p.pca_components and p.pca_components < Z.shape[1]:
-            _, _, vt = np.linalg.svd(Z[:: max(1, len(Z) // 20000)], full_matrices=False)
-            Z = Z @ vt[: p.pca_components].T
+            _, singular, vt = np.linalg.svd(Z[:: max(1, len(Z) // 20000)], full_matrices=False)
+            rank = int(np.sum(singular > 1e-6 * singular[0]))  # fewer windows than features: no null directions
+            vt = vt[: min(p.pca_components, rank)]
+            Z = Z @ vt.T
             # Solve in whitened coordinates with the penalty rescaled to match: the same objective,
             # but well conditioned, so L-BFGS needs ~30 instead of ~300 steps (bench/train_speed.py).
             sigma = np.maximum(Z.std(axis=0), 1e-8)
-            self.components_ = vt[: p.pca_components].T / sigma
+            self.components_ = vt.T / sigma
             Z = Z / sigma
             penalty = sigma ** -2
         weights = np.broadcast_to(w[:, None], Y.shape).copy()

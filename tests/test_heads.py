@@ -122,3 +122,16 @@ def test_pca_linear_head_whitened_solve_keeps_the_sklearn_objective(data) -> Non
     for c in range(2):
         ref = LogisticRegression(C=0.1, max_iter=2000, tol=1e-10).fit(P, Y[:, c])
         np.testing.assert_allclose(head.predict_proba(X)[:, c], ref.predict_proba(P)[:, 1], atol=1e-4)
+
+
+def test_pca_linear_head_with_fewer_windows_than_features_keeps_the_objective() -> None:
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(80, 400))
+    y = (X[:, 0] + 0.5 * X[:, 1] + rng.normal(size=80) > 0).astype(np.float32)
+    head = make_head("linear", ["a"], [f"f{j}" for j in range(400)],
+                     {"pca_components": 256, "balanced": False, "max_iter": 1000, "tol": 1e-9}).fit(X, y[:, None])
+    Z = StandardScaler().fit_transform(X)
+    _, _, vt = np.linalg.svd(Z, full_matrices=False)
+    P = Z @ vt[:79].T
+    ref = LogisticRegression(C=0.1, max_iter=5000, tol=1e-10).fit(P, y)
+    np.testing.assert_allclose(head.predict_proba(X)[:, 0], ref.predict_proba(P)[:, 1], atol=1e-3)
