@@ -237,12 +237,7 @@ class BirdNet(FrameModel):
     @classmethod
     def from_params(cls, params: dict, *, batch_size: int = 1, threads: int = 1, cache_dir=None, **_) -> BirdNet:
         self = cls(None, hop_s=params["hop_s"], batch_size=batch_size, threads=threads, cache_dir=cache_dir)
-        if self.model_sha256 != params["model_sha256"]:
-            raise ModelError(f"installed BirdNET model sha256 {self.model_sha256[:12]} differs from the stored "
-                             f"{params['model_sha256'][:12]}")
-        self.logits_mode = params["logits_mode"]
-        self.logit_indices = params["logit_indices"] if self.logits_mode != "none" else None
-        self._logit_labels = list(params["logit_labels"])
+        self.restore_stored(params, "installed BirdNET model")
         return self
 
     def params(self) -> dict:

@@ -228,12 +228,7 @@ class CustomModel(FrameModel):
                     threads: int = 1, **_) -> CustomModel:
         path = model_path or params["model_path"]
         self = cls(path, params["config"], None, hop_s=params["hop_s"], batch_size=batch_size, threads=threads)
-        if self.model_sha256 != params["model_sha256"]:
-            raise ModelError(f"{self.model_path}: sha256 {self.model_sha256[:12]} differs from the stored "
-                             f"{params['model_sha256'][:12]}")
-        self.logits_mode = params["logits_mode"]
-        self.logit_indices = params["logit_indices"] if self.logits_mode != "none" else None
-        self._logit_labels = list(params["logit_labels"])
+        self.restore_stored(params, str(self.model_path))
         return self
 
     def params(self) -> dict:

@@ -133,6 +133,17 @@ class FrameModel(Extractor):
         params = {k: v for k, v in self.params().items() if k != "model_path"}
         return f"{self.name}-{self.model_sha256[:8]}-h{self.hop_s:g}-{params_hash(params)}"
 
+    def restore_stored(self, params: dict, what: str) -> None:
+        """Adopt a stored version's logit selection after checking the model file is the same one."""
+        if self.model_sha256 != params["model_sha256"]:
+            from embed.tflite import ModelError
+
+            raise ModelError(f"{what}: sha256 {self.model_sha256[:12]} differs from the stored "
+                             f"{params['model_sha256'][:12]}")
+        self.logits_mode = params["logits_mode"]
+        self.logit_indices = params["logit_indices"] if self.logits_mode != "none" else None
+        self._logit_labels = list(params["logit_labels"])
+
     @abstractmethod
     def _run(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         ...

@@ -115,3 +115,14 @@ def test_validator_rejects_order_missing_row_and_nan(submission: Path, demo_data
     cli = subprocess.run([sys.executable, "-m", "pipelines.validate_submission", str(tmp_path / "c.csv"),
                           "--sample", str(sample)], cwd=REPO, capture_output=True, text=True)
     assert cli.returncode == 1 and "invalid:" in cli.stdout and "NaN" in cli.stdout
+
+
+def test_a_different_model_file_is_refused(trained: tuple[Path, str], tmp_path: Path) -> None:
+    store, head_id = trained
+    copy = tmp_path / head_id
+    shutil.copytree(store / HEADS_DIR / head_id, copy)
+    params = json.loads((copy / "extractors.json").read_text())
+    params["birdnet"]["model_sha256"] = "0" * 64  # trained with another BirdNET file than the installed one
+    (copy / "extractors.json").write_text(json.dumps(params))
+    with pytest.raises(ValueError, match="installed BirdNET model: sha256 .* differs from the stored 000000000000"):
+        build_extractors(load_bundle(copy))
