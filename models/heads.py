@@ -56,7 +56,7 @@ class LGBMParams:
     num_leaves: int = 15
     min_child_samples: int = 5
     feature_fraction: float = 0.5
-    neg_per_pos: float = 20.0     # per tree, sample about this many negatives per positive (0 = all)
+    neg_per_pos: float = 20.0     # train each class on ~this many negatives per positive (0 = all)
     lambda_l2: float = 1.0
     max_bin: int = 63
     early_stopping_rounds: int = 30
@@ -296,19 +296,25 @@ def inner_split(n: int, groups: np.ndarray | None, fraction: float, seed: int) -
     return chosen[inverse]
 
 
-def negative_bagging(y: np.ndarray, neg_per_pos: float) -> dict:
-    """Balanced bagging for one class: keep every positive and ~``neg_per_pos`` negatives each per tree.
+MIN_NEGATIVES = 2000
 
-    Most of the 234 classes are rare, so this cuts their histogram work by 10-100x.
+
+def negative_sample(y: np.ndarray, neg_per_pos: float, seed: int) -> tuple[np.ndarray | None, float]:
+    """Rows for one class: every positive and ~``neg_per_pos`` negatives each (at least 2,000).
+
+    Returns ``(sorted row indices or None for all rows, kept fraction of negatives)``. Most of the
+    234 classes are rare; training them on a fixed subset of the shared binned dataset is ~3x faster
+    per tree than bagging over all rows (measured: 7 vs 22 ms per tree at 80k x 1.1k).
     """
-    pos = float(y.sum())
-    neg = float(len(y) - pos)
-    if neg_per_pos <= 0 or neg == 0:
-        return {}
-    fraction = float(np.clip(neg_per_pos * pos / neg, 0.02, 1.0))
-    if fraction >= 1.0:
-        return {}
-    return {"pos_bagging_fraction": 1.0, "neg_bagging_fraction": fraction, "bagging_freq": 1}
+    pos = np.flatnonzero(y > 0)
+    neg = np.flatnonzero(y <= 0)
+    if neg_per_pos <= 0 or len(neg) == 0:
+        return None, 1.0
+    n_keep = int(max(neg_per_pos * len(pos), MIN_NEGATIVES))
+    if n_keep >= len(neg):
+        return None, 1.0
+    kept = np.random.default_rng(seed).choice(neg, n_keep, replace=False)
+    return np.sort(np.concatenate([pos, kept])), n_keep / len(neg)
 
 
 def undo_negative_sampling(p: np.ndarray, rate: float) -> np.ndarray:
@@ -326,7 +332,7 @@ class LGBMHead(Head):
     """One LightGBM binary model per class, early-stopped on an inner group split.
 
     The binned Dataset is built once and re-labelled per class (binning 100k x 1k features is the
-    costly part); negative bagging keeps rare classes cheap. Classes with no positive (or no
+    costly part); a fixed negative subsample keeps rare classes cheap. Classes with no positive (or no
     positive in the inner training part) predict the prior and are listed in ``constant_classes_``.
     """
 
@@ -346,10 +352,11 @@ class LGBMHead(Head):
         base = {"objective": "binary", "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
                 "min_data_in_leaf": p.min_child_samples, "feature_fraction": p.feature_fraction,
                 "lambda_l2": p.lambda_l2, "max_bin": p.max_bin, "num_threads": p.n_jobs, "seed": p.seed,
-                "deterministic": True, "verbosity": -1}
+                "deterministic": True, "force_col_wise": True, "verbosity": -1}  # col-wise: 1.2-1.4x here
         data_params = {"max_bin": p.max_bin, "min_data_in_leaf": p.min_child_samples, "feature_pre_filter": False,
                        "verbosity": -1}
-        dtrain = lgb.Dataset(X[train_rows], label=Y[train_rows, 0], weight=w[train_rows], params=data_params,
+        w_train = w[train_rows]
+        dtrain = lgb.Dataset(X[train_rows], label=Y[train_rows, 0], weight=w_train, params=data_params,
                              free_raw_data=False).construct()
         dvalid = (lgb.Dataset(X[valid], label=Y[valid, 0], weight=w[valid], reference=dtrain,
                               params=data_params).construct() if valid.any() else None)
@@ -361,16 +368,21 @@ class LGBMHead(Head):
             if y_tr.sum() == 0 or y_tr.sum() == len(y_tr):
                 self.constant_classes_.append(name)
                 continue
-            dtrain.set_label(y_tr)
+            rows, self.neg_rate_[c] = negative_sample(y_tr, p.neg_per_pos, p.seed + c)
+            if rows is None:
+                data = dtrain
+                data.set_label(y_tr)
+            else:  # a subset shares the parent's bins: no re-binning
+                data = dtrain.subset(rows.tolist()).construct()
+                data.set_label(y_tr[rows])
+                data.set_weight(w_train[rows])
             callbacks = []
-            sets = [dtrain]
+            sets = [data]
             if dvalid is not None and 0 < Y[valid, c].sum() < valid.sum():
                 dvalid.set_label(Y[valid, c])
                 sets = [dvalid]
                 callbacks = [lgb.early_stopping(p.early_stopping_rounds, verbose=False)]
-            bagging = negative_bagging(y_tr, p.neg_per_pos)
-            self.neg_rate_[c] = bagging.get("neg_bagging_fraction", 1.0)
-            booster = lgb.train({**base, **bagging}, dtrain, num_boost_round=p.n_estimators, valid_sets=sets, callbacks=callbacks)
+            booster = lgb.train(base, data, num_boost_round=p.n_estimators, valid_sets=sets, callbacks=callbacks)
             best = booster.best_iteration if callbacks and booster.best_iteration > 0 else p.n_estimators
             self.models_[c] = booster.model_to_string(num_iteration=best)
         self._boosters = None

@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from models.heads import HeadError, config_hash, load_head, make_head, negative_bagging
+from models.heads import HeadError, config_hash, load_head, make_head, negative_sample, undo_negative_sampling
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +103,30 @@ def test_bad_input_and_params_are_clear(data) -> None:
         make_head("prior", classes, feats).fit(X, Y[:, :2])
 
 
-def test_negative_bagging_and_config_hash() -> None:
-    y = np.zeros(10_000)
+def test_negative_sample_and_config_hash() -> None:
+    y = np.zeros(100_000)
     y[:50] = 1
-    assert negative_bagging(y, 20.0)["neg_bagging_fraction"] == pytest.approx(20 * 50 / 9950)
+    rows, rate = negative_sample(y, 20.0, seed=1)
+    assert set(np.flatnonzero(y)) <= set(rows) and len(rows) == 50 + 2000  # at least 2,000 negatives
+    assert rate == pytest.approx(2000 / 99_950)
+    assert np.array_equal(rows, negative_sample(y, 20.0, seed=1)[0]) and np.all(np.diff(rows) > 0)
     y[:5000] = 1
-    assert negative_bagging(y, 20.0) == {}
+    assert negative_sample(y, 20.0, seed=1) == (None, 1.0)
+    assert undo_negative_sampling(np.array([0.5]), 0.1)[0] == pytest.approx(0.05 / 0.55)
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1}) != config_hash({"a": 2})
+
+
+def test_lgbm_negative_subsampling_keeps_ranking_and_calibration() -> None:
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(30_000, 8))
+    y = ((X[:, 0] + rng.normal(size=len(X))) > 3.2).astype(np.float32)  # ~1% positives
+    params = {"n_estimators": 60, "n_jobs": 1, "inner_valid_fraction": 0.0}
+    full = make_head("lgbm", ["a"], [f"f{j}" for j in range(8)], {**params, "neg_per_pos": 0}).fit(X[:20_000], y[:20_000, None])
+    fast = make_head("lgbm", ["a"], [f"f{j}" for j in range(8)], params).fit(X[:20_000], y[:20_000, None])
+    assert fast.neg_rate_[0] < 0.25
+    p_full, p_fast = full.predict_proba(X[20_000:])[:, 0], fast.predict_proba(X[20_000:])[:, 0]
+    assert roc_auc_score(y[20_000:], p_fast) > roc_auc_score(y[20_000:], p_full) - 0.02
+    assert p_fast.mean() == pytest.approx(y[20_000:].mean(), rel=0.35)  # the odds correction restores the base rate
 
 
 def test_pca_linear_head_whitened_solve_keeps_the_sklearn_objective(data) -> None:
