@@ -319,7 +319,7 @@ def open_store(store_dir: str | os.PathLike, wait_s: float = LOCK_WAIT_SECONDS) 
 
 
 def data_dir_of(store: FeatureStore) -> Path:
-    if not store.rows("SELECT 1 FROM duckdb_tables() WHERE table_name = 'ingest_runs'"):
+    if not store.has_plain_table("ingest_runs"):
         raise StoreError(f"{store.root}: no ingest run recorded; run python -m pipelines.ingest first")
     row = store.first("SELECT data_dir FROM ingest_runs ORDER BY run_at DESC LIMIT 1")
     return Path(row[0])

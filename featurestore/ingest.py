@@ -28,7 +28,7 @@ from featurestore.competition import (
     read_taxonomy,
     read_train_csv,
 )
-from featurestore.store import FeatureStore, utc_now
+from featurestore.store import FeatureStore, StoreError, utc_now
 from featurestore.windows import SOUNDSCAPE_SOURCES, build_windows
 
 INGEST_VERSION = "ingest-1"
@@ -262,7 +262,7 @@ def run_ingest(data_dir: str | os.PathLike, store_dir: str | os.PathLike, *, wor
 def _current_or_none(store: FeatureStore, name: str) -> str | None:
     try:
         return store.current_version(name)
-    except Exception:
+    except StoreError:
         return None
 
 
@@ -304,7 +304,7 @@ def _record_run(store: FeatureStore, data_dir: Path, data_version: str, versions
 
 def latest_data_version(store: FeatureStore) -> str | None:
     """The data version written by the most recent ingest run."""
-    if not store.rows("SELECT 1 FROM duckdb_tables() WHERE table_name = 'ingest_runs'"):
+    if not store.has_plain_table("ingest_runs"):
         return None
     row = store.first("SELECT data_version FROM ingest_runs ORDER BY run_at DESC LIMIT 1")
     return row[0] if row else None

@@ -186,6 +186,10 @@ class FeatureStore:
         )
         return bool(row and row[0])
 
+    def has_plain_table(self, name: str) -> bool:
+        """True if ``name`` is an ordinary DuckDB table (e.g. the append-only ``experiments``)."""
+        return bool(self.rows("SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [name]))
+
     def versions(self, name: str) -> list[TableVersion]:
         """Every stored version of a snapshot table, oldest first."""
         rows = self.con.execute(

@@ -12,7 +12,7 @@ COLUMNS = ("rank", "head_id", "tag", "features", "oof_auc", "fold_std", "rare_au
 
 def leaderboard(store: FeatureStore, tag: str | None = None) -> pa.Table:
     """Experiments ranked by OOF AUC (ties: lower fold std, then faster); tags baseline/replay/full/tuned."""
-    if not store.rows("SELECT 1 FROM duckdb_tables() WHERE table_name = 'experiments'"):
+    if not store.has_plain_table("experiments"):
         return pa.table({c: pa.array([], pa.string()) for c in COLUMNS})
     where = "WHERE tag = ?" if tag else ""
     return store.sql(

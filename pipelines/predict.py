@@ -19,15 +19,16 @@ from models.predict import list_audio, predict_audio
 from models.submission import read_header, validate_submission, write_submission
 from models.training import HEADS_DIR
 from pipelines._cli import parser, run_main
+from pipelines.leaderboard import leaderboard
 from pipelines.validate_submission import expected_ids_for_audio
 
 
 def best_head(store: FeatureStore) -> str:
-    row = store.first("SELECT head_id FROM experiments ORDER BY oof_auc DESC NULLS LAST, fold_std LIMIT 1") if \
-        store.rows("SELECT 1 FROM duckdb_tables() WHERE table_name = 'experiments'") else None
-    if row is None:
+    """The leaderboard's first head."""
+    board = leaderboard(store)
+    if board.num_rows == 0:
         raise StoreError(f"no experiments in {store.root}; run pipelines.train first")
-    return row[0]
+    return board.column("head_id")[0].as_py()
 
 
 def main(argv: list[str] | None = None) -> int:
