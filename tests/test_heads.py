@@ -10,7 +10,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from models.heads import HeadError, config_hash, load_head, make_head, negative_sample, undo_negative_sampling
+from models.heads import (
+    HeadError,
+    column_mean_std,
+    config_hash,
+    load_head,
+    make_head,
+    negative_sample,
+    principal_axes,
+    undo_negative_sampling,
+)
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +161,24 @@ def test_pca_linear_head_with_fewer_windows_than_features_keeps_the_objective() 
     P = Z @ vt[:79].T
     ref = LogisticRegression(C=0.1, max_iter=5000, tol=1e-10).fit(P, y)
     np.testing.assert_allclose(head.predict_proba(X)[:, 0], ref.predict_proba(P)[:, 1], atol=1e-3)
+
+
+def test_chunked_column_stats_match_float64_numpy_with_a_large_offset() -> None:
+    rng = np.random.default_rng(5)
+    X = (rng.normal(size=(1000, 7)) + 1e4).astype(np.float32)  # float32 sums of squares would lose this
+    mean, std = column_mean_std(X, chunk=128)                   # chunks do not divide 1,000
+    ref = X.astype(np.float64)
+    np.testing.assert_allclose(mean, ref.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, ref.std(axis=0), rtol=1e-9)
+
+
+def test_gram_principal_axes_span_the_svd_subspace_and_drop_null_directions() -> None:
+    rng = np.random.default_rng(6)
+    Z = rng.normal(size=(500, 40)) @ rng.normal(size=(40, 40))
+    axes = principal_axes(Z, 10)
+    _, _, vt = np.linalg.svd(Z, full_matrices=False)
+    # same subspace: the projectors agree (signs and order inside ties do not matter)
+    np.testing.assert_allclose(axes.T @ axes, vt[:10].T @ vt[:10], atol=1e-8)
+    wide = rng.normal(size=(30, 100))
+    wide -= wide.mean(axis=0)                                    # centred: rank 29
+    assert principal_axes(wide, 64).shape == (29, 100)
