@@ -141,5 +141,6 @@ def main() -> None:
     print(f"lgbm ratio feature_fraction 0.5 / 0.2 ({len(Xn)} noisy windows, {len(spread)} classes): "
           f"{old_s / new_s:.2f}; held-out AUC {old_auc:.4f} vs {new_auc:.4f}")
 
+
 if __name__ == "__main__":
     main()

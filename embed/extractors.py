@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embed.audio import Audio, FrameGrid, cut_frames, frame_grid
+from embed.tflite import ModelError
 
 EMBED_CODE_VERSION = 1
 WINDOW_SECONDS = 5
@@ -136,8 +137,6 @@ class FrameModel(Extractor):
     def restore_stored(self, params: dict, what: str) -> None:
         """Adopt a stored version's logit selection after checking the model file is the same one."""
         if self.model_sha256 != params["model_sha256"]:
-            from embed.tflite import ModelError
-
             raise ModelError(f"{what}: sha256 {self.model_sha256[:12]} differs from the stored "
                              f"{params['model_sha256'][:12]}")
         self.logits_mode = params["logits_mode"]
