@@ -3,8 +3,23 @@
 A config says how to feed and read the model::
 
     {"name": "perch_v2", "sample_rate": 32000, "frame_seconds": 5.0, "hop_seconds": 5.0,
+     "input_scaling": "peak_normalize", "target_peak": 0.25,
      "input_name": null, "embedding_output": "embedding", "embedding_dim": 1536,
      "logits_output": "label", "logits_dim": 14795, "labels_file": null}
+
+``input_scaling`` says what each frame (``frame_seconds`` of mono audio at ``sample_rate``,
+zero-padded past the end of a file) goes through before the model sees it:
+
+* ``"none"`` (the default): the decoded waveform as is;
+* ``"peak_normalize"``: per frame, subtract the frame's mean, then scale it so that its largest
+  absolute sample equals ``target_peak`` (default 0.25); a frame that is constant (e.g. digital
+  silence or pure padding) becomes all zeros. This is what Perch models expect: perch-hoplite
+  (``perch_hoplite/zoo/zoo_interface.py``, ``EmbeddingModel.normalize_audio``) applies it with
+  ``target_peak=0.25`` to every 5-s, 32 kHz frame before Perch v2 (TF and ONNX presets), so the
+  ``perch_v2`` preset states it. ``target_peak`` may only be set with ``"peak_normalize"``.
+
+Both fields are part of the extractor's parameters, so changing them changes its version. Unknown
+keys and bad values raise :class:`~embed.tflite.ModelError` naming the key.
 
 Outputs are found by name (exact, then case-insensitive substring) and else by their last
 dimension, so exported models whose tensor names differ still load. ``labels_file`` (one label
@@ -18,9 +33,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +46,8 @@ from embed.extractors import EMBED_CODE_VERSION, FrameModel, file_sha256
 from embed.tflite import ModelError, TFLiteRunner
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+INPUT_SCALINGS = ("none", "peak_normalize")
+DEFAULT_TARGET_PEAK = 0.25
 
 
 @dataclass(frozen=True)
@@ -45,17 +63,70 @@ class ModelConfig:
     logits_dim: int | None = None
     labels_file: str | None = None       # relative to the model file's folder
     labels_column: str | None = None     # CSV column holding the labels (default: the first)
+    input_scaling: str = "none"          # one of INPUT_SCALINGS, applied to every frame (module docstring)
+    target_peak: float = DEFAULT_TARGET_PEAK  # peak after "peak_normalize"
 
     def __post_init__(self):
-        if not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise ModelError(f"model config name {self.name!r}: use lower-case letters, digits and _")
-        if self.frame_seconds <= 0 or self.frame_seconds > 5:
-            raise ModelError(f"model config {self.name}: frame_seconds must be in (0, 5]")
+        where = f"model config {self.name}"
+        if not _is_int(self.sample_rate) or self.sample_rate <= 0:
+            raise ModelError(f"{where}: sample_rate must be a positive integer (Hz), got {self.sample_rate!r}")
+        if not _is_number(self.frame_seconds) or not 0 < self.frame_seconds <= 5:
+            raise ModelError(f"{where}: frame_seconds must be in (0, 5], got {self.frame_seconds!r}")
+        if self.hop_seconds is not None and (not _is_number(self.hop_seconds) or self.hop_seconds <= 0):
+            raise ModelError(f"{where}: hop_seconds must be > 0 or null, got {self.hop_seconds!r}")
+        for key in ("embedding_dim", "logits_dim"):
+            value = getattr(self, key)
+            if value is not None and (not _is_int(value) or value <= 0):
+                raise ModelError(f"{where}: {key} must be a positive integer or null, got {value!r}")
+        for key in ("input_name", "embedding_output", "logits_output", "labels_file", "labels_column"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise ModelError(f"{where}: {key} must be a string or null, got {value!r}")
+        if self.input_scaling not in INPUT_SCALINGS:
+            raise ModelError(f"{where}: input_scaling must be one of {list(INPUT_SCALINGS)}, "
+                             f"got {self.input_scaling!r}")
+        if not _is_number(self.target_peak) or not 0 < self.target_peak < math.inf:
+            raise ModelError(f"{where}: target_peak must be a positive number, got {self.target_peak!r}")
+        if self.input_scaling == "none" and self.target_peak != DEFAULT_TARGET_PEAK:
+            raise ModelError(f"{where}: target_peak={self.target_peak!r} has no effect with input_scaling "
+                             "'none'; set input_scaling to 'peak_normalize' or drop target_peak")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def scale_frames(frames: np.ndarray, scaling: str, target_peak: float = DEFAULT_TARGET_PEAK) -> np.ndarray:
+    """``frames`` (n, samples) after a config's ``input_scaling``, as float32 (see the module docstring).
+
+    ``"peak_normalize"`` removes each frame's mean (computed in float64) and scales the frame so
+    that max |x| = ``target_peak``; constant frames become zeros.
+    """
+    if scaling == "none":
+        return np.asarray(frames, dtype=np.float32)
+    if scaling != "peak_normalize":
+        raise ModelError(f"input_scaling must be one of {list(INPUT_SCALINGS)}, got {scaling!r}")
+    out = np.array(frames, dtype=np.float32)            # a copy: the caller's frames stay untouched
+    out -= out.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+    peak = np.abs(out).max(axis=-1, keepdims=True)
+    gain = np.zeros_like(peak, dtype=np.float64)
+    np.divide(float(target_peak), peak, out=gain, where=peak > 0)
+    out *= gain.astype(np.float32)
+    return out
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # Perch v2 (Google, 2025): 5-s frames at 32 kHz, 1,536-d embedding, 14,795 class logits.
+    # Perch v2 (Google, 2025): 5-s frames at 32 kHz, each peak-normalised to 0.25 (as perch-hoplite
+    # feeds it), 1,536-d embedding, 14,795 class logits.
     "perch_v2": ModelConfig(name="perch_v2", sample_rate=32000, frame_seconds=5.0, hop_seconds=5.0,
+                            input_scaling="peak_normalize", target_peak=0.25,
                             embedding_output="embedding", embedding_dim=1536, logits_output="label",
                             logits_dim=14795, labels_file="labels.csv"),
 }
@@ -77,14 +148,16 @@ def load_config(spec: str | os.PathLike | dict | ModelConfig) -> ModelConfig:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ModelError(f"{path}: invalid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"model config {spec!r}: expected a JSON object, got {type(data).__name__}")
     known = {f.name for f in fields(ModelConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ModelError(f"model config: unknown key(s) {unknown}; known: {sorted(known)}")
-    try:
-        return ModelConfig(**data)
-    except TypeError as exc:
-        raise ModelError(f"model config: {exc}") from exc
+    missing = sorted(f.name for f in fields(ModelConfig) if f.name not in data and f.default is MISSING)
+    if missing:
+        raise ModelError(f"model config: missing key(s) {missing}")
+    return ModelConfig(**data)
 
 
 def read_model_labels(path: Path, column: str | None = None) -> list[str]:
@@ -232,7 +305,11 @@ class CustomModel(FrameModel):
         return self
 
     def params(self) -> dict:
-        return {"kind": "custom", "config": asdict(self.config), "model_path": str(self.model_path),
+        config = asdict(self.config)
+        if config["input_scaling"] == "none":  # the pre-scaling config: same params, same version as before
+            config.pop("input_scaling")
+            config.pop("target_peak")
+        return {"kind": "custom", "config": config, "model_path": str(self.model_path),
                 "model_sha256": self.model_sha256, "sample_rate": self.sample_rate, "frame_s": self.frame_s,
                 "hop_s": self.hop_s, "embedding_dtype": "float16", "logits_mode": self.logits_mode,
                 "logit_indices": self.logit_indices or [], "logit_labels": self._logit_labels,
@@ -258,4 +335,4 @@ class CustomModel(FrameModel):
         return self._runner
 
     def _run(self, frames: np.ndarray) -> dict[str, np.ndarray]:
-        return self.runner.run(frames)
+        return self.runner.run(scale_frames(frames, self.config.input_scaling, self.config.target_peak))

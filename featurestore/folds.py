@@ -2,10 +2,15 @@
 
 Every window is folded with its whole *group* so that nothing near-identical straddles folds:
 
-* train soundscapes: by site (``soundscape_group="site"``) or by site + date block
-  (``"site_date"``: ``date_block_days``-day blocks). Labelled soundscape segments are taken from
-  ``soundscape_labels`` too, so their folds exist even when the soundscape audio (and hence the
-  ``windows`` rows) is absent.
+* train soundscapes: by default (``soundscape_group="site_split"``) by site, except that a site
+  holding more than ``split_fraction`` x 1/k of the labelled windows is cut into
+  ``date_block_days``-day blocks of recording days (a day runs from ``day_start_hour`` to the next,
+  so a night recorded across midnight stays whole); or by site alone (``"site"``) or by site + date
+  block for every site (``"site_date"``). On the real labels, ``site`` makes S22 (40 of 66 files)
+  one fold of 477 windows against 36-94; ``site_split`` gives 139-156 windows and >= 26 scorable
+  classes per fold with only S22 split and no site-day straddling (``bench/fold_design.py``).
+  Labelled soundscape segments are taken from ``soundscape_labels`` too, so their folds exist even
+  when the soundscape audio (and hence the ``windows`` rows) is absent.
 * focal clips (train_audio): by recordist (``author``) + a coarse lat/lon cell (``cell_deg``
   degrees). train.csv has no recording date, so author + place is the best session proxy.
   A clip with no author falls back to its cell, one with neither to its own file.
@@ -34,6 +39,7 @@ import math
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, time, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -46,7 +52,8 @@ ALGORITHM = "greedy-group-multilabel-3"
 FOLD_KINDS = ("folds", "shadow_folds")
 REPLAY_TABLE = "replay_windows"
 INPUT_TABLES = ("windows", "recordings", "soundscape_labels", "soundscapes")
-SOUNDSCAPE_GROUPINGS = ("site", "site_date")
+SOUNDSCAPE_GROUPINGS = ("site", "site_date", "site_split")
+SPLIT_PARAMS = ("split_fraction", "day_start_hour")   # only part of the version under site_split
 TEST_FOLD = -1
 
 
@@ -56,11 +63,13 @@ class FoldParams:
 
     k: int = 5
     seed: int = 0                  # breaks ties between equal groups and seeds the replay subset
-    soundscape_group: str = "site"
+    soundscape_group: str = "site_split"   # see bench/fold_design.py for the measurement behind it
     date_block_days: int = 7
     cell_deg: float = 1.0
     replay_fraction: float = 0.15
     merge_duplicates: bool = True
+    split_fraction: float = 1.0    # site_split: cut sites holding > split_fraction x (labelled windows / k)
+    day_start_hour: int = 12       # site_split: a recording day runs from this hour (as named) to the next
 
     def check(self) -> FoldParams:
         if self.k < 2:
@@ -71,7 +80,19 @@ class FoldParams:
             raise StoreError("date_block_days must be >= 1 and cell_deg > 0")
         if not 0 < self.replay_fraction < 1:
             raise StoreError(f"replay_fraction must be in (0, 1), got {self.replay_fraction}")
+        if self.split_fraction <= 0 or not 0 <= self.day_start_hour <= 23:
+            raise StoreError(f"split_fraction must be > 0 and day_start_hour in 0..23, got {self.split_fraction} "
+                             f"and {self.day_start_hour}")
         return self
+
+    def version_params(self) -> dict:
+        """The parameters hashed into the fold version: the site_split ones only under site_split,
+        so folds made with ``site`` / ``site_date`` keep the version ids they had before it existed."""
+        p = asdict(self)
+        if self.soundscape_group != "site_split":
+            for name in SPLIT_PARAMS:
+                p.pop(name)
+        return p
 
 
 @dataclass
@@ -108,12 +129,65 @@ def soundscape_group_key(filename: str, site: str | None, mode: str, block_days:
     try:
         name = parse_soundscape_name(filename)
     except DataError:
-        return f"site:{site}" if site and mode == "site" else f"file:{filename}"
+        return f"site:{site}" if site and mode in ("site", "site_split") else f"file:{filename}"
     site = site or name.site
-    if mode == "site":
+    if mode in ("site", "site_split"):   # site_split: split_large_sites() refines large sites later
         return f"site:{site}"
     block = (name.date.toordinal() - 719163) // block_days  # 719163 = date(1970, 1, 1).toordinal()
     return f"site:{site}|block:{block}"
+
+
+def soundscape_time(filename: str) -> datetime | None:
+    """Recording start (as named: date + UTC clock) of a soundscape file; None if the name does not parse."""
+    try:
+        name = parse_soundscape_name(filename)
+    except DataError:
+        return None
+    return datetime.combine(name.date, time.fromisoformat(name.time_utc))
+
+
+def recording_day(filename: str, day_start_hour: int) -> date | None:
+    """The day a soundscape belongs to when a day runs from ``day_start_hour`` to ``day_start_hour``
+    (clock as named): with 12, a night recorded across midnight is one day. None if unparsable."""
+    t = soundscape_time(filename)
+    return None if t is None else (t - timedelta(hours=day_start_hour)).date()
+
+
+def split_large_sites(units: list[Unit], params: FoldParams) -> dict[str, int]:
+    """``site_split``: cut every over-large site into date blocks (in place); returns site -> blocks.
+
+    Windows counted are the labelled soundscape windows (all soundscape windows when none is
+    labelled). A site holding more than ``split_fraction x (windows / k)`` of them is cut into
+    ``date_block_days``-day blocks of recording days (see :func:`recording_day`; the ``site_date``
+    calendar, shifted by ``day_start_hour``), keyed ``site:S22|days:20211028-20211103`` (the block's
+    first and last day). Every other site stays one ``site:<site>`` group. So no fold is one giant
+    site, while small sites and every recording day stay in one fold (a calendar day only straddles
+    if a block starts at ``day_start_hour`` between two of its files). Unparsable names keep their key.
+    """
+    members = [u for u in units if u.family == "soundscape" and u.group_key.startswith("site:")]
+    any_labelled = any(has for u in members for _, has in u.windows.values())
+
+    def weight(u: Unit) -> int:
+        return sum(1 for _, has in u.windows.values() if has or not any_labelled)
+
+    limit = params.split_fraction * sum(weight(u) for u in members) / params.k
+    by_site: dict[str, list[tuple[date, Unit]]] = defaultdict(list)
+    for u in members:
+        day = recording_day(u.filename, params.day_start_hour)
+        if day is not None:
+            by_site[u.group_key].append((day, u))
+    epoch, n = date(1970, 1, 1), params.date_block_days
+    split: dict[str, int] = {}
+    for key, files in sorted(by_site.items()):
+        if sum(weight(u) for _, u in files) <= limit:
+            continue
+        blocks = set()
+        for day, u in files:
+            start = epoch + timedelta(days=(day - epoch).days // n * n)
+            blocks.add(start)
+            u.group_key = f"{key}|days:{start:%Y%m%d}-{start + timedelta(days=n - 1):%Y%m%d}"
+        split[key.removeprefix("site:")] = len(blocks)
+    return split
 
 
 # ---------------------------------------------------------------------------- reading the store
@@ -166,7 +240,10 @@ def collect_units(store: FeatureStore, params: FoldParams) -> list[Unit]:
             unit.windows[wid] = (wid in unit.windows and unit.windows[wid][0], True)
             for label in r["labels"] or []:
                 unit.labels[label] = unit.labels.get(label, 0) + 1
-    return [units[k] for k in sorted(units)]
+    out = [units[k] for k in sorted(units)]
+    if params.soundscape_group == "site_split":
+        split_large_sites(out, params)
+    return out
 
 
 def pcm_hashes(store: FeatureStore) -> dict[str, str]:
@@ -391,6 +468,7 @@ class FoldSummary:
     merged_duplicate_groups: int
     n_windows: int
     warnings: list[str] = field(default_factory=list)
+    split_sites: dict[str, int] = field(default_factory=dict)   # site_split: site -> date blocks
 
     def render(self) -> str:
         v = self.versions
@@ -401,6 +479,9 @@ class FoldSummary:
         for r in self.per_fold:
             lines.append(f"{r['fold']:>4} {r['n_groups']:>7} {r['n_windows']:>8} {r['n_labelled']:>8} "
                          f"{r['n_classes']:>7}  {r['families']}")
+        if self.split_sites:
+            lines.append("sites split into date blocks (site_split): "
+                         + ", ".join(f"{s} -> {n}" for s, n in sorted(self.split_sites.items())))
         if self.merged_duplicate_groups:
             lines.append(f"merged {self.merged_duplicate_groups} group(s) that share identical audio")
         if self.single_group_classes:
@@ -413,6 +494,16 @@ class FoldSummary:
                          + ", ".join(f"{c} ({a}/{b})" for c, a, b in self.under_covered[:20]))
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def split_site_blocks(units: list[Unit]) -> dict[str, int]:
+    """Site -> number of date blocks, for the soundscape sites that ``site_split`` cut into >= 2."""
+    blocks: dict[str, set] = defaultdict(set)
+    for u in units:
+        if u.family == "soundscape" and u.group_key.startswith("site:") and "|days:" in u.group_key:
+            site, days = u.group_key.removeprefix("site:").split("|days:", 1)
+            blocks[site].add(days)
+    return {site: len(days) for site, days in sorted(blocks.items()) if len(days) > 1}
 
 
 def summarize(units: list[Unit], fold_of: dict[str, int], k: int) -> tuple[list[dict], list[str], list]:
@@ -446,9 +537,12 @@ def summarize(units: list[Unit], fold_of: dict[str, int], k: int) -> tuple[list[
 
 
 # ---------------------------------------------------------------------------- the job
-def make_folds(store_dir: str | os.PathLike, *, k: int = 5, seed: int = 0, soundscape_group: str = "site",
-               date_block_days: int = 7, cell_deg: float = 1.0, replay_fraction: float = 0.15,
-               merge_duplicates: bool = True, new_version: bool = False) -> FoldSummary:
+def make_folds(store_dir: str | os.PathLike, *, k: int = FoldParams.k, seed: int = FoldParams.seed,
+               soundscape_group: str = FoldParams.soundscape_group,
+               date_block_days: int = FoldParams.date_block_days, cell_deg: float = FoldParams.cell_deg,
+               replay_fraction: float = FoldParams.replay_fraction,
+               merge_duplicates: bool = FoldParams.merge_duplicates, split_fraction: float = FoldParams.split_fraction,
+               day_start_hour: int = FoldParams.day_start_hour, new_version: bool = False) -> FoldSummary:
     """Make (once) the ``folds``, ``shadow_folds`` and ``replay_windows`` tables of a store.
 
     Re-running with the same inputs and parameters changes nothing. Different inputs or parameters
@@ -456,13 +550,13 @@ def make_folds(store_dir: str | os.PathLike, *, k: int = 5, seed: int = 0, sound
     stay in the store and can be restored with ``FeatureStore.set_current``).
     """
     params = FoldParams(k, seed, soundscape_group, date_block_days, cell_deg, replay_fraction,
-                        merge_duplicates).check()
+                        merge_duplicates, split_fraction, day_start_hour).check()
     with FeatureStore.open(store_dir, create=False) as store:
         units = collect_units(store, params)
         hashes = pcm_hashes(store)
         merged = merge_duplicate_groups(units, hashes) if merge_duplicates else 0
         fingerprint = input_fingerprint(store, hashes if merge_duplicates else {})
-        p = asdict(params)
+        p = params.version_params()
         versions = {
             "folds": version_id("folds", fingerprint, p),
             "shadow_folds": version_id("shadow_folds", fingerprint, {}),
@@ -494,7 +588,8 @@ def make_folds(store_dir: str | os.PathLike, *, k: int = 5, seed: int = 0, sound
                                                        "fold_params": p, "inputs": fingerprint})
             status = "created"
         n_windows = store.count("folds")
-    return FoldSummary(status, versions, p, per_fold, single, under, merged, n_windows, warnings)
+    return FoldSummary(status, versions, p, per_fold, single, under, merged, n_windows, warnings,
+                       split_site_blocks(units))
 
 
 def stored_version(store: FeatureStore, name: str) -> str | None:

@@ -25,6 +25,21 @@ class FrameSpec:
     soundscape_weight: float = 2.0
     context: bool = False              # add neighbour-mean and file-max context features
 
+    def check(self) -> FrameSpec:
+        """Refuse an unknown feature view or pooling before any work (ValueError naming the choices)."""
+        from embed.features import POOLINGS, parse_view
+
+        views = [v.strip() for v in self.features.split(",")]
+        if not all(views):
+            raise ValueError(f"empty feature view in {self.features!r}")
+        for view in views:
+            parse_view(view)
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}")
+        if self.soundscape_weight < 0 or self.focal_weight < 0:
+            raise ValueError("sample weights must be >= 0")
+        return self
+
 
 @dataclass
 class TrainingFrame:

@@ -11,6 +11,12 @@ in the solution, then ``sklearn.metrics.roc_auc_score(solution, submission, aver
 * :func:`class_slices` - the macro AUC over subsets of classes (class_name, frequency bucket, ...);
 * :func:`fold_mean_std` and :func:`bootstrap_ci` (resampling whole files).
 
+Two semantics, on purpose. :func:`competition_auc` / :func:`competition_score` raise where Kaggle's
+scorer raises (a scored class positive in every window), so a submission check stays exact. The
+validation views (:func:`evaluate`, slices, folds) instead drop a class from a set when it has no
+negative there (a *degenerate* class: four frog species can call in all 12 windows of a file) and
+count it, so a cross-validation run is always scored and never lost to one such class.
+
 This module is on the training/inference path: only numpy, scipy, scikit-learn and pyarrow here.
 """
 
@@ -154,6 +160,13 @@ def macro_auc_defined(t: np.ndarray, s: np.ndarray) -> tuple[float, int]:
     return (float(auc[ok].mean()) if ok.any() else float("nan")), int(ok.sum())
 
 
+def degenerate_mask(t: np.ndarray) -> np.ndarray:
+    """Classes with positives but no negative in ``t``: scored by the competition, undefined for ROC-AUC."""
+    t = np.asarray(t)
+    n_pos = t.sum(axis=0)
+    return (n_pos > 0) & (n_pos == t.shape[0])
+
+
 def competition_score(solution: pa.Table, submission: pa.Table, row_id_column: str = "row_id") -> float:
     """Kaggle's ``score(solution, submission, row_id_column_name)`` on Arrow tables (e.g. read from CSV).
 
@@ -250,7 +263,11 @@ def _slice_table(rows: list[dict]) -> pa.Table:
 
 
 def fold_mean_std(y_true, y_score, folds: Sequence[int]) -> tuple[float, float, dict[int, float]]:
-    """Competition AUC per fold, its mean and (population) std over folds where it is defined."""
+    """Competition AUC per fold, its mean and (population) std over folds where it is defined.
+
+    Each fold's AUC is the macro over the classes with both a positive and a negative in that fold
+    (degenerate classes dropped); a fold with no such class is NaN and left out of the mean.
+    """
     t, s = check_inputs(y_true, y_score)
     folds = np.asarray(folds)
     if len(folds) != t.shape[0]:
@@ -293,20 +310,35 @@ def bootstrap_ci(y_true, y_score, file_ids: Sequence, n_boot: int = 200, alpha: 
 class MetricReport:
     """Everything :func:`evaluate` computes; ``render()`` gives a short text summary."""
 
-    auc: float
+    auc: float                          # pooled: macro AUC over every window at once (NaN if undefined)
     padded_cmap: float
     n_windows: int
-    n_scored_classes: int
+    n_scored_classes: int               # classes with a positive and a negative in the pooled set
     per_class: pa.Table
     slices: pa.Table
     fold_mean: float | None = None
     fold_std: float | None = None
     fold_scores: dict[int, float] = field(default_factory=dict)
     ci: tuple[float, float] | None = None
+    degenerate: list[str] = field(default_factory=list)  # classes dropped from a set for having no negative
+
+    @property
+    def n_degenerate_classes(self) -> int:
+        return len(self.degenerate)
+
+    @property
+    def headline(self) -> float:
+        """The fold mean where folds were given and scorable, else the pooled AUC."""
+        if self.fold_mean is not None and not np.isnan(self.fold_mean):
+            return self.fold_mean
+        return self.auc
 
     def render(self) -> str:
-        lines = [f"competition AUC {self.auc:.4f} over {self.n_scored_classes} classes, {self.n_windows} windows; "
+        lines = [f"pooled AUC {self.auc:.4f} over {self.n_scored_classes} classes, {self.n_windows} windows; "
                  f"padded cmAP {self.padded_cmap:.4f}"]
+        if self.degenerate:
+            lines.append(f"{len(self.degenerate)} class(es) positive in every window of a scored set, dropped there: "
+                         f"{', '.join(self.degenerate[:8])}{' ...' if len(self.degenerate) > 8 else ''}")
         if self.fold_mean is not None:
             lines.append(f"fold mean {self.fold_mean:.4f} +/- {self.fold_std:.4f} "
                          f"({', '.join(f'{k}:{v:.3f}' for k, v in self.fold_scores.items())})")
@@ -322,7 +354,11 @@ def evaluate(y_true, y_score, class_names: Sequence[str], *, folds: Sequence[int
              sites: Sequence | None = None, hours: Sequence | None = None, file_ids: Sequence | None = None,
              train_counts: np.ndarray | None = None, taxon_class: Sequence[str] | None = None,
              n_boot: int = 200, seed: int = 0) -> MetricReport:
-    """Competition AUC plus per-class table, slices, fold mean +/- std and a file bootstrap CI."""
+    """Macro AUC (pooled) plus per-class table, slices, fold mean +/- std and a file bootstrap CI.
+
+    Never raises for label shape: classes without a negative in a set are dropped from that set
+    and listed in ``degenerate``; with no scorable class at all the AUCs are NaN.
+    """
     t, s = check_inputs(y_true, y_score, class_names)
     parts = []
     for name, keys in (("fold", folds), ("site", sites), ("hour", hours)):
@@ -334,12 +370,17 @@ def evaluate(y_true, y_score, class_names: Sequence[str], *, folds: Sequence[int
         parts.append(class_slices(t, s, taxon_class, "class_name"))
     if train_counts is not None:
         parts.append(class_slices(t, s, frequency_bucket(train_counts), "frequency"))
+    pooled, n_scored = macro_auc_defined(t, s)
+    degenerate = degenerate_mask(t)
     report = MetricReport(
-        auc=competition_auc(t, s, class_names), padded_cmap=padded_cmap(t, s), n_windows=int(t.shape[0]),
-        n_scored_classes=int(scored_mask(t).sum()),
+        auc=pooled, padded_cmap=padded_cmap(t, s), n_windows=int(t.shape[0]), n_scored_classes=n_scored,
         per_class=per_class_table(t, s, class_names, train_counts, taxon_class), slices=pa.concat_tables(parts))
     if folds is not None:
         report.fold_mean, report.fold_std, report.fold_scores = fold_mean_std(t, s, folds)
+        fold_arr = np.asarray(folds)
+        for f in np.unique(fold_arr):
+            degenerate |= degenerate_mask(t[fold_arr == f])
+    report.degenerate = [str(class_names[c]) for c in np.flatnonzero(degenerate)]
     if file_ids is not None and n_boot > 0:
         report.ci = bootstrap_ci(t, s, file_ids, n_boot=n_boot, seed=seed)
     return report

@@ -138,8 +138,12 @@ def list_audio(audio_dir: str | os.PathLike) -> list[Path]:
 
 def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, columns: list[str], *,
                   workers: int = 1, runtime: dict | None = None,
-                  progress: Callable[[int], object] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
-    """Predict every audio file; returns (row_ids, probs in ``columns`` order, per-file errors)."""
+                  progress: Callable[[int], object] | None = None,
+                  on_start: Callable[[int], object] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+    """Predict every audio file; returns (row_ids, probs in ``columns`` order, per-file errors).
+
+    ``on_start(n_files)`` is called once every input is checked, before any file is decoded.
+    """
     head_dir = Path(head_dir)
     bundle = load_bundle(head_dir)
     missing = [c for c in columns if c not in bundle.class_names]
@@ -150,6 +154,8 @@ def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, col
     files = list_audio(audio_dir)
     if not files:
         raise StoreError(f"no audio files in {audio_dir}")
+    if on_start:
+        on_start(len(files))
     row_ids: list[str] = []
     blocks: list[np.ndarray] = []
     errors: list[str] = []

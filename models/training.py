@@ -11,9 +11,13 @@ Artifacts land in plain folders inside the store:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurestore.ingest import latest_data_version
-from featurestore.store import FeatureStore, StoreError, utc_now, write_parquet_atomic
+from featurestore.store import FeatureStore, StoreError, write_parquet_atomic
+from models.experiments import record
 from models.frame import SOUNDSCAPE, FrameSpec, TrainingFrame, build_frame
-from models.heads import Head, config_hash, load_head, make_head, make_params
-from models.metrics import MetricReport, evaluate
+from models.heads import config_hash, make_head, make_params
+from models.metrics import MetricError, MetricReport, evaluate, macro_auc_defined
 from models.predict import EXTRACTORS_FILE
 
 HEADS_DIR = "heads"
@@ -36,19 +41,58 @@ TRAINING_VERSION = "train-1"
 class ExperimentResult:
     head_id: str
     kind: str
-    oof_auc: float
-    fold_mean: float
+    fold_mean: float               # the headline: mean over folds of the metric, one model per fold
     fold_std: float
-    report: MetricReport
+    oof_auc: float                 # pooled OOF (diagnostic)
+    report: MetricReport | None
     train_seconds: float
     predict_seconds: float
     oof_path: Path
     eval_rows: str
+    scored_on: str = "soundscape"
+    mode: str = "full"
+    n_classes_scored: int = 0
+    n_classes_degenerate: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def calibration_gap(self) -> float:
+        return self.oof_auc - self.fold_mean
 
     def render(self) -> str:
-        return (f"head {self.head_id} ({self.kind}): OOF AUC {self.oof_auc:.4f} on {self.eval_rows} "
-                f"(fold mean {self.fold_mean:.4f} +/- {self.fold_std:.4f}); train {self.train_seconds:.1f} s, "
-                f"predict {self.predict_seconds:.1f} s\n{self.report.render()}")
+        n_folds = sum(not np.isnan(v) for v in self.report.fold_scores.values()) if self.report else 0
+        head = (f"head {self.head_id} ({self.kind}, {self.mode}): fold mean {self.fold_mean:.4f} +/- "
+                f"{self.fold_std:.4f} over {n_folds} folds on {self.eval_rows}; pooled OOF {self.oof_auc:.4f} "
+                f"(calibration gap {self.calibration_gap:+.4f}); {self.n_classes_scored} classes scored, "
+                f"{self.n_classes_degenerate} degenerate; train {self.train_seconds:.1f} s, "
+                f"predict {self.predict_seconds:.1f} s")
+        lines = [head, *(f"warning: {w}" for w in self.warnings)]
+        if self.report is not None:
+            lines.append(self.report.render())
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Subsample:
+    """A named, fixed cut of a cross-validation run (the tuner's fast mode).
+
+    ``focal_per_class`` keeps at most that many focal windows per class for TRAINING (a fixed,
+    seeded choice; labelled soundscape windows are always kept); ``folds`` runs only those
+    held-out folds. Evaluation always uses every labelled evaluation window of the folds run.
+    """
+
+    focal_per_class: int = 0
+    folds: tuple[int, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.focal_per_class > 0 or bool(self.folds)
+
+    def name(self) -> str:
+        parts = [f"focal<={self.focal_per_class}/class"] if self.focal_per_class else []
+        if self.folds:
+            parts.append(f"folds {','.join(map(str, self.folds))}")
+        return "fast(" + "; ".join(parts) + ")" if parts else "full"
 
 
 def extractor_params(store: FeatureStore, feature_versions: dict) -> dict[str, dict]:
@@ -81,14 +125,51 @@ def replay_window_ids(store: FeatureStore) -> set[str]:
     return {r[0] for r in store.rows("SELECT window_id FROM replay_windows")}
 
 
+def focal_cap_mask(frame: TrainingFrame, per_class: int, seed: int) -> np.ndarray:
+    """Rows kept for training under a per-class cap on focal windows (soundscape rows always kept).
+
+    Deterministic: windows are ranked by a seeded hash of their id, and a focal window is kept
+    when it is among the first ``per_class`` of any of its classes.
+    """
+    keep = frame.source == SOUNDSCAPE
+    if per_class <= 0:
+        return np.ones(len(keep), bool)
+    focal = np.flatnonzero(~keep)
+    rank = np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{w}".encode(), digest_size=8).digest(), "little")
+                     for w in frame.window_ids[focal]], dtype=np.uint64)
+    order = focal[np.argsort(rank, kind="stable")]
+    Yf = frame.Y[order] > 0
+    # position of each row among its class's rows, in hash order; keep if < cap for any class
+    running = np.cumsum(Yf, axis=0) * Yf
+    chosen = ((running > 0) & (running <= per_class)).any(axis=1)
+    keep = keep.copy()
+    keep[order[chosen]] = True
+    return keep
+
+
 def cross_validate(frame: TrainingFrame, folds: np.ndarray, kind: str, overrides: dict,
-                   out_dir: Path | None, progress=None) -> tuple[np.ndarray, float, float]:
-    """Train one head per fold on the other folds; returns OOF predictions and train/predict seconds."""
+                   out_dir: Path | None, progress=None, *, train_mask: np.ndarray | None = None,
+                   run_folds: Sequence[int] | None = None) -> tuple[np.ndarray, float, float]:
+    """Train one head per fold on the other folds; returns OOF predictions and train/predict seconds.
+
+    ``train_mask`` limits the training rows (never the held-out ones); ``run_folds`` the folds run
+    (rows of other folds stay NaN). ``progress(fold, oof)`` is called after each fold (the tuner
+    reports and prunes there).
+    """
     oof = np.full(frame.Y.shape, np.nan, dtype=np.float32)
     train_s = predict_s = 0.0
-    for f in sorted(set(folds.tolist()) - {-1}):
+    fold_ids = sorted(set(folds.tolist()) - {-1})
+    if run_folds:
+        unknown = sorted(set(run_folds) - set(fold_ids))
+        if unknown:
+            raise StoreError(f"fold(s) {unknown} do not exist; the fold table has {fold_ids}")
+        fold_ids = sorted(run_folds)
+    usable = np.ones(len(folds), bool) if train_mask is None else train_mask
+    for f in fold_ids:
         held = folds == f
-        train = (folds != f) & (folds != -1)
+        train = (folds != f) & (folds != -1) & usable
+        if not train.any():
+            raise StoreError(f"fold {f}: no training windows outside it")
         head = make_head(kind, frame.class_names, frame.feature_names, overrides)
         t0 = time.perf_counter()
         head.fit(frame.X[train], frame.Y[train], frame.weight[train], groups=frame.groups[train])
@@ -101,8 +182,56 @@ def cross_validate(frame: TrainingFrame, folds: np.ndarray, kind: str, overrides
             pq.write_table(pa.table({"window_id": frame.window_ids[train]}), fold_dir / "train_windows.parquet",
                            compression="zstd")
         if progress:
-            progress(f)
+            progress(f, oof)
     return oof, train_s, predict_s
+
+
+SCORED_ON_TEXT = {"soundscape": "labelled soundscape windows", "focal": "labelled focal windows (no scorable "
+                  "soundscape window)", "none": "nothing scorable"}
+
+
+def _scorable(Y: np.ndarray, folds: np.ndarray) -> bool:
+    """Whether some fold holds a class with both a positive and a negative."""
+    for f in np.unique(folds):
+        n_pos = Y[folds == f].sum(axis=0)
+        if ((n_pos > 0) & (n_pos < (folds == f).sum())).any():
+            return True
+    return False
+
+
+def evaluation_rows(frame: TrainingFrame, folds: np.ndarray,
+                    run_folds: Sequence[int] | None = None) -> tuple[np.ndarray, str]:
+    """Rows that score a run and what they are: labelled soundscape windows (the test domain) when
+    any of them is scorable, else the labelled focal windows, else ``none``."""
+    scored = folds != -1
+    if run_folds:
+        scored &= np.isin(folds, list(run_folds))
+    scape = scored & (frame.source == SOUNDSCAPE)
+    if scape.any() and _scorable(frame.Y[scape], folds[scape]):
+        return scape, "soundscape"
+    focal = scored & (frame.source != SOUNDSCAPE)
+    if focal.any() and _scorable(frame.Y[focal], folds[focal]):
+        return focal, "focal"
+    return (scape if scape.any() else scored), "none"
+
+
+def fold_score(frame: TrainingFrame, oof: np.ndarray, folds: np.ndarray, eval_mask: np.ndarray,
+               fold: int) -> float:
+    """Metric of one held-out fold (NaN when it has no scorable class): the tuner's intermediate value."""
+    rows = eval_mask & (folds == fold)
+    return macro_auc_defined(frame.Y[rows], oof[rows])[0] if rows.any() else float("nan")
+
+
+def score_run(store: FeatureStore, frame: TrainingFrame, folds: np.ndarray, oof: np.ndarray,
+              eval_mask: np.ndarray, seed: int) -> MetricReport | None:
+    """The full metric report on ``eval_mask`` rows, or None if nothing is scorable."""
+    if not eval_mask.any():
+        return None
+    focal_counts = frame.Y[frame.source != SOUNDSCAPE].sum(axis=0)
+    taxon = dict(store.rows("SELECT primary_label, class_name FROM taxonomy"))
+    return evaluate(frame.Y[eval_mask], oof[eval_mask], frame.class_names, folds=folds[eval_mask],
+                    file_ids=frame.groups[eval_mask], train_counts=focal_counts,
+                    taxon_class=[taxon.get(c, "?") for c in frame.class_names], n_boot=100, seed=seed)
 
 
 def oof_table(frame: TrainingFrame, folds: np.ndarray, oof: np.ndarray, head_id: str) -> pa.Table:
@@ -113,15 +242,6 @@ def oof_table(frame: TrainingFrame, folds: np.ndarray, oof: np.ndarray, head_id:
     return pa.table(cols)
 
 
-def ensure_experiments_table(store: FeatureStore) -> None:
-    store.con.execute(
-        "CREATE TABLE IF NOT EXISTS experiments (head_id VARCHAR, head VARCHAR, tag VARCHAR, features VARCHAR, "
-        "params JSON, config JSON, fold_version VARCHAR, data_version VARCHAR, feature_versions JSON, seed INTEGER, "
-        "eval_rows VARCHAR, n_train_windows INTEGER, oof_auc DOUBLE, fold_mean DOUBLE, fold_std DOUBLE, "
-        "ci_low DOUBLE, ci_high DOUBLE, rare_auc DOUBLE, padded_cmap DOUBLE, per_class JSON, slices JSON, "
-        "train_seconds DOUBLE, predict_seconds DOUBLE, training_version VARCHAR, created_at TIMESTAMP)")
-
-
 def _slice_value(report: MetricReport, slice_name: str, value: str) -> float | None:
     for r in report.slices.to_pylist():
         if r["slice"] == slice_name and r["value"] == value and r["n_classes"]:
@@ -129,57 +249,121 @@ def _slice_value(report: MetricReport, slice_name: str, value: str) -> float | N
     return None
 
 
+def _nan_to_none(value: float | None) -> float | None:
+    return None if value is None or np.isnan(value) else float(value)
+
+
 def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: dict | None = None,
-               fold_version: str | None = None, replay: bool = False, seed: int = 0, tag: str | None = None,
-               progress=None) -> ExperimentResult:
-    """Cross-validate ``kind`` on the store's features and record the experiment."""
+               fold_version: str | None = None, replay: bool = False, subsample: Subsample | None = None,
+               seed: int = 0, tag: str | None = None, progress=None) -> ExperimentResult:
+    """Cross-validate ``kind`` on the store's features and record the experiment.
+
+    The fold models, the OOF file and the experiment row are kept whatever the scoring finds: a
+    set with a class positive in every window drops that class (counted as degenerate); with no
+    scorable soundscape window the focal windows are scored (``scored_on``); with nothing
+    scorable the headline is NaN and a warning says why. The head folder is assembled under a
+    temporary name and renamed into place after its last fold, so no reader sees half a head.
+    """
     overrides = dict(overrides or {})
     if kind == "lgbm":
         overrides.setdefault("seed", seed)
     params = make_params(kind, overrides)
-    with FeatureStore.open(store_dir) as store:
+    spec.check()
+    subsample = subsample if subsample is not None and subsample.active else None
+    if replay and subsample:
+        raise StoreError("choose either the replay subset or a fast subsample, not both")
+    mode = "replay" if replay else ("fast" if subsample else "full")
+    with FeatureStore.open(store_dir, create=False) as store:
         replay_ids = sorted(replay_window_ids(store)) if replay else None
         frame = build_frame(store, spec, window_ids=replay_ids)
         folds, fold_version = fold_assignment(store, frame.window_ids, fold_version)
         if (folds == -1).all():
             raise StoreError("none of the training windows has a fold; re-run pipelines.folds")
         data_version = latest_data_version(store)
-        config = {"head": kind, "params": asdict(params), "frame": asdict(spec), "fold_version": fold_version,
-                  "data_version": data_version, "feature_versions": frame.feature_versions, "seed": seed,
-                  "replay": replay, "training_version": TRAINING_VERSION}
-        head_id = f"{kind}-{config_hash(config)}"
-        out_dir = store.root / HEADS_DIR / head_id
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
-        (out_dir / EXTRACTORS_FILE).write_text(json.dumps(extractor_params(store, frame.feature_versions), indent=1))
-        oof, train_s, predict_s = cross_validate(frame, folds, kind, asdict(params), out_dir, progress)
-
-        scored = folds != -1
-        is_scape = (frame.source == SOUNDSCAPE) & scored
-        eval_mask, eval_rows = (is_scape, "labelled soundscape windows") if is_scape.any() else (scored, "all windows")
-        focal_counts = frame.Y[frame.source != SOUNDSCAPE].sum(axis=0)
-        taxon = dict(store.rows("SELECT primary_label, class_name FROM taxonomy"))
-        report = evaluate(frame.Y[eval_mask], oof[eval_mask], frame.class_names, folds=folds[eval_mask],
-                          file_ids=frame.groups[eval_mask], train_counts=focal_counts,
-                          taxon_class=[taxon[c] for c in frame.class_names], n_boot=100, seed=seed)
+        config, head_id = run_config(kind, params, spec, fold_version=fold_version, data_version=data_version,
+                                     feature_versions=frame.feature_versions, seed=seed, replay=replay,
+                                     subsample=subsample)
+        final_dir = store.root / HEADS_DIR / head_id
+        work_dir = store.root / HEADS_DIR / f".partial-{head_id}-{os.getpid()}"
+        shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True)
+        (work_dir / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+        (work_dir / EXTRACTORS_FILE).write_text(json.dumps(extractor_params(store, frame.feature_versions), indent=1))
+        train_mask = focal_cap_mask(frame, subsample.focal_per_class, seed) if subsample else None
+        run_folds = subsample.folds if subsample else None
+        oof, train_s, predict_s = cross_validate(frame, folds, kind, asdict(params), work_dir,
+                                                 progress and (lambda f, _oof: progress(f)),
+                                                 train_mask=train_mask, run_folds=run_folds)
+        eval_mask, scored_on = evaluation_rows(frame, folds, run_folds)
+        warnings: list[str] = []
+        report = None
+        try:
+            report = score_run(store, frame, folds, oof, eval_mask, seed) if scored_on != "none" else None
+        except MetricError as exc:  # e.g. a head that predicted NaN: keep the models, say why
+            warnings.append(f"scoring failed: {exc}")
+        if scored_on == "none":
+            warnings.append("no labelled window has a class with both a positive and a negative in any fold; "
+                            "the headline is undefined (ingest more labelled audio, or re-fold)")
+        predicted = ~np.isnan(oof).any(axis=1)
         oof_path = store.root / OOF_DIR / f"{head_id}.parquet"
         oof_path.parent.mkdir(parents=True, exist_ok=True)
-        write_parquet_atomic(oof_table(frame, folds, oof, head_id), oof_path)
+        write_parquet_atomic(oof_table(frame.subset(predicted), folds[predicted], oof[predicted], head_id), oof_path)
         refresh_oof_view(store)
+        publish_head(work_dir, final_dir)
 
-        ensure_experiments_table(store)
-        store.con.execute("DELETE FROM experiments WHERE head_id = ?", [head_id])
-        ci = report.ci or (None, None)
-        store.con.execute(
-            "INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [head_id, kind, tag or ("replay" if replay else "full"), spec.features, json.dumps(asdict(params)),
-             json.dumps(config, sort_keys=True), fold_version, data_version, json.dumps(frame.feature_versions),
-             seed, eval_rows, int(scored.sum()), report.auc, report.fold_mean, report.fold_std, ci[0], ci[1],
-             _slice_value(report, "frequency", "rare"), report.padded_cmap,
-             json.dumps(report.per_class.to_pylist(), default=float),
-             json.dumps(report.slices.to_pylist(), default=float), train_s, predict_s, TRAINING_VERSION, utc_now()])
-    return ExperimentResult(head_id, kind, report.auc, report.fold_mean or float("nan"),
-                            report.fold_std or float("nan"), report, train_s, predict_s, oof_path, eval_rows)
+        nan = float("nan")
+        fold_mean = report.fold_mean if report and report.fold_mean is not None else nan
+        fold_std = report.fold_std if report and report.fold_std is not None else nan
+        pooled = report.auc if report else nan
+        ci = report.ci if report and report.ci else (None, None)
+        fold_scores = {str(k): _nan_to_none(v) for k, v in report.fold_scores.items()} if report else {}
+        record(store, {
+            "head_id": head_id, "head": kind, "tag": tag or mode, "features": spec.features,
+            "params": json.dumps(asdict(params)), "config": json.dumps(config, sort_keys=True),
+            "fold_version": fold_version, "data_version": data_version,
+            "feature_versions": json.dumps(frame.feature_versions), "seed": seed,
+            "eval_rows": SCORED_ON_TEXT[scored_on], "n_train_windows": int(((folds != -1) & (
+                train_mask if train_mask is not None else True)).sum()),
+            "oof_auc": _nan_to_none(pooled), "fold_mean": _nan_to_none(fold_mean), "fold_std": _nan_to_none(fold_std),
+            "ci_low": _nan_to_none(ci[0]), "ci_high": _nan_to_none(ci[1]),
+            "rare_auc": _slice_value(report, "frequency", "rare") if report else None,
+            "padded_cmap": report.padded_cmap if report else None,
+            "per_class": json.dumps(report.per_class.to_pylist(), default=float) if report else None,
+            "slices": json.dumps(report.slices.to_pylist(), default=float) if report else None,
+            "train_seconds": train_s, "predict_seconds": predict_s, "training_version": TRAINING_VERSION,
+            "mode": mode, "scored_on": scored_on, "n_eval_windows": int(eval_mask.sum()),
+            "n_folds_scored": sum(v is not None for v in fold_scores.values()), "fold_scores": json.dumps(fold_scores),
+            "calibration_gap": _nan_to_none(pooled - fold_mean),
+            "n_classes_scored": report.n_scored_classes if report else 0,
+            "n_classes_degenerate": report.n_degenerate_classes if report else 0,
+            "degenerate_classes": json.dumps(report.degenerate if report else [])})
+    return ExperimentResult(head_id, kind, fold_mean, fold_std, pooled, report, train_s, predict_s, oof_path,
+                            SCORED_ON_TEXT[scored_on], scored_on, mode,
+                            report.n_scored_classes if report else 0,
+                            report.n_degenerate_classes if report else 0, warnings)
+
+
+def run_config(kind: str, params, spec: FrameSpec, *, fold_version: str, data_version: str | None,
+               feature_versions: dict, seed: int, replay: bool = False,
+               subsample: Subsample | None = None) -> tuple[dict, str]:
+    """A run's full configuration and the head id it names (the same inputs give the same id)."""
+    config = {"head": kind, "params": asdict(params), "frame": asdict(spec), "fold_version": fold_version,
+              "data_version": data_version, "feature_versions": feature_versions, "seed": seed,
+              "replay": replay, "training_version": TRAINING_VERSION}
+    if subsample is not None and subsample.active:
+        config["subsample"] = asdict(subsample)
+    return config, f"{kind}-{config_hash(config)}"
+
+
+def publish_head(work_dir: Path, final_dir: Path) -> None:
+    """Make a fully written head folder visible under its final name (an older copy is replaced)."""
+    if final_dir.exists():
+        trash = final_dir.with_name(f".old-{final_dir.name}-{os.getpid()}")
+        final_dir.rename(trash)
+        work_dir.rename(final_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        work_dir.rename(final_dir)
 
 
 def refresh_oof_view(store: FeatureStore) -> None:
@@ -188,14 +372,3 @@ def refresh_oof_view(store: FeatureStore) -> None:
     if list((store.root / OOF_DIR).glob("*.parquet")):
         store.con.execute(f"CREATE OR REPLACE VIEW oof_predictions AS SELECT * FROM read_parquet('{glob}', "
                           "union_by_name = true)")
-
-
-def load_fold_heads(store_root: Path, head_id: str) -> tuple[dict, list[Head]]:
-    """The config and every fold model of a trained head (for prediction: average them)."""
-    folder = Path(store_root) / HEADS_DIR / head_id
-    if not (folder / "config.json").exists():
-        raise StoreError(f"no trained head {head_id!r} under {folder.parent}; see pipelines.leaderboard")
-    heads = [load_head(p) for p in sorted(folder.glob("fold_*")) if (p / "head.json").exists()]
-    if not heads:
-        raise StoreError(f"head {head_id!r} has no fold models in {folder}")
-    return json.loads((folder / "config.json").read_text()), heads

@@ -1,10 +1,25 @@
-"""Shared command-line plumbing for ``python -m pipelines.<job>``."""
+"""Shared command-line plumbing for ``python -m pipelines.<job>``.
+
+* :func:`run_main` is the one error boundary: the project's errors and bad-input ``ValueError``s
+  become one ``error: ...`` line on stderr and exit status 2 (no traceback); Ctrl-C exits 130.
+* Shared options, so every job spells them the same: :func:`add_store` (``--store``; only ingest
+  creates a store, every other job refuses a missing one), :func:`add_workers`, :func:`add_seed`,
+  :func:`add_quiet`.
+* Words: ``--head-kind`` is a kind of head (train, tune), ``--head-id`` one trained head
+  (predict); ``--fold-version`` a stored fold version, ``--k`` a number of folds.
+* :func:`progress` is a tqdm bar on a terminal and a periodic one-line status otherwise (a log
+  file gets a few readable lines, not hundreds of carriage returns). Jobs create it only after
+  their inputs are validated, so an error never lands on a half-drawn bar.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from featurestore.competition import DataError
 from featurestore.store import StoreError
@@ -13,11 +28,11 @@ from models.metrics import MetricError
 from models.submission import SubmissionError
 
 USER_ERRORS: tuple[type[Exception], ...] = (DataError, StoreError, HeadError, MetricError, SubmissionError,
-                                            FileNotFoundError)
+                                            FileNotFoundError, NotADirectoryError, ValueError)
 
 
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=f"python -m pipelines.{prog}", description=description,
+def parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"python -m pipelines.{prog}", description=description, epilog=epilog,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -26,9 +41,106 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     try:
         code = main(argv)
     except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split("\n")[:1]) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
+            message = f"{message}: {exc.filename}"
+        print(f"error: {message}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("interrupted; finished parts are kept, re-run to resume", file=sys.stderr)
         code = 130
     sys.exit(code)
+
+
+# ---------------------------------------------------------------------------- shared options
+def add_store(ap: argparse.ArgumentParser, *, creates: bool = False, help: str | None = None) -> None:
+    text = help or ("feature store folder (created if missing)" if creates else
+                    "feature store folder (made by pipelines.ingest)")
+    ap.add_argument("--store", required=True, type=Path, help=text)
+
+
+def add_workers(ap: argparse.ArgumentParser, what: str = "worker processes") -> None:
+    ap.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
+                    help=f"{what} (default: all {os.cpu_count() or 1} cores)")
+
+
+def add_seed(ap: argparse.ArgumentParser, default: int = 0) -> None:
+    ap.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
+
+
+def add_quiet(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------- progress
+class LineProgress:
+    """tqdm's ``update``/``close`` for a non-terminal: one status line every ``every`` seconds and at the end."""
+
+    def __init__(self, total: float, desc: str, unit: str, every: float = 30.0, stream=None):
+        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.n = 0.0
+        self.stream = stream or sys.stderr
+        self.t0 = self.last = time.monotonic()
+        self.closed = False
+
+    def update(self, n: float = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self._line()
+
+    def _line(self, final: bool = False) -> None:
+        elapsed = time.monotonic() - self.t0
+        pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        rate = self.n / elapsed if elapsed > 0 else 0.0
+        eta = f", ~{(self.total - self.n) / rate:.0f} s left" if rate > 0 and self.total and not final else ""
+        done = "done: " if final else ""
+        print(f"{self.desc}: {done}{self.n:.0f}/{self.total:.0f} {self.unit}{pct} in {elapsed:.0f} s{eta}",
+              file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._line(final=True)
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Silent:
+    def update(self, n: float = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def progress(total: float, desc: str, unit: str = "file", *, quiet: bool = False, every: float = 30.0):
+    """A progress reporter: a tqdm bar when stderr is a terminal, periodic status lines otherwise."""
+    if quiet:
+        return _Silent()
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+    return LineProgress(total, desc, unit, every=every)

@@ -20,6 +20,7 @@ from embed.job import run_embed
 from featurestore.folds import make_folds
 from featurestore.ingest import run_ingest
 from featurestore.store import FeatureStore
+from models.experiments import best_head_id, ranked
 from models.frame import FrameSpec, class_names_of
 from models.metrics import competition_score
 from models.predict import predict_audio
@@ -27,7 +28,6 @@ from models.submission import validate_submission, write_submission
 from models.training import HEADS_DIR, train_head
 from pipelines._cli import parser, run_main
 from pipelines.demo_data import FULL, SMALL, generate_demo_dataset
-from pipelines.leaderboard import leaderboard
 from pipelines.leaderboard import render as render_leaderboard
 from pipelines.report import write_report
 from pipelines.validate_submission import expected_ids_for_audio
@@ -83,15 +83,16 @@ def run_demo(out: Path, *, small: bool = False, seed: int = 2026, workers: int |
               lambda k=kind, f=features, p=params: train_head(store, k, FrameSpec(f), overrides=p, seed=seed),
               lambda r: r.render().splitlines()[0])
     with FeatureStore.open(store, read_only=True) as fs:
-        board = leaderboard(fs)
+        board = ranked(fs)
+        best = best_head_id(fs)
         columns = class_names_of(fs)
+    summaries["leaderboard"] = board
     say(render_leaderboard(board))
-    best = board.column("head_id")[0].as_py()
     submission = out / "submission.csv"
     stage("predict", lambda: predict_to_csv(store / HEADS_DIR / best, data, submission, columns, workers),
           lambda score: f"{submission} from head {best} (validated); demo test-set AUC {score:.4f}")
     say(f"[demo] store: {store}\n[demo] try: duckdb {store / 'catalog.duckdb'} "
-        "\"SELECT head_id, oof_auc, fold_std FROM experiments ORDER BY oof_auc DESC\"")
+        "\"SELECT head_id, fold_mean, fold_std, oof_auc FROM experiments ORDER BY fold_mean DESC\"")
     return summaries
 
 

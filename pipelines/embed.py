@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
-from tqdm import tqdm
-
 from embed.job import EXTRACTORS, run_embed
-from pipelines._cli import parser, run_main
+from pipelines._cli import add_quiet, add_store, add_workers, parser, progress, run_main
 
 EPILOG = """
 Extractors (comma-join several; the audio is decoded once per file):
@@ -37,15 +33,14 @@ Examples:
 def main(argv: list[str] | None = None) -> int:
     ap = parser("embed", __doc__)
     ap.epilog = EPILOG
-    ap.add_argument("--store", required=True, help="feature store folder (made by pipelines.ingest)")
+    add_store(ap)
     ap.add_argument("--extractor", default="birdnet,classical",
                     help=f"comma-joined extractors: {', '.join(EXTRACTORS)} (default birdnet,classical)")
     ap.add_argument("--model", help="model file for --extractor custom (.tflite or .onnx)")
     ap.add_argument("--model-config", default="perch_v2",
                     help="custom model config: a preset (perch_v2) or a JSON file (default perch_v2)")
     ap.add_argument("--labels", help="labels file of the custom model (default: from its config)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="worker processes (default: all cores)")
+    add_workers(ap)
     ap.add_argument("--shard", default="0/1", help="I/N: embed only this shard of the files (default 0/1)")
     ap.add_argument("--data", help="audio folder (default: data_dir of the latest ingest run)")
     ap.add_argument("--sources", help="only these sources, comma-joined (train_audio, train_soundscapes, "
@@ -60,20 +55,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="audio seconds per task = per atomic part (default: automatic, <= 600)")
     ap.add_argument("--cache-dir", help="cache for the patched BirdNET model "
                                         "(default $BIRDCLEF_STACK_CACHE or ~/.cache/birdclef-stack)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(ap)
     args = ap.parse_args(argv)
-    if args.workers < 1 or args.batch_size < 1 or args.threads < 1:
-        ap.error("--workers, --batch-size and --threads must be >= 1")
+    if args.batch_size < 1 or args.threads < 1:
+        ap.error("--batch-size and --threads must be >= 1")
     if args.hop is not None and args.hop <= 0:
         ap.error("--hop must be > 0")
 
-    bars: list[tqdm] = []
+    bars: list = []
 
     def on_total(seconds: float) -> None:  # the bar appears once the work is planned
-        bars.append(tqdm(total=seconds, unit="audio-s", desc="embed", disable=args.quiet, dynamic_ncols=True,
-                         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}]"))
+        bars.append(progress(seconds, "embed", "audio-s", quiet=args.quiet))
 
-    def progress(seconds: float) -> None:
+    def advance(seconds: float) -> None:
         bars[0].update(seconds)
 
     try:
@@ -82,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             sources=args.sources.split(",") if args.sources else None, hop_s=args.hop,
             batch_size=args.batch_size, threads=args.threads, full_logits=args.full_logits, model=args.model,
             model_config=args.model_config, labels_file=args.labels, cache_dir=args.cache_dir,
-            task_seconds=args.task_seconds, progress=progress, on_total=on_total)
+            task_seconds=args.task_seconds, progress=advance, on_total=on_total)
     finally:
         for bar in bars:
             bar.close()

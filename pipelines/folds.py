@@ -7,12 +7,13 @@ Writes three versioned tables: ``folds`` (every window -> fold 0..K-1; test soun
 
 from __future__ import annotations
 
-from featurestore.folds import FoldParams, make_folds
-from pipelines._cli import parser, run_main
+from featurestore.folds import SOUNDSCAPE_GROUPINGS, FoldParams, make_folds
+from pipelines._cli import add_store, parser, run_main
 
 EPILOG = """
 Grouping (nothing near-identical straddles folds):
-  soundscapes   by site, or site + date block (--soundscape-group site_date --date-block-days 7)
+  soundscapes   site_split (default): whole sites; a site with > 1/k of the labelled windows in 7-day blocks
+                (real labels: 139-156 windows/fold vs 36-477 with site); site_date: every site in date blocks
   focal clips   by recordist (author) + a coarse lat/lon cell (--cell-deg); train.csv has no date
   duplicates    files with identical decoded audio are put in one group
 Within each family, groups are dealt to folds by greedy group-level multilabel stratification so a
@@ -33,13 +34,20 @@ def main(argv: list[str] | None = None) -> int:
     d = FoldParams()
     ap = parser("folds", __doc__)
     ap.epilog = EPILOG
-    ap.add_argument("--store", required=True, help="feature store folder (after pipelines.ingest)")
-    ap.add_argument("-k", "--folds", type=int, default=d.k, help=f"number of folds (default {d.k})")
+    add_store(ap)
+    ap.add_argument("-k", "--k", "--n-folds", dest="k", type=int, default=d.k,
+                    help=f"number of folds (default {d.k}); --fold-version elsewhere names a stored fold version")
     ap.add_argument("--seed", type=int, default=d.seed, help=f"tie-break and replay seed (default {d.seed})")
-    ap.add_argument("--soundscape-group", choices=("site", "site_date"), default=d.soundscape_group,
-                    help=f"group soundscapes by site or by site + date block (default {d.soundscape_group})")
+    ap.add_argument("--soundscape-group", choices=SOUNDSCAPE_GROUPINGS, default=d.soundscape_group,
+                    help=f"how soundscapes are grouped, see below (default {d.soundscape_group})")
     ap.add_argument("--date-block-days", type=int, default=d.date_block_days,
-                    help=f"days per date block for site_date grouping (default {d.date_block_days})")
+                    help=f"days per date block for site_date / site_split (default {d.date_block_days})")
+    ap.add_argument("--split-fraction", type=float, default=d.split_fraction,
+                    help="site_split: cut a site holding more than this x 1/k of the labelled windows "
+                         f"(default {d.split_fraction})")
+    ap.add_argument("--day-start-hour", type=int, default=d.day_start_hour,
+                    help="site_split: a recording day runs from this hour of the file-name clock to the next, "
+                         f"so a night across midnight stays whole (default {d.day_start_hour})")
     ap.add_argument("--cell-deg", type=float, default=d.cell_deg,
                     help=f"lat/lon cell size in degrees for focal-clip groups (default {d.cell_deg})")
     ap.add_argument("--replay-fraction", type=float, default=d.replay_fraction,
@@ -49,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-version", action="store_true",
                     help="store a new fold version when inputs or parameters changed (otherwise refuse)")
     args = ap.parse_args(argv)
-    summary = make_folds(args.store, k=args.folds, seed=args.seed, soundscape_group=args.soundscape_group,
+    summary = make_folds(args.store, k=args.k, seed=args.seed, soundscape_group=args.soundscape_group,
                          date_block_days=args.date_block_days, cell_deg=args.cell_deg,
                          replay_fraction=args.replay_fraction, merge_duplicates=not args.no_merge_duplicates,
+                         split_fraction=args.split_fraction, day_start_hour=args.day_start_hour,
                          new_version=args.new_version)
     print(summary.render())
     return 0

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
-from tqdm import tqdm
-
 from featurestore.ingest import run_ingest
-from pipelines._cli import parser, run_main
+from pipelines._cli import add_quiet, add_store, add_workers, parser, progress, run_main
 
 EPILOG = """
 The data folder is the unzipped competition: taxonomy.csv, train.csv, train_soundscapes_labels.csv,
@@ -29,23 +25,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser("ingest", __doc__)
     ap.epilog = EPILOG
     ap.add_argument("--data", required=True, help="competition data folder")
-    ap.add_argument("--store", required=True, help="feature store folder (created if missing)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="decode processes for the audio pass (default: all cores)")
+    add_store(ap, creates=True)
+    add_workers(ap, "decode processes for the audio pass")
     ap.add_argument("--batch-size", type=int, default=64,
                     help="audio files per atomic Parquet part; a kill loses at most one batch (default 64)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(ap)
     args = ap.parse_args(argv)
-    if args.workers < 1 or args.batch_size < 1:
-        ap.error("--workers and --batch-size must be >= 1")
+    if args.batch_size < 1:
+        ap.error("--batch-size must be >= 1")
 
-    bar = tqdm(total=0, unit="file", desc="audio QA", disable=args.quiet, dynamic_ncols=True)
-    def on_total(n: int) -> None:
-        bar.total = n
-        bar.refresh()
-    summary = run_ingest(args.data, args.store, workers=args.workers, batch_size=args.batch_size,
-                         progress=bar.update, on_total=on_total)
-    bar.close()
+    bars: list = []
+
+    def on_total(n: int) -> None:  # called once the CSVs are parsed and the audio pass is planned
+        bars.append(progress(n, "audio QA", "file", quiet=args.quiet))
+
+    try:
+        summary = run_ingest(args.data, args.store, workers=args.workers, batch_size=args.batch_size,
+                             progress=lambda n=1: bars[0].update(n), on_total=on_total)
+    finally:
+        for bar in bars:
+            bar.close()
     print(summary.render())
     return 0
 

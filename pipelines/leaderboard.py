@@ -1,48 +1,74 @@
-"""``python -m pipelines.leaderboard``: experiments ranked by OOF macro AUC."""
+"""``python -m pipelines.leaderboard``: experiments ranked by their fold-mean AUC.
+
+Full cross-validation runs are ranked first; fast (tuner subsample) and replay runs in sections
+of their own, since they were trained on less. Each row shows the fold mean +/- std (the
+headline), the pooled OOF score and the calibration gap between them, the file-bootstrap CI,
+classes scored and dropped as degenerate, and which windows were scored.
+"""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
 from featurestore.store import FeatureStore
-from pipelines._cli import parser, run_main
+from models.experiments import MODES, BoardFilter, known_values, ranked
+from pipelines._cli import add_store, parser, run_main
 
-COLUMNS = ("rank", "head_id", "tag", "features", "oof_auc", "fold_std", "rare_auc", "train_seconds", "eval_rows")
+EPILOG = """
+Example:
+  python -m pipelines.leaderboard --store work/store
+  python -m pipelines.leaderboard --store work/store --mode full --head-kind lgbm
+"""
 
 
-def leaderboard(store: FeatureStore, tag: str | None = None) -> pa.Table:
-    """Experiments ranked by OOF AUC (ties: lower fold std, then faster); tags baseline/replay/full/tuned."""
-    if not store.has_plain_table("experiments"):
-        return pa.table({c: pa.array([], pa.string()) for c in COLUMNS})
-    where = "WHERE tag = ?" if tag else ""
-    return store.sql(
-        "SELECT row_number() OVER (ORDER BY oof_auc DESC NULLS LAST, fold_std, train_seconds) AS rank, head_id, "
-        "CASE WHEN head IN ('prior', 'zeroshot') THEN 'baseline/' || tag ELSE tag END AS tag, features, oof_auc, "
-        f"fold_std, rare_auc, train_seconds, eval_rows FROM experiments {where} ORDER BY rank",
-        [tag] if tag else None)
+def _f(value, fmt: str = ".4f") -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 def render(table: pa.Table) -> str:
-    if table.num_rows == 0:
+    rows = table.to_pylist()
+    lines: list[str] = []
+    header = (f"{'#':>2}  {'head_id':<20} {'tag':<9} {'features':<18} {'fold mean':>9} {'± std':>7} "
+              f"{'pooled':>7} {'gap':>7} {'95% CI':>15} {'rare':>6} {'cls':>4} {'degen':>5} {'scored on':<10} "
+              f"{'windows':>7} {'train s':>8}")
+    for mode in MODES:
+        section = [r for r in rows if r["mode"] == mode]
+        if not section:
+            continue
+        lines += ["", f"[{mode}]" + ("" if mode == "full" else " (trained on a subset; not comparable with full)"),
+                  header]
+        for r in section:
+            ci = f"[{_f(r['ci_low'], '.3f')}, {_f(r['ci_high'], '.3f')}]" if r["ci_low"] is not None else "-"
+            tag = r["tag"] if r["head"] not in ("prior", "zeroshot") else f"base/{r['tag']}"
+            lines.append(
+                f"{r['rank']:>2}  {r['head_id']:<20} {tag:<9} {r['features']:<18} {_f(r['fold_mean']):>9} "
+                f"{_f(r['fold_std']):>7} {_f(r['oof_auc'], '.3f'):>7} {_f(r['calibration_gap'], '+.3f'):>7} "
+                f"{ci:>15} {_f(r['rare_auc'], '.3f'):>6} {_f(r['n_classes_scored'], 'd'):>4} "
+                f"{_f(r['n_classes_degenerate'], 'd'):>5} {r['scored_on'] or '-':<10} "
+                f"{_f(r['n_eval_windows'], 'd'):>7} {_f(r['train_seconds'], '.1f'):>8}")
+    return "\n".join(lines).lstrip("\n")
+
+
+def empty_message(store: FeatureStore, flt: BoardFilter) -> str:
+    asked = {k: v for k, v in (("tag", flt.tag), ("mode", flt.mode), ("head", flt.head)) if v}
+    if not asked or not known_values(store, "head_id"):
         return "no experiments yet; run pipelines.train"
-    lines = [f"{'#':>2}  {'head_id':<22} {'tag':<16} {'features':<22} {'OOF AUC':>8} {'fold std':>8} "
-             f"{'rare AUC':>8} {'train s':>8}"]
-    for r in table.to_pylist():
-        rare = f"{r['rare_auc']:.4f}" if r["rare_auc"] is not None else "-"
-        std = f"{r['fold_std']:.4f}" if r["fold_std"] is not None else "-"
-        lines.append(f"{r['rank']:>2}  {r['head_id']:<22} {r['tag']:<16} {r['features']:<22} {r['oof_auc']:>8.4f} "
-                     f"{std:>8} {rare:>8} {r['train_seconds']:>8.1f}")
-    lines.append(f"scored on: {table.column('eval_rows')[0]}")
-    return "\n".join(lines)
+    have = "; ".join(f"{k}s present: {', '.join(known_values(store, k)) or 'none'}" for k in asked)
+    wanted = ", ".join(f"{k} {v!r}" for k, v in asked.items())
+    return f"no experiments with {wanted} ({have})"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser("leaderboard", __doc__)
-    ap.add_argument("--store", required=True, help="feature store folder")
+    ap = parser("leaderboard", __doc__, EPILOG)
+    add_store(ap)
     ap.add_argument("--tag", default=None, help="only experiments with this tag (full, replay, tuned, ...)")
+    ap.add_argument("--mode", choices=MODES, default=None, help="only this mode (default: all, full first)")
+    ap.add_argument("--head-kind", default=None, help="only this head kind (prior, zeroshot, linear, lgbm)")
     args = ap.parse_args(argv)
+    flt = BoardFilter(tag=args.tag, mode=args.mode, head=args.head_kind)
     with FeatureStore.open(args.store, create=False, read_only=True) as store:
-        print(render(leaderboard(store, args.tag)))
+        board = ranked(store, flt)
+        print(render(board) if board.num_rows else empty_message(store, flt))
     return 0
 
 

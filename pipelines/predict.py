@@ -8,51 +8,56 @@ class prior for its 12 rows (reported) so the submission stays complete.
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from featurestore.store import FeatureStore, StoreError
+from models.experiments import best_head_id
 from models.frame import class_names_of
-from models.predict import list_audio, predict_audio
+from models.predict import predict_audio
 from models.submission import read_header, validate_submission, write_submission
 from models.training import HEADS_DIR
-from pipelines._cli import parser, run_main
-from pipelines.leaderboard import leaderboard
+from pipelines._cli import add_quiet, add_store, add_workers, parser, progress, run_main
 from pipelines.validate_submission import expected_ids_for_audio
 
-
-def best_head(store: FeatureStore) -> str:
-    """The leaderboard's first head."""
-    board = leaderboard(store)
-    if board.num_rows == 0:
-        raise StoreError(f"no experiments in {store.root}; run pipelines.train first")
-    return board.column("head_id")[0].as_py()
+EPILOG = """
+Example:
+  python -m pipelines.predict --store work/store --audio data/test_soundscapes --out submission.csv
+  python -m pipelines.predict --store work/store --head-id lgbm-3f2a9c1b0d4e --audio data/test_soundscapes \\
+      --out submission.csv --sample data/sample_submission.csv
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser("predict", __doc__)
-    ap.add_argument("--store", required=True, help="feature store folder holding the trained head")
-    ap.add_argument("--head", default="best", help="head id from pipelines.leaderboard (default: best OOF AUC)")
+    ap = parser("predict", __doc__, EPILOG)
+    add_store(ap, help="feature store folder holding the trained head")
+    ap.add_argument("--head-id", default="best",
+                    help="trained head id from pipelines.leaderboard (default: the best full-CV head)")
     ap.add_argument("--audio", required=True, type=Path, help="folder of soundscapes (e.g. test_soundscapes)")
     ap.add_argument("--out", required=True, type=Path, help="submission.csv to write")
     ap.add_argument("--sample", type=Path, default=None,
                     help="sample_submission.csv for the column order (default: the store's taxonomy order)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    add_workers(ap)
+    add_quiet(ap)
     args = ap.parse_args(argv)
 
     with FeatureStore.open(args.store, create=False, read_only=True) as store:
-        head_id = best_head(store) if args.head == "best" else args.head
+        head_id = best_head_id(store) if args.head_id == "best" else args.head_id
         columns = read_header(args.sample)[1:] if args.sample else class_names_of(store)
         head_dir = store.root / HEADS_DIR / head_id
-    files = list_audio(args.audio)
-    with tqdm(total=len(files), unit="file", desc=f"predict {head_id}") as bar:
-        row_ids, probs, errors = predict_audio(head_dir, args.audio, columns, workers=args.workers,
-                                               progress=bar.update)
+    if not head_dir.is_dir():
+        raise StoreError(f"no trained head {head_id!r} in {args.store}; pick one from pipelines.leaderboard")
+    bars = []
+    try:
+        row_ids, probs, errors = predict_audio(
+            head_dir, args.audio, columns, workers=args.workers, progress=lambda n: bars[0].update(n),
+            on_start=lambda n: bars.append(progress(n, f"predict {head_id}", "file", quiet=args.quiet)))
+    finally:
+        for bar in bars:
+            bar.close()
     write_submission(args.out, row_ids, probs, columns)
     for error in errors:
-        print(f"warning: {error}")
+        print(f"warning: {error}", file=sys.stderr)
     n = validate_submission(args.out, args.sample or ["row_id", *columns], expected_ids_for_audio(args.audio))
     print(f"wrote {args.out}: {n} rows x {len(columns)} classes from head {head_id} (validated)")
     return 0

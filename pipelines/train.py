@@ -7,44 +7,52 @@ import json
 from models.frame import FrameSpec
 from models.heads import PARAMS_BY_KIND
 from models.training import train_head
-from pipelines._cli import parser, run_main
+from pipelines._cli import add_seed, add_store, parser, run_main
 
 EPILOG = """
 Heads: prior (class base rate), zeroshot (BirdNET's own logits; use --features birdnet_logits),
 linear (per-class logistic regression), lgbm (per-class LightGBM).
 Features: a stored view or comma-joined views: birdnet, birdnet_logits, classical, custom:<name>.
 
+The headline is the fold mean of the competition metric on the labelled soundscape windows (each
+fold scored by the model that held it out); the pooled OOF score and their difference (the
+calibration gap) are shown beside it. Classes positive in every window of a fold are dropped
+there and counted; with no scorable soundscape window the focal windows are scored instead.
+
 Writes heads/<head_id>/fold_<k>/ (loadable from the folder), oof/<head_id>.parquet (one row per window,
 one column per class) and a row in the `experiments` table; see pipelines.leaderboard.
 
 Example:
-  python -m pipelines.train --store work/store --head lgbm --features birdnet,classical
-  python -m pipelines.train --store work/store --head linear --params '{"C": 0.05, "pca_components": 256}'
+  python -m pipelines.train --store work/store --head-kind lgbm --features birdnet,classical
+  python -m pipelines.train --store work/store --head-kind linear --params '{"C": 0.05, "pca_components": 256}'
 """
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser("train", __doc__)
-    ap.epilog = EPILOG
-    ap.add_argument("--store", required=True, help="feature store folder")
-    ap.add_argument("--head", required=True, choices=sorted(PARAMS_BY_KIND), help="head kind")
+    ap = parser("train", __doc__, EPILOG)
+    add_store(ap)
+    ap.add_argument("--head-kind", required=True, help=f"head kind: {', '.join(PARAMS_BY_KIND)}")
     ap.add_argument("--features", default="birdnet", help="feature view(s), comma-joined (default birdnet)")
-    ap.add_argument("--pooling", default="mean", help="frame→window pooling of frame-level features (default mean)")
+    ap.add_argument("--pooling", default="mean", help="frame->window pooling: mean, max, meanmax (default mean)")
     ap.add_argument("--context", action="store_true", help="add neighbour-window mean and file max features")
     ap.add_argument("--params", default="{}", help="JSON object of head parameters to override")
-    ap.add_argument("--folds", default=None, help="fold version to use (default: the current folds table)")
-    ap.add_argument("--replay", action="store_true", help="train and score on the replay subset only (fast triage)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--soundscape-weight", type=float, default=2.0, help="sample weight of labelled soundscape windows")
-    ap.add_argument("--tag", default=None, help="leaderboard tag (default: full or replay)")
+    ap.add_argument("--fold-version", default=None, help="fold version to use (default: the current folds table)")
+    ap.add_argument("--replay", action="store_true",
+                    help="train and score on the replay subset only (fast triage; ranked apart from full runs)")
+    add_seed(ap)
+    ap.add_argument("--soundscape-weight", type=float, default=2.0,
+                    help="sample weight of labelled soundscape windows (default 2.0)")
+    ap.add_argument("--tag", default=None, help="leaderboard tag (default: the mode, full or replay)")
     args = ap.parse_args(argv)
     try:
         overrides = json.loads(args.params)
     except json.JSONDecodeError as exc:
         ap.error(f"--params is not valid JSON: {exc}")
+    if not isinstance(overrides, dict):
+        ap.error("--params must be a JSON object")
     spec = FrameSpec(features=args.features, pooling=args.pooling, context=args.context,
                      soundscape_weight=args.soundscape_weight)
-    result = train_head(args.store, args.head, spec, overrides=overrides, fold_version=args.folds,
+    result = train_head(args.store, args.head_kind, spec, overrides=overrides, fold_version=args.fold_version,
                         replay=args.replay, seed=args.seed, tag=args.tag,
                         progress=lambda f: print(f"  fold {f} done", flush=True))
     print(result.render())

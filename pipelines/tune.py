@@ -1,122 +1,70 @@
-"""``python -m pipelines.tune``: Optuna search over a head's parameters against the frozen folds.
+"""``python -m pipelines.tune``: Optuna search over a head's parameters, scored as the leaderboard scores.
 
-The study lives in the store (``optuna.db``, SQLite), so it survives restarts, can be resumed with
-more trials and opened in optuna-dashboard. The objective is the OOF macro AUC on the replay subset
-(``--full`` for full CV), reported after each fold so hopeless trials are pruned early. The best
-parameters are then trained once more through ``pipelines.train`` and recorded as a ``tuned``
-experiment.
+The objective is the fold mean of the competition metric on every labelled evaluation window
+(the experiments table's headline); each fold's AUC is reported as it finishes, so hopeless
+trials are pruned early. The study lives in the store (``optuna.db``): re-run with the same
+``--study`` to add trials (new parameter sets, not repeats), open it in optuna-dashboard. The best
+parameters are re-trained with full cross-validation and recorded as a ``tuned`` experiment.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
+from models.frame import FrameSpec
+from models.training import Subsample
+from models.tuning import DEFAULT_FAST, MODES, SEARCH_SPACES, TuneSpec, run_tune, storage_url
+from pipelines._cli import add_seed, add_store, parser, run_main
 
-from featurestore.store import FeatureStore
-from models.frame import SOUNDSCAPE, FrameSpec, build_frame
-from models.heads import make_head
-from models.metrics import macro_auc_defined
-from models.training import fold_assignment, replay_window_ids, train_head
-from pipelines._cli import parser, run_main
+EPILOG = f"""
+Modes:
+  full   train every fold on all its training windows (what pipelines.train does)
+  fast   keep the full evaluation, but train on at most --focal-per-class focal windows per class
+         (default {DEFAULT_FAST.focal_per_class}; soundscape windows always kept) and/or only --tune-folds
+Search spaces: {'; '.join(f"{k}: {', '.join(v)}" for k, v in SEARCH_SPACES.items())}.
+Fix any head parameter with --params (it then leaves the search space).
 
-STUDY_FILE = "optuna.db"
-
-
-def storage_url(store_dir: str | Path) -> str:
-    return f"sqlite:///{Path(store_dir).expanduser().resolve() / STUDY_FILE}"
-
-
-def suggest(kind: str, trial) -> dict:
-    """The search space of each tunable head."""
-    if kind == "lgbm":
-        return {"learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
-                "num_leaves": trial.suggest_int("num_leaves", 4, 63, log=True),
-                "min_child_samples": trial.suggest_int("min_child_samples", 2, 50, log=True),
-                "feature_fraction": trial.suggest_float("feature_fraction", 0.1, 0.9),
-                "neg_per_pos": trial.suggest_float("neg_per_pos", 5.0, 100.0, log=True),
-                "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True)}
-    if kind == "linear":
-        return {"C": trial.suggest_float("C", 1e-3, 10.0, log=True),
-                "pca_components": trial.suggest_categorical("pca_components", [0, 32, 128, 256])}
-    raise ValueError(f"head {kind!r} has nothing to tune; use lgbm or linear")
-
-
-def make_objective(kind: str, frame, folds: np.ndarray, eval_mask: np.ndarray, base: dict):
-    """Objective: OOF macro AUC over ``eval_mask`` rows, reported (and prunable) after every fold."""
-    import optuna
-
-    fold_ids = sorted(set(folds.tolist()) - {-1})
-
-    def objective(trial) -> float:
-        overrides = {**base, **suggest(kind, trial)}
-        oof = np.zeros(frame.Y.shape, dtype=np.float32)
-        done = np.zeros(len(folds), bool)
-        value = float("nan")
-        for step, f in enumerate(fold_ids):
-            held, train = folds == f, (folds != f) & (folds != -1)
-            head = make_head(kind, frame.class_names, frame.feature_names, overrides)
-            head.fit(frame.X[train], frame.Y[train], frame.weight[train], groups=frame.groups[train])
-            oof[held] = head.predict_proba(frame.X[held])
-            done |= held
-            rows = done & eval_mask
-            value, _ = macro_auc_defined(frame.Y[rows], oof[rows]) if rows.any() else (float("nan"), 0)
-            if not np.isnan(value):
-                trial.report(value, step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-        return value
-
-    return objective
-
-
-def run_tune(store_dir: str | Path, kind: str, trials: int, study_name: str, spec: FrameSpec, *,
-             full: bool = False, seed: int = 0, fold_version: str | None = None, record_best: bool = True) -> dict:
-    import optuna
-
-    with FeatureStore.open(store_dir) as store:
-        ids = None if full else sorted(replay_window_ids(store))
-        frame = build_frame(store, spec, window_ids=ids)
-        folds, fold_version = fold_assignment(store, frame.window_ids, fold_version)
-    is_scape = (frame.source == SOUNDSCAPE) & (folds != -1)
-    eval_mask = is_scape if is_scape.any() else folds != -1
-    base = {"seed": seed} if kind == "lgbm" else {}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=study_name, storage=storage_url(store_dir), load_if_exists=True,
-                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
-    study.set_user_attr("head", kind)
-    study.set_user_attr("features", spec.features)
-    study.optimize(make_objective(kind, frame, folds, eval_mask, base), n_trials=trials, show_progress_bar=True)
-    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    out = {"study": study_name, "trials": len(study.trials), "completed": len(completed),
-           "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)}
-    if completed:
-        out.update(best_value=study.best_value, best_params=study.best_params)
-        if record_best:
-            result = train_head(store_dir, kind, spec, overrides={**base, **study.best_params},
-                                fold_version=fold_version, replay=not full, seed=seed, tag="tuned")
-            out["best_head_id"] = result.head_id
-            out["best_oof_auc"] = result.oof_auc
-    return out
+Examples:
+  python -m pipelines.tune --store work/store --head-kind linear --trials 30 --study linear-birdnet
+  python -m pipelines.tune --store work/store --head-kind lgbm --features birdnet,classical --mode fast \\
+      --focal-per-class 40 --tune-folds 0,1,2 --trials 50 --study lgbm-fast
+  optuna-dashboard sqlite:///work/store/optuna.db      # pip install -e '.[dashboard]'
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser("tune", __doc__)
-    ap.add_argument("--store", required=True, help="feature store folder")
-    ap.add_argument("--head", required=True, choices=["lgbm", "linear"])
-    ap.add_argument("--trials", type=int, default=20, help="trials to add to the study (default 20)")
+    ap = parser("tune", __doc__, EPILOG)
+    add_store(ap)
+    ap.add_argument("--head-kind", required=True, help=f"head kind to tune: {', '.join(SEARCH_SPACES)}")
     ap.add_argument("--study", required=True, help="study name (re-use it to resume and add trials)")
-    ap.add_argument("--features", default="birdnet")
-    ap.add_argument("--pooling", default="mean")
-    ap.add_argument("--full", action="store_true", help="objective on full CV instead of the replay subset")
-    ap.add_argument("--folds", default=None, help="fold version (default: current)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trials", type=int, default=20, help="trials to add to the study (default 20)")
+    ap.add_argument("--features", default="birdnet", help="feature view(s), comma-joined (default birdnet)")
+    ap.add_argument("--pooling", default="mean", help="frame->window pooling: mean, max, meanmax (default mean)")
+    ap.add_argument("--context", action="store_true", help="add neighbour-window mean and file max features")
+    ap.add_argument("--soundscape-weight", type=float, default=2.0,
+                    help="sample weight of labelled soundscape windows (default 2.0)")
+    ap.add_argument("--params", default="{}", help="JSON object of head parameters to hold fixed")
+    ap.add_argument("--fold-version", default=None, help="fold version (default: the current folds table)")
+    ap.add_argument("--mode", choices=MODES, default="full", help="full or fast (see below; default full)")
+    ap.add_argument("--focal-per-class", type=int, default=DEFAULT_FAST.focal_per_class,
+                    help=f"fast mode: focal training windows kept per class (default {DEFAULT_FAST.focal_per_class}; "
+                         "0 = all)")
+    ap.add_argument("--tune-folds", default="", help="fast mode: only these held-out folds, e.g. 0,1,2")
+    add_seed(ap)
     args = ap.parse_args(argv)
-    out = run_tune(args.store, args.head, args.trials, args.study, FrameSpec(args.features, args.pooling),
-                   full=args.full, seed=args.seed, fold_version=args.folds)
-    print(json.dumps(out, indent=1, default=str))
+    try:
+        fixed = json.loads(args.params)
+        folds = tuple(int(f) for f in args.tune_folds.split(",") if f.strip())
+    except (json.JSONDecodeError, ValueError) as exc:
+        ap.error(f"--params must be a JSON object and --tune-folds comma-joined numbers: {exc}")
+    if not isinstance(fixed, dict):
+        ap.error("--params must be a JSON object")
+    spec = TuneSpec(args.head_kind, FrameSpec(args.features, args.pooling, soundscape_weight=args.soundscape_weight,
+                                              context=args.context),
+                    fixed=fixed, fold_version=args.fold_version, mode=args.mode,
+                    subsample=Subsample(args.focal_per_class, folds), seed=args.seed)
+    result = run_tune(args.store, spec, args.trials, args.study)
+    print(result.render())
     print(f"dashboard: pip install -e '.[dashboard]' && optuna-dashboard {storage_url(args.store)}")
     return 0
 

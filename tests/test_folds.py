@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +15,21 @@ import pyarrow.compute as pc
 import pytest
 
 from featurestore.folds import (
+    FoldParams,
+    Unit,
     assign_group_folds,
     focal_group_key,
     fold_version,
     load_folds,
     load_replay,
     make_folds,
+    split_large_sites,
     stable_tiebreak,
 )
 from featurestore.ingest import run_ingest
 from featurestore.sqlfiles import list_sql_files, run_sql_file
 from featurestore.store import FeatureStore, StoreError
+from pipelines.folds import main as folds_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,35 +47,124 @@ def _without_written_at(table):
     return table.drop_columns(["written_at"])
 
 
-def test_real_labels_grouped_by_site(real_store: Path):
+# Measured by bench/fold_design.py on the real labels (k=5): site_split gives 139-156 labelled
+# windows and 26-36 scorable classes per fold; grouping by site gives 36-477 windows and 17-29.
+MIN_FOLD_WINDOWS = 130
+MIN_FOLD_SCORABLE = 25
+
+
+def _real_label_windows(shared_data: Path) -> dict[str, set[str]]:
+    """Independent of ingest: the real label CSV read with the csv module, repeats dropped."""
+    out: dict[str, set[str]] = {}
+    with open(shared_data / "bc2026" / "train_soundscapes_labels.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            h, m, sec = (int(x) for x in r["start"].split(":"))
+            wid = f"train_soundscapes/{r['filename']}@{h * 3600 + m * 60 + sec}"
+            out.setdefault(wid, set()).update(x for x in r["primary_label"].split(";") if x)
+    return out
+
+
+def test_real_labels_default_site_split(real_store: Path, shared_data: Path):
+    labels = _real_label_windows(shared_data)
     with FeatureStore.open(real_store, read_only=True) as store:
-        labels = store.sql("SELECT filename, site, start_s FROM soundscape_labels").to_pylist()
         folds, version = load_folds(store)
         assert version == fold_version(store, "folds")
         rows = store.sql("SELECT window_id, filename, source, fold, group_key FROM folds").to_pylist()
+        params = store.version_info("folds", store.current_version("folds")).params["fold_params"]
         n_windows = store.count("windows")
         window_ids = {r[0] for r in store.rows("SELECT window_id FROM windows")}
+    assert params["soundscape_group"] == "site_split" and params["date_block_days"] == 7
     # every labelled segment of the 66 files (audio absent) and every window has a fold
-    assert len(labels) == 739
-    assert len(folds) == 739 + n_windows
-    assert window_ids <= folds.keys()
-    site_folds: dict[str, set] = defaultdict(set)
+    assert len(labels) == 739 and labels.keys() <= folds.keys()
+    assert len(folds) == 739 + n_windows and window_ids <= folds.keys()
+    assert set(range(5)) == {r["fold"] for r in rows}
+
+    # recount per fold: enough windows and classes with a positive and a negative to score
+    classes = sorted({c for v in labels.values() for c in v})
+    for f in range(5):
+        fold_windows = [v for wid, v in labels.items() if folds[wid] == f]
+        pos = {c: sum(c in v for v in fold_windows) for c in classes}
+        scorable = [c for c in classes if 0 < pos[c] < len(fold_windows)]
+        assert len(fold_windows) >= MIN_FOLD_WINDOWS, (f, len(fold_windows))
+        assert len(scorable) >= MIN_FOLD_SCORABLE, (f, len(scorable))
+
+    # nothing near-identical straddles: a group, a file, a site-day, a recording night (noon to noon)
+    group_folds: dict[str, set] = defaultdict(set)
     file_folds: dict[str, set] = defaultdict(set)
-    for r in labels:
-        wid = f"train_soundscapes/{r['filename']}@{int(r['start_s'])}"
-        site_folds[r["site"]].add(folds[wid])
-        file_folds[r["filename"]].add(folds[wid])
-    assert len(site_folds) == 9 and len(file_folds) == 66
-    assert all(len(f) == 1 for f in site_folds.values()), site_folds       # no site in two folds
-    window_folds: dict[str, set] = defaultdict(set)
     for r in rows:
-        window_folds[f"{r['source']}/{r['filename']}"].add(r["fold"])
-    assert all(len(f) == 1 for f in window_folds.values())                  # every window of a file in one fold
+        group_folds[f"{r['source']}/{r['group_key']}"].add(r["fold"])
+        file_folds[f"{r['source']}/{r['filename']}"].add(r["fold"])
+    assert all(len(f) == 1 for f in group_folds.values())
     assert all(len(f) == 1 for f in file_folds.values())
+    site_folds: dict[str, set] = defaultdict(set)
+    day_folds: dict[tuple, set] = defaultdict(set)
+    night_folds: dict[tuple, set] = defaultdict(set)
+    for wid in labels:
+        _, site, day, clock = wid.split("/", 1)[1].split("@")[0].removesuffix(".ogg").rsplit("_", 3)
+        site_folds[site].add(folds[wid])
+        day_folds[(site, day)].add(folds[wid])
+        stamp = datetime.strptime(day + clock, "%Y%m%d%H%M%S") - timedelta(hours=12)
+        night_folds[(site, stamp.date())].add(folds[wid])
+    assert len(site_folds) == 9 and len(day_folds) == 53
+    assert all(len(f) == 1 for f in day_folds.values()), day_folds
+    assert all(len(f) == 1 for f in night_folds.values()), night_folds
+    # only S22 (477 of the 739 windows, > 1/k) is cut into 7-day blocks; every other site stays whole
+    assert {s for s, f in site_folds.items() if len(f) > 1} == {"S22"}
+    s22_keys = {r["group_key"] for r in rows if "_S22_" in r["filename"]}
+    assert len(s22_keys) > 5 and all(k.startswith("site:S22|days:") for k in s22_keys)
+    for key in s22_keys:
+        first, last = (datetime.strptime(d, "%Y%m%d") for d in key.split("|days:")[1].split("-"))
+        assert (last - first).days == 6
+    assert {r["group_key"] for r in rows if "_S08_" in r["filename"]} == {"site:S08"}
+
+
+def test_site_grouping_still_selectable(real_store: Path, tmp_path: Path):
+    """``site``: no site in two folds, and S22 (40 of the 66 files) is one fold on its own."""
+    store_dir = tmp_path / "store"
+    shutil.copytree(real_store, store_dir)
+    summary = make_folds(store_dir, soundscape_group="site", new_version=True)
+    assert summary.params["soundscape_group"] == "site" and "split_fraction" not in summary.params
+    with FeatureStore.open(store_dir, read_only=True) as store:
+        labels = store.sql("SELECT filename, site, start_s FROM soundscape_labels").to_pylist()
+        folds, _ = load_folds(store)
+        rows = store.sql("SELECT filename, group_key FROM folds WHERE source = 'train_soundscapes'").to_pylist()
+    site_folds: dict[str, set] = defaultdict(set)
+    for r in labels:
+        site_folds[r["site"]].add(folds[f"train_soundscapes/{r['filename']}@{int(r['start_s'])}"])
+    assert len(site_folds) == 9 and all(len(f) == 1 for f in site_folds.values()), site_folds
     s22 = {r["filename"] for r in labels if r["site"] == "S22"}
     assert len(s22) == 40
-    assert set(range(5)) == {r["fold"] for r in rows}
     assert {r["group_key"] for r in rows if r["filename"] in s22} == {"site:S22"}
+    s22_fold = site_folds["S22"].pop()
+    assert sum(folds[f"train_soundscapes/{r['filename']}@{int(r['start_s'])}"] == s22_fold for r in labels) == 477
+
+
+def test_split_large_sites_keeps_nights_whole():
+    """A night recorded across midnight stays in one block even when midnight starts a new block."""
+    # 1970-01-01 was a Thursday, so 7-day blocks start on Thursdays: 2022-01-06 starts one
+    names = ["BC2026_Train_0001_S22_20220105_220000.ogg", "BC2026_Train_0002_S22_20220106_010000.ogg",
+             "BC2026_Train_0003_S22_20220112_200000.ogg", "BC2026_Train_0004_S01_20220105_220000.ogg"]
+
+    def units() -> list[Unit]:
+        out = []
+        for name in names:
+            site = name.split("_")[3]
+            u = Unit("train_soundscapes", name, "soundscape", f"site:{site}", {"a": 12}, site=site)
+            u.windows = {f"train_soundscapes/{name}@{5 * i}": (False, True) for i in range(12 if site == "S22" else 1)}
+            out.append(u)
+        return out
+
+    noon = units()
+    assert split_large_sites(noon, FoldParams(k=2, soundscape_group="site_split")) == {"S22": 2}
+    assert [u.group_key for u in noon] == ["site:S22|days:20211230-20220105", "site:S22|days:20211230-20220105",
+                                           "site:S22|days:20220106-20220112", "site:S01"]
+    midnight = units()
+    assert split_large_sites(midnight, FoldParams(k=2, soundscape_group="site_split", day_start_hour=0)) == {"S22": 2}
+    assert [u.group_key for u in midnight] == ["site:S22|days:20211230-20220105", "site:S22|days:20220106-20220112",
+                                               "site:S22|days:20220106-20220112", "site:S01"]
+    small = units()   # k = 2, split_fraction = 2: only a site above all 37 windows would be cut
+    assert split_large_sites(small, FoldParams(k=2, soundscape_group="site_split", split_fraction=2.0)) == {}
+    assert {u.group_key for u in small} == {"site:S22", "site:S01"}
 
 
 def test_frozen_versions_and_explicit_new_version(real_store: Path, tmp_path: Path):
@@ -103,6 +197,26 @@ def test_frozen_versions_and_explicit_new_version(real_store: Path, tmp_path: Pa
         assert {n: store.current_version(n) for n in first_versions} == first_versions
         assert _without_written_at(store.read_table("folds")).equals(first)
         assert len(store.versions("folds")) == 2
+
+
+def test_split_params_are_part_of_the_fold_version(real_store: Path, tmp_path: Path):
+    store_dir = tmp_path / "store"
+    shutil.copytree(real_store, store_dir)
+    with FeatureStore.open(store_dir, read_only=True) as store:
+        default = fold_version(store)
+    for changed in ({"split_fraction": 0.5}, {"day_start_hour": 0}, {"date_block_days": 14}):
+        with pytest.raises(StoreError, match="--new-version"):
+            make_folds(store_dir, **changed)
+    # split_fraction 0.5 cuts the same single site here: same folds, yet a new version, stored on request
+    half = make_folds(store_dir, split_fraction=0.5, new_version=True)
+    assert half.status == "created" and half.versions["folds"] != default
+    assert half.split_sites == {"S22": 16}
+    # the site_split parameters are not part of a site / site_date version (older versions stay valid)
+    site = make_folds(store_dir, soundscape_group="site", new_version=True)
+    assert make_folds(store_dir, soundscape_group="site", split_fraction=0.5, day_start_hour=3).status == "unchanged"
+    assert site.versions["folds"] not in (default, half.versions["folds"])
+    with pytest.raises(StoreError, match="split_fraction"):
+        make_folds(store_dir, split_fraction=0, new_version=True)
 
 
 def test_shadow_and_replay(real_store: Path):
@@ -225,7 +339,8 @@ def test_every_sql_file_runs_on_the_real_store(real_store: Path):
     audit = results["leakage/fold_audit"].to_pylist()
     assert [r["fold"] for r in audit] == [0, 1, 2, 3, 4]
     assert sum(r["n_windows"] for r in audit) == 739 + 19
-    assert results["leakage/soundscape_file_leaks"].num_rows == 0
+    # no soundscape file feeds two folds; S22, cut into date blocks on purpose by site_split, is no leak
+    assert results["leakage/soundscape_file_leaks"].to_pylist() == []
     coverage = {r["primary_label"]: r for r in results["leakage/fold_class_coverage"].to_pylist()}
     assert all(r["n_folds"] <= r["n_folds_possible"] for r in coverage.values())
     assert coverage["1161364"]["cannot_validate"]                     # one focal clip: one group
@@ -241,3 +356,11 @@ def test_cli_refuses_to_regenerate(real_store: Path, tmp_path: Path):
     refused = subprocess.run([*run, "-k", "3"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2
     assert refused.stderr.startswith("error: folds are frozen") and "--new-version" in refused.stderr
+    # the fold count is --k / -k / --n-folds; --folds (a fold *version* in train/tune) is not accepted here
+    old_spelling = subprocess.run([*run, "--folds", "3"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert old_spelling.returncode == 2 and "unrecognized arguments: --folds" in old_spelling.stderr
+    with pytest.raises(StoreError, match="frozen"):
+        folds_main(["--store", str(store_dir), "--n-folds", "3"])
+    assert folds_main(["--store", str(store_dir), "--k", "3", "--new-version"]) == 0
+    with FeatureStore.open(store_dir, read_only=True) as store:
+        assert set(load_folds(store)[0].values()) == {0, 1, 2}

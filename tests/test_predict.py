@@ -36,7 +36,7 @@ def trained(demo_embedded_store: Path, tmp_path_factory: pytest.TempPathFactory)
 def submission(trained: tuple[Path, str], demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     store, head_id = trained
     out = tmp_path_factory.mktemp("sub") / "submission.csv"
-    result = subprocess.run([sys.executable, "-m", "pipelines.predict", "--store", str(store), "--head", head_id,
+    result = subprocess.run([sys.executable, "-m", "pipelines.predict", "--store", str(store), "--head-id", head_id,
                              "--audio", str(demo_data / "test_soundscapes"), "--out", str(out),
                              "--sample", str(demo_data / "sample_submission.csv"), "--workers", "2"],
                             cwd=REPO, capture_output=True, text=True)

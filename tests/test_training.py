@@ -13,9 +13,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from featurestore.store import FeatureStore
+from models.experiments import BoardFilter, best_head_id, ranked
 from models.frame import FrameSpec, build_frame
 from models.training import HEADS_DIR, train_head
-from pipelines.leaderboard import leaderboard
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_DATA_LGBM = {"inner_valid_fraction": 0.0, "n_estimators": 200, "learning_rate": 0.05, "num_leaves": 7,
@@ -42,12 +42,40 @@ def ladder(store: Path) -> dict:
 
 
 def test_baseline_ladder_is_ordered(ladder: dict) -> None:
-    auc = {k: r.oof_auc for k, r in ladder.items()}
+    auc = {k: r.fold_mean for k, r in ladder.items()}
     assert auc["prior"] < max(auc["zeroshot"], auc["classical"]) < max(auc["linear"], auc["lgbm"])
     assert auc["linear"] > auc["classical"] > auc["prior"]
     assert ladder["lgbm"].fold_mean >= 0.9, ladder["lgbm"].render()
     for run in ladder.values():
-        assert run.eval_rows == "labelled soundscape windows"
+        assert run.eval_rows == "labelled soundscape windows" and run.scored_on == "soundscape"
+        assert run.mode == "full" and run.n_classes_degenerate == 0
+
+
+def test_constant_prior_headline_is_exactly_one_half(ladder: dict) -> None:
+    """One constant score per class and fold: every fold's AUC is 0.5, so the headline is 0.5 +/- 0."""
+    prior = ladder["prior"]
+    assert prior.fold_mean == pytest.approx(0.5, abs=1e-12) and prior.fold_std == pytest.approx(0.0, abs=1e-12)
+    assert all(v == pytest.approx(0.5) for v in prior.report.fold_scores.values())
+    # pooled, the same constant head is punished for calibration differences between fold models
+    assert prior.oof_auc < 0.5 and prior.calibration_gap == pytest.approx(prior.oof_auc - 0.5)
+
+
+def test_fold_mean_equals_sklearn_per_held_out_fold(store: Path, ladder: dict) -> None:
+    run = ladder["lgbm"]
+    oof = pq.read_table(run.oof_path)
+    with FeatureStore.open(store, read_only=True) as fs:
+        frame = build_frame(fs, FrameSpec("birdnet", pooling="max"))
+    fold = np.array(oof.column("fold").to_pylist())
+    scape = np.array(oof.column("source").to_pylist()) == "train_soundscapes"
+    P = np.column_stack([oof.column(c).to_numpy() for c in frame.class_names])
+    scores = []
+    for f in sorted(set(fold[scape].tolist())):
+        m = scape & (fold == f)
+        Y = frame.Y[m]
+        keep = (Y.sum(axis=0) > 0) & (Y.sum(axis=0) < m.sum())
+        scores.append(roc_auc_score(Y[:, keep], P[m][:, keep], average="macro"))
+    assert run.fold_mean == pytest.approx(np.mean(scores), abs=1e-9)
+    assert run.fold_std == pytest.approx(np.std(scores), abs=1e-9)
 
 
 def test_oof_metric_equals_sklearn_on_the_written_file(store: Path, ladder: dict) -> None:
@@ -77,7 +105,8 @@ def test_each_oof_row_comes_from_a_model_that_never_saw_its_group(store: Path, l
 
 
 def test_same_command_twice_gives_identical_oof_bytes(store: Path, ladder: dict) -> None:
-    cmd = [sys.executable, "-m", "pipelines.train", "--store", str(store), "--head", "linear", "--features", "birdnet"]
+    cmd = [sys.executable, "-m", "pipelines.train", "--store", str(store), "--head-kind", "linear", "--features",
+           "birdnet"]
     first = ladder["linear"].oof_path.read_bytes()
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -87,32 +116,34 @@ def test_same_command_twice_gives_identical_oof_bytes(store: Path, ladder: dict)
 
 def test_leaderboard_ranks_experiments(store: Path, ladder: dict) -> None:
     with FeatureStore.open(store, read_only=True) as fs:
-        board = leaderboard(fs).to_pylist()
-    aucs = [r["oof_auc"] for r in board]
-    assert aucs == sorted(aucs, reverse=True) and board[0]["rank"] == 1
+        board = ranked(fs, BoardFilter(mode="full")).to_pylist()
+    means = [r["fold_mean"] for r in board]
+    assert means == sorted(means, reverse=True) and board[0]["rank"] == 1
     assert {r["head_id"] for r in board} >= {run.head_id for run in ladder.values()}
-    assert any(r["tag"].startswith("baseline/") for r in board)
+    assert all(r["scored_on"] == "soundscape" and r["n_classes_scored"] > 0 for r in board)
     out = subprocess.run([sys.executable, "-m", "pipelines.leaderboard", "--store", str(store)], cwd=REPO,
                          capture_output=True, text=True)
     assert out.returncode == 0 and ladder["linear"].head_id in out.stdout
+    assert "[full]" in out.stdout and "base/full" in out.stdout
+    nosuch = subprocess.run([sys.executable, "-m", "pipelines.leaderboard", "--store", str(store), "--tag", "nosuch"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert nosuch.returncode == 0 and "no experiments with tag 'nosuch'" in nosuch.stdout
+    assert "tags present: full" in nosuch.stdout
 
 
-def test_optuna_study_persists_in_the_store(store: Path) -> None:
-    from pipelines.tune import run_tune, storage_url
-
-    out = run_tune(store, "linear", 3, "demo-linear", FrameSpec("birdnet"), record_best=True)
-    assert out["trials"] == 3 and out["completed"] >= 1 and out["best_head_id"].startswith("linear-")
-    code = ("import optuna, sys; s = optuna.load_study(study_name='demo-linear', storage=sys.argv[1]); "
-            "print(len(s.trials), s.best_value)")
-    fresh = subprocess.run([sys.executable, "-c", code, storage_url(store)], capture_output=True, text=True)
-    assert fresh.returncode == 0, fresh.stderr
-    n, best = fresh.stdout.split()
-    assert int(n) == 3 and float(best) == pytest.approx(out["best_value"])
+def test_replay_rows_rank_apart_from_full_rows(store: Path, ladder: dict) -> None:
+    replay = train_head(store, "linear", FrameSpec("birdnet"), replay=True)
+    assert replay.mode == "replay"
     with FeatureStore.open(store, read_only=True) as fs:
-        assert fs.first("SELECT tag FROM experiments WHERE head_id = ?", [out["best_head_id"]]) == ("tuned",)
+        board = ranked(fs).to_pylist()
+        assert best_head_id(fs) != replay.head_id
+    modes = [r["mode"] for r in board]
+    assert modes == sorted(modes, key=["full", "fast", "replay"].index)
+    assert [r["rank"] for r in board if r["mode"] == "replay"][0] == 1
 
 
 def test_bad_requests_are_clear(store: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "pipelines.train", "--store", str(store), "--head", "lgbm",
+    result = subprocess.run([sys.executable, "-m", "pipelines.train", "--store", str(store), "--head-kind", "lgbm",
                              "--params", '{"num_leafs": 3}'], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode != 0 and "unknown lgbm parameter(s) ['num_leafs']" in result.stderr
+    assert result.returncode == 2 and "unknown lgbm parameter(s) ['num_leafs']" in result.stderr
+    assert "Traceback" not in result.stderr

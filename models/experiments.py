@@ -1,0 +1,132 @@
+"""The ``experiments`` table: one row per cross-validated head, and the leaderboard ranking over it.
+
+This module owns the table's schema, how a row is written and how rows are ranked; training,
+tuning, the leaderboard job and predict's "best head" all go through it.
+
+Guarantees:
+
+* the headline of a row is ``fold_mean`` - the mean over folds of the competition metric, each
+  fold scored on the predictions of the one model that held it out (as Kaggle scores one model);
+  ``oof_auc`` is the *pooled* OOF score (all folds' predictions at once), a diagnostic only, and
+  ``calibration_gap = oof_auc - fold_mean`` says how much pooling differently calibrated fold
+  models costs;
+* ``scored_on`` says which rows were scored: ``soundscape`` (labelled soundscape windows, the
+  test domain), ``focal`` (fallback when no soundscape window is scorable) or ``none``;
+* ``mode`` separates full cross-validation (``full``) from cheaper runs (``fast``, ``replay``):
+  the leaderboard ranks them in separate sections and "best head" is taken from ``full`` only;
+* a row is replaced in one transaction (a kill never loses it); stores written by older versions
+  get the new columns added (NULL for old rows).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from featurestore.store import FeatureStore, StoreError, utc_now
+
+TABLE = "experiments"
+FULL_MODE = "full"
+MODES = ("full", "fast", "replay")
+
+# name -> DuckDB type, in table order (new columns go at the end: older stores get them by ALTER).
+COLUMNS: dict[str, str] = {
+    "head_id": "VARCHAR", "head": "VARCHAR", "tag": "VARCHAR", "features": "VARCHAR", "params": "JSON",
+    "config": "JSON", "fold_version": "VARCHAR", "data_version": "VARCHAR", "feature_versions": "JSON",
+    "seed": "INTEGER", "eval_rows": "VARCHAR", "n_train_windows": "INTEGER", "oof_auc": "DOUBLE",
+    "fold_mean": "DOUBLE", "fold_std": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE", "rare_auc": "DOUBLE",
+    "padded_cmap": "DOUBLE", "per_class": "JSON", "slices": "JSON", "train_seconds": "DOUBLE",
+    "predict_seconds": "DOUBLE", "training_version": "VARCHAR", "created_at": "TIMESTAMP",
+    "mode": "VARCHAR", "scored_on": "VARCHAR", "n_eval_windows": "INTEGER", "n_folds_scored": "INTEGER",
+    "fold_scores": "JSON", "calibration_gap": "DOUBLE", "n_classes_scored": "INTEGER",
+    "n_classes_degenerate": "INTEGER", "degenerate_classes": "JSON",
+}
+
+BOARD_COLUMNS = ("rank", "head_id", "head", "tag", "mode", "features", "fold_mean", "fold_std", "oof_auc",
+                 "calibration_gap", "ci_low", "ci_high", "rare_auc", "n_classes_scored", "n_classes_degenerate",
+                 "scored_on", "n_eval_windows", "train_seconds")
+
+
+def ensure_table(store: FeatureStore) -> None:
+    """Create the table, or add the columns an older store lacks."""
+    cols = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
+    store.con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({cols})")
+    have = {r[0] for r in store.rows(f"SELECT column_name FROM duckdb_columns() WHERE table_name = '{TABLE}'")}
+    for name, kind in COLUMNS.items():
+        if name not in have:
+            store.con.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {kind}")
+
+
+def record(store: FeatureStore, row: dict) -> None:
+    """Insert (or replace, by ``head_id``) one experiment row atomically."""
+    unknown = sorted(set(row) - set(COLUMNS))
+    if unknown:
+        raise StoreError(f"unknown experiment column(s) {unknown}")
+    ensure_table(store)
+    row = {"created_at": utc_now(), **row}
+    values = [json.dumps(v, default=float) if COLUMNS[k] == "JSON" and not isinstance(v, str) and v is not None
+              else v for k, v in row.items()]
+    names = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    store.con.execute("BEGIN TRANSACTION")
+    try:
+        store.con.execute(f"DELETE FROM {TABLE} WHERE head_id = ?", [row["head_id"]])
+        store.con.execute(f"INSERT INTO {TABLE} ({names}) VALUES ({marks})", values)
+        store.con.execute("COMMIT")
+    except BaseException:
+        store.con.execute("ROLLBACK")
+        raise
+
+
+@dataclass(frozen=True)
+class BoardFilter:
+    tag: str | None = None
+    mode: str | None = None          # None = every mode (full first)
+    head: str | None = None
+
+
+def ranked(store: FeatureStore, flt: BoardFilter = BoardFilter()) -> pa.Table:
+    """Experiments ranked within each mode by fold mean (ties: lower fold std, then faster).
+
+    Rows of older stores with no ``mode`` count as ``replay`` when tagged so, else ``full``.
+    """
+    empty = pa.table({c: pa.array([], pa.string()) for c in BOARD_COLUMNS})
+    if not store.has_plain_table(TABLE):
+        return empty
+    ensure_readable = {r[0] for r in store.rows(
+        f"SELECT column_name FROM duckdb_columns() WHERE table_name = '{TABLE}'")}
+    mode_expr = ("coalesce(mode, CASE WHEN tag = 'replay' THEN 'replay' ELSE 'full' END)"
+                 if "mode" in ensure_readable else "CASE WHEN tag = 'replay' THEN 'replay' ELSE 'full' END")
+    select = {c: c if c in ensure_readable else f"NULL AS {c}" for c in BOARD_COLUMNS if c not in ("rank", "mode")}
+    where, params = [], []
+    for column, value in (("tag", flt.tag), ("head", flt.head)):
+        if value:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if flt.mode:
+        where.append(f"{mode_expr} = ?")
+        params.append(flt.mode)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    mode_order = "CASE m.mode WHEN 'full' THEN 0 WHEN 'fast' THEN 1 ELSE 2 END"
+    return store.sql(
+        f"SELECT row_number() OVER (PARTITION BY m.mode ORDER BY m.fold_mean DESC NULLS LAST, m.fold_std, "
+        f"m.train_seconds) AS rank, m.* FROM (SELECT {mode_expr} AS mode, "
+        f"{', '.join(select.values())} FROM {TABLE} {clause}) m ORDER BY {mode_order}, rank",
+        params or None).select(list(BOARD_COLUMNS))
+
+
+def known_values(store: FeatureStore, column: str) -> list[str]:
+    """Distinct values of ``tag`` / ``head`` / ``mode`` (for 'no such tag' messages)."""
+    if not store.has_plain_table(TABLE):
+        return []
+    return sorted(str(r[0]) for r in store.rows(f"SELECT DISTINCT {column} FROM {TABLE} WHERE {column} IS NOT NULL"))
+
+
+def best_head_id(store: FeatureStore) -> str:
+    """The first full-CV head of the leaderboard (fast / replay runs never count as 'best')."""
+    board = ranked(store, BoardFilter(mode=FULL_MODE))
+    if board.num_rows == 0:
+        raise StoreError(f"no fully cross-validated experiment in {store.root}; run pipelines.train first")
+    return board.column("head_id")[0].as_py()
