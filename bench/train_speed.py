@@ -7,12 +7,15 @@ default parameters, then ratios measured side by side in this run on a smaller s
 * linear, no PCA: scikit-learn's per-class ``LogisticRegression`` vs our joint L-BFGS (same objective),
 * linear, default PCA-256: scikit-learn PCA + per-class ``LogisticRegression`` vs our whitened solve,
 * LightGBM: a fresh Dataset per class vs one shared binned Dataset re-labelled per class,
-* LightGBM: ``feature_fraction`` 0.5 (the old default) vs 0.2 (the default), with the AUC of each on a
-  noisy-label variant where AUC is far from 1, so a quality loss would show.
+* LightGBM: the previous defaults (``OLD_LGBM_DEFAULTS``: 63 bins, float gradients, one class at a
+  time on 2 OpenMP threads) vs the current defaults, with the held-out AUC of
+  each on a noisy-label variant (AUC ~0.95, not ~1, so a quality loss would show); the runs alternate
+  (old, new, new, old, ...) so a change in machine load hits both.
 
 Usage: python bench/train_speed.py [--windows 100000] [--features 1100] [--classes 234]
        [--lgbm-classes N]  (train LightGBM on N classes spread over the frequency ranking and
                             extrapolate to all, stated as such)
+       [--lgbm-only]       (skip the linear head)
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import time
 import numpy as np
 
 from models.heads import make_head
+
+# LGBMParams values before issue 9 (what the current defaults are compared against)
+OLD_LGBM_DEFAULTS = {"max_bin": 63, "quantized_grad": False, "parallel_classes": False}
 
 
 def synthetic(n: int, d: int, k: int, seed: int = 0, noisy: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,14 +106,18 @@ def main() -> None:
     ap.add_argument("--lgbm-classes", type=int, default=0, help="0 = all classes")
     ap.add_argument("--ratio-windows", type=int, default=20_000, help="size of the side-by-side ratio runs")
     ap.add_argument("--ratio-classes", type=int, default=8)
+    ap.add_argument("--noisy-classes", type=int, default=16, help="classes of the old/new LightGBM comparison")
+    ap.add_argument("--lgbm-only", action="store_true", help="skip the linear head's runs")
+    ap.add_argument("--ratio-repeats", type=int, default=2, help="alternating runs of old and new LightGBM defaults")
     args = ap.parse_args()
 
     X, Y, groups = synthetic(args.windows, args.features, args.classes)
     print(f"data: {X.shape[0]} windows x {X.shape[1]} features, {Y.shape[1]} classes, "
           f"positives per class {int(Y.sum(0).max())}..{int(Y.sum(0).min())}")
 
-    linear_s, _ = five_fold("linear", X, Y, groups, {})
-    print(f"linear 5-fold: {linear_s:.1f} s (target <= 120 s)", flush=True)
+    if not args.lgbm_only:
+        linear_s, _ = five_fold("linear", X, Y, groups, {})
+        print(f"linear 5-fold: {linear_s:.1f} s (target <= 120 s)", flush=True)
 
     k = args.lgbm_classes or args.classes
     # an even sample over the frequency ranking: head classes cost more than tail ones (more rows)
@@ -117,29 +127,36 @@ def main() -> None:
     label = "" if len(chosen) == args.classes else (
         f" (measured on {len(chosen)} classes spread over the frequency ranking; per-class seconds"
         f" x{scale:.1f} extrapolated, binning once per fold)")
-    print(f"lightgbm 5-fold: {lgbm_s:.1f} s{label} (target <= 1800 s)", flush=True)
+    print(f"lightgbm 5-fold: {lgbm_s:.1f} s{label} (target <= 600 s)", flush=True)
 
     n, kc = args.ratio_windows, args.ratio_classes
     Xs, Ys, gs = X[:n], Y[:n, :kc], groups[:n]
-    train = slice(0, int(n * 0.8))
-    ours = five_fold("linear", Xs, Ys, gs, {"pca_components": 0, "max_iter": 300}, folds_to_run=1)[0]
-    theirs = sklearn_per_class(Xs[train], Ys[train], 0.1)
-    print(f"linear ratio, no PCA: sklearn-per-class / joint-lbfgs ({n} windows, {kc} classes): {theirs / ours:.2f}")
-    ours = five_fold("linear", Xs, Ys, gs, {}, folds_to_run=1)[0]
-    theirs = sklearn_per_class(Xs[train], Ys[train], 0.1, pca_components=256)
-    print(f"linear ratio, PCA-256: sklearn PCA+per-class / whitened joint-lbfgs: {theirs / ours:.2f}")
+    if not args.lgbm_only:
+        train = slice(0, int(n * 0.8))
+        ours = five_fold("linear", Xs, Ys, gs, {"pca_components": 0, "max_iter": 300}, folds_to_run=1)[0]
+        theirs = sklearn_per_class(Xs[train], Ys[train], 0.1)
+        print(f"linear ratio, no PCA: sklearn-per-class / joint-lbfgs ({n} windows, {kc} classes): {theirs / ours:.2f}")
+        ours = five_fold("linear", Xs, Ys, gs, {}, folds_to_run=1)[0]
+        theirs = sklearn_per_class(Xs[train], Ys[train], 0.1, pca_components=256)
+        print(f"linear ratio, PCA-256: sklearn PCA+per-class / whitened joint-lbfgs: {theirs / ours:.2f}")
 
-    shared = five_fold("lgbm", Xs, Ys, gs, {"n_estimators": 100, "inner_valid_fraction": 0.0,
+    shared = five_fold("lgbm", Xs, Ys, gs, {**OLD_LGBM_DEFAULTS, "n_estimators": 100, "inner_valid_fraction": 0.0,
                                             "neg_per_pos": 0.0, "feature_fraction": 0.5}, folds_to_run=1)[0]
     fresh = lgbm_fresh_dataset_per_class(Xs[: int(n * 0.8)], Ys[: int(n * 0.8)], 100)
     print(f"lgbm ratio fresh-dataset / shared-dataset ({n} windows, {kc} classes): {fresh / shared:.2f}")
 
     Xn, Yn, gn = synthetic(args.ratio_windows * 3, args.features, args.classes, seed=1, noisy=True)
-    spread = np.unique(np.linspace(0, args.classes - 1, kc).round().astype(int))
-    old_s, old_auc = five_fold("lgbm", Xn, Yn[:, spread], gn, {"feature_fraction": 0.5}, folds_to_run=1)
-    new_s, new_auc = five_fold("lgbm", Xn, Yn[:, spread], gn, {}, folds_to_run=1)
-    print(f"lgbm ratio feature_fraction 0.5 / 0.2 ({len(Xn)} noisy windows, {len(spread)} classes): "
-          f"{old_s / new_s:.2f}; held-out AUC {old_auc:.4f} vs {new_auc:.4f}")
+    spread = np.unique(np.linspace(0, args.classes - 1, args.noisy_classes).round().astype(int))
+    runs = {"old": [0.0, 0.0], "new": [0.0, 0.0]}
+    order = [("old", "new") if r % 2 == 0 else ("new", "old") for r in range(args.ratio_repeats)]
+    for name in [v for pair in order for v in pair]:
+        s_, auc = five_fold("lgbm", Xn, Yn[:, spread], gn, OLD_LGBM_DEFAULTS if name == "old" else {}, folds_to_run=1)
+        runs[name][0] += s_
+        runs[name][1] = auc  # deterministic: every repeat gives the same AUC
+    (old_s, old_auc), (new_s, new_auc) = runs["old"], runs["new"]
+    print(f"lgbm ratio old defaults / new defaults ({len(Xn)} noisy windows, {len(spread)} classes, "
+          f"{args.ratio_repeats} alternating run(s) each): {old_s / new_s:.2f}; "
+          f"held-out AUC {old_auc:.4f} (old) vs {new_auc:.4f} (new)")
 
 
 if __name__ == "__main__":

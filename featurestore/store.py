@@ -13,15 +13,53 @@ Two kinds of tables live here:
   be written by several processes or machines; the view ``<name>`` unions them and keeps the
   latest row per key, so a re-written key never shows twice.
 
-Stages talk only through this store.
+Stages talk only through this store. Guarantees:
+
+* **Relocatable.** Part views name their files relative to the store folder
+  (``parts/<name>/*.parquet``) and every connection the store opens sets DuckDB's
+  ``file_search_path`` to its own folder, so a copied, moved or read-only (``chmod -R a-w``,
+  a Kaggle dataset) store reads its own parts, never another copy's, whatever the working
+  directory. Relative *globs* in your own SQL therefore resolve against the store folder too,
+  and other views over store files name them with :meth:`FeatureStore.view_glob`. A part view that is missing or out of date (a store written by an older version, a first
+  embed killed before it made its view) is shadowed by a TEMP view in a read-only connection
+  and rewritten by the next read-write open.
+* **Readable by the DuckDB 1.x CLI.** A new catalog is written in storage format
+  :data:`STORAGE_VERSION` (the oldest DuckDB this project supports), so ``cd STORE && duckdb
+  catalog.duckdb < query.sql`` works with the ``duckdb-cli`` package (from elsewhere:
+  ``duckdb -cmd "SET file_search_path='STORE'" STORE/catalog.duckdb``), as does ``python -m
+  pipelines.sql --store STORE query.sql`` anywhere. A catalog an older version of this module
+  wrote in DuckDB 2's format is converted (verified, then swapped in atomically) by its next
+  read-write open.
+* **One writer at a time.** Every read-write open takes ``writer.lock`` in the store (an
+  OS-level lock on the file, which records pid, host, command and start time). A second writer
+  fails at once with a :class:`StoreError` naming the holder (or waits ``wait_s`` seconds,
+  saying so on stderr); the lock is released on close, at normal exit and by the OS when the
+  process dies, so a ``kill -9`` leaves a stale record that the next open takes over with a
+  warning. Read-only opens take no lock and write nothing. Worker processes (embed, ingest)
+  write Parquet parts without opening the catalog, so shards and workers still fill one store.
+* **Opening writes nothing when nothing changed**: views are rewritten only when their
+  definition differs and an unchanged snapshot table or part-table key is not re-written, so a
+  store on a full disk still opens and reads.
+* **Disk full is one error.** ENOSPC while writing a part or a table becomes a
+  :class:`DiskFullError` (a :class:`StoreError`) naming the file and the folder to free;
+  finished parts are kept and a re-run resumes.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
+import shlex
+import socket
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,12 +72,27 @@ import pyarrow.parquet as pq
 
 CATALOG_FILE = "catalog.duckdb"
 PARTS_DIR = "parts"
+LOCK_FILE = "writer.lock"
+STORAGE_VERSION = "v1.1.0"  # DuckDB storage format of new catalogs: pyproject's oldest duckdb (>=1.1) reads it
 VOLATILE_COLUMNS = frozenset({"ingested_at", "written_at", "created_at"})
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_VIEW_TAG = "birdclef-stack part view "
 
 
 class StoreError(RuntimeError):
     """A feature-store operation failed; the message names the table or file."""
+
+
+class DiskFullError(StoreError):
+    """No space left while writing into the store; the message names the file and the folder to free."""
+
+    def __init__(self, path: str | os.PathLike, directory: str | os.PathLike | None = None):
+        self.path, self.directory = str(path), str(directory or Path(path).parent)
+        super().__init__(f"disk full while writing {self.path}: free space in {self.directory} and re-run; "
+                         "finished parts are kept")
+
+    def __reduce__(self):  # picklable across worker processes
+        return DiskFullError, (self.path, self.directory)
 
 
 @dataclass(frozen=True)
@@ -86,36 +139,375 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """True for ENOSPC / EDQUOT, whether raised by the OS, pyarrow or DuckDB."""
+    if isinstance(exc, DiskFullError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return "no space left on device" in text or "disk quota exceeded" in text or "[errno 28]" in text
+
+
+# ---------------------------------------------------------------------------- the writer lock
+@dataclass
+class _Held:
+    pid: int
+    fd: int
+    count: int
+
+
+_HELD: dict[str, _Held] = {}
+_HELD_GUARD = threading.Lock()
+_LOCK_RECORD_BYTES = 1024
+
+
+def _command_line() -> str:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        words = ["python", "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]]
+    else:
+        words = ["python", *sys.argv]
+    return shlex.join(words)[:400]
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_record(fd: int) -> dict | None:
+    try:
+        data = os.pread(fd, 8192, 0).decode("utf-8", "replace").strip()
+        record = json.loads(data) if data else None
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_record(fd: int, record: dict) -> None:
+    """Overwrite the record in place at a fixed size, so a full disk needs no new block for it."""
+    data = json.dumps(record).encode()[: _LOCK_RECORD_BYTES - 1]
+    os.pwrite(fd, data.ljust(_LOCK_RECORD_BYTES - 1) + b"\n", 0)
+    os.ftruncate(fd, _LOCK_RECORD_BYTES)
+
+
+def describe_holder(record: dict | None) -> str:
+    if not record:
+        return "another process (it has not recorded itself yet)"
+    return (f"pid {record.get('pid')} on host {record.get('host')} ({record.get('command', '?')}) "
+            f"since {record.get('started_at', '?')}")
+
+
+class StoreLock:
+    """The exclusive writer lock of a store folder: ``<root>/writer.lock``.
+
+    An OS lock (``flock``) on the open file decides who holds it, so a dead process never blocks
+    anyone; the file's JSON record (pid, host, command, started_at) names the holder in errors.
+    Re-entrant within one process (nested read-write opens share it); the descriptor is
+    close-on-exec, so spawned workers do not hold it. On a filesystem without OS locks the record
+    alone decides: a holder whose pid is gone on this host is stale.
+    """
+
+    def __init__(self, root: str | os.PathLike, name: str = LOCK_FILE):
+        self.root = Path(root)
+        self.path = self.root / name
+        self._key = str(self.path)
+        self._holding = False
+
+    def holder(self) -> dict | None:
+        """The current record (``state`` is ``held`` or ``released``), or None."""
+        with _HELD_GUARD:
+            held = _HELD.get(self._key)
+            if held is not None and held.pid == os.getpid():
+                return _read_record(held.fd)
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+            try:
+                return _read_record(fd)
+            finally:
+                os.close(fd)
+
+    def acquire(self, wait_s: float = 0.0) -> StoreLock:
+        """Take the lock, waiting up to ``wait_s`` seconds (announced on stderr) for another writer."""
+        deadline = time.monotonic() + max(0.0, wait_s)
+        announced = False
+        while True:
+            busy = self._try_acquire()
+            if busy is None:
+                self._holding = True
+                return self
+            if time.monotonic() >= deadline:
+                raise StoreError(self._busy_message(busy))
+            if not announced:
+                print(f"waiting up to {wait_s:.0f} s for {describe_holder(busy)} to finish writing store "
+                      f"{self.root}", file=sys.stderr, flush=True)
+                announced = True
+            time.sleep(0.5)
+
+    def _busy_message(self, record: dict | None) -> str:
+        return (f"store {self.root} is being written by {describe_holder(record)}; wait for it to finish "
+                "or stop that process, then re-run (its lock is released when it exits, even after kill -9; "
+                f"if that process is gone and this repeats, delete {self.path})")
+
+    def _try_acquire(self) -> dict | None:
+        """None when taken; otherwise the holder's record (or {} when it has not written one yet)."""
+        pid = os.getpid()
+        with _HELD_GUARD:
+            held = _HELD.get(self._key)
+            if held is not None and held.pid == pid:
+                held.count += 1
+                return None
+            if held is not None:  # inherited through fork: the parent is the writer, not this process
+                del _HELD[self._key]
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise StoreError(f"store {self.root} is not writable ({exc.strerror}); open it read-only "
+                                     "(readers need no lock) or copy it somewhere writable") from exc
+                if is_disk_full(exc):
+                    raise DiskFullError(self.path) from exc
+                raise
+            advisory = False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK):
+                    record = _read_record(fd)
+                    os.close(fd)
+                    return record if record and record.get("state") == "held" else {}
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    os.close(fd)
+                    raise
+                advisory = True
+            previous = _read_record(fd)
+            host = socket.gethostname()
+            if previous and previous.get("state") == "held":
+                same_host = previous.get("host") == host
+                alive = _pid_alive(int(previous.get("pid", 0) or 0)) if same_host else True
+                if advisory and alive:
+                    os.close(fd)
+                    return previous
+                why = "that process is gone" if same_host and not alive else "it no longer holds the lock"
+                print(f"warning: taking over the writer lock of store {self.root} from "
+                      f"{describe_holder(previous)}: {why}", file=sys.stderr, flush=True)
+            record = {"state": "held", "pid": pid, "host": host, "command": _command_line(),
+                      "started_at": datetime.now().astimezone().isoformat(timespec="seconds")}
+            try:
+                _write_record(fd, record)
+            except OSError as exc:  # a full disk: hold the OS lock without the record
+                if not is_disk_full(exc):
+                    os.close(fd)
+                    raise
+            _HELD[self._key] = _Held(pid, fd, 1)
+            return None
+
+    def release(self) -> None:
+        if not self._holding:
+            return
+        self._holding = False
+        _release(self._key)
+
+    def __enter__(self) -> StoreLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _release(key: str, force: bool = False) -> None:
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is None or held.pid != os.getpid():
+            return
+        held.count = 0 if force else held.count - 1
+        if held.count > 0:
+            return
+        del _HELD[key]
+        record = _read_record(held.fd) or {}
+        record.update(state="released", released_at=datetime.now().astimezone().isoformat(timespec="seconds"))
+        with contextlib.suppress(OSError):
+            _write_record(held.fd, record)
+        os.close(held.fd)
+
+
+@atexit.register
+def _release_all_at_exit() -> None:
+    for key in list(_HELD):
+        _release(key, force=True)
+
+
+# ---------------------------------------------------------------------------- the store
+def _connect(catalog: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open the catalog; new catalogs are written in :data:`STORAGE_VERSION` when DuckDB knows the option."""
+    try:
+        return duckdb.connect(str(catalog), read_only=read_only,
+                              config={"storage_compatibility_version": STORAGE_VERSION})
+    except duckdb.Error as exc:
+        if "storage_compatibility_version" not in str(exc):
+            raise
+    return duckdb.connect(str(catalog), read_only=read_only)  # DuckDB < 1.2 writes an old format anyway
+
+
+def _storage_major(con: duckdb.DuckDBPyConnection) -> int | None:
+    """Major DuckDB storage version of the connection's catalog (``v2.0.0+`` -> 2); None if unknown."""
+    try:
+        row = con.execute("SELECT tags['storage_version'] FROM duckdb_databases() "
+                          "WHERE database_name = current_database()").fetchone()
+    except duckdb.Error:
+        return None
+    value = row[0] if row else None
+    value = value[0] if isinstance(value, list) else value  # DuckDB 1.x returns a list for a map lookup
+    match = re.match(r"v(\d+)\.", value or "")
+    return int(match.group(1)) if match else None
+
+
+def _needs_conversion(con: duckdb.DuckDBPyConnection) -> bool:
+    major = _storage_major(con)
+    return major is not None and major > int(STORAGE_VERSION[1:].split(".")[0])
+
+
+def convert_catalog(root: Path) -> bool:
+    """Rewrite ``root``'s catalog in :data:`STORAGE_VERSION` (DuckDB 1.x can then read it).
+
+    Called by a read-write open (holding the writer lock) on a catalog written in DuckDB 2's
+    format. The copy is verified table by table before it atomically replaces the catalog; on
+    any failure the catalog is left as it was, with a warning. Returns True if converted.
+    """
+    catalog = root / CATALOG_FILE
+    tmp = root / f".{CATALOG_FILE}.convert-{uuid.uuid4().hex[:8]}"
+    try:
+        with duckdb.connect(str(catalog)) as con:  # fold a leftover WAL into the file first
+            con.execute("CHECKPOINT")
+        if Path(f"{catalog}.wal").exists():
+            raise StoreError(f"{catalog}.wal is still there after a checkpoint")
+        with duckdb.connect() as con:
+            con.execute(f"ATTACH {_sql_str(str(catalog))} AS old (READ_ONLY)")
+            con.execute(f"ATTACH {_sql_str(str(tmp))} AS new (STORAGE_VERSION {_sql_str(STORAGE_VERSION)})")
+            con.execute("COPY FROM DATABASE old TO new")
+            tables = con.execute("SELECT schema_name, table_name FROM duckdb_tables() "
+                                 "WHERE database_name = 'old'").fetchall()
+            for schema, table in tables:
+                ref = f'"{schema}"."{table}"'
+                a = con.execute(f"SELECT count(*) FROM old.{ref}").fetchone()
+                b = con.execute(f"SELECT count(*) FROM new.{ref}").fetchone()
+                if a != b:
+                    raise StoreError(f"copy of table {table} has {b[0]} rows, not {a[0]}")
+            con.execute("DETACH new")
+            con.execute("DETACH old")
+        os.replace(tmp, catalog)
+    except (duckdb.Error, OSError, StoreError) as exc:
+        print(f"warning: kept {catalog} in DuckDB 2's storage format (DuckDB 1.x and its CLI cannot read it; "
+              f"use python -m pipelines.sql): converting it failed: {' '.join(str(exc).split())[:300]}",
+              file=sys.stderr, flush=True)
+        return False
+    finally:
+        for leftover in (tmp, Path(f"{tmp}.wal")):
+            leftover.unlink(missing_ok=True)
+    print(f"converted {catalog} to DuckDB storage {STORAGE_VERSION} so DuckDB 1.x (its CLI, a Kaggle image) "
+          "can read it", file=sys.stderr, flush=True)
+    return True
+
+
 class FeatureStore:
     """Handle on a feature-store directory. Use :meth:`open`; close with :meth:`close` or ``with``."""
 
-    def __init__(self, root: Path, con: duckdb.DuckDBPyConnection, read_only: bool):
+    def __init__(self, root: Path, con: duckdb.DuckDBPyConnection, read_only: bool,
+                 lock: StoreLock | None = None):
         self.root = root
         self.con = con
         self.read_only = read_only
+        self._lock = lock
+        self._absolute_views = "," in str(root)  # file_search_path is comma-separated
+        if not self._absolute_views:
+            con.execute(f"SET file_search_path = {_sql_str(str(root))}")
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
-    def open(cls, path: str | os.PathLike, *, create: bool = True, read_only: bool = False) -> FeatureStore:
-        """Open (and by default create) the store at ``path``."""
+    def open(cls, path: str | os.PathLike, *, create: bool = True, read_only: bool = False,
+             wait_s: float = 0.0) -> FeatureStore:
+        """Open (and by default create) the store at ``path``.
+
+        A read-write open takes the store's writer lock; if another process holds it, raise at
+        once naming that process, or with ``wait_s`` > 0 wait that long for it (said on stderr).
+        """
         root = Path(path).expanduser().resolve()
         catalog = root / CATALOG_FILE
         if not catalog.exists():
             if not create or read_only:
                 raise StoreError(f"no feature store at {root} (missing {CATALOG_FILE}); run pipelines.ingest first")
-            root.mkdir(parents=True, exist_ok=True)
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise DiskFullError(root) from exc
+                raise
+        deadline = time.monotonic() + max(0.0, wait_s)
+        lock = None if read_only else StoreLock(root).acquire(wait_s)
         try:
-            con = duckdb.connect(str(catalog), read_only=read_only)
-        except duckdb.IOException as exc:
-            raise StoreError(f"cannot open {catalog}: {exc}") from exc
-        store = cls(root, con, read_only)
-        if not read_only:
-            store._init_meta()
+            con = cls._connect_waiting(root, catalog, read_only, deadline)
+            if not read_only and _needs_conversion(con):
+                con.close()
+                convert_catalog(root)
+                con = cls._connect_waiting(root, catalog, read_only, deadline)
+            store = cls(root, con, read_only, lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        try:
+            if not read_only:
+                store._init_meta()
             store.refresh_part_views()
+        except BaseException:
+            store.close()
+            raise
         return store
 
+    @staticmethod
+    def _connect_waiting(root: Path, catalog: Path, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
+        announced = False
+        while True:
+            try:
+                return _connect(catalog, read_only)
+            except duckdb.IOException as exc:
+                text = str(exc)
+                if is_disk_full(exc):
+                    raise DiskFullError(catalog) from exc
+                if "lock" not in text.lower():
+                    raise StoreError(f"cannot open {catalog}: {text}") from exc
+                if time.monotonic() >= deadline:
+                    record = StoreLock(root).holder()
+                    who = (f"it is being written by {describe_holder(record)}" if record and
+                           record.get("state") == "held" else "another process has the catalog open")
+                    raise StoreError(f"cannot open {catalog}: {who}; wait for that job to finish and re-run "
+                                     f"(DuckDB: {text.splitlines()[0]})") from exc
+                if not announced:
+                    print(f"waiting up to {deadline - time.monotonic():.0f} s for another process to close {catalog}",
+                          file=sys.stderr, flush=True)
+                    announced = True
+                time.sleep(0.5)
+
     def close(self) -> None:
-        self.con.close()
+        try:
+            self.con.close()
+        except duckdb.Error as exc:
+            if not is_disk_full(exc):
+                raise
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -124,20 +516,29 @@ class FeatureStore:
         self.close()
 
     def _init_meta(self) -> None:
-        self.con.execute(
-            """
-            CREATE TABLE IF NOT EXISTS _versions (
-                table_name VARCHAR, version VARCHAR, content_hash VARCHAR, n_rows BIGINT,
-                created_at TIMESTAMP, params JSON, is_current BOOLEAN,
-                PRIMARY KEY (table_name, version))
-            """
-        )
-        self.con.execute(
-            """
-            CREATE TABLE IF NOT EXISTS _part_tables (
-                table_name VARCHAR PRIMARY KEY, key_columns VARCHAR[], order_column VARCHAR)
-            """
-        )
+        have = {r[0] for r in self.rows(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()")}
+        with self.writing(CATALOG_FILE):
+            if "_versions" not in have:
+                self.con.execute(
+                    """
+                    CREATE TABLE IF NOT EXISTS _versions (
+                        table_name VARCHAR, version VARCHAR, content_hash VARCHAR, n_rows BIGINT,
+                        created_at TIMESTAMP, params JSON, is_current BOOLEAN,
+                        PRIMARY KEY (table_name, version))
+                    """
+                )
+            if "_part_tables" not in have:
+                self.con.execute(
+                    """
+                    CREATE TABLE IF NOT EXISTS _part_tables (
+                        table_name VARCHAR PRIMARY KEY, key_columns VARCHAR[], order_column VARCHAR)
+                    """
+                )
+
+    def writing(self, what: str | os.PathLike) -> DiskFullGuard:
+        """Context manager turning ENOSPC inside it into one :class:`DiskFullError` naming ``what``."""
+        return DiskFullGuard(self.root / what, self.root)
 
     # ------------------------------------------------------------------ snapshot tables
     def write_table(self, name: str, table: pa.Table, *, params: dict | None = None) -> TableVersion:
@@ -151,23 +552,29 @@ class FeatureStore:
         existing = self.first(
             "SELECT version FROM _versions WHERE table_name = ? AND content_hash = ?", [name, digest]
         )
+        current = self.first("SELECT version FROM _versions WHERE table_name = ? AND is_current", [name])
         physical = f"{name}__{version}"
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            if existing is None:
-                self.con.register("_incoming", table)
-                self.con.execute(f'CREATE TABLE "{physical}" AS SELECT * FROM _incoming')
-                self.con.unregister("_incoming")
-                self.con.execute(
-                    "INSERT INTO _versions VALUES (?, ?, ?, ?, ?, ?, false)",
-                    [name, version, digest, table.num_rows, utc_now(), json.dumps(params, sort_keys=True)],
-                )
-            self.con.execute("UPDATE _versions SET is_current = (version = ?) WHERE table_name = ?", [version, name])
-            self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "{physical}"')
-            self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            raise
+        if existing is not None and current is not None and current[0] == version and self.has_table(name):
+            return self.version_info(name, version)  # nothing changed: write nothing
+        with self.writing(CATALOG_FILE):
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                if existing is None:
+                    self.con.register("_incoming", table)
+                    self.con.execute(f'CREATE TABLE "{physical}" AS SELECT * FROM _incoming')
+                    self.con.unregister("_incoming")
+                    self.con.execute(
+                        "INSERT INTO _versions VALUES (?, ?, ?, ?, ?, ?, false)",
+                        [name, version, digest, table.num_rows, utc_now(), json.dumps(params, sort_keys=True)],
+                    )
+                self.con.execute("UPDATE _versions SET is_current = (version = ?) WHERE table_name = ?",
+                                 [version, name])
+                self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "{physical}"')
+                self.con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    self.con.execute("ROLLBACK")
+                raise
         return self.version_info(name, version)
 
     def read_table(self, name: str, version: str | None = None) -> pa.Table:
@@ -218,8 +625,10 @@ class FeatureStore:
     def set_current(self, name: str, version: str) -> None:
         """Point the ``name`` view back at an older stored version."""
         info = self.version_info(name, version)
-        self.con.execute("UPDATE _versions SET is_current = (version = ?) WHERE table_name = ?", [info.version, name])
-        self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "{name}__{info.version}"')
+        with self.writing(CATALOG_FILE):
+            self.con.execute("UPDATE _versions SET is_current = (version = ?) WHERE table_name = ?",
+                             [info.version, name])
+            self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "{name}__{info.version}"')
 
     # ------------------------------------------------------------------ part tables
     def parts_dir(self, name: str) -> Path:
@@ -227,10 +636,14 @@ class FeatureStore:
 
     def register_part_table(self, name: str, key_columns: list[str], order_column: str = "written_at") -> None:
         """Declare a part table's key: the view keeps the latest row (by ``order_column``) per key."""
-        self.con.execute(
-            "INSERT OR REPLACE INTO _part_tables VALUES (?, ?, ?)", [_check_name(name), key_columns, order_column]
-        )
-        self.parts_dir(name).mkdir(parents=True, exist_ok=True)
+        _check_name(name)
+        row = self.first("SELECT key_columns, order_column FROM _part_tables WHERE table_name = ?", [name])
+        if row is None or list(row[0]) != list(key_columns) or row[1] != order_column:
+            with self.writing(CATALOG_FILE):
+                self.con.execute("INSERT OR REPLACE INTO _part_tables VALUES (?, ?, ?)",
+                                 [name, key_columns, order_column])
+        with self.writing(PARTS_DIR):
+            self.parts_dir(name).mkdir(parents=True, exist_ok=True)
         self.refresh_part_views()
 
     def append_part(self, name: str, table: pa.Table, *, prefix: str = "part") -> Path | None:
@@ -238,7 +651,8 @@ class FeatureStore:
         if table.num_rows == 0:
             return None
         directory = self.parts_dir(name)
-        directory.mkdir(parents=True, exist_ok=True)
+        with self.writing(directory):
+            directory.mkdir(parents=True, exist_ok=True)
         final = directory / f"{prefix}-{utc_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:10]}.parquet"
         write_parquet_atomic(table, final)
         return final
@@ -248,22 +662,64 @@ class FeatureStore:
         return sorted(directory.glob("*.parquet")) if directory.exists() else []
 
     def part_glob(self, name: str) -> str:
+        """Absolute glob of a part table's files (for one-off queries; views use :meth:`part_view_sql`)."""
         return str(self.parts_dir(name) / "*.parquet")
 
+    def view_glob(self, relative: str) -> str:
+        """The glob a persisted view should name for files under the store, e.g. ``oof/*.parquet``.
+
+        Relative to the store folder (every connection resolves it there through
+        ``file_search_path``), so the view follows the store when it is copied or moved.
+        """
+        return str(self.root / relative) if self._absolute_views else relative
+
+    def part_view_sql(self, name: str, key_columns: list[str], order_column: str) -> str:
+        """The deduplicating view body of a part table, its files named relative to the store folder."""
+        glob = self.view_glob(f"{PARTS_DIR}/{_check_name(name)}/*.parquet")
+        key_sql = ", ".join(f'"{k}"' for k in key_columns)
+        return (f"SELECT * EXCLUDE (_rank) FROM ("
+                f"SELECT *, row_number() OVER (PARTITION BY {key_sql} ORDER BY \"{order_column}\" DESC) AS _rank "
+                f"FROM read_parquet({_sql_str(glob)}, union_by_name = true)) WHERE _rank = 1")
+
     def refresh_part_views(self) -> None:
-        """(Re)create the deduplicating view of every registered part table that has parts."""
-        if self.read_only:
+        """Make every registered part table's view match its parts, writing only what differs.
+
+        Read-write: (re)create a view whose definition differs (tagged by a hash in its comment)
+        and drop the view of a table with no parts. Read-only: shadow a missing or differing view
+        with a TEMP view (the catalog is not touched).
+        """
+        if not self.rows("SELECT 1 FROM duckdb_tables() WHERE database_name = current_database() "
+                         "AND table_name = '_part_tables'"):
             return
-        for name, keys, order in self.con.execute("SELECT * FROM _part_tables").fetchall():
-            if not self.part_files(name):
-                self.con.execute(f'DROP VIEW IF EXISTS "{name}"')
+        persisted = {r[0]: r[1] for r in self.rows(
+            "SELECT view_name, comment FROM duckdb_views() WHERE database_name = current_database() "
+            "AND NOT internal AND NOT temporary")}
+        for name, keys, order in self.rows("SELECT * FROM _part_tables ORDER BY table_name"):
+            has_parts = bool(self.part_files(name))
+            body = self.part_view_sql(name, list(keys), order) if has_parts else None
+            tag = _VIEW_TAG + hashlib.sha256(body.encode()).hexdigest()[:16] if body else None
+            if self.read_only or self._absolute_views:
+                if body and persisted.get(name) != tag:
+                    self.con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {body}')
+                if self.read_only:
+                    continue
+            if body is None:
+                if name in persisted:
+                    with self.writing(CATALOG_FILE):
+                        self.con.execute(f'DROP VIEW IF EXISTS "{name}"')
                 continue
-            key_sql = ", ".join(f'"{k}"' for k in keys)
-            self.con.execute(
-                f'CREATE OR REPLACE VIEW "{name}" AS SELECT * EXCLUDE (_rank) FROM ('
-                f"SELECT *, row_number() OVER (PARTITION BY {key_sql} ORDER BY \"{order}\" DESC) AS _rank "
-                f"FROM read_parquet({_sql_str(self.part_glob(name))}, union_by_name = true)) WHERE _rank = 1"
-            )
+            if persisted.get(name) == tag:
+                continue
+            with self.writing(CATALOG_FILE):
+                self.con.execute("BEGIN TRANSACTION")
+                try:
+                    self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {body}')
+                    self.con.execute(f'COMMENT ON VIEW "{name}" IS {_sql_str(tag)}')
+                    self.con.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(duckdb.Error):
+                        self.con.execute("ROLLBACK")
+                    raise
 
     def compact_parts(self, name: str, keep: Callable[[pa.Table], pa.Table] | None = None) -> int:
         """Rewrite a part table as one deduplicated part (optionally filtered by ``keep``).
@@ -305,18 +761,37 @@ class FeatureStore:
 
     def table_names(self) -> list[str]:
         rows = self.con.execute(
-            "SELECT view_name FROM duckdb_views() WHERE NOT internal AND schema_name = 'main' ORDER BY 1"
+            "SELECT DISTINCT view_name FROM duckdb_views() WHERE NOT internal AND schema_name = 'main' ORDER BY 1"
         ).fetchall()
         return [r[0] for r in rows]
 
 
+class DiskFullGuard:
+    """``with`` block turning ENOSPC (OS, pyarrow or DuckDB) into one :class:`DiskFullError`."""
+
+    def __init__(self, path: Path, directory: Path):
+        self.path, self.directory = path, directory
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if exc is not None and not isinstance(exc, DiskFullError) and is_disk_full(exc):
+            raise DiskFullError(self.path, self.directory) from exc
+
+
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write zstd Parquet to ``path`` so that readers see the whole file or nothing."""
+    """Write zstd Parquet to ``path`` so that readers see the whole file or nothing.
+
+    A full disk raises :class:`DiskFullError` naming ``path`` (the partial tmp file is removed).
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with DiskFullGuard(path, path.parent):
+            pq.write_table(table, tmp, compression="zstd")
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -52,11 +52,12 @@ class TrainingFrame:
     class_names: list[str]
     feature_names: list[str]
     feature_versions: dict = field(default_factory=dict)
+    coverage: Coverage | None = None
 
     def subset(self, mask: np.ndarray) -> TrainingFrame:
         return TrainingFrame(self.window_ids[mask], self.X[mask], self.Y[mask], self.weight[mask],
                              self.groups[mask], self.source[mask], self.class_names, self.feature_names,
-                             self.feature_versions)
+                             self.feature_versions, self.coverage)
 
 
 def class_names_of(store: FeatureStore) -> list[str]:
@@ -117,8 +118,40 @@ def add_context(X: np.ndarray, window_ids: np.ndarray) -> tuple[np.ndarray, list
     return np.hstack([X, neighbour, file_max]), ["ctx_neighbour", "ctx_filemax"]
 
 
-def build_frame(store: FeatureStore, spec: FrameSpec, window_ids: list[str] | None = None) -> TrainingFrame:
-    """Labelled windows with their features, in a deterministic (window_id) order."""
+def _failed_files(store: FeatureStore, versions: dict) -> set[str]:
+    """Files the embed job recorded as impossible to embed (``embed_errors``) for these versions."""
+    chosen = [v for k, v in versions.items() if k != "pooling"]
+    if not chosen or not store.part_files("embed_errors"):
+        return set()
+    marks = ", ".join("?" for _ in chosen)
+    return {r[0] for r in store.rows(f"SELECT DISTINCT file FROM embed_errors WHERE extractor_version IN ({marks})",
+                                     chosen)}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How many labelled windows have features: a training frame is complete unless allowed otherwise."""
+
+    wanted: int
+    present: int
+    failed: int            # missing because their file is recorded in embed_errors (undecodable audio)
+    unexplained: int       # missing for no recorded reason: an embed still running, killed, or a lost part
+
+    def as_dict(self) -> dict:
+        return {"wanted": self.wanted, "present": self.present, "failed": self.failed,
+                "unexplained": self.unexplained}
+
+
+def build_frame(store: FeatureStore, spec: FrameSpec, window_ids: list[str] | None = None, *,
+                allow_partial: bool = False) -> TrainingFrame:
+    """Labelled windows with their features, in a deterministic (window_id) order.
+
+    Each feature view is read at ONE extractor version (the most recently written one). Every
+    labelled window must have features at that version: a window whose file the embed job recorded
+    as undecodable (``embed_errors``) is left out and counted; any other missing window (an embed
+    still running or killed, a deleted part) is refused with the command that completes it, unless
+    ``allow_partial``. ``frame.coverage`` holds the counts.
+    """
     from embed.features import load_window_features
 
     labelled = window_labels(store)
@@ -130,7 +163,21 @@ def build_frame(store: FeatureStore, spec: FrameSpec, window_ids: list[str] | No
     ids, X, names, versions = load_window_features(store, spec.features, pooling=spec.pooling, window_ids=wanted)
     ids = np.asarray(ids)
     if len(ids) == 0:
-        raise StoreError(f"no stored {spec.features!r} features for the labelled windows; run pipelines.embed")
+        raise StoreError(f"no stored {spec.features!r} features for the labelled windows; run python -m "
+                         f"pipelines.embed --store {store.root}")
+    have = set(ids.tolist())
+    missing = [w for w in wanted if w not in have]
+    failed = _failed_files(store, versions) if missing else set()
+    unexplained = [w for w in missing if file_of(w) not in failed]
+    coverage = Coverage(len(wanted), len(ids), len(missing) - len(unexplained), len(unexplained))
+    if unexplained and not allow_partial:
+        chosen = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "pooling")
+        extractors = ",".join(dict.fromkeys(k.split(":", 1)[0] for k in versions if k != "pooling"))
+        raise StoreError(
+            f"{len(unexplained)} of {len(wanted)} labelled windows have no {spec.features!r} features at the "
+            f"version in use ({chosen}; first: {unexplained[0]}): an embed is still running, was killed or lost "
+            f"a part. Finish it with python -m pipelines.embed --store {store.root} --extractor {extractors}, "
+            "or train on what is there with --allow-partial (recorded in the experiment)")
     order = np.argsort(ids, kind="stable")
     ids, X = ids[order], np.asarray(X, dtype=np.float32)[order]
     if spec.context:
@@ -141,4 +188,4 @@ def build_frame(store: FeatureStore, spec: FrameSpec, window_ids: list[str] | No
     Y = label_matrix([labelled[w][1] for w in ids], classes)
     weight = np.where(sources == SOUNDSCAPE, spec.soundscape_weight, spec.focal_weight).astype(np.float64)
     groups = np.array([file_of(w) for w in ids])
-    return TrainingFrame(ids, X, Y, weight, groups, sources, classes, list(names), dict(versions))
+    return TrainingFrame(ids, X, Y, weight, groups, sources, classes, list(names), dict(versions), coverage)

@@ -255,7 +255,8 @@ def _nan_to_none(value: float | None) -> float | None:
 
 def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: dict | None = None,
                fold_version: str | None = None, replay: bool = False, subsample: Subsample | None = None,
-               seed: int = 0, tag: str | None = None, progress=None) -> ExperimentResult:
+               seed: int = 0, tag: str | None = None, allow_partial: bool = False,
+               progress=None) -> ExperimentResult:
     """Cross-validate ``kind`` on the store's features and record the experiment.
 
     The fold models, the OOF file and the experiment row are kept whatever the scoring finds: a
@@ -275,7 +276,7 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
     mode = "replay" if replay else ("fast" if subsample else "full")
     with FeatureStore.open(store_dir, create=False) as store:
         replay_ids = sorted(replay_window_ids(store)) if replay else None
-        frame = build_frame(store, spec, window_ids=replay_ids)
+        frame = build_frame(store, spec, window_ids=replay_ids, allow_partial=allow_partial)
         folds, fold_version = fold_assignment(store, frame.window_ids, fold_version)
         if (folds == -1).all():
             raise StoreError("none of the training windows has a fold; re-run pipelines.folds")
@@ -283,9 +284,14 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
         config, head_id = run_config(kind, params, spec, fold_version=fold_version, data_version=data_version,
                                      feature_versions=frame.feature_versions, seed=seed, replay=replay,
                                      subsample=subsample)
+        if frame.coverage and (frame.coverage.unexplained or frame.coverage.failed):
+            config["feature_coverage"] = frame.coverage.as_dict()  # a partial frame is another head
+            config["allow_partial"] = allow_partial
+            head_id = f"{kind}-{config_hash(config)}"
         final_dir = store.root / HEADS_DIR / head_id
         work_dir = store.root / HEADS_DIR / f".partial-{head_id}-{os.getpid()}"
-        shutil.rmtree(work_dir, ignore_errors=True)
+        for stale in (store.root / HEADS_DIR).glob(f".partial-{head_id}-*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
         work_dir.mkdir(parents=True)
         (work_dir / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
         (work_dir / EXTRACTORS_FILE).write_text(json.dumps(extractor_params(store, frame.feature_versions), indent=1))
@@ -296,6 +302,12 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
                                                  train_mask=train_mask, run_folds=run_folds)
         eval_mask, scored_on = evaluation_rows(frame, folds, run_folds)
         warnings: list[str] = []
+        if frame.coverage and frame.coverage.unexplained:
+            warnings.append(f"--allow-partial: trained on {frame.coverage.present} of {frame.coverage.wanted} "
+                            "labelled windows")
+        if frame.coverage and frame.coverage.failed:
+            warnings.append(f"{frame.coverage.failed} labelled window(s) left out: their audio could not be "
+                            "embedded (see the embed_errors table)")
         report = None
         try:
             report = score_run(store, frame, folds, oof, eval_mask, seed) if scored_on != "none" else None
@@ -368,7 +380,7 @@ def publish_head(work_dir: Path, final_dir: Path) -> None:
 
 def refresh_oof_view(store: FeatureStore) -> None:
     """View ``oof_predictions`` over every OOF file (columns unioned by name)."""
-    glob = str(store.root / OOF_DIR / "*.parquet").replace("'", "''")
+    glob = store.view_glob(f"{OOF_DIR}/*.parquet").replace("'", "''")  # relative: follows a moved store
     if list((store.root / OOF_DIR).glob("*.parquet")):
         store.con.execute(f"CREATE OR REPLACE VIEW oof_predictions AS SELECT * FROM read_parquet('{glob}', "
                           "union_by_name = true)")

@@ -25,6 +25,7 @@ Search spaces are data (:data:`SEARCH_SPACES`); ``fixed`` parameters leave the s
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -91,6 +92,7 @@ SEARCH_SPACES: dict[str, dict[str, Dim]] = {
         "feature_fraction": Dim("float", 0.1, 0.9),
         "neg_per_pos": Dim("float", 5.0, 100.0, log=True),
         "lambda_l2": Dim("float", 1e-3, 10.0, log=True),
+        "max_bin": Dim("cat", choices=(15, 31, 63)),
     },
 }
 
@@ -179,8 +181,8 @@ def _fail_stale(study) -> int:
 
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
     for t in stale:
-        study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
         study._storage.set_trial_user_attr(t._trial_id, "failed_because", "left running by a killed process")
+        study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
     return len(stale)
 
 
@@ -206,7 +208,7 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
         raise StoreError("no labelled window is scorable in any fold (no class with both a positive and a "
                          "negative); tuning would optimise nothing")
     n_train = int(((folds != -1) & (train_mask if train_mask is not None else True)).sum())
-    attrs = spec.attributes(fold_version)
+    attrs = json.loads(json.dumps(spec.attributes(fold_version)))  # as stored: tuples become lists
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from featurestore.competition import DataError
-from featurestore.store import StoreError
+from featurestore.store import StoreError, is_disk_full
 from models.heads import HeadError
 from models.metrics import MetricError
 from models.submission import SubmissionError
@@ -40,10 +40,16 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     """Run a job's main; a user error prints one clear line and exits with status 2."""
     try:
         code = main(argv)
-    except USER_ERRORS as exc:
-        message = " ".join(str(exc).split("\n")[:1]) or type(exc).__name__
-        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
-            message = f"{message}: {exc.filename}"
+    except Exception as exc:
+        if isinstance(exc, USER_ERRORS):
+            message = " ".join(str(exc).split("\n")[:1]) or type(exc).__name__
+            if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
+                message = f"{message}: {exc.filename}"
+        elif isinstance(exc, OSError) and is_disk_full(exc):
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            message = f"disk full{where}: free some space and re-run; finished work is kept"
+        else:
+            raise
         print(f"error: {message}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

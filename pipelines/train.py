@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--soundscape-weight", type=float, default=2.0,
                     help="sample weight of labelled soundscape windows (default 2.0)")
     ap.add_argument("--tag", default=None, help="leaderboard tag (default: the mode, full or replay)")
+    ap.add_argument("--allow-partial", action="store_true",
+                    help="train even if some labelled windows have no features yet (recorded in the experiment)")
     args = ap.parse_args(argv)
     try:
         overrides = json.loads(args.params)
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = FrameSpec(features=args.features, pooling=args.pooling, context=args.context,
                      soundscape_weight=args.soundscape_weight)
     result = train_head(args.store, args.head_kind, spec, overrides=overrides, fold_version=args.fold_version,
-                        replay=args.replay, seed=args.seed, tag=args.tag,
+                        replay=args.replay, seed=args.seed, tag=args.tag, allow_partial=args.allow_partial,
                         progress=lambda f: print(f"  fold {f} done", flush=True))
     print(result.render())
     return 0

@@ -111,3 +111,23 @@ def test_progress_is_a_status_line_when_stderr_is_not_a_terminal(shared_data: Pa
     text = (tmp_path / "log.txt").read_text()
     assert result.returncode == 0, text
     assert "\r" not in text and "audio QA: done: 4/4 file" in text
+
+
+def test_disk_full_is_one_error_line(capsys) -> None:
+    """A real ENOSPC (writing to /dev/full) anywhere in a job ends as one line and exit 2."""
+    import stat
+
+    if not stat.S_ISCHR(Path("/dev/full").stat().st_mode):
+        pytest.skip("/dev/full is not the full device here")
+
+    def job(argv):
+        with open("/dev/full", "w") as fh:
+            fh.write("x" * 100_000)
+            fh.flush()
+        return 0
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(job, [])
+    assert exit_info.value.code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: disk full") and "re-run" in line

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -9,7 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from featurestore.store import FeatureStore, StoreError, content_hash
+from featurestore.store import DiskFullError, DiskFullGuard, FeatureStore, StoreError, content_hash
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _table(values: list[int], stamp: str = "2026-01-01") -> pa.Table:
@@ -65,3 +76,166 @@ def test_errors_name_the_table_and_path(tmp_path: Path) -> None:
         store.write_table("things", _table([1]))
         with pytest.raises(StoreError, match="has no version 'abc'"):
             store.read_table("things", "abc")
+
+
+# ---------------------------------------------------------------------------- one writer at a time
+HOLDER = """
+import sys
+from featurestore.store import FeatureStore
+store = FeatureStore.open(sys.argv[1])
+print("holding", flush=True)
+sys.stdin.read()  # hold until the test closes stdin (or kills us)
+store.close()
+"""
+
+
+def _holder(root: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(root), "--marker"], env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == "holding", proc.stderr.read()
+    return proc
+
+
+def _record(root: Path) -> dict:
+    return json.loads((root / "writer.lock").read_text())
+
+
+def test_second_writer_fails_at_once_naming_the_holder_and_kill_9_is_taken_over(tmp_path: Path, capfd) -> None:
+    root = tmp_path / "s"
+    with FeatureStore.open(root) as store:
+        store.write_table("things", _table([1, 2]))
+    proc = _holder(root)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StoreError) as info:
+            FeatureStore.open(root)
+        assert time.monotonic() - t0 < 2
+        message = str(info.value)
+        assert f"is being written by pid {proc.pid} on host {socket.gethostname()}" in message
+        assert "--marker" in message and "since" in message and "writer.lock" in message
+        with pytest.raises(StoreError, match=f"being written by pid {proc.pid}"):
+            FeatureStore.open(root, read_only=True)  # DuckDB refuses readers meanwhile; say who writes
+        proc.kill()  # kill -9: the OS drops the lock, the record stays behind
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert _record(root)["state"] == "held" and _record(root)["pid"] == proc.pid
+    capfd.readouterr()
+    with FeatureStore.open(root) as store:
+        assert store.count("things") == 2
+        assert _record(root)["pid"] == os.getpid() and _record(root)["state"] == "held"
+    err = capfd.readouterr().err
+    assert f"taking over the writer lock of store {root} from pid {proc.pid}" in err and "process is gone" in err
+    assert _record(root)["state"] == "released"
+    with FeatureStore.open(root):
+        pass
+    assert "taking over" not in capfd.readouterr().err  # a released lock is no warning
+
+
+def test_waiting_writer_is_announced_and_proceeds(tmp_path: Path, capfd) -> None:
+    root = tmp_path / "s"
+    FeatureStore.open(root).close()
+    proc = _holder(root)
+    try:
+        threading.Timer(1.0, proc.stdin.close).start()  # the holder finishes after ~1 s
+        with FeatureStore.open(root, wait_s=60) as store:
+            assert _record(root)["pid"] == os.getpid()
+            assert store.table_names() == []
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    err = capfd.readouterr().err
+    assert f"waiting up to 60 s for pid {proc.pid}" in err and "taking over" not in err
+
+
+def test_stale_lock_of_a_dead_pid_is_taken_over(tmp_path: Path, capfd) -> None:
+    root = tmp_path / "s"
+    FeatureStore.open(root).close()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (root / "writer.lock").write_text(json.dumps({"state": "held", "pid": int(dead), "host": socket.gethostname(),
+                                                  "command": "python -m pipelines.embed", "started_at": "x"}))
+    with FeatureStore.open(root) as store:
+        store.write_table("things", _table([1]))
+    err = capfd.readouterr().err
+    assert f"from pid {dead} on host {socket.gethostname()} (python -m pipelines.embed)" in err
+    assert _record(root)["state"] == "released" and _record(root)["pid"] == os.getpid()
+
+
+def test_nested_writers_in_one_process_share_the_lock(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    probe = ("import sys\nfrom featurestore.store import FeatureStore, StoreError\n"
+             "try:\n    FeatureStore.open(sys.argv[1]).close()\nexcept StoreError as e:\n    print(e)")
+    with FeatureStore.open(root) as outer:
+        with FeatureStore.open(root) as inner:
+            inner.write_table("things", _table([1]))
+        assert _record(root)["state"] == "held"  # reading the record does not drop the lock either
+        assert outer.count("things") == 1
+        other = subprocess.run([sys.executable, "-c", probe, str(root)], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+        assert f"is being written by pid {os.getpid()}" in other.stdout, other.stderr
+    assert _record(root)["state"] == "released"
+
+
+# ---------------------------------------------------------------------------- disk full
+def test_enospc_from_pyarrow_and_the_os_becomes_one_store_error(tmp_path: Path) -> None:
+    """/dev/full fails every write with ENOSPC: the store's guard names the file and the folder."""
+    if not Path("/dev/full").is_char_device():
+        pytest.skip("no /dev/full device here")
+    # through file objects only: given a path, pyarrow deletes the file it failed to write
+    with pytest.raises(DiskFullError) as info, DiskFullGuard(tmp_path / "x.parquet", tmp_path), \
+            open("/dev/full", "wb", buffering=0) as fh:
+        pq.write_table(_table([1, 2, 3]), fh)
+    assert str(info.value) == (f"disk full while writing {tmp_path / 'x.parquet'}: free space in {tmp_path} "
+                               "and re-run; finished parts are kept")
+    with pytest.raises(DiskFullError), DiskFullGuard(tmp_path / "y", tmp_path), \
+            open("/dev/full", "wb", buffering=0) as fh:
+        fh.write(b"x" * 10_000)
+    assert pickle.loads(pickle.dumps(info.value)).args == info.value.args  # crosses worker processes
+    assert Path("/dev/full").is_char_device()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 4 MB tmpfs (needs root and mount); skipped where it cannot be mounted."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not root'}); "
+                    "the /dev/full test covers the error translation")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_opens_and_fails_writes_with_one_store_error(tiny_disk: Path) -> None:
+    root = tiny_disk / "s"
+    with FeatureStore.open(root) as store:
+        store.write_table("things", _table([1, 2, 3]))
+        store.register_part_table("items", ["k"], order_column="ingested_at")
+        store.append_part("items", _table([1, 2]))
+        store.refresh_part_views()
+    filler = tiny_disk / "filler"
+    with open(filler, "wb") as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\0" * 65536)
+            fh.flush()
+    assert os.statvfs(tiny_disk).f_bavail == 0
+    with FeatureStore.open(root) as store:  # nothing changed: opening writes nothing
+        assert store.count("items") == 2 and store.count("things") == 3
+        store.write_table("things", _table([1, 2, 3]))  # unchanged content: nothing to write
+        with pytest.raises(DiskFullError, match=f"disk full while writing {root / 'parts' / 'items'}/part-"):
+            store.append_part("items", _table(list(range(50_000))))
+        with pytest.raises(DiskFullError, match=f"disk full while writing {root / 'catalog.duckdb'}: free space "
+                                                f"in {root} and re-run; finished parts are kept"):
+            store.write_table("big", pa.table({"x": list(range(300_000))}))
+    assert [p.name for p in (root / "parts" / "items").iterdir()] == [store.part_files("items")[0].name]
+    filler.unlink()
+    with FeatureStore.open(root) as store:
+        assert store.count("items") == 2
+        store.append_part("items", _table([3]))
+        store.write_table("big", pa.table({"x": list(range(1000))}))
