@@ -9,6 +9,13 @@ Frame-level matrices are computed once over the whole file at 32 kHz (so PCEN an
 real context across window edges), then summarised per 5-s window over the frames whose centre
 lies inside the window and inside the audio: mean and std everywhere, percentiles for PCEN,
 spectral shape and band energies.
+
+The file is read as a stream (:meth:`embed.audio.Audio.stream`) in blocks of ``FRAME_BLOCK`` STFT
+frames, so memory does not grow with its length: PCEN's smoother carries its state from block to
+block, the deltas keep 8 frames of MFCC history, and a window's statistics are taken as soon as
+its frames are final. A decoded and a streamed file go through the same blocks and give the same
+floats; against one whole-file :func:`frame_features` call the blocks differ only by float32
+round-off of the block-sized FFT/matrix products (tested).
 """
 
 from __future__ import annotations
@@ -20,11 +27,15 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy.signal import get_window, lfilter, lfilter_zi, savgol_filter
 
-from embed.audio import Audio
+from embed.audio import Audio, SignalStream
 from embed.extractors import EMBED_CODE_VERSION, WINDOW_SECONDS, Extractor, WindowOutput, one_blas_thread
 
 AMIN = 1e-10
 PCEN_SCALE = 2.0**31  # librosa's recommended input scale for PCEN's default parameters
+# STFT frames per block: 65.5 s at 32 kHz / hop 512, so a 60-s soundscape (3,751 frames) is one block and
+# gives exactly the single-pass floats; ~150 MB of FFT work arrays at the peak.
+FRAME_BLOCK = 4096
+DELTA_HISTORY = 8     # MFCC frames kept before the first non-final delta (>= delta_width - 1)
 
 
 @dataclass(frozen=True)
@@ -157,26 +168,143 @@ class FrameFeatures:
     bands: np.ndarray
 
 
-def frame_features(y: np.ndarray, p: ClassicalParams, basis: np.ndarray | None = None,
-                   bands: np.ndarray | None = None) -> FrameFeatures:
-    sr = p.sample_rate
-    basis = mel_basis(sr, p.n_fft, p.n_mels, p.fmin, p.fmax) if basis is None else basis
-    bands = band_matrix(sr, p.n_fft, p.band_edges_hz) if bands is None else bands
-    power = stft_power(y, p.n_fft, p.hop)
+def pcen_init(mel_mag_first: np.ndarray, sr: int, hop: int, p: ClassicalParams) -> np.ndarray:
+    """PCEN smoother state in steady state on the first frame (see :func:`pcen`)."""
+    t_frames = p.pcen_time_constant * sr / float(hop)
+    b = (math.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2)
+    return lfilter_zi([b], [1, b - 1])[0] * mel_mag_first[:1]
+
+
+def pcen_block(S: np.ndarray, zi: np.ndarray, sr: int, hop: int, p: ClassicalParams) -> tuple[np.ndarray, np.ndarray]:
+    """PCEN of consecutive frames ``S`` given the smoother state ``zi``; returns (pcen, state after)."""
+    t_frames = p.pcen_time_constant * sr / float(hop)
+    b = (math.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2)
+    smooth, zf = lfilter([b], [1, b - 1], S, zi=zi, axis=0)
+    gain = np.exp(-p.pcen_gain * (np.log(p.pcen_eps) + np.log1p(smooth / p.pcen_eps)))
+    bias, power = p.pcen_bias, p.pcen_power
+    return (bias**power) * np.expm1(power * np.log1p(S * gain / bias)), zf
+
+
+def _per_frame(power: np.ndarray, p: ClassicalParams, basis: np.ndarray, bands: np.ndarray) -> dict[str, np.ndarray]:
+    """The matrices that depend on one frame only, plus the PCEN input (mel magnitude)."""
     mel_power = power @ basis.T
     logmel = power_to_db(mel_power)
     mfcc = sp_fft.dct(logmel, type=2, norm="ortho", axis=1)[:, : p.n_mfcc]
     mag = np.sqrt(power)
     mel_mag = mag @ basis.T
+    return {"logmel": logmel, "mfcc": mfcc, "mel_mag": mel_mag * PCEN_SCALE,
+            "shape": spectral_shape(power, mag, fft_frequencies(p.sample_rate, p.n_fft).astype(np.float32)),
+            "bands": power_to_db(power @ bands)}
+
+
+def frame_features(y: np.ndarray, p: ClassicalParams, basis: np.ndarray | None = None,
+                   bands: np.ndarray | None = None) -> FrameFeatures:
+    """Frame-level matrices of a whole signal in one pass (the reference the streamed blocks are tested against)."""
+    sr = p.sample_rate
+    basis = mel_basis(sr, p.n_fft, p.n_mels, p.fmin, p.fmax) if basis is None else basis
+    bands = band_matrix(sr, p.n_fft, p.band_edges_hz) if bands is None else bands
+    m = _per_frame(stft_power(y, p.n_fft, p.hop), p, basis, bands)
     return FrameFeatures(
-        logmel=logmel,
-        pcen=pcen(mel_mag * PCEN_SCALE, sr, p.hop, p),
-        mfcc=mfcc,
-        mfcc_d1=delta(mfcc, p.delta_width, 1),
-        mfcc_d2=delta(mfcc, p.delta_width, 2),
-        shape=spectral_shape(power, mag, fft_frequencies(sr, p.n_fft).astype(np.float32)),
-        bands=power_to_db(power @ bands),
+        logmel=m["logmel"],
+        pcen=pcen(m["mel_mag"], sr, p.hop, p),
+        mfcc=m["mfcc"],
+        mfcc_d1=delta(m["mfcc"], p.delta_width, 1),
+        mfcc_d2=delta(m["mfcc"], p.delta_width, 2),
+        shape=m["shape"],
+        bands=m["bands"],
     )
+
+
+class FrameStream:
+    """Frame-level matrices of a :class:`SignalStream`, produced block by block in frame order.
+
+    :meth:`advance` computes the next ``FRAME_BLOCK`` STFT frames and appends every frame whose
+    matrices are final (all but the last ``delta_width // 2``, whose deltas wait for the next
+    block, until the end of the file) to ``buffer``, which holds frames ``first .. done - 1``.
+    ``n_frames`` is the file's frame count once ``finished``.
+    """
+
+    FIELDS = ("logmel", "pcen", "mfcc", "mfcc_d1", "mfcc_d2", "shape", "bands")
+
+    def __init__(self, stream: SignalStream, p: ClassicalParams, basis: np.ndarray, bands: np.ndarray,
+                 block: int | None = None):
+        self.stream, self.p, self.basis, self.bands = stream, p, basis, bands
+        self.block = max(2 * DELTA_HISTORY, block or FRAME_BLOCK)
+        self.computed = 0                 # STFT frames computed
+        self.first = self.done = 0        # buffer holds final frames [first, done)
+        self.buffer: dict[str, np.ndarray] = {}
+        self.finished = False
+        self.n_frames: int | None = None
+        self._zi: np.ndarray | None = None
+        self._mfcc = np.zeros((0, p.n_mfcc), np.float32)   # MFCC rows [_mfcc_start, computed)
+        self._mfcc_start = 0
+        self._pending: dict[str, np.ndarray] = {}          # non-delta rows [done, computed)
+
+    def frames_known(self) -> int:
+        """A lower bound of the file's frame count (exact once ``finished``)."""
+        return self.n_frames if self.n_frames is not None else 1 + self.stream.samples_known() // self.p.hop
+
+    def advance(self) -> None:
+        p, half = self.p, self.p.n_fft // 2
+        t0 = self.computed
+        t1 = t0 + self.block
+        self.stream.fill_past((t1 - 1) * p.hop + half)
+        if self.stream.eof:
+            # a centred STFT of n samples has 1 + n // hop frames (old: len(pad(y, half)) >= n_fft always)
+            self.n_frames = 1 + self.stream.end // p.hop
+            t1 = min(t1, self.n_frames)
+        if t1 > t0:
+            segment = self.stream.take(t0 * p.hop - half, (t1 - 1) * p.hop + half)
+            frames = np.lib.stride_tricks.sliding_window_view(segment, p.n_fft)[:: p.hop]
+            spec = sp_fft.rfft(frames * get_window("hann", p.n_fft, fftbins=True).astype(np.float32), axis=1)
+            m = _per_frame(np.square(spec.real) + np.square(spec.imag), p, self.basis, self.bands)
+            if self._zi is None:
+                self._zi = pcen_init(m["mel_mag"], p.sample_rate, p.hop, p)
+            m["pcen"], self._zi = pcen_block(m.pop("mel_mag"), self._zi, p.sample_rate, p.hop, p)
+            self._mfcc = np.concatenate([self._mfcc, m["mfcc"]])
+            self._pending = {k: np.concatenate([self._pending[k], v]) if self._pending else v for k, v in m.items()}
+            self.computed = t1
+        self.stream.release(self.computed * p.hop - half)
+        self.finished = self.n_frames is not None and self.computed >= self.n_frames
+        self._finalise()
+
+    def _finalise(self) -> None:
+        """Deltas for the frames whose Savitzky-Golay neighbourhood is complete; move them to ``buffer``."""
+        half = self.p.delta_width // 2
+        ready = self.computed if self.finished else self.computed - half
+        if ready <= self.done:
+            return
+        # savgol_filter(mode="interp") is a convolution inside and a polynomial fit on the first / last
+        # delta_width rows: on this slice it sees, for every frame it finalises, what it sees on the whole file
+        x = self._mfcc
+        whole = self._mfcc_start == 0 and self.finished
+        width = self.p.delta_width
+        if whole:
+            d1, d2 = delta(x, width, 1), delta(x, width, 2)
+        else:
+            d1 = savgol_filter(x, width, polyorder=1, deriv=1, axis=0, mode="interp")
+            d2 = savgol_filter(x, width, polyorder=2, deriv=2, axis=0, mode="interp")
+        a, b = self.done - self._mfcc_start, ready - self._mfcc_start
+        n = ready - self.done
+        new = {k: v[:n] for k, v in self._pending.items()}
+        new["mfcc_d1"], new["mfcc_d2"] = d1[a:b], d2[a:b]
+        self._pending = {k: v[n:] for k, v in self._pending.items()}
+        self.buffer = {k: np.concatenate([self.buffer[k], new[k]]) if self.buffer else new[k] for k in self.FIELDS}
+        self.done = ready
+        keep = max(0, ready - DELTA_HISTORY) - self._mfcc_start
+        self._mfcc, self._mfcc_start = self._mfcc[keep:], self._mfcc_start + keep
+
+    def frames(self, t0: int, t1: int) -> FrameFeatures:
+        """Final frames ``t0 .. t1 - 1`` (``first <= t0``, ``t1 <= done``)."""
+        a, b = t0 - self.first, t1 - self.first
+        return FrameFeatures(**{k: self.buffer[k][a:b] for k in self.FIELDS})
+
+    def release(self, before: int) -> None:
+        """Forget final frames before ``before``."""
+        drop = min(max(0, before - self.first), self.done - self.first)
+        if drop:
+            self.buffer = {k: v[drop:] for k, v in self.buffer.items()}
+            self.first += drop
 
 
 # ---------------------------------------------------------------------------- per-window statistics
@@ -257,11 +385,30 @@ class Classical(Extractor):
         return feature_names(self.p)
 
     def compute(self, audio: Audio, window_starts: list[float]) -> WindowOutput:
-        y = audio.at(self.p.sample_rate)
+        """Window statistics, streaming the file (windows in any order; each one's frames are kept
+        until it is done, so memory is bounded when they come roughly in time order)."""
+        p, sr = self.p, self.p.sample_rate
+        frames = FrameStream(audio.stream(sr), p, self._basis, self._bands)
+        order = sorted(range(len(window_starts)), key=lambda i: float(window_starts[i]))
+        features: list[np.ndarray | None] = [None] * len(window_starts)
+        valid = np.zeros(len(window_starts), np.float32)
         with one_blas_thread():
-            ff = frame_features(y, self.p, self._basis, self._bands)
-        n_frames = ff.logmel.shape[0]
-        ranges = [window_frame_range(s, audio.duration_s, self.p.sample_rate, self.p.hop, n_frames)
-                  for s in window_starts]
-        valid = [min(max((audio.duration_s - s) / WINDOW_SECONDS, 0.0), 1.0) for s in window_starts]
-        return WindowOutput(window_stats(ff, ranges, self.p), np.asarray(valid, dtype=np.float32))
+            for pos, i in enumerate(order):
+                start = float(window_starts[i])
+                while True:
+                    # the window's range is final once the audio is known to reach past it (or has ended)
+                    end_known = frames.finished or frames.stream.duration_s >= start + WINDOW_SECONDS
+                    duration = frames.stream.duration_s if frames.finished else start + WINDOW_SECONDS
+                    t0, t1 = window_frame_range(start, duration, sr, p.hop, frames.frames_known())
+                    if end_known and (frames.finished or t1 < frames.frames_known()) and t1 <= frames.done:
+                        break
+                    frames.release(min(int(math.ceil(start * sr / p.hop - 1e-9)), frames.frames_known() - 1))
+                    frames.advance()
+                features[i] = window_stats(frames.frames(t0, t1), [(0, t1 - t0)], p)[0]
+                valid[i] = min(max((duration - start) / WINDOW_SECONDS, 0.0), 1.0)
+                if pos + 1 < len(order):
+                    nxt = float(window_starts[order[pos + 1]])
+                    frames.release(min(int(math.ceil(nxt * sr / p.hop - 1e-9)), frames.frames_known() - 1))
+            frames.stream.drain()   # every block decoded and checked, as a whole-file decode would
+        matrix = np.asarray(features, dtype=np.float32).reshape(len(window_starts), len(self.feature_names()))
+        return WindowOutput(matrix, valid)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embed.audio import Audio, FrameGrid, cut_frames, frame_grid
+from embed.audio import Audio, FrameGrid, frame_grid, frame_offsets
 from embed.tflite import ModelError
 
 EMBED_CODE_VERSION = 1
@@ -148,16 +148,48 @@ class FrameModel(Extractor):
         ...
 
     def compute(self, audio: Audio, window_starts: list[float]) -> FrameOutput:
-        signal = audio.at(self.sample_rate)
-        grid = frame_grid(window_starts, audio.duration_s, self.sample_rate, self.frame_s, self.hop_s,
-                          WINDOW_SECONDS)
-        frame_len = int(round(self.frame_s * self.sample_rate))
+        """Frames of every window, streaming the file: a window's grid is fixed once the audio is known
+        to reach past its last frame (or has ended), frames are cut as they arrive and run in the
+        same ``FRAME_CHUNK`` batches, in grid order, as over a decoded signal. Windows out of time
+        order decode the file whole."""
+        rate = self.sample_rate
+        frame_len = int(round(self.frame_s * rate))
+        in_order = all(a <= b for a, b in zip(window_starts[:-1], window_starts[1:], strict=True))
+        if not in_order:
+            audio.at(rate)                        # random access: decode whole (streams only go forward)
+        stream = audio.stream(rate)
+        last_offset = frame_offsets(self.frame_s, self.hop_s, WINDOW_SECONDS)[-1]
+        grids: list[FrameGrid] = []
+        pending: list[np.ndarray] = []            # cut frames not yet run, in grid order
         embedding, logits = [], []
-        for i in range(0, len(grid.start_sample), FRAME_CHUNK):   # bounded memory for long recordings
-            out = self._run(cut_frames(signal, grid.start_sample[i: i + FRAME_CHUNK], frame_len))
+
+        def run(frames: np.ndarray) -> None:
+            out = self._run(frames)
             embedding.append(out["embedding"].astype(np.float16))
             if self.logit_indices is not None and "logits" in out:
                 logits.append(np.ascontiguousarray(out["logits"][:, self.logit_indices], dtype=np.float32))
+
+        for w, start in enumerate(window_starts):
+            # frame_grid reads the duration only to compare it with this window's frame ends
+            stream.fill_past(int(round((float(start) + last_offset) * rate)) + frame_len)
+            duration = stream.duration_s if stream.eof else stream.samples_known() / rate
+            g = frame_grid([start], duration, rate, self.frame_s, self.hop_s, WINDOW_SECONDS)
+            grids.append(FrameGrid(np.full(len(g.window_index), w, np.int32), g.frame_index, g.start_s,
+                                   g.start_sample, g.valid_fraction))
+            pending += [stream.take(s0, s0 + frame_len).copy() for s0 in g.start_sample.tolist()]
+            while len(pending) >= FRAME_CHUNK:
+                run(np.stack(pending[:FRAME_CHUNK]))
+                del pending[:FRAME_CHUNK]
+            if in_order and w + 1 < len(window_starts):
+                stream.release(int(round(float(window_starts[w + 1]) * rate)))
+        if pending:
+            run(np.stack(pending))
+        stream.drain()   # every block decoded and checked, as a whole-file decode would
+        grid = FrameGrid(*(np.concatenate([getattr(g, f) for g in grids]) if grids else
+                           getattr(frame_grid([], 0.0, rate, self.frame_s, self.hop_s), f)
+                           for f in ("window_index", "frame_index", "start_s", "start_sample", "valid_fraction")))
+        if not embedding:
+            raise ValueError("no frames to embed (no windows given)")
         return FrameOutput(grid, np.concatenate(embedding), np.concatenate(logits) if logits else None)
 
 

@@ -289,7 +289,7 @@ def embed_file_with_names(path: str | os.PathLike, extractors: Sequence[Extracto
     """Like :func:`embed_file`, with the feature names of each view as a third element."""
     from featurestore.windows import window_starts as grid
 
-    audio = Audio.load(path)
+    audio = Audio.open(path)   # a long recording is streamed, not decoded whole
     starts = list(window_starts) if window_starts is not None else grid(audio.duration_s, soundscape)
     by_name = {ex.name: ex for ex in extractors}
     outputs = {ex.name: ex.compute(audio, starts) for ex in extractors}

@@ -39,7 +39,14 @@ from embed.audio import Audio, AudioError
 from embed.extractors import Extractor, FrameOutput, WindowOutput, extractor_from_params
 from embed.features import VERSIONS_TABLE
 from featurestore.competition import DataError
-from featurestore.store import FeatureStore, StoreError, utc_now, write_parquet_atomic
+from featurestore.store import (
+    CATALOG_FILE,
+    FeatureStore,
+    StoreError,
+    StoreLock,
+    utc_now,
+    write_parquet_atomic,
+)
 
 FRAME_KEYS = ["window_id", "extractor_version", "frame_index"]
 PART_TABLES = {
@@ -181,7 +188,7 @@ def run_task(extractors: list[Extractor], task: list[FileTask], parts_root: Path
         result.files += 1
         result.audio_s += f.duration_s
         try:
-            audio = Audio.load(f.path)
+            audio = Audio.open(f.path)   # a long recording is streamed by each extractor
         except AudioError as exc:
             result.errors += [{"file": f.key, "extractor_version": v, "message": str(exc)} for v in f.windows]
             continue
@@ -307,15 +314,8 @@ class EmbedSummary:
 
 
 def open_store(store_dir: str | os.PathLike, wait_s: float = LOCK_WAIT_SECONDS) -> FeatureStore:
-    """Open the store read-write, waiting while another process (another shard) holds the catalog."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return FeatureStore.open(store_dir, create=False)
-        except StoreError as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    """Open the store read-write, waiting (said on stderr) while another process (another shard) writes it."""
+    return FeatureStore.open(store_dir, create=False, wait_s=wait_s)
 
 
 def data_dir_of(store: FeatureStore) -> Path:
@@ -391,6 +391,28 @@ def _forget_fixed_errors(store: FeatureStore, files: set[str], missing: set[tupl
 
 
 def run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple[str, ...] = ("birdnet", "classical"),
+              *, shard: str | tuple[int, int] | None = None, **options) -> EmbedSummary:
+    """Embed every window of the store not yet stored for each extractor version; see the module docstring.
+
+    One run per shard at a time: a second embed of the same shard on the same store stops at once
+    and names the first (``embed-<i>of<n>.lock`` in the store); other shards run side by side.
+    """
+    root = Path(store_dir).expanduser()
+    if not (root / CATALOG_FILE).exists():
+        raise StoreError(f"no feature store at {root} (missing {CATALOG_FILE}); run pipelines.ingest first")
+    i, n = parse_shard(shard)
+    lock = StoreLock(root, f"embed-{i}of{n}.lock")
+    try:
+        lock.acquire()
+    except StoreError as exc:
+        raise StoreError(f"shard {i}/{n} is already being embedded: {exc}") from None
+    try:
+        return _run_embed(root, extractors, shard=(i, n), **options)
+    finally:
+        lock.release()
+
+
+def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple[str, ...] = ("birdnet", "classical"),
               *, data_dir: str | os.PathLike | None = None, workers: int | None = None,
               shard: str | tuple[int, int] | None = None, sources: list[str] | None = None,
               hop_s: float | None = None, batch_size: int = 1, threads: int = 1, full_logits: bool = False,

@@ -2,13 +2,15 @@
 
 One call decodes one file and returns a flat dict: duration, rate, channels, level statistics,
 hashes of the bytes and of the decoded PCM, and a decode error or warning. It never raises for
-bad audio: a file that cannot be decoded becomes a row whose ``error`` says why.
+bad audio: a file that is missing or cannot be decoded becomes a row whose ``error`` says why;
+a truncated file, an all-zero one or one below 32 kHz gets a ``warning``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import soundfile as sf
 QA_FRAME_SECONDS = 0.05
 SILENT_DBFS = -60.0
 CLIP_LEVEL = 0.999
+MIN_SAMPLE_RATE = 32000   # the competition's rate; below it the models see audio upsampled from a low rate
 _EPS = 1e-12
 
 INVENTORY_FIELDS = (
@@ -73,11 +76,74 @@ def level_stats(samples: np.ndarray, sample_rate: int) -> dict:
     }
 
 
+QA_BLOCK_FRAMES = 640  # QA frames (50 ms each) decoded per block: ~32 s, so memory does not grow with the file
+
+
+@dataclass
+class AudioScan:
+    """What one streamed pass over a file found (``stats`` is None when a block was not finite)."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    finite: bool
+    sha256_pcm: str | None
+    stats: dict | None
+
+
+def scan_audio(path: str | os.PathLike, block_frames: int = QA_BLOCK_FRAMES) -> AudioScan:
+    """:func:`level_stats` and the PCM sha256 of a file, decoded ``block_frames`` QA frames at a time.
+
+    Blocks hold whole 50-ms frames (a remainder is carried over), so frame levels, SNR proxy,
+    silence, peak, clipping and the PCM hash equal a whole-file decode exactly; the RMS differs
+    only by the float64 summation order (tested to 1e-9 dB).
+    """
+    digest = hashlib.sha256()
+    peak, clipped, square_sum, levels, frames, finite = 0.0, 0, 0.0, [], 0, True
+    with sf.SoundFile(str(path)) as fh:
+        rate, channels = int(fh.samplerate), int(fh.channels)
+        size = max(1, int(round(QA_FRAME_SECONDS * rate)))
+        carry = np.zeros((0, channels), np.float32)
+        while True:
+            block = fh.read(size * block_frames, dtype="float32", always_2d=True)
+            last = block.shape[0] == 0
+            frames += len(block)
+            finite = finite and bool(np.all(np.isfinite(block)))
+            if not finite:   # only count the decoded frames from here on, as the row reports them
+                if last:
+                    return AudioScan(rate, channels, frames, False, None, None)
+                continue
+            pcm16 = np.clip(np.round(block * 32767.0), -32768, 32767).astype("<i2")
+            digest.update(pcm16.tobytes())
+            if len(block):
+                peak = max(peak, float(np.max(np.abs(block))))
+                clipped += int(np.count_nonzero(np.abs(block) >= CLIP_LEVEL))
+                square_sum += float(np.sum(np.square(block.mean(axis=1, dtype=np.float64))))
+            block = np.concatenate([carry, block]) if len(carry) else block
+            whole = len(block) if last else len(block) - len(block) % size
+            if whole:
+                levels.append(frame_levels_db(block[:whole].mean(axis=1, dtype=np.float64), rate))
+            carry = block[whole:]
+            if last:
+                break
+    if frames == 0:
+        return AudioScan(rate, channels, 0, True, None, None)
+    levels_db = np.concatenate(levels)
+    stats = {"peak": peak, "rms_dbfs": float(10.0 * np.log10(square_sum / frames + _EPS)),
+             "clipped_fraction": clipped / float(frames * channels),
+             "silent_frame_fraction": float(np.mean(levels_db < SILENT_DBFS)),
+             "snr_db": float(np.percentile(levels_db, 95) - np.percentile(levels_db, 10))}
+    return AudioScan(rate, channels, frames, True, digest.hexdigest(), stats)
+
+
 def inspect_audio(path: str | os.PathLike, source: str, filename: str) -> dict:
     """Decode one file and return its inventory row (``error`` set instead of raising)."""
     path = Path(path)
     row: dict = dict.fromkeys(INVENTORY_FIELDS)
     row.update(path=f"{source}/{filename}", source=source, filename=filename)
+    if not path.exists():
+        row["error"] = f"file not found: {path}"
+        return row
     try:
         stat = path.stat()
         row.update(size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
@@ -86,27 +152,36 @@ def inspect_audio(path: str | os.PathLike, source: str, filename: str) -> dict:
             row["error"] = f"{path}: empty file (0 bytes)"
             return row
         info = sf.info(str(path))
-        samples, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        scan = scan_audio(path)   # streamed in blocks: memory does not grow with the file's length
+        sample_rate = scan.sample_rate
+    except FileNotFoundError:
+        row["error"] = f"file not found: {path}"
+        return row
     except Exception as exc:  # soundfile raises several types for unreadable input
-        row["error"] = f"{path}: cannot decode audio ({type(exc).__name__}: {exc})"
+        gone = not path.exists()  # deleted while being read: libsndfile only says "System error."
+        row["error"] = f"file not found: {path}" if gone else f"{path}: cannot decode audio ({type(exc).__name__}: {exc})"
         return row
     row.update(format=info.format, subtype=info.subtype, sample_rate=int(sample_rate),
-               channels=int(samples.shape[1]), frames=int(samples.shape[0]),
-               duration_s=samples.shape[0] / float(sample_rate))
-    if samples.shape[0] == 0:
+               channels=scan.channels, frames=scan.frames, duration_s=scan.frames / float(sample_rate))
+    if scan.frames == 0:
         row["error"] = f"{path}: decoded to 0 audio frames"
         return row
-    if not np.all(np.isfinite(samples)):
+    if not scan.finite:
         row["error"] = f"{path}: decoded audio contains NaN or inf"
         return row
-    pcm16 = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")
-    row["sha256_pcm"] = hashlib.sha256(pcm16.tobytes()).hexdigest()
-    row.update(level_stats(samples, sample_rate))
+    row["sha256_pcm"] = scan.sha256_pcm
+    row.update(scan.stats)
     warnings = []
+    if row["peak"] == 0.0:
+        warnings.append("every sample is zero (digital silence: a dead channel or a failed recording)")
+    if sample_rate < MIN_SAMPLE_RATE:
+        warnings.append(f"sample rate {sample_rate} Hz is below {MIN_SAMPLE_RATE} Hz (a low-rate or wrong file: "
+                        "the models see it upsampled, with nothing above "
+                        f"{sample_rate / 2000:g} kHz)")
     if info.format == "OGG" and not ogg_has_end_of_stream(path):
         warnings.append(f"truncated ogg (no end-of-stream page); kept the {row['duration_s']:.2f} s that decode")
-    if info.frames != samples.shape[0]:
-        warnings.append(f"header says {info.frames} frames, decoded {samples.shape[0]}")
+    if info.frames != scan.frames:
+        warnings.append(f"header says {info.frames} frames, decoded {scan.frames}")
     if warnings:
         row["warning"] = f"{path}: " + "; ".join(warnings)
     return row

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
@@ -32,12 +34,26 @@ class DataError(ValueError):
     """Bad competition input; the message names the file and row."""
 
 
-def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a CSV as (line number, dict); raises DataError if the file or a column is missing."""
+def read_text(path: Path) -> str:
+    """The text of a UTF-8 file (a BOM is dropped); DataError naming the file and line if it is not UTF-8."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                        "save the file as UTF-8") from None
+
+
+def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV as (line number, dict); a missing file or column, a row with more or fewer
+    fields than the header, text that is not UTF-8 or a broken CSV line raises DataError naming the
+    file and line."""
+    text = read_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         header = reader.fieldnames or []
         missing = [c for c in required if c not in header]
         if missing:
@@ -45,8 +61,14 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict
         rows = []
         for row in reader:
             if None in row:  # more fields than the header
-                raise DataError(f"{path} line {reader.line_num}: more fields than the header has")
+                raise DataError(f"{path} line {reader.line_num}: {len(header) + len(row[None])} fields, "
+                                f"the header has {len(header)}")
+            if any(v is None for v in row.values()):  # fewer fields than the header
+                n = sum(v is not None for v in row.values())
+                raise DataError(f"{path} line {reader.line_num}: {n} field(s), the header has {len(header)}")
             rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise DataError(f"{path} line {reader.line_num + 1}: not a valid CSV line ({exc})") from None
     return rows
 
 
@@ -95,12 +117,18 @@ def parse_label_list(text: str, where: str) -> list[str]:
 
 
 def _float_or_none(text: str | None, where: str) -> float | None:
+    """A number, or None for an empty cell or ``nan`` (how pandas writes a missing value); inf is a DataError."""
     if text is None or not text.strip():
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError as exc:
         raise DataError(f"{where}: {text!r} is not a number") from exc
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        raise DataError(f"{where}: {text!r} is not a finite number")
+    return value
 
 
 def read_train_csv(path: Path, known_labels: set[str]) -> pa.Table:
@@ -162,18 +190,50 @@ def parse_soundscape_name(filename: str) -> SoundscapeName:
 
 
 def parse_clock(text: str, where: str) -> float:
-    """``00:00:05`` (or plain seconds) → seconds."""
+    """``00:00:05`` (or plain seconds) → seconds; a non-finite or negative time is a DataError."""
     text = text.strip()
     try:
-        if ":" in text:
-            parts = [float(p) for p in text.split(":")]
-            seconds = 0.0
-            for p in parts:
-                seconds = seconds * 60 + p
-            return seconds
-        return float(text)
+        parts = [float(p) for p in text.split(":")]
     except ValueError as exc:
         raise DataError(f"{where}: cannot parse time {text!r}") from exc
+    if not all(math.isfinite(p) for p in parts):
+        raise DataError(f"{where}: time {text!r} is not a finite number of seconds")
+    if any(math.copysign(1.0, p) < 0 for p in parts):   # "-00:00:05" would otherwise read as 5 s
+        raise DataError(f"{where}: time {text!r} is negative")
+    seconds = 0.0
+    for p in parts:
+        seconds = seconds * 60 + p
+    return seconds
+
+
+def format_clock(seconds: float) -> str:
+    """Whole seconds → ``HH:MM:SS``, as the label file writes times."""
+    whole = int(round(seconds))
+    return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def snap_to_windows(start: float, end: float, window_s: int = WINDOW_SECONDS) -> list[float]:
+    """Start seconds of the grid windows a label segment ``start``–``end`` belongs to.
+
+    A window counts when the segment covers more than half of it; when none does (a segment
+    shorter than half a window, or one straddling two windows evenly), the window holding the
+    segment's midpoint (the later one on an exact boundary). An on-grid segment gives itself.
+    """
+    first = math.floor(start / window_s)
+    last = math.ceil(end / window_s)
+    chosen = [float(k * window_s) for k in range(first, last)
+              if min(end, (k + 1) * window_s) - max(start, k * window_s) > window_s / 2 + 1e-9]
+    return chosen or [float(math.floor((start + end) / 2 / window_s) * window_s)]
+
+
+@dataclass(frozen=True)
+class RowWarning:
+    """A row that was read but changed or is suspicious; ``file`` and ``row`` (1-based line) locate it."""
+
+    file: str
+    row: int
+    kind: str
+    message: str
 
 
 @dataclass
@@ -181,6 +241,7 @@ class LabelReport:
     raw_rows: int
     duplicate_rows: int
     conflicts: list[str]
+    warnings: list[RowWarning] = field(default_factory=list)   # off-grid segments snapped to the 5-s grid
 
 
 def read_soundscape_labels(path: Path, known_labels: set[str]) -> tuple[pa.Table, LabelReport]:
@@ -193,11 +254,15 @@ def read_soundscape_labels(path: Path, known_labels: set[str]) -> tuple[pa.Table
     rows = read_csv_rows(path, LABEL_COLUMNS)
     segments: dict[tuple[str, float, float], dict] = {}
     conflicts: list[str] = []
+    warnings: list[RowWarning] = []
     duplicates = 0
     for line, row in rows:
         where = f"{path} line {line}"
         filename = row["filename"].strip()
-        name = parse_soundscape_name(filename)  # raises naming the file
+        try:
+            name = parse_soundscape_name(filename)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
         start = parse_clock(row["start"], where)
         end = parse_clock(row["end"], where)
         if end <= start:
@@ -206,18 +271,27 @@ def read_soundscape_labels(path: Path, known_labels: set[str]) -> tuple[pa.Table
         unknown = [t for t in labels if t not in known_labels]
         if unknown:
             raise DataError(f"{where}: label(s) {unknown} not in the taxonomy")
-        key = (filename, start, end)
-        if key in segments:
-            duplicates += 1
-            seg = segments[key]
-            if set(labels) != set(seg["labels"]):
-                conflicts.append(f"{filename} {start:g}-{end:g}s: line {seg['source_row']} {sorted(seg['labels'])} "
-                                 f"vs line {line} {sorted(labels)}")
-                seg["labels"] = sorted(set(seg["labels"]) | set(labels))
-                seg["conflict"] = True
-            continue
-        segments[key] = {"filename": filename, "name": name, "start_s": start, "end_s": end,
-                         "labels": sorted(set(labels)), "conflict": False, "source_row": line}
+        windows = snap_to_windows(start, end)
+        if windows != [start] or end != start + WINDOW_SECONDS:
+            stem = Path(filename).stem
+            snapped = ", ".join(f"{format_clock(w)}-{format_clock(w + WINDOW_SECONDS)} "
+                                f"(row_id {stem}_{int(w) + WINDOW_SECONDS})" for w in windows)
+            warnings.append(RowWarning(str(path), line, "label_off_grid",
+                                       f"{where}: segment {row['start'].strip()}-{row['end'].strip()} of {filename} "
+                                       f"is not a {WINDOW_SECONDS}-s window of the grid; snapped to {snapped}"))
+        for w in windows:
+            key = (filename, w, w + WINDOW_SECONDS)
+            if key in segments:
+                duplicates += 1
+                seg = segments[key]
+                if set(labels) != set(seg["labels"]):
+                    conflicts.append(f"{filename} {key[1]:g}-{key[2]:g}s: line {seg['source_row']} "
+                                     f"{sorted(seg['labels'])} vs line {line} {sorted(labels)}")
+                    seg["labels"] = sorted(set(seg["labels"]) | set(labels))
+                    seg["conflict"] = True
+                continue
+            segments[key] = {"filename": filename, "name": name, "start_s": key[1], "end_s": key[2],
+                             "labels": sorted(set(labels)), "conflict": False, "source_row": line}
     ordered = sorted(segments.values(), key=lambda s: (s["filename"], s["start_s"]))
     table = pa.table(
         {
@@ -233,15 +307,15 @@ def read_soundscape_labels(path: Path, known_labels: set[str]) -> tuple[pa.Table
             "source_row": pa.array([s["source_row"] for s in ordered], pa.int32()),
         }
     )
-    return table, LabelReport(len(rows), duplicates, conflicts)
+    return table, LabelReport(len(rows), duplicates, conflicts, warnings)
 
 
 def read_submission_columns(path: Path) -> list[str]:
     """Header of sample_submission.csv (row_id followed by the class columns)."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        header = next(csv.reader(fh), None)
+    try:
+        header = next(csv.reader(io.StringIO(read_text(path), newline="")), None)
+    except csv.Error as exc:
+        raise DataError(f"{path} line 1: not a valid CSV line ({exc})") from None
     if not header or header[0] != "row_id":
         raise DataError(f"{path}: first column must be 'row_id', found {header[:1] if header else 'nothing'}")
     return header

@@ -178,6 +178,7 @@ def read_competition_csvs(data_dir: Path) -> dict:
         labels, report = read_soundscape_labels(labels_csv, known)
         out["soundscape_labels"] = labels
         out["problems"] += [_problem("warning", "label_conflict", labels_csv.name, None, c) for c in report.conflicts]
+        out["problems"] += [_problem("warning", w.kind, labels_csv.name, w.row, w.message) for w in report.warnings]
         out["label_report"] = report
     else:
         out["soundscape_labels"] = None

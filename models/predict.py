@@ -17,13 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
+from featurestore.competition import WINDOW_SECONDS
 from featurestore.store import StoreError
 from models.frame import add_context
 from models.heads import Head, load_head
 
 AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
 EXTRACTORS_FILE = "extractors.json"
+SOUNDSCAPE_SECONDS = 60   # every competition soundscape is expected to cover at least this long
 
 
 @dataclass
@@ -74,11 +77,47 @@ def build_extractors(bundle: HeadBundle, **runtime) -> list:
 def file_window_ids(path: Path, starts: np.ndarray) -> tuple[list[str], list[str]]:
     """(window ids for context features, competition row ids) of a soundscape's windows."""
     ids = [f"{path.name}@{int(s)}" for s in starts]
-    return ids, [f"{path.stem}_{int(s) + 5}" for s in starts]
+    return ids, [f"{path.stem}_{int(s) + WINDOW_SECONDS}" for s in starts]
+
+
+def header_seconds(path: Path) -> float | None:
+    """Duration the file's header states, or None when the header cannot be read."""
+    try:
+        info = sf.info(str(path))
+        return info.frames / float(info.samplerate) if info.samplerate > 0 and info.frames >= 0 else None
+    except Exception:  # soundfile raises several types for unreadable input; a missing file too
+        return None
+
+
+def expected_window_count(path: Path, min_seconds: float = SOUNDSCAPE_SECONDS) -> int:
+    """Rows a soundscape must have in the submission: its 5-s windows over the expected duration.
+
+    The expected duration is the competition's ``min_seconds`` (60 s) or the header's duration
+    when the header is readable and says more; the count is ``round(seconds / 5)`` (a 59.99-s or
+    60.02-s file gives 12), as the store's window grid counts soundscape windows. Never raises:
+    predict and the validator both use it, so their row sets are the same by construction.
+    """
+    seconds = max(header_seconds(path) or 0.0, float(min_seconds))
+    return max(1, int(round(seconds / WINDOW_SECONDS)))
+
+
+def expected_row_ids(path: Path, min_seconds: float = SOUNDSCAPE_SECONDS) -> list[str]:
+    """Competition row ids of every expected window of one soundscape (see :func:`expected_window_count`)."""
+    return file_window_ids(path, np.arange(expected_window_count(path, min_seconds)) * WINDOW_SECONDS)[1]
+
+
+def class_prior(bundle: HeadBundle) -> np.ndarray:
+    """The head's class base rates (fold mean), float32 in [0, 1]."""
+    return np.clip(np.mean([h.prior_ for h in bundle.folds], axis=0), 0.0, 1.0).astype(np.float32)
 
 
 def predict_file(path: Path, bundle: HeadBundle, extractors: list) -> tuple[list[str], np.ndarray]:
-    """Row ids and fold-averaged probabilities (windows × head classes) of one audio file."""
+    """Row ids and fold-averaged probabilities (windows × head classes) of the decodable windows of one file.
+
+    The windows follow the store's soundscape grid over the decoded audio (``round(seconds / 5)``
+    windows); raises :class:`embed.audio.AudioError` naming the file when it cannot be decoded
+    (empty, corrupt, NaN or inf samples).
+    """
     from embed.features import embed_file
 
     frame = bundle.config["frame"]
@@ -91,12 +130,55 @@ def predict_file(path: Path, bundle: HeadBundle, extractors: list) -> tuple[list
     return row_ids, probs.astype(np.float32)
 
 
-def prior_rows(path: Path, bundle: HeadBundle) -> tuple[list[str], np.ndarray]:
-    """Fallback for an undecodable file: 12 rows of the class prior, so the submission stays complete."""
-    starts = np.arange(12) * 5
-    _, row_ids = file_window_ids(path, starts)
-    prior = np.mean([h.prior_ for h in bundle.folds], axis=0)
-    return row_ids, np.tile(prior.astype(np.float32), (len(starts), 1))
+def prior_rows(path: Path, bundle: HeadBundle, n_windows: int | None = None) -> tuple[list[str], np.ndarray]:
+    """Fallback for an undecodable file: every expected row gets the class prior, so the submission stays complete."""
+    n = expected_window_count(path) if n_windows is None else n_windows
+    _, row_ids = file_window_ids(path, np.arange(n) * WINDOW_SECONDS)
+    return row_ids, np.tile(class_prior(bundle), (n, 1))
+
+
+def predict_soundscape(path: Path, bundle: HeadBundle, extractors: list) -> tuple[list[str], np.ndarray, str | None]:
+    """Every expected row of one soundscape (:func:`expected_row_ids`) and a warning, or None.
+
+    Never raises. A file that is missing, empty, undecodable or holds NaN/inf samples gets the
+    class prior on all its rows (NaN/inf samples are not repaired: the decoder's output cannot be
+    trusted, so no window of it is scored). A file with fewer decodable windows than expected
+    (truncated, or shorter than the competition's 60 s) is predicted on the windows it has and
+    gets the prior on the rest; so does a window whose probabilities come out non-finite.
+    """
+    n = expected_window_count(path)
+    expected = file_window_ids(path, np.arange(n) * WINDOW_SECONDS)[1]
+    prior = class_prior(bundle)
+    if not path.exists():
+        return (*prior_rows(path, bundle, n), f"file not found: {path} (wrote the class prior for its {n} rows)")
+    try:
+        row_ids, probs = predict_file(path, bundle, extractors)
+    except Exception as exc:  # any decode/model failure of one file must not sink the submission
+        reason = str(exc) if str(path) in str(exc) else f"{path}: {type(exc).__name__}: {exc}"
+        if not path.exists():
+            reason = f"file not found: {path}"
+        elif path.is_file() and path.stat().st_size == 0:
+            reason = f"{path}: empty file (0 bytes)"
+        return (*prior_rows(path, bundle, n), f"{reason} (wrote the class prior for its {n} rows)")
+    got = dict(zip(row_ids, probs, strict=True))
+    out = np.tile(prior, (n, 1))
+    bad = 0
+    for i, rid in enumerate(expected):
+        if rid in got:
+            if np.all(np.isfinite(got[rid])):
+                out[i] = np.clip(got[rid], 0.0, 1.0)
+            else:
+                bad += 1
+    problems = []
+    found = sum(rid in got for rid in expected)
+    if found < n:
+        header = header_seconds(path)
+        said = f"header says {header:.2f} s" if header is not None else "header unreadable"
+        problems.append(f"only {found} of its {n} expected {WINDOW_SECONDS}-s windows hold decodable audio "
+                        f"({said}; truncated or short file): the class prior for the other {n - found} rows")
+    if bad:
+        problems.append(f"{bad} window(s) gave non-finite probabilities: the class prior for them")
+    return expected, out, (f"{path}: " + "; ".join(problems)) if problems else None
 
 
 _WORKER: dict = {}
@@ -109,13 +191,8 @@ def _init_worker(head_dir: str, runtime: dict) -> None:
 
 
 def _predict_one(path: str) -> tuple[str, list[str], np.ndarray, str | None]:
-    bundle = _WORKER["bundle"]
-    try:
-        row_ids, probs = predict_file(Path(path), bundle, _WORKER["extractors"])
-        return path, row_ids, probs, None
-    except Exception as exc:  # any decode/model failure of one file must not sink the submission
-        row_ids, probs = prior_rows(Path(path), bundle)
-        return path, row_ids, probs, f"{path}: {type(exc).__name__}: {exc} (wrote the class prior for its rows)"
+    row_ids, probs, warning = predict_soundscape(Path(path), _WORKER["bundle"], _WORKER["extractors"])
+    return path, row_ids, probs, warning
 
 
 def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: dict) -> Iterator[tuple]:
@@ -140,7 +217,10 @@ def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, col
                   workers: int = 1, runtime: dict | None = None,
                   progress: Callable[[int], object] | None = None,
                   on_start: Callable[[int], object] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
-    """Predict every audio file; returns (row_ids, probs in ``columns`` order, per-file errors).
+    """Predict every audio file; returns (row_ids, probs in ``columns`` order, per-file warnings).
+
+    The row ids are exactly :func:`expected_row_ids` of every file (what the validator expects);
+    a bad file gets the class prior where it has no usable audio, and one warning.
 
     ``on_start(n_files)`` is called once every input is checked, before any file is decoded.
     """

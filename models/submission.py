@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -15,34 +14,63 @@ class SubmissionError(ValueError):
     """An invalid submission; the message names the row or column."""
 
 
+def _not_utf8(path: Path) -> SubmissionError:
+    """The error for a file that is not UTF-8, naming the line of its first bad byte."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8-sig")
+        where = ""
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        where = f" line {line}"
+    return SubmissionError(f"{path}{where}: not UTF-8 text")
+
+
 def read_header(path: Path) -> list[str]:
     if not Path(path).exists():
         raise SubmissionError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        header = next(csv.reader(fh), None)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), None)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+    except csv.Error as exc:
+        raise SubmissionError(f"{path} line 1: not a valid CSV line ({exc})") from None
     if not header:
         raise SubmissionError(f"{path}: empty file")
     return header
 
 
-def write_submission(path: str | os.PathLike, row_ids: list[str], probs: np.ndarray, columns: list[str]) -> Path:
-    """Write ``row_id`` + ``columns`` (the sample_submission order) atomically."""
+def write_submission(path: str | os.PathLike, row_ids: list[str], probs: np.ndarray, columns: list[str], *,
+                     sample_submission: str | os.PathLike | list[str] | None = None,
+                     expected_ids: list[str] | None = None) -> Path:
+    """Write ``row_id`` + ``columns`` (the sample_submission order) atomically.
+
+    The rows go to a temporary file beside ``path``, which is checked with
+    :func:`validate_submission` (against ``sample_submission``, default ``["row_id", *columns]``,
+    and ``expected_ids`` when given) and only then renamed to ``path``; on any failure ``path`` is
+    left as it was and the temporary file is removed.
+    """
     path = Path(path)
     if probs.shape != (len(row_ids), len(columns)):
         raise SubmissionError(f"predictions {probs.shape} do not match {len(row_ids)} rows x {len(columns)} classes")
     tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["row_id", *columns])
-        for rid, row in zip(row_ids, probs, strict=True):
-            writer.writerow([rid, *(f"{v:.6g}" for v in row)])
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["row_id", *columns])
+            for rid, row in zip(row_ids, probs, strict=True):
+                writer.writerow([rid, *(f"{v:.6g}" for v in row)])
+        try:
+            validate_submission(tmp, sample_submission if sample_submission is not None else ["row_id", *columns],
+                                expected_ids)
+        except SubmissionError as exc:
+            raise SubmissionError(f"{str(exc).replace(str(tmp), str(path))} ({path} not written)") from None
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
-
-
-def expected_row_ids(stems: Iterable[str], n_windows: int = 12, window_s: int = 5) -> list[str]:
-    return [f"{stem}_{window_s * (i + 1)}" for stem in stems for i in range(n_windows)]
 
 
 def validate_submission(path: str | os.PathLike, sample_submission: str | os.PathLike | list[str],
@@ -64,32 +92,43 @@ def validate_submission(path: str | os.PathLike, sample_submission: str | os.Pat
         raise SubmissionError(f"{path}: columns differ from sample_submission: missing {missing[:10]}, "
                               f"unexpected {extra[:10]}")
     seen: dict[str, int] = {}
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        for line, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                raise SubmissionError(f"{path} line {line}: {len(row)} fields, expected {len(header)}")
-            rid = row[0]
-            if rid in seen:
-                raise SubmissionError(f"{path} line {line}: row_id {rid!r} repeats line {seen[rid]}")
-            seen[rid] = line
-            for col, text in zip(header[1:], row[1:], strict=True):
-                try:
-                    value = float(text)
-                except ValueError:
-                    raise SubmissionError(f"{path} line {line} ({rid}), column {col}: {text!r} is not a number") from None
-                if math.isnan(value):
-                    raise SubmissionError(f"{path} line {line} ({rid}), column {col}: NaN")
-                if not 0.0 <= value <= 1.0:
-                    raise SubmissionError(f"{path} line {line} ({rid}), column {col}: {value} is outside [0, 1]")
+    line = 1
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            next(reader)
+            for line, row in enumerate(reader, start=2):
+                _check_row(path, line, row, header, seen)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+    except csv.Error as exc:
+        raise SubmissionError(f"{path} line {line + 1}: not a valid CSV line ({exc})") from None
     if not seen:
         raise SubmissionError(f"{path}: no rows")
     if expected_ids is not None:
+        wanted_ids = set(expected_ids)
         missing = [r for r in expected_ids if r not in seen]
-        extra = [r for r in seen if r not in set(expected_ids)]
+        extra = [r for r in seen if r not in wanted_ids]
         if missing:
             raise SubmissionError(f"{path}: {len(missing)} expected row_id(s) missing, e.g. {missing[:3]}")
         if extra:
             raise SubmissionError(f"{path}: {len(extra)} unexpected row_id(s), e.g. {extra[:3]}")
     return len(seen)
+
+
+def _check_row(path: Path, line: int, row: list[str], header: list[str], seen: dict[str, int]) -> None:
+    if len(row) != len(header):
+        raise SubmissionError(f"{path} line {line}: {len(row)} fields, expected {len(header)}")
+    rid = row[0]
+    if rid in seen:
+        raise SubmissionError(f"{path} line {line}: row_id {rid!r} repeats line {seen[rid]}")
+    seen[rid] = line
+    for col, text in zip(header[1:], row[1:], strict=True):
+        try:
+            value = float(text)
+        except ValueError:
+            raise SubmissionError(f"{path} line {line} ({rid}), column {col}: {text!r} is not a number") from None
+        if math.isnan(value):
+            raise SubmissionError(f"{path} line {line} ({rid}), column {col}: NaN")
+        if not 0.0 <= value <= 1.0:
+            raise SubmissionError(f"{path} line {line} ({rid}), column {col}: {value} is outside [0, 1]")

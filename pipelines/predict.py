@@ -2,8 +2,9 @@
 
 Embeds the audio with exactly the extractor versions the head was trained on (a mismatch is
 refused), applies every fold model and averages them, and writes row_id + one column per class in
-sample_submission.csv's order, then validates the file. A file that cannot be decoded gets the
-class prior for its 12 rows (reported) so the submission stays complete.
+sample_submission.csv's order, validated before it replaces ``--out`` (temp file + rename). A bad
+file (undecodable, empty, NaN/inf, truncated or shorter than 60 s) gets the class prior on every
+row it has no usable audio for, with one warning, so the submission stays complete.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from featurestore.store import FeatureStore, StoreError
 from models.experiments import best_head_id
 from models.frame import class_names_of
 from models.predict import predict_audio
-from models.submission import read_header, validate_submission, write_submission
+from models.submission import read_header, write_submission
 from models.training import HEADS_DIR
 from pipelines._cli import add_quiet, add_store, add_workers, parser, progress, run_main
 from pipelines.validate_submission import expected_ids_for_audio
@@ -55,11 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for bar in bars:
             bar.close()
-    write_submission(args.out, row_ids, probs, columns)
     for error in errors:
         print(f"warning: {error}", file=sys.stderr)
-    n = validate_submission(args.out, args.sample or ["row_id", *columns], expected_ids_for_audio(args.audio))
-    print(f"wrote {args.out}: {n} rows x {len(columns)} classes from head {head_id} (validated)")
+    # validated before it replaces args.out: a failed check leaves no (or the previous) file
+    write_submission(args.out, row_ids, probs, columns, sample_submission=args.sample or ["row_id", *columns],
+                     expected_ids=expected_ids_for_audio(args.audio))
+    print(f"wrote {args.out}: {len(row_ids)} rows x {len(columns)} classes from head {head_id} (validated)")
     return 0
 
 

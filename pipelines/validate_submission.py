@@ -1,7 +1,9 @@
 """``python -m pipelines.validate_submission``: check a submission.csv before uploading it.
 
 Checks the columns and their order against sample_submission.csv, unique row ids, numbers, NaN and
-the [0, 1] range, and (with --audio) that every 5-s window of every soundscape has exactly one row.
+the [0, 1] range, and (with --audio) that every 5-s window of every soundscape has exactly one row:
+each file is expected to cover the competition's 60 s, or what its header says when that is more
+(an undecodable, truncated or short file still needs all its rows; predict writes exactly these).
 Exit 0 when valid; an invalid file prints one ``error: ...`` line on stderr and exits 2.
 """
 
@@ -9,9 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import soundfile as sf
-
-from models.predict import list_audio
+from models.predict import expected_row_ids, list_audio
 from models.submission import validate_submission
 from pipelines._cli import parser, run_main
 
@@ -21,23 +21,14 @@ Example:
       --audio data/test_soundscapes
 """
 
-SOUNDSCAPE_SECONDS = 60
 
+def expected_ids_for_audio(audio_dir: Path) -> list[str]:
+    """row_ids of every expected 5-s window of every audio file in a folder (never raises for a bad file).
 
-def expected_ids_for_audio(audio_dir: Path, window_s: int = 5) -> list[str]:
-    """row_ids of every 5-s window (ends 5, 10, ... rounded duration) of every audio file in a folder.
-
-    A file whose header cannot be read is expected to be a full 60-s competition soundscape.
+    Each file is a competition soundscape: 60 s, or what its header says when it is readable and
+    says more (:func:`models.predict.expected_row_ids`, the rows predict writes for it).
     """
-    ids = []
-    for path in list_audio(audio_dir):
-        try:
-            seconds = sf.info(str(path)).duration
-        except (sf.LibsndfileError, RuntimeError):
-            seconds = SOUNDSCAPE_SECONDS
-        n = max(1, round(seconds / window_s))
-        ids += [f"{path.stem}_{window_s * (i + 1)}" for i in range(n)]
-    return ids
+    return [rid for path in list_audio(audio_dir) for rid in expected_row_ids(path)]
 
 
 def main(argv: list[str] | None = None) -> int:

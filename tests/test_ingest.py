@@ -179,3 +179,36 @@ def test_kill_9_mid_run_then_resume_gives_exact_rows(demo_data: Path, tmp_path: 
         assert a.current_version("windows") == b.current_version("windows")
         assert a.sql("SELECT path, sha256_pcm FROM audio_inventory ORDER BY path").equals(
             b.sql("SELECT path, sha256_pcm FROM audio_inventory ORDER BY path"))
+
+
+# ---------------------------------------------------------------------------- audio QA flags (issue 10, item 10)
+def test_qa_flags_all_zero_and_low_rate_audio_and_names_a_deleted_file(shared_data: Path, tmp_path: Path) -> None:
+    from scipy.signal import resample_poly
+
+    from featurestore.audio_qa import inspect_audio
+
+    real = shared_data / "bc2026" / "train_audio" / "1595929" / "iNat1242532.ogg"   # 32 kHz, 35 s
+    clean = inspect_audio(real, "train_audio", "1595929/iNat1242532.ogg")
+    field = inspect_audio(shared_data / "field" / "spinetail.wav", "field", "spinetail.wav")   # 44.1 kHz
+    assert clean["error"] is None and clean["warning"] is None
+    assert field["error"] is None and field["warning"] is None
+
+    audio, rate = sf.read(str(real), dtype="float32")
+    low = tmp_path / "low_rate.wav"   # the same clip decimated to 8 kHz
+    sf.write(str(low), resample_poly(audio, 1, rate // 8000).astype(np.float32), 8000, subtype="PCM_16")
+    row = inspect_audio(low, "train_audio", "low_rate.wav")
+    assert row["error"] is None and row["sample_rate"] == 8000
+    assert row["warning"] == (f"{low}: sample rate 8000 Hz is below 32000 Hz (a low-rate or wrong file: the models "
+                              "see it upsampled, with nothing above 4 kHz)")
+
+    silent = tmp_path / "silent.ogg"   # the clip's length and format, every sample zero
+    sf.write(str(silent), np.zeros_like(audio), rate, format="OGG", subtype="VORBIS")
+    row = inspect_audio(silent, "train_audio", "silent.ogg")
+    assert row["error"] is None and row["peak"] == 0.0 and row["silent_frame_fraction"] == 1.0
+    assert row["warning"] == f"{silent}: every sample is zero (digital silence: a dead channel or a failed recording)"
+
+    gone = tmp_path / "deleted.ogg"
+    shutil.copy(real, gone)
+    gone.unlink()
+    row = inspect_audio(gone, "train_audio", "deleted.ogg")
+    assert row["error"] == f"file not found: {gone}" and row["sha256_bytes"] is None

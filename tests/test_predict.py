@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.csv as pacsv
 import pytest
+import soundfile as sf
 
 from featurestore.store import StoreError
 from models.frame import FrameSpec
 from models.metrics import competition_score
-from models.predict import build_extractors, load_bundle, predict_file
-from models.submission import SubmissionError, validate_submission
+from models.predict import build_extractors, class_prior, load_bundle, predict_file, predict_soundscape
+from models.submission import SubmissionError, validate_submission, write_submission
 from models.training import HEADS_DIR, train_head
 from pipelines.validate_submission import expected_ids_for_audio
 
@@ -114,7 +115,7 @@ def test_validator_rejects_order_missing_row_and_nan(submission: Path, demo_data
         validate_submission(_rewrite(submission, tmp_path / "c.csv", nan), sample, expected)
     cli = subprocess.run([sys.executable, "-m", "pipelines.validate_submission", str(tmp_path / "c.csv"),
                           "--sample", str(sample)], cwd=REPO, capture_output=True, text=True)
-    assert cli.returncode == 1 and "invalid:" in cli.stdout and "NaN" in cli.stdout
+    assert cli.returncode == 2 and cli.stderr.startswith("error: ") and "NaN" in cli.stderr
 
 
 def test_a_different_model_file_is_refused(trained: tuple[Path, str], tmp_path: Path) -> None:
@@ -126,3 +127,107 @@ def test_a_different_model_file_is_refused(trained: tuple[Path, str], tmp_path: 
     (copy / "extractors.json").write_text(json.dumps(params))
     with pytest.raises(ValueError, match="installed BirdNET model: sha256 .* differs from the stored 000000000000"):
         build_extractors(load_bundle(copy))
+
+
+# ---------------------------------------------------------------------------- bad test audio (issue 10, item 4)
+def _rows(path: Path) -> dict[str, list[str]]:
+    with open(path) as fh:
+        return {row[0]: row[1:] for row in list(csv.reader(fh))[1:]}
+
+
+def test_bad_test_files_get_every_row_from_the_prior_with_one_warning_each(
+        trained: tuple[Path, str], submission: Path, demo_data: Path, tmp_path: Path) -> None:
+    """Two real test soundscapes plus four bad files: predict writes a submission the validator accepts."""
+    store, head_id = trained
+    real = sorted((demo_data / "test_soundscapes").glob("*.ogg"))
+    audio = tmp_path / "test_soundscapes"
+    audio.mkdir()
+    for path in real[:2]:
+        shutil.copy(path, audio / path.name)
+    bad = {name: audio / name for name in (
+        "BC2026_Test_0101_S09_20240301_000000.ogg", "BC2026_Test_0102_S09_20240301_001000.wav",
+        "BC2026_Test_0103_S09_20240301_002000.ogg", "BC2026_Test_0104_S09_20240301_003000.wav")}
+    empty, nan, truncated, short = bad.values()
+    empty.write_bytes(b"")                                                              # zero bytes
+    sf.write(str(nan), np.full(60 * 32000, np.nan, np.float32), 32000, subtype="FLOAT")  # 60 s of NaN
+    blob = real[2].read_bytes()
+    truncated.write_bytes(blob[: len(blob) // 2])                                       # half the bytes
+    samples, rate = sf.read(str(real[3]), dtype="float32")
+    sf.write(str(short), samples[: 20 * rate], rate, subtype="FLOAT")                   # its first 20 s
+    decoded_s = sf.info(str(truncated)).duration
+    kept = round(decoded_s / 5)
+    assert 20 < decoded_s < 40 and 4 <= kept <= 8
+
+    out = tmp_path / "submission.csv"
+    sample = demo_data / "sample_submission.csv"
+    result = subprocess.run([sys.executable, "-m", "pipelines.predict", "--store", str(store), "--head-id", head_id,
+                             "--audio", str(audio), "--out", str(out), "--sample", str(sample), "--workers", "2",
+                             "--quiet"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        f"warning: {empty}: empty file (0 bytes) (wrote the class prior for its 12 rows)",
+        f"warning: {nan}: decoded audio contains NaN or inf (wrote the class prior for its 12 rows)",
+        f"warning: {truncated}: only {kept} of its 12 expected 5-s windows hold decodable audio (header says "
+        f"{decoded_s:.2f} s; truncated or short file): the class prior for the other {12 - kept} rows",
+        f"warning: {short}: only 4 of its 12 expected 5-s windows hold decodable audio (header says 20.00 s; "
+        "truncated or short file): the class prior for the other 8 rows"]
+    expected = expected_ids_for_audio(audio)
+    assert len(expected) == 6 * 12
+    assert validate_submission(out, sample, expected) == 72
+    cli = subprocess.run([sys.executable, "-m", "pipelines.validate_submission", str(out), "--sample", str(sample),
+                          "--audio", str(audio)], cwd=REPO, capture_output=True, text=True)
+    assert cli.returncode == 0 and cli.stdout.startswith("valid: 72 rows"), cli.stderr
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    got, alone = _rows(out), _rows(submission)   # ``submission``: the demo folder without the bad files
+    assert list(got) == expected
+    for path in real[:2]:   # the good files' rows are exactly those of the run without the bad files
+        ids = [f"{path.stem}_{end}" for end in range(5, 65, 5)]
+        assert [got[r] for r in ids] == [alone[r] for r in ids]
+    bundle = load_bundle(store / HEADS_DIR / head_id)
+    with open(sample) as fh:
+        columns = next(csv.reader(fh))[1:]
+    prior = class_prior(bundle)[[bundle.class_names.index(c) for c in columns]]
+    prior_row = [f"{v:.6g}" for v in prior]
+
+    def rows_of(path: Path) -> list[list[str]]:
+        return [got[f"{path.stem}_{end}"] for end in range(5, 65, 5)]
+    assert rows_of(empty) == rows_of(nan) == [prior_row] * 12
+    for path, source, n in ((truncated, real[2], kept), (short, real[3], 4)):
+        rows = rows_of(path)
+        assert rows[n:] == [prior_row] * (12 - n) and prior_row not in rows[:n]
+        # windows wholly inside the decodable audio score as in the complete file
+        whole = [f"{source.stem}_{end}" for end in range(5, 5 * n, 5)]
+        np.testing.assert_allclose(np.array(rows[: n - 1], float), np.array([alone[r] for r in whole], float),
+                                   atol=1e-4)
+
+
+def test_a_deleted_file_gets_prior_rows_and_says_file_not_found(trained: tuple[Path, str], tmp_path: Path) -> None:
+    store, head_id = trained
+    bundle = load_bundle(store / HEADS_DIR / head_id)
+    gone = tmp_path / "BC2026_Test_0009_S01_20240101_000000.ogg"
+    row_ids, probs, warning = predict_soundscape(gone, bundle, extractors=[])
+    assert row_ids == [f"{gone.stem}_{end}" for end in range(5, 65, 5)]
+    np.testing.assert_array_equal(probs, np.tile(class_prior(bundle), (12, 1)))
+    assert warning == f"file not found: {gone} (wrote the class prior for its 12 rows)"
+
+
+def test_write_submission_replaces_the_file_only_once_valid(tmp_path: Path) -> None:
+    out = tmp_path / "submission.csv"
+    out.write_text("previous\n")
+    columns = ["a1", "b2"]
+    probs = np.array([[0.1, 0.2], [0.3, 0.4]], np.float32)
+    with pytest.raises(SubmissionError, match=rf"1 expected row_id\(s\) missing.*\({out} not written\)"):
+        write_submission(out, ["x_5", "x_10"], probs, columns, expected_ids=["x_5", "x_10", "x_15"])
+    assert out.read_text() == "previous\n" and sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]
+    with pytest.raises(SubmissionError, match=r"line 3 \(x_10\), column b2: NaN"):
+        write_submission(out, ["x_5", "x_10"], np.array([[0.1, 0.2], [0.3, np.nan]]), columns)
+    assert out.read_text() == "previous\n"
+    write_submission(out, ["x_5", "x_10"], probs, columns, expected_ids=["x_5", "x_10"])
+    assert _rows(out) == {"x_5": ["0.1", "0.2"], "x_10": ["0.3", "0.4"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("row_id,a1,b2\nx_5,0.1,0.2\nJacaré_10,0.3,0.4\n".encode("latin-1"))
+    with pytest.raises(SubmissionError, match=r"latin1\.csv line 3: not UTF-8 text"):
+        validate_submission(latin1, ["row_id", *columns])

@@ -80,3 +80,22 @@ def test_a_killed_train_leaves_no_head_that_predict_or_the_leaderboard_can_see(s
     result = train_head(store, "linear", FrameSpec("birdnet"))  # the re-run completes and clears the remains
     assert [p.name for p in (store / HEADS_DIR).iterdir()] == [result.head_id]
     assert len(list((store / HEADS_DIR / result.head_id).glob("fold_*/head.json"))) == 5
+
+
+def test_a_second_embed_of_the_same_shard_stops_at_once_naming_the_first(store: Path) -> None:
+    from embed.job import run_embed
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from featurestore.store import StoreLock; "
+         "StoreLock(sys.argv[1], 'embed-0of1.lock').acquire(); print('held', flush=True); time.sleep(120)",
+         str(store)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreError, match=rf"shard 0/1 is already being embedded: .*pid {holder.pid}"):
+            run_embed(store, ("classical",), workers=1)
+        run_embed(store, ("classical",), workers=1, shard="1/2")  # another shard is free to run
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = run_embed(store, ("classical",), workers=1)  # the holder is gone: the lock is free again
+    assert "classical" in summary.render()
