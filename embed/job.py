@@ -76,6 +76,7 @@ class TaskResult:
     windows: dict[str, int] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     errors: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int]:
@@ -192,6 +193,10 @@ def run_task(extractors: list[Extractor], task: list[FileTask], parts_root: Path
         except AudioError as exc:
             result.errors += [{"file": f.key, "extractor_version": v, "message": str(exc)} for v in f.windows]
             continue
+        if audio.duration_s + 0.5 < f.duration_s:  # the file changed since ingest (e.g. truncated by a copy)
+            result.notes.append(f"{f.path}: {audio.duration_s:.1f} s of audio now, {f.duration_s:.1f} s at ingest; "
+                                "its windows past the end were embedded as padding (re-run pipelines.ingest "
+                                "if the file changed)")
         written_at = utc_now()
         for ex in extractors:
             todo = f.windows.get(ex.version)
@@ -470,6 +475,7 @@ def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple
     now: dict[str, int] = {}
     rows: dict[str, int] = {}
     errors: list[dict] = []
+    file_notes: list[str] = []
     audio_s, n_files = 0.0, 0
     for result in execute(exs, tasks, parts_root, workers, runtime):
         for k, v in result.windows.items():
@@ -477,6 +483,7 @@ def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple
         for k, v in result.rows.items():
             rows[k] = rows.get(k, 0) + v
         errors += result.errors
+        file_notes += result.notes
         audio_s += result.audio_s
         n_files += result.files
         if progress:
@@ -491,6 +498,6 @@ def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple
             missing |= {(key, ex.version) for key, ws in by_file.items() if any(w["window_id"] not in present
                                                                                for w in ws)}
         _forget_fixed_errors(store, set(by_file), missing)
-    notes = [n for ex in exs for n in getattr(ex, "notes", [])]
+    notes = [n for ex in exs for n in getattr(ex, "notes", [])] + file_notes
     return EmbedSummary(root, str(data), shard, workers, {ex.name: ex.version for ex in exs}, scope, before, now,
                         stored, rows, n_files, audio_s, time.perf_counter() - t_start, errors, notes)

@@ -185,7 +185,6 @@ _WORKER: dict = {}
 
 
 def _init_worker(head_dir: str, runtime: dict) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     bundle = load_bundle(head_dir)
     _WORKER.update(bundle=bundle, extractors=build_extractors(bundle, **runtime))
 
@@ -202,7 +201,20 @@ def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: d
         yield from map(_predict_one, map(str, files))
         return
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(workers, len(files)), initializer=_init_worker, initargs=(str(head_dir), runtime)) as pool:
+    # spawned workers read the environment at start: one OpenMP/BLAS thread each (we parallelise by
+    # process); this process's own environment is restored at once, so later work is unaffected
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {n: os.environ.get(n) for n in names}
+    os.environ.update(dict.fromkeys(names, "1"))
+    try:
+        pool = ctx.Pool(min(workers, len(files)), initializer=_init_worker, initargs=(str(head_dir), runtime))
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+    with pool:
         yield from pool.imap(_predict_one, map(str, files), chunksize=1)
 
 

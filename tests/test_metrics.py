@@ -151,7 +151,7 @@ def test_evaluate_report(multilabel):
             ("overlap", ">=3 labels"), ("fold", "4"), ("hour", "23")} <= slices
     assert report.per_class.column("bucket").to_pylist()[:5] == ["rare", "rare", "rare", "rare", "mid"]
     text = report.render()
-    assert "competition AUC" in text and "fold mean" in text and "bootstrap CI" in text
+    assert "pooled AUC" in text and "fold mean" in text and "bootstrap CI" in text
 
 
 def test_competition_score_matches_rows_by_id(multilabel):

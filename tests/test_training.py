@@ -43,9 +43,8 @@ def ladder(store: Path) -> dict:
 
 def test_baseline_ladder_is_ordered(ladder: dict) -> None:
     auc = {k: r.fold_mean for k, r in ladder.items()}
-    assert auc["prior"] < max(auc["zeroshot"], auc["classical"]) < max(auc["linear"], auc["lgbm"])
-    assert auc["linear"] > auc["classical"] > auc["prior"]
-    assert ladder["lgbm"].fold_mean >= 0.9, ladder["lgbm"].render()
+    assert auc["prior"] < auc["zeroshot"] < min(auc["classical"], auc["linear"], auc["lgbm"])
+    assert min(auc["linear"], auc["lgbm"]) >= 0.9, {k: r.render() for k, r in ladder.items()}
     for run in ladder.values():
         assert run.eval_rows == "labelled soundscape windows" and run.scored_on == "soundscape"
         assert run.mode == "full" and run.n_classes_degenerate == 0

@@ -99,3 +99,23 @@ def test_a_second_embed_of_the_same_shard_stops_at_once_naming_the_first(store: 
         holder.wait()
     summary = run_embed(store, ("classical",), workers=1)  # the holder is gone: the lock is free again
     assert "classical" in summary.render()
+
+
+def test_a_file_truncated_after_ingest_is_noted_by_embed(demo_store: Path, tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from embed.job import run_embed
+
+    store = tmp_path / "store"
+    shutil.copytree(demo_store, store)
+    with FeatureStore.open(store, read_only=True) as fs:
+        data = Path(fs.first("SELECT data_dir FROM ingest_runs ORDER BY run_at DESC LIMIT 1")[0])
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    victim = sorted((copy / "test_soundscapes").glob("*.ogg"))[0]
+    audio, rate = sf.read(str(victim), dtype="float32")
+    sf.write(str(victim), audio[: 20 * rate], rate, format="OGG", subtype="VORBIS")  # 60 s -> 20 s
+    summary = run_embed(store, ("classical",), data_dir=copy, sources=["test_soundscapes"], workers=1)
+    noted = [n for n in summary.notes if victim.name in n]
+    assert len(noted) == 1 and "20.0 s of audio now, 60.0 s at ingest" in noted[0]
+    assert sum(victim.name in n for n in summary.render().splitlines()) == 1
