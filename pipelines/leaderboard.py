@@ -28,7 +28,7 @@ def _f(value, fmt: str = ".4f") -> str:
 def render(table: pa.Table) -> str:
     rows = table.to_pylist()
     lines: list[str] = []
-    header = (f"{'#':>2}  {'head_id':<20} {'tag':<9} {'features':<18} {'fold mean':>9} {'± std':>7} "
+    header = (f"{'#':>2}  {'head_id':<22} {'tag':<9} {'features':<18} {'fold mean':>9} {'± std':>7} "
               f"{'pooled':>7} {'gap':>7} {'95% CI':>15} {'rare':>6} {'cls':>4} {'degen':>5} {'scored on':<10} "
               f"{'windows':>7} {'train s':>8}")
     for mode in MODES:
@@ -41,7 +41,7 @@ def render(table: pa.Table) -> str:
             ci = f"[{_f(r['ci_low'], '.3f')}, {_f(r['ci_high'], '.3f')}]" if r["ci_low"] is not None else "-"
             tag = r["tag"] if r["head"] not in ("prior", "zeroshot") else f"base/{r['tag']}"
             lines.append(
-                f"{r['rank']:>2}  {r['head_id']:<20} {tag:<9} {r['features']:<18} {_f(r['fold_mean']):>9} "
+                f"{r['rank']:>2}  {r['head_id']:<22} {tag:<9} {r['features']:<18} {_f(r['fold_mean']):>9} "
                 f"{_f(r['fold_std']):>7} {_f(r['oof_auc'], '.3f'):>7} {_f(r['calibration_gap'], '+.3f'):>7} "
                 f"{ci:>15} {_f(r['rare_auc'], '.3f'):>6} {_f(r['n_classes_scored'], 'd'):>4} "
                 f"{_f(r['n_classes_degenerate'], 'd'):>5} {r['scored_on'] or '-':<10} "
