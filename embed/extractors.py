@@ -33,6 +33,23 @@ WINDOW_SECONDS = 5
 FRAME_CHUNK = 64  # frames cut and run at a time
 
 
+
+@contextlib.contextmanager
+def single_threaded_children():
+    """Processes spawned inside read one BLAS/OpenMP thread each from the environment (we parallelise by
+    process); this process's own environment is restored on exit, so later work here is unaffected."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {n: os.environ.get(n) for n in names}
+    os.environ.update(dict.fromkeys(names, "1"))
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+
 @dataclass
 class FrameOutput:
     """Per-frame outputs of a frame model for one file."""

@@ -20,7 +20,6 @@ written atomically, so a run killed with ``kill -9`` and re-run ends with every 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -36,7 +35,13 @@ import numpy as np
 import pyarrow as pa
 
 from embed.audio import Audio, AudioError
-from embed.extractors import Extractor, FrameOutput, WindowOutput, extractor_from_params
+from embed.extractors import (
+    Extractor,
+    FrameOutput,
+    WindowOutput,
+    extractor_from_params,
+    single_threaded_children,
+)
 from embed.features import VERSIONS_TABLE
 from featurestore.competition import DataError
 from featurestore.store import (
@@ -245,22 +250,6 @@ def _worker_task(task: list[FileTask]) -> TaskResult:
                     still_wanted=lambda: os.getppid() == _WORKER["parent"])
 
 
-@contextlib.contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    """Spawned workers inherit the environment: one BLAS/OpenMP thread each (we parallelise by process)."""
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {n: os.environ.get(n) for n in names}
-    os.environ.update(dict.fromkeys(names, "1"))
-    try:
-        yield
-    finally:
-        for n, v in saved.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
-
-
 def execute(extractors: list[Extractor], tasks: list[list[FileTask]], parts_root: Path, workers: int,
             runtime: dict) -> Iterator[TaskResult]:
     """Results of ``tasks`` as they finish; one worker runs inline with the parent's extractors."""
@@ -270,7 +259,7 @@ def execute(extractors: list[Extractor], tasks: list[list[FileTask]], parts_root
         return
     ctx = multiprocessing.get_context("spawn")  # never fork a DuckDB connection or an interpreter
     params = [ex.params() for ex in extractors]
-    with _single_threaded_children():
+    with single_threaded_children():
         pool = ctx.Pool(min(workers, len(tasks)), initializer=_init_worker,
                         initargs=(params, runtime, str(parts_root)))
     with pool:

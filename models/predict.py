@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from embed.extractors import single_threaded_children
 from featurestore.competition import WINDOW_SECONDS
 from featurestore.store import StoreError
 from models.frame import add_context
@@ -201,19 +202,8 @@ def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: d
         yield from map(_predict_one, map(str, files))
         return
     ctx = multiprocessing.get_context("spawn")
-    # spawned workers read the environment at start: one OpenMP/BLAS thread each (we parallelise by
-    # process); this process's own environment is restored at once, so later work is unaffected
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {n: os.environ.get(n) for n in names}
-    os.environ.update(dict.fromkeys(names, "1"))
-    try:
+    with single_threaded_children():  # the workers start here, with one BLAS thread each
         pool = ctx.Pool(min(workers, len(files)), initializer=_init_worker, initargs=(str(head_dir), runtime))
-    finally:
-        for n, v in saved.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
     with pool:
         yield from pool.imap(_predict_one, map(str, files), chunksize=1)
 
