@@ -53,10 +53,14 @@ def ensure_table(store: FeatureStore) -> None:
     """Create the table, or add the columns an older store lacks."""
     cols = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
     store.con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({cols})")
-    have = {r[0] for r in store.rows(f"SELECT column_name FROM duckdb_columns() WHERE table_name = '{TABLE}'")}
+    have = _columns(store)
     for name, kind in COLUMNS.items():
         if name not in have:
             store.con.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {kind}")
+
+
+def _columns(store: FeatureStore) -> set[str]:
+    return {r[0] for r in store.rows(f"SELECT column_name FROM duckdb_columns() WHERE table_name = '{TABLE}'")}
 
 
 def record(store: FeatureStore, row: dict) -> None:
@@ -95,11 +99,10 @@ def ranked(store: FeatureStore, flt: BoardFilter = BoardFilter()) -> pa.Table:
     empty = pa.table({c: pa.array([], pa.string()) for c in BOARD_COLUMNS})
     if not store.has_plain_table(TABLE):
         return empty
-    ensure_readable = {r[0] for r in store.rows(
-        f"SELECT column_name FROM duckdb_columns() WHERE table_name = '{TABLE}'")}
+    have = _columns(store)  # an older store may lack the newer columns: read them as NULL
     mode_expr = ("coalesce(mode, CASE WHEN tag = 'replay' THEN 'replay' ELSE 'full' END)"
-                 if "mode" in ensure_readable else "CASE WHEN tag = 'replay' THEN 'replay' ELSE 'full' END")
-    select = {c: c if c in ensure_readable else f"NULL AS {c}" for c in BOARD_COLUMNS if c not in ("rank", "mode")}
+                 if "mode" in have else "CASE WHEN tag = 'replay' THEN 'replay' ELSE 'full' END")
+    select = {c: c if c in have else f"NULL AS {c}" for c in BOARD_COLUMNS if c not in ("rank", "mode")}
     where, params = [], []
     for column, value in (("tag", flt.tag), ("head", flt.head)):
         if value:

@@ -265,10 +265,7 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
     scorable the headline is NaN and a warning says why. The head folder is assembled under a
     temporary name and renamed into place after its last fold, so no reader sees half a head.
     """
-    overrides = dict(overrides or {})
-    if kind == "lgbm":
-        overrides.setdefault("seed", seed)
-    params = make_params(kind, overrides)
+    params = head_params(kind, overrides, seed)
     spec.check()
     subsample = subsample if subsample is not None and subsample.active else None
     if replay and subsample:
@@ -329,13 +326,14 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
         pooled = report.auc if report else nan
         ci = report.ci if report and report.ci else (None, None)
         fold_scores = {str(k): _nan_to_none(v) for k, v in report.fold_scores.items()} if report else {}
+        n_scored = report.n_scored_classes if report else 0
+        n_degenerate = report.n_degenerate_classes if report else 0
         record(store, {
             "head_id": head_id, "head": kind, "tag": tag or mode, "features": spec.features,
             "params": json.dumps(asdict(params)), "config": json.dumps(config, sort_keys=True),
             "fold_version": fold_version, "data_version": data_version,
             "feature_versions": json.dumps(frame.feature_versions), "seed": seed,
-            "eval_rows": SCORED_ON_TEXT[scored_on], "n_train_windows": int(((folds != -1) & (
-                train_mask if train_mask is not None else True)).sum()),
+            "eval_rows": SCORED_ON_TEXT[scored_on], "n_train_windows": n_training_windows(folds, train_mask),
             "oof_auc": _nan_to_none(pooled), "fold_mean": _nan_to_none(fold_mean), "fold_std": _nan_to_none(fold_std),
             "ci_low": _nan_to_none(ci[0]), "ci_high": _nan_to_none(ci[1]),
             "rare_auc": _slice_value(report, "frequency", "rare") if report else None,
@@ -346,13 +344,25 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
             "mode": mode, "scored_on": scored_on, "n_eval_windows": int(eval_mask.sum()),
             "n_folds_scored": sum(v is not None for v in fold_scores.values()), "fold_scores": json.dumps(fold_scores),
             "calibration_gap": _nan_to_none(pooled - fold_mean),
-            "n_classes_scored": report.n_scored_classes if report else 0,
-            "n_classes_degenerate": report.n_degenerate_classes if report else 0,
+            "n_classes_scored": n_scored, "n_classes_degenerate": n_degenerate,
             "degenerate_classes": json.dumps(report.degenerate if report else [])})
     return ExperimentResult(head_id, kind, fold_mean, fold_std, pooled, report, train_s, predict_s, oof_path,
-                            SCORED_ON_TEXT[scored_on], scored_on, mode,
-                            report.n_scored_classes if report else 0,
-                            report.n_degenerate_classes if report else 0, warnings)
+                            SCORED_ON_TEXT[scored_on], scored_on, mode, n_scored, n_degenerate, warnings)
+
+
+def head_params(kind: str, overrides: dict | None, seed: int):
+    """The head's parameter dataclass for a run: ``overrides`` applied, and the run's seed for LightGBM
+    unless given (the same parameters for training and tuning, hence the same head id)."""
+    overrides = dict(overrides or {})
+    if kind == "lgbm":
+        overrides.setdefault("seed", seed)
+    return make_params(kind, overrides)
+
+
+def n_training_windows(folds: np.ndarray, train_mask: np.ndarray | None) -> int:
+    """Windows some fold model may train on: every folded window, cut by ``train_mask`` when given."""
+    usable = folds != -1
+    return int((usable & train_mask).sum() if train_mask is not None else usable.sum())
 
 
 def run_config(kind: str, params, spec: FrameSpec, *, fold_version: str, data_version: str | None,

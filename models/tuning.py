@@ -46,6 +46,8 @@ from models.training import (
     focal_cap_mask,
     fold_assignment,
     fold_score,
+    head_params,
+    n_training_windows,
     run_config,
     train_head,
 )
@@ -207,7 +209,7 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
     if scored_on == "none":
         raise StoreError("no labelled window is scorable in any fold (no class with both a positive and a "
                          "negative); tuning would optimise nothing")
-    n_train = int(((folds != -1) & (train_mask if train_mask is not None else True)).sum())
+    n_train = n_training_windows(folds, train_mask)
     attrs = json.loads(json.dumps(spec.attributes(fold_version)))  # as stored: tuples become lists
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -237,9 +239,8 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
 
     def objective(trial) -> float:
         params = {**spec.fixed, **{name: dim.suggest(trial, name) for name, dim in space.items()}}
-        overrides = {**params, "seed": spec.seed} if spec.kind == "lgbm" and "seed" not in params else params
-        head_params = make_params(spec.kind, overrides)
-        _, head_id = run_config(spec.kind, head_params, spec.frame, fold_version=fold_version,
+        chosen = head_params(spec.kind, params, spec.seed)
+        _, head_id = run_config(spec.kind, chosen, spec.frame, fold_version=fold_version,
                                 data_version=data_version, feature_versions=frame.feature_versions,
                                 seed=spec.seed)
         trial.set_user_attr("head_id", head_id)
@@ -265,7 +266,7 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
                     trial.set_user_attr("seconds", time.perf_counter() - t0)
                     raise optuna.TrialPruned(f"fold {f} AUC {value:.4f} below the median of earlier trials")
 
-        cross_validate(frame, folds, spec.kind, asdict(head_params), None, on_fold, train_mask=train_mask,
+        cross_validate(frame, folds, spec.kind, asdict(chosen), None, on_fold, train_mask=train_mask,
                        run_folds=run_folds or None)
         values = np.array([v for v in per_fold.values() if not math.isnan(v)])
         trial.set_user_attr("seconds", time.perf_counter() - t0)
