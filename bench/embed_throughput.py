@@ -43,7 +43,7 @@ def cpu_seconds() -> float:
 def prepare(data: Path | None, work: Path, sources: list[str], n_files: int) -> tuple[Path, list[Path], float]:
     """An ingested store restricted to ``n_files`` files of ``sources``; returns (store, files, audio seconds)."""
     if data is None:
-        from pipelines.demo_data import SMALL, generate_demo_dataset
+        from featurestore.demo_data import SMALL, generate_demo_dataset
         data = generate_demo_dataset(work / "demo", SMALL, seed=11)
     store = work / "store"
     run_ingest(data, store, workers=os.cpu_count())

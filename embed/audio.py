@@ -25,14 +25,11 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import firwin, resample_poly, upfirdn
 
-from featurestore.competition import WINDOW_SECONDS, DataError
+from featurestore.errors import AudioError
+from featurestore.windows import WINDOW_SECONDS
 
 STREAM_ABOVE_S = 300.0   # Audio.open streams files longer than this (seconds, from the header)
 BLOCK_SECONDS = 30.0     # decode block of a streamed file
-
-
-class AudioError(DataError):
-    """An audio file cannot be decoded; the message names the file."""
 
 
 def _mono(samples: np.ndarray) -> np.ndarray:

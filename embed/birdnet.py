@@ -15,14 +15,19 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
-from embed.extractors import EMBED_CODE_VERSION, FrameModel, file_sha256
-from embed.tflite import ModelError, TFLiteRunner, dense_after, with_extra_outputs
+from embed.extractors import EMBED_CODE_VERSION, FrameModel, View, file_sha256
+from embed.tflite import TFLiteRunner, dense_after, with_extra_outputs
+from featurestore.errors import ModelError
+
+if TYPE_CHECKING:  # taxonomy tables come from a store; predicting from a head folder needs no pyarrow
+    import pyarrow as pa
 
 MODEL_FILE = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 LABELS_FILE = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
@@ -36,6 +41,11 @@ N_CLASSES = 6522
 PATCH_VERSION = 1
 CACHE_ENV = "BIRDCLEF_STACK_CACHE"
 VERIFY_ATOL = 1e-3
+CLASS_MAP_TABLE = "birdnet_class_map"
+# the views BirdNET produces; LOGITS_VIEW names the logit columns "birdnet_logit:<primary_label>",
+# which the zero-shot head (models.heads.ZERO_SHOT_PREFIX) reads
+EMBEDDING_VIEW = View("birdnet", "embedding", "birdnet")
+LOGITS_VIEW = View("birdnet_logits", "logits", "birdnet_logit", labels="logit_labels")
 
 
 def birdnet_files() -> tuple[Path, Path]:
@@ -170,6 +180,8 @@ def class_map(taxonomy: pa.Table, labels: list[str] | None = None) -> pa.Table:
         out["birdnet_index"].append(index)
         out["birdnet_label"].append(labels[index] if index is not None else None)
         out["match_kind"].append(kind if index is not None else None)
+    import pyarrow as pa
+
     types = {"birdnet_index": pa.int32()}
     return pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in out.items()})
 
@@ -208,14 +220,16 @@ class BirdNet(FrameModel):
     ``full_logits=True`` keeps all 6,522; no taxonomy and no full logits stores none.
     """
 
-    name = "birdnet"
+    family = "birdnet"
     table = "birdnet_frames"
+    views = (EMBEDDING_VIEW, LOGITS_VIEW)
     sample_rate = SAMPLE_RATE
     frame_s = FRAME_SECONDS
 
     def __init__(self, taxonomy: pa.Table | None = None, *, hop_s: float = DEFAULT_HOP_SECONDS,
                  full_logits: bool = False, batch_size: int = 1, threads: int = 1,
                  cache_dir: str | os.PathLike | None = None):
+        super().__init__()
         self.hop_s = float(hop_s)
         self.batch_size, self.threads, self.cache_dir = batch_size, threads, cache_dir
         model_path, labels_path = birdnet_files()
@@ -231,8 +245,17 @@ class BirdNet(FrameModel):
             self.logit_indices, self._logit_labels = matched_logits(self.cmap)
         else:
             self.logits_mode, self.logit_indices, self._logit_labels = "none", None, []
-        self.notes = [describe_matches(self.cmap)] if self.cmap is not None else []
+        if self.cmap is not None:
+            self.notes.append(describe_matches(self.cmap))
         self._runner: TFLiteRunner | None = None
+
+    @classmethod
+    def build(cls, taxonomy: pa.Table | None, *, presets: Mapping[str, dict] | None = None,
+              hop_s: float | None = None, full_logits: bool = False, batch_size: int = 1, threads: int = 1,
+              cache_dir: str | os.PathLike | None = None, **_) -> BirdNet:
+        """``--extractor birdnet``: frames ``hop_s`` apart (default :data:`DEFAULT_HOP_SECONDS`)."""
+        return cls(taxonomy, hop_s=hop_s or DEFAULT_HOP_SECONDS, full_logits=full_logits, batch_size=batch_size,
+                   threads=threads, cache_dir=cache_dir)
 
     @classmethod
     def from_params(cls, params: dict, *, batch_size: int = 1, threads: int = 1, cache_dir=None, **_) -> BirdNet:
@@ -241,7 +264,7 @@ class BirdNet(FrameModel):
         return self
 
     def params(self) -> dict:
-        return {"kind": "birdnet", "model": MODEL_FILE, "model_sha256": self.model_sha256,
+        return {"kind": self.family, "model": MODEL_FILE, "model_sha256": self.model_sha256,
                 "sample_rate": SAMPLE_RATE, "frame_s": FRAME_SECONDS, "hop_s": self.hop_s,
                 "embedding_output": EMBEDDING_TENSOR, "embedding_dtype": "float16",
                 "logits_mode": self.logits_mode, "logit_indices": self.logit_indices or [],
@@ -249,6 +272,22 @@ class BirdNet(FrameModel):
 
     def logit_labels(self) -> list[str]:
         return list(self._logit_labels)
+
+    def side_tables(self) -> dict[str, tuple[pa.Table, dict]]:
+        """``birdnet_class_map``: each taxonomy class and its BirdNET class (when built with a taxonomy)."""
+        if self.cmap is None:
+            return {}
+        import pyarrow as pa
+
+        from featurestore.store import utc_now
+
+        n = self.cmap.num_rows
+        table = self.cmap.append_column("model_sha256", pa.array([self.model_sha256] * n)) \
+            .append_column("created_at", pa.array([utc_now()] * n, pa.timestamp("us")))
+        return {CLASS_MAP_TABLE: (table, {"model_sha256": self.model_sha256})}
+
+    def warm_up(self) -> None:
+        patched_model(self.cache_dir)   # build and verify the cached model once
 
     @property
     def runner(self) -> TFLiteRunner:

@@ -21,14 +21,20 @@ round-off of the block-sized FFT/matrix products (tested).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import fft as sp_fft
 from scipy.signal import get_window, lfilter, lfilter_zi, savgol_filter
 
 from embed.audio import Audio, SignalStream
-from embed.extractors import EMBED_CODE_VERSION, WINDOW_SECONDS, Extractor, WindowOutput, one_blas_thread
+from embed.extractors import EMBED_CODE_VERSION, Extractor, View, WindowOutput, one_blas_thread
+from featurestore.windows import WINDOW_SECONDS
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 AMIN = 1e-10
 PCEN_SCALE = 2.0**31  # librosa's recommended input scale for PCEN's default parameters
@@ -364,22 +370,30 @@ def window_stats(ff: FrameFeatures, ranges: list[tuple[int, int]], p: ClassicalP
 class Classical(Extractor):
     """Per-window classical statistics at 32 kHz (see the module docstring)."""
 
-    name = "classical"
-    kind = "windows"
+    family = "classical"
+    output = "windows"
     table = "classical_windows"
+    views = (View("classical", "features", "classical", labels="feature_names"),)
 
     def __init__(self, params: ClassicalParams | None = None):
+        super().__init__()
         self.p = params or ClassicalParams()
         self._basis = mel_basis(self.p.sample_rate, self.p.n_fft, self.p.n_mels, self.p.fmin, self.p.fmax)
         self._bands = band_matrix(self.p.sample_rate, self.p.n_fft, self.p.band_edges_hz)
 
     @classmethod
-    def from_params(cls, params: dict) -> Classical:
+    def build(cls, taxonomy: pa.Table | None = None, *, presets: Mapping[str, dict] | None = None,
+              **_) -> Classical:
+        """``--extractor classical``: the default :class:`ClassicalParams` (no job option applies)."""
+        return cls()
+
+    @classmethod
+    def from_params(cls, params: dict, **_) -> Classical:
         fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in params["classical"].items()}
         return cls(ClassicalParams(**fields))
 
     def params(self) -> dict:
-        return {"kind": "classical", "classical": asdict(self.p), "code_version": EMBED_CODE_VERSION}
+        return {"kind": self.family, "classical": asdict(self.p), "code_version": EMBED_CODE_VERSION}
 
     def feature_names(self) -> list[str]:
         return feature_names(self.p)

@@ -16,10 +16,13 @@ zero-padded past the end of a file) goes through before the model sees it:
   silence or pure padding) becomes all zeros. This is what Perch models expect: perch-hoplite
   (``perch_hoplite/zoo/zoo_interface.py``, ``EmbeddingModel.normalize_audio``) applies it with
   ``target_peak=0.25`` to every 5-s, 32 kHz frame before Perch v2 (TF and ONNX presets), so the
-  ``perch_v2`` preset states it. ``target_peak`` may only be set with ``"peak_normalize"``.
+  ``perch_v2`` preset (:data:`embed.registry.PRESETS`) states it. ``target_peak`` may only be set
+  with ``"peak_normalize"``.
 
 Both fields are part of the extractor's parameters, so changing them changes its version. Unknown
-keys and bad values raise :class:`~embed.tflite.ModelError` naming the key.
+keys and bad values raise :class:`~featurestore.errors.ModelError` naming the key. This module
+knows no preset by name: :func:`embed.registry.model_config` resolves ``perch_v2`` and passes the
+presets to :func:`load_config`.
 
 Outputs are found by name (exact, then case-insensitive substring) and else by their last
 dimension, so exported models whose tensor names differ still load. ``labels_file`` (one label
@@ -36,14 +39,19 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
-from embed.extractors import EMBED_CODE_VERSION, FrameModel, file_sha256
-from embed.tflite import ModelError, TFLiteRunner
+from embed.extractors import EMBED_CODE_VERSION, FrameModel, View, file_sha256
+from embed.tflite import TFLiteRunner
+from featurestore.errors import DataError, ModelError
+
+if TYPE_CHECKING:  # taxonomy tables come from a store; predicting from a head folder needs no pyarrow
+    import pyarrow as pa
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 INPUT_SCALINGS = ("none", "peak_normalize")
@@ -122,28 +130,22 @@ def scale_frames(frames: np.ndarray, scaling: str, target_peak: float = DEFAULT_
     return out
 
 
-PRESETS: dict[str, ModelConfig] = {
-    # Perch v2 (Google, 2025): 5-s frames at 32 kHz, each peak-normalised to 0.25 (as perch-hoplite
-    # feeds it), 1,536-d embedding, 14,795 class logits.
-    "perch_v2": ModelConfig(name="perch_v2", sample_rate=32000, frame_seconds=5.0, hop_seconds=5.0,
-                            input_scaling="peak_normalize", target_peak=0.25,
-                            embedding_output="embedding", embedding_dim=1536, logits_output="label",
-                            logits_dim=14795, labels_file="labels.csv"),
-}
-
-
-def load_config(spec: str | os.PathLike | dict | ModelConfig) -> ModelConfig:
-    """A preset name (``perch_v2``), a JSON file path, a dict or a config."""
+def load_config(spec: str | os.PathLike | dict | ModelConfig, presets: Mapping[str, dict] | None = None,
+                ) -> ModelConfig:
+    """A config from a preset name (a key of ``presets``: name -> config as plain data), a JSON file
+    path, a dict or a config; unknown keys, missing keys and bad values raise :class:`ModelError`."""
+    presets = presets or {}
     if isinstance(spec, ModelConfig):
         return spec
     if isinstance(spec, dict):
         data = spec
-    elif str(spec) in PRESETS:
-        return PRESETS[str(spec)]
+    elif isinstance(spec, str) and spec in presets:
+        data = presets[spec]
     else:
         path = Path(spec)
         if not path.is_file():
-            raise ModelError(f"model config {spec!r}: not a preset ({', '.join(PRESETS)}) nor a JSON file")
+            raise ModelError(f"model config {spec!r}: not a preset ({', '.join(presets) or 'none known'}) "
+                             "nor a JSON file")
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
@@ -248,20 +250,27 @@ class OnnxRunner:
 
 
 class CustomModel(FrameModel):
-    """A user-supplied TFLite (.tflite) or ONNX (.onnx) model run on frames inside each window."""
+    """A user-supplied TFLite (.tflite) or ONNX (.onnx) model run on frames inside each window.
 
+    ``config``: a :class:`ModelConfig`, a dict or a JSON file (a preset by name through
+    :func:`embed.registry.model_config`). The extractor is named ``custom:<config name>``.
+    """
+
+    family = "custom"
+    member_named = True
     table = "custom_frames"
+    views = (View("custom", "embedding", "custom"), View("custom_logits", "logits", "custom_logit", "logit_labels"))
 
-    def __init__(self, model_path: str | os.PathLike, config: str | os.PathLike | dict | ModelConfig = "perch_v2",
+    def __init__(self, model_path: str | os.PathLike, config: str | os.PathLike | dict | ModelConfig,
                  taxonomy: pa.Table | None = None, *, hop_s: float | None = None, full_logits: bool = False,
                  labels_file: str | os.PathLike | None = None, batch_size: int = 1, threads: int = 1):
+        super().__init__()
         self.model_path = Path(model_path).expanduser().resolve()
         if not self.model_path.is_file():
             raise ModelError(f"{self.model_path}: model file not found")
         if self.model_path.suffix.lower() not in (".tflite", ".onnx"):
             raise ModelError(f"{self.model_path}: expected a .tflite or .onnx model")
         self.config = load_config(config)
-        self.name = f"custom:{self.config.name}"
         self.sample_rate = int(self.config.sample_rate)
         self.frame_s = float(self.config.frame_seconds)
         self.hop_s = float(hop_s or self.config.hop_seconds or self.frame_s)
@@ -275,7 +284,6 @@ class CustomModel(FrameModel):
                 self.labels = read_model_labels(labels_path, self.config.labels_column)
             elif labels_file:
                 raise ModelError(f"{labels_path}: labels file not found")
-        self.notes: list[str] = []
         self.logits_mode, self.logit_indices, self._logit_labels = self._logit_selection(taxonomy, full_logits)
         self._runner: TFLiteRunner | OnnxRunner | None = None
 
@@ -296,6 +304,21 @@ class CustomModel(FrameModel):
         self.notes.append(f"{self.name}: logits not stored (no labels file; pass one or use full logits)")
         return "none", None, []
 
+    @property
+    def name(self) -> str:
+        return f"{self.family}:{self.config.name}"
+
+    @classmethod
+    def build(cls, taxonomy: pa.Table | None, *, presets: Mapping[str, dict] | None = None,
+              model: str | os.PathLike | None = None, model_config: str | os.PathLike | dict = "perch_v2",
+              hop_s: float | None = None, full_logits: bool = False, labels_file: str | os.PathLike | None = None,
+              batch_size: int = 1, threads: int = 1, **_) -> CustomModel:
+        """``--extractor custom --model FILE [--model-config NAME|FILE]`` (``presets``: configs by name)."""
+        if model is None:
+            raise DataError("--extractor custom needs --model path/to/model.tflite (or .onnx)")
+        return cls(model, load_config(model_config, presets), taxonomy, hop_s=hop_s, full_logits=full_logits,
+                   labels_file=labels_file, batch_size=batch_size, threads=threads)
+
     @classmethod
     def from_params(cls, params: dict, *, model_path: str | os.PathLike | None = None, batch_size: int = 1,
                     threads: int = 1, **_) -> CustomModel:
@@ -309,7 +332,7 @@ class CustomModel(FrameModel):
         if config["input_scaling"] == "none":  # the pre-scaling config: same params, same version as before
             config.pop("input_scaling")
             config.pop("target_peak")
-        return {"kind": "custom", "config": config, "model_path": str(self.model_path),
+        return {"kind": self.family, "config": config, "model_path": str(self.model_path),
                 "model_sha256": self.model_sha256, "sample_rate": self.sample_rate, "frame_s": self.frame_s,
                 "hop_s": self.hop_s, "embedding_dtype": "float16", "logits_mode": self.logits_mode,
                 "logit_indices": self.logit_indices or [], "logit_labels": self._logit_labels,

@@ -1,16 +1,22 @@
-"""What every extractor shares: outputs, versions, frame models, and building one from a name or params.
+"""What every extractor shares: outputs, versions, frame models, and the contract of an extractor family.
 
-Two kinds of extractor exist:
+Two outputs exist (``Extractor.output``):
 
-* **frame models** (BirdNET, user-supplied TFLite/ONNX models) run on fixed-length frames placed
+* ``"frames"`` (BirdNET, user-supplied TFLite/ONNX models) run on fixed-length frames placed
   inside each 5-s window (:func:`embed.audio.frame_offsets`) and return one embedding (float16)
   and optionally logits (float32) per frame; windows are pooled later, so the pooling can change
   without re-embedding;
-* **window features** (classical statistics) return one float32 vector per window.
+* ``"windows"`` (classical statistics) return one float32 vector per window.
 
 An extractor's ``version`` is a string id that changes whenever its code, parameters or model
 change; it is stored with every row it writes. ``params()`` holds everything needed to rebuild the
-same extractor elsewhere (:func:`extractor_from_params`), e.g. in the Kaggle notebook.
+same extractor elsewhere (:func:`embed.registry.from_params`), e.g. in the Kaggle notebook; its
+``"kind"`` key is the family name and is hashed into every stored version, so it never changes.
+
+A family (:class:`Extractor` subclass) also declares what the rest of the toolkit needs to know
+about it: its part table and keys, the feature :class:`View` s it produces and how their columns
+are named, and any side tables the embed job writes next to its rows. This module imports no
+extractor family; :mod:`embed.registry` does, and is the one list of them.
 """
 
 from __future__ import annotations
@@ -21,17 +27,23 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from embed.audio import Audio, FrameGrid, frame_grid, frame_offsets
-from embed.tflite import ModelError
+from featurestore.errors import ModelError
+from featurestore.windows import WINDOW_SECONDS
+
+if TYPE_CHECKING:  # side tables and taxonomies are Arrow tables; the inference path never builds one
+    import pyarrow as pa
 
 EMBED_CODE_VERSION = 1
-WINDOW_SECONDS = 5
 FRAME_CHUNK = 64  # frames cut and run at a time
-
+FRAME_KEYS = ["window_id", "extractor_version", "frame_index"]   # part-table key of "frames" output
+WINDOW_KEYS = ["window_id", "extractor_version"]                  # part-table key of "windows" output
 
 
 @contextlib.contextmanager
@@ -103,22 +115,90 @@ def _sha256_of(path: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str
     return digest.hexdigest()
 
 
-class Extractor(ABC):
-    """Common interface; see the module docstring."""
+@dataclass(frozen=True)
+class View:
+    """One feature view a family produces, e.g. ``birdnet_logits`` (see :mod:`embed.features`).
 
-    name: str          # "birdnet", "classical", "custom:<model name>"
-    kind: str          # "frames" | "windows"
-    table: str         # part table the rows go to
-    notes: list[str] = []  # facts worth reporting (e.g. unmatched classes), set per instance
+    For a family whose extractors carry a member name (``custom:<model>``) the view is
+    ``<stem>:<member>``, else ``<stem>``. It reads ``column`` (``embedding`` | ``logits`` |
+    ``features``) of the family's part table; its feature columns are ``<names>[:<member>]:<item>``
+    where the items are the extractor's ``labels`` list (``logit_labels`` or ``feature_names``, as
+    stored in ``extractor_versions``) when that list has one entry per column, else ``0, 1, ...``.
+    """
+
+    stem: str
+    column: str
+    names: str
+    labels: str | None = None
+
+    def view_name(self, member: str = "") -> str:
+        return f"{self.stem}:{member}" if member else self.stem
+
+    def prefix(self, member: str = "") -> str:
+        """What every feature column of this view starts with, e.g. ``"birdnet_logit:"``."""
+        return f"{self.names}:{member}:" if member else f"{self.names}:"
+
+    def column_names(self, dim: int, meta: Mapping, member: str = "") -> list[str]:
+        """The ``dim`` column names before pooling suffixes; ``meta`` maps ``labels`` to its list."""
+        items = list(meta.get(self.labels) or []) if self.labels else []
+        if len(items) != dim:
+            items = [str(i) for i in range(dim)]
+        prefix = self.prefix(member)
+        return [f"{prefix}{item}" for item in items]
+
+
+class Extractor(ABC):
+    """The contract of an extractor family; see the module docstring.
+
+    Class attributes (one family = one subclass, registered in :mod:`embed.registry`):
+    ``family`` is the registry name and the ``"kind"`` stored in ``params()``; ``output`` is
+    ``"frames"`` or ``"windows"``; ``table`` the part table its rows go to (key
+    :meth:`part_keys`); ``views`` the feature views it can produce; ``member_named`` says that its
+    extractors are named ``<family>:<member>`` (one per user model) rather than ``<family>``.
+    """
+
+    family: ClassVar[str]
+    output: ClassVar[str]
+    table: ClassVar[str]
+    views: ClassVar[tuple[View, ...]]
+    member_named: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []   # facts worth reporting (e.g. unmatched classes), this instance's own
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    @abstractmethod
+    def build(cls, taxonomy: pa.Table | None, *, presets: Mapping[str, dict], **options) -> Extractor:
+        """A new extractor from the embed job's options (``hop_s``, ``full_logits``, ``model``, ...);
+        options a family does not use are ignored. ``presets`` are this family's presets from
+        :data:`embed.registry.PRESETS` (name -> plain-data config)."""
+
+    @classmethod
+    @abstractmethod
+    def from_params(cls, params: dict, **runtime) -> Extractor:
+        """The extractor that wrote ``params`` (same version). ``runtime`` holds options that do not
+        change the outputs (threads, batch_size, cache_dir, model_path of a moved model file)."""
 
     @abstractmethod
     def params(self) -> dict:
         """Everything that defines the outputs (and rebuilds the extractor)."""
 
+    # ------------------------------------------------------------------ identity
+    @property
+    def name(self) -> str:
+        """``<family>``, or ``<family>:<member>`` for member-named families."""
+        return self.family
+
+    @property
+    def member(self) -> str:
+        return self.name.partition(":")[2]
+
     @property
     def version(self) -> str:
         return f"{self.name}-{params_hash(self.params())}"
 
+    # ------------------------------------------------------------------ outputs
     @abstractmethod
     def compute(self, audio: Audio, window_starts: list[float]) -> FrameOutput | WindowOutput:
         """Outputs for the windows of one decoded file starting at ``window_starts`` (seconds)."""
@@ -131,6 +211,29 @@ class Extractor(ABC):
         """Names of the stored logit columns (frame models with logits)."""
         return []
 
+    def column_labels(self) -> dict[str, list[str]]:
+        """The lists that name view columns (:attr:`View.labels`), as ``extractor_versions`` stores them."""
+        return {"logit_labels": self.logit_labels(), "feature_names": self.feature_names()}
+
+    def view_names(self) -> list[str]:
+        """The views this extractor produces: every declared view, logit views only when it stores logits."""
+        return [v.view_name(self.member) for v in self.views if v.column != "logits" or self.logit_labels()]
+
+    # ------------------------------------------------------------------ storage
+    @classmethod
+    def part_keys(cls) -> list[str]:
+        """Key columns of :attr:`table`: rows with equal keys are one row (the latest wins)."""
+        return list(FRAME_KEYS if cls.output == "frames" else WINDOW_KEYS)
+
+    def side_tables(self) -> dict[str, tuple[pa.Table, dict]]:
+        """Snapshot tables the embed job writes before embedding: name -> (table, version params)."""
+        return {}
+
+    def warm_up(self) -> None:
+        """Called once by the embed job, in the parent, before worker processes start: build or check
+        files the workers share (e.g. BirdNET's patched model in the cache) so they never race to."""
+        return None
+
 
 class FrameModel(Extractor):
     """A model applied to frames of ``frame_s`` seconds at ``sample_rate``, ``hop_s`` apart in a window.
@@ -138,7 +241,7 @@ class FrameModel(Extractor):
     Subclasses provide :meth:`_run` mapping (n, samples) frames to ``embedding`` and ``logits``.
     """
 
-    kind = "frames"
+    output = "frames"
     sample_rate: int
     frame_s: float
     hop_s: float
@@ -208,22 +311,3 @@ class FrameModel(Extractor):
         if not embedding:
             raise ValueError("no frames to embed (no windows given)")
         return FrameOutput(grid, np.concatenate(embedding), np.concatenate(logits) if logits else None)
-
-
-def extractor_from_params(params: dict, **runtime) -> Extractor:
-    """Rebuild an extractor from its stored ``params`` (``extractor_versions.params``).
-
-    ``runtime`` passes options that do not change the outputs (threads, batch_size, cache_dir,
-    model_path for a user model that moved).
-    """
-    kind = params.get("kind")
-    if kind == "birdnet":
-        from embed.birdnet import BirdNet
-        return BirdNet.from_params(params, **runtime)
-    if kind == "classical":
-        from embed.classical import Classical
-        return Classical.from_params(params)
-    if kind == "custom":
-        from embed.custom import CustomModel
-        return CustomModel.from_params(params, **runtime)
-    raise ValueError(f"unknown extractor kind {kind!r} in params")

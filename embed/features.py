@@ -1,6 +1,7 @@
 """Window features for training and inference: read them from the store, or embed one file in memory.
 
-Views (comma-join them to concatenate, e.g. ``"birdnet,classical"``):
+Views (comma-join them to concatenate, e.g. ``"birdnet,classical"``), as the registered families
+declare them (:attr:`embed.extractors.Extractor.views`, parsed by :func:`embed.registry.parse_view`):
 
 ==========================  ===================  ==========================================
 view                        part table           columns
@@ -20,69 +21,25 @@ file gives bit-identical features on both paths.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from embed.audio import Audio
 from embed.extractors import Extractor, FrameOutput, WindowOutput
-from featurestore.store import FeatureStore, StoreError
+from embed.registry import ViewSpec, family_of, rebuild, split_views, stored_params, version_meta
+from embed.registry import parse_view as parse_view  # re-exported: models.frame checks view names here
+from featurestore.errors import StoreError, UserInputError
+
+if TYPE_CHECKING:  # the in-memory path (embed_file, the Kaggle notebook) imports no pyarrow or duckdb
+    import pyarrow as pa
+
+    from featurestore.store import FeatureStore
 
 POOLINGS = ("mean", "max", "meanmax")
-VERSIONS_TABLE = "extractor_versions"
-
-
-@dataclass(frozen=True)
-class ViewSpec:
-    view: str
-    extractor: str          # extractor name: birdnet, classical, custom:<name>
-    table: str
-    column: str             # embedding | logits | features
-    frame_level: bool
-
-
-def parse_view(view: str) -> ViewSpec:
-    """The storage behind one (non-joined) view name."""
-    view = view.strip()
-    if view == "birdnet":
-        return ViewSpec(view, "birdnet", "birdnet_frames", "embedding", True)
-    if view == "birdnet_logits":
-        return ViewSpec(view, "birdnet", "birdnet_frames", "logits", True)
-    if view == "classical":
-        return ViewSpec(view, "classical", "classical_windows", "features", False)
-    prefix, _, name = view.partition(":")
-    if prefix in ("custom", "custom_logits") and name:
-        return ViewSpec(view, f"custom:{name}", "custom_frames", "embedding" if prefix == "custom" else "logits", True)
-    raise ValueError(f"unknown feature view {view!r}: use birdnet, birdnet_logits, classical, custom:<name>, "
-                     "custom_logits:<name> (comma-join to concatenate)")
-
-
-def split_views(view: str) -> list[ViewSpec]:
-    specs = [parse_view(v) for v in view.split(",") if v.strip()]
-    if not specs:
-        raise ValueError("empty feature view")
-    return specs
-
-
-def base_names(spec: ViewSpec, dim: int, meta: dict) -> list[str]:
-    """Column names of a view before pooling suffixes; ``meta`` holds logit_labels / feature_names."""
-    if spec.column == "features":
-        names = [f"classical:{n}" for n in meta.get("feature_names") or []]
-        return names if len(names) == dim else [f"classical:{i}" for i in range(dim)]
-    if spec.column == "logits":
-        labels = list(meta.get("logit_labels") or [])
-        if len(labels) != dim:
-            labels = [str(i) for i in range(dim)]
-        if spec.extractor == "birdnet":
-            return [f"birdnet_logit:{label}" for label in labels]
-        return [f"custom_logit:{spec.extractor.removeprefix('custom:')}:{label}" for label in labels]
-    return [f"{spec.extractor}:{i}" for i in range(dim)]
 
 
 def pooled_names(names: list[str], pooling: str, frame_level: bool) -> list[str]:
@@ -98,7 +55,7 @@ def pool_frames(window_index: np.ndarray, values: np.ndarray, pooling: str) -> n
     and the in-memory path, so both give identical numbers.
     """
     if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
+        raise UserInputError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
     values = np.asarray(values, dtype=np.float32)
     if len(values) == 0:
         return np.zeros((0, values.shape[1] * (2 if pooling == "meanmax" else 1)), np.float32)
@@ -126,8 +83,7 @@ def _parts_source(store: FeatureStore, table: str) -> str | None:
 
 def stored_versions(store: FeatureStore, extractor: str) -> list[tuple[str, object, int]]:
     """(extractor_version, last written_at, rows) of an extractor's stored rows, newest first."""
-    table = {"birdnet": "birdnet_frames", "classical": "classical_windows"}.get(extractor, "custom_frames")
-    source = _parts_source(store, table)
+    source = _parts_source(store, family_of(extractor).table)
     if source is None:
         return []
     return store.rows(f"SELECT extractor_version, max(written_at), count(*) FROM {source} WHERE extractor = ? "
@@ -140,27 +96,15 @@ def resolve_version(store: FeatureStore, extractor: str, versions: dict | None =
         return versions[extractor]
     found = stored_versions(store, extractor)
     if not found:
-        kind = extractor.split(":", 1)[0]
         raise StoreError(f"no {extractor} features in the store {store.root}; run python -m pipelines.embed "
-                         f"--store {store.root} --extractor {kind}")
+                         f"--store {store.root} --extractor {family_of(extractor).family}")
     return found[0][0]
 
 
-def version_meta(store: FeatureStore, version: str) -> dict:
-    """The ``extractor_versions`` row of a version (params decoded), or {} when absent."""
-    source = _parts_source(store, VERSIONS_TABLE)
-    if source is None:
-        return {}
-    rows = store.sql(f"SELECT * FROM {source} WHERE extractor_version = ? ORDER BY written_at DESC LIMIT 1",
-                     [version]).to_pylist()
-    if not rows:
-        return {}
-    meta = rows[0]
-    meta["params"] = json.loads(meta.get("params") or "{}")
-    return meta
-
-
 def _list_to_matrix(column: pa.ChunkedArray | pa.Array, what: str) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if len(arr) == 0:
         return np.zeros((0, 0), np.float32)
@@ -194,27 +138,30 @@ def _load_view(store: FeatureStore, spec: ViewSpec, version: str, pooling: str,
     else:
         X, window_ids = values, ids.tolist()
     meta = version_meta(store, version)
-    names = pooled_names(base_names(spec, values.shape[1], meta), pooling, spec.frame_level)
+    names = pooled_names(spec.column_names(values.shape[1], meta), pooling, spec.frame_level)
     return window_ids, X, names
 
 
 def load_window_features(store: FeatureStore, view: str = "birdnet", pooling: str = "mean",
                          window_ids: Sequence[str] | None = None, versions: dict | None = None,
-                         ) -> tuple[list[str], np.ndarray, list[str], dict]:
+                         ) -> tuple[list[str], np.ndarray, list[str], dict[str, str]]:
     """Per-window features of ``view`` from the store.
 
     Returns ``(window_ids, X float32 [n, d], feature_names, versions)``; ``versions`` maps each
-    extractor to the extractor_version read (pin one with ``versions={"birdnet": ...}``; default:
-    the most recently written) plus ``pooling``. Windows are sorted by id, or follow ``window_ids``
-    when given; a window missing from any joined view is left out.
+    extractor, and nothing else, to the extractor_version read (pin one with
+    ``versions={"birdnet": ...}``; default: the most recently written). The pooling is the
+    caller's argument (the training frame and the bundle carry it). Windows are sorted by id, or
+    follow ``window_ids`` when given; a window missing from any joined view is left out.
     """
     if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
+        raise UserInputError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
     specs = split_views(view)
     used: dict[str, str] = {}
     wanted = None
     if window_ids is not None:
         wanted = f"_embed_wanted_{uuid.uuid4().hex[:8]}"
+        import pyarrow as pa
+
         store.con.register(wanted, pa.table({"window_id": pa.array(list(window_ids), pa.string())}))
     try:
         loaded = []
@@ -235,52 +182,38 @@ def load_window_features(store: FeatureStore, view: str = "birdnet", pooling: st
         blocks.append(X[[position[w] for w in order]] if order else np.zeros((0, X.shape[1]), np.float32))
         names += cols
     X = np.hstack(blocks).astype(np.float32, copy=False) if blocks else np.zeros((0, 0), np.float32)
-    return order, X, names, {**used, "pooling": pooling}
+    return order, X, names, used
 
 
-def extractors_from_store(store: FeatureStore, versions: dict, **runtime) -> list[Extractor]:
-    """Rebuild the extractors of ``versions`` (as returned by :func:`load_window_features`) from their
-    stored params, e.g. to embed test audio exactly like the training features. ``runtime``: threads,
-    batch_size, cache_dir, model_path (see :func:`embed.extractors.extractor_from_params`)."""
-    from embed.extractors import extractor_from_params
-
-    out = []
-    for name, version in versions.items():
-        if name == "pooling":
-            continue
-        meta = version_meta(store, version)
-        if not meta:
-            raise StoreError(f"extractor version {version!r} is not described in {VERSIONS_TABLE} of {store.root}")
-        extractor = extractor_from_params(meta["params"], **runtime)
-        if extractor.version != version:
-            raise StoreError(f"rebuilt {name} has version {extractor.version}, the store has {version}")
-        out.append(extractor)
-    return out
+def extractors_from_store(store: FeatureStore, versions: Mapping[str, str], **runtime) -> list[Extractor]:
+    """Rebuild the extractors of ``versions`` (extractor name -> version, as returned by
+    :func:`load_window_features`) from their stored params, in name order, e.g. to embed test audio
+    exactly like the training features. ``runtime``: threads, batch_size, cache_dir, model_path (see
+    :func:`embed.registry.from_params`). Raises :class:`~featurestore.errors.StoreError` for a
+    version not in ``extractor_versions`` and :class:`~featurestore.errors.BundleError` when this
+    machine rebuilds a different version (see :func:`embed.registry.rebuild`)."""
+    return rebuild(stored_params(store, versions), dict(versions), owner=f"a model on the features of {store.root}",
+                   **runtime)
 
 
 # ---------------------------------------------------------------------------- in-memory path
 def default_views(extractor: Extractor) -> list[str]:
-    """The views an extractor produces."""
-    if extractor.name == "birdnet":
-        return ["birdnet"] + (["birdnet_logits"] if extractor.logit_labels() else [])
-    if extractor.name == "classical":
-        return ["classical"]
-    name = extractor.name.removeprefix("custom:")
-    return [f"custom:{name}"] + ([f"custom_logits:{name}"] if extractor.logit_labels() else [])
+    """The views an extractor produces (:meth:`embed.extractors.Extractor.view_names`)."""
+    return extractor.view_names()
 
 
 def _view_matrix(spec: ViewSpec, extractor: Extractor, out: FrameOutput | WindowOutput,
                  pooling: str) -> tuple[np.ndarray, list[str]]:
-    meta = {"logit_labels": extractor.logit_labels(), "feature_names": extractor.feature_names()}
+    meta = extractor.column_labels()
     if isinstance(out, WindowOutput):
         X = out.features
     else:
         values = out.embedding if spec.column == "embedding" else out.logits
         if values is None:
-            raise ValueError(f"{extractor.name} produced no logits, so view {spec.view!r} is empty")
+            raise UserInputError(f"{extractor.name} produced no logits, so view {spec.view!r} is empty")
         X = pool_frames(out.grid.window_index, values.astype(np.float32), pooling)
-    return X, pooled_names(base_names(spec, X.shape[1] // (2 if spec.frame_level and pooling == "meanmax" else 1),
-                                      meta), pooling, spec.frame_level)
+    return X, pooled_names(spec.column_names(X.shape[1] // (2 if spec.frame_level and pooling == "meanmax" else 1),
+                                            meta), pooling, spec.frame_level)
 
 
 def embed_file_with_names(path: str | os.PathLike, extractors: Sequence[Extractor], *, soundscape: bool = True,
@@ -299,7 +232,7 @@ def embed_file_with_names(path: str | os.PathLike, extractors: Sequence[Extracto
         blocks, names = [], []
         for spec in split_views(view):
             if spec.extractor not in by_name:
-                raise ValueError(f"view {spec.view!r} needs the {spec.extractor} extractor")
+                raise UserInputError(f"view {spec.view!r} needs the {spec.extractor} extractor")
             X, cols = _view_matrix(spec, by_name[spec.extractor], outputs[spec.extractor], pooling)
             blocks.append(X)
             names += cols

@@ -34,34 +34,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from embed.audio import Audio, AudioError
-from embed.extractors import (
-    Extractor,
-    FrameOutput,
-    WindowOutput,
-    extractor_from_params,
-    single_threaded_children,
-)
-from embed.features import VERSIONS_TABLE
-from featurestore.competition import DataError
+from embed import registry
+from embed.audio import Audio
+from embed.extractors import Extractor, FrameOutput, WindowOutput, single_threaded_children
+from embed.registry import VERSIONS_TABLE
+from featurestore.errors import AudioError, DataError, StoreBusyError, StoreError
 from featurestore.store import (
     CATALOG_FILE,
     FeatureStore,
-    StoreError,
     StoreLock,
     utc_now,
     write_parquet_atomic,
 )
 
-FRAME_KEYS = ["window_id", "extractor_version", "frame_index"]
-PART_TABLES = {
-    "birdnet_frames": FRAME_KEYS,
-    "custom_frames": FRAME_KEYS,
-    "classical_windows": ["window_id", "extractor_version"],
-    VERSIONS_TABLE: ["extractor_version"],
-    "embed_errors": ["file", "extractor_version"],
-}
-EXTRACTORS = ("birdnet", "classical", "custom")
+PART_TABLES = {**registry.PART_TABLES, "embed_errors": ["file", "extractor_version"]}
+EXTRACTORS = registry.NAMES   # --extractor names
 LOCK_WAIT_SECONDS = 120.0
 
 
@@ -234,7 +221,7 @@ _WORKER: dict = {}
 def _init_worker(params: list[dict], runtime: dict, parts_root: str) -> None:
     _WORKER["parent"] = os.getppid()
     threading.Thread(target=_exit_with_parent, args=(_WORKER["parent"],), daemon=True).start()
-    _WORKER["extractors"] = [extractor_from_params(p, **runtime) for p in params]
+    _WORKER["extractors"] = [registry.from_params(p, **runtime) for p in params]
     _WORKER["parts_root"] = Path(parts_root)
 
 
@@ -313,35 +300,10 @@ def open_store(store_dir: str | os.PathLike, wait_s: float = LOCK_WAIT_SECONDS) 
 
 
 def data_dir_of(store: FeatureStore) -> Path:
-    if not store.has_plain_table("ingest_runs"):
+    if not store.has_table("ingest_runs"):
         raise StoreError(f"{store.root}: no ingest run recorded; run python -m pipelines.ingest first")
     row = store.first("SELECT data_dir FROM ingest_runs ORDER BY run_at DESC LIMIT 1")
     return Path(row[0])
-
-
-def build_extractors(names: list[str], taxonomy: pa.Table, *, hop_s: float | None = None, batch_size: int = 1,
-                     threads: int = 1, full_logits: bool = False, model: str | os.PathLike | None = None,
-                     model_config: str | os.PathLike | dict = "perch_v2", labels_file: str | None = None,
-                     cache_dir: str | os.PathLike | None = None) -> list[Extractor]:
-    """Extractors by name (``birdnet``, ``classical``, ``custom``) with the job's options."""
-    out: list[Extractor] = []
-    for name in names:
-        if name == "birdnet":
-            from embed.birdnet import DEFAULT_HOP_SECONDS, BirdNet
-            out.append(BirdNet(taxonomy, hop_s=hop_s or DEFAULT_HOP_SECONDS, full_logits=full_logits,
-                               batch_size=batch_size, threads=threads, cache_dir=cache_dir))
-        elif name == "classical":
-            from embed.classical import Classical
-            out.append(Classical())
-        elif name == "custom":
-            from embed.custom import CustomModel
-            if model is None:
-                raise DataError("--extractor custom needs --model path/to/model.tflite (or .onnx)")
-            out.append(CustomModel(model, model_config, taxonomy, hop_s=hop_s, full_logits=full_logits,
-                                   labels_file=labels_file, batch_size=batch_size, threads=threads))
-        else:
-            raise DataError(f"unknown extractor {name!r}; use {', '.join(EXTRACTORS)}")
-    return out
 
 
 def _done_windows(store: FeatureStore, table: str, version: str) -> set[str]:
@@ -363,12 +325,8 @@ def _prepare(store: FeatureStore, extractors: list[Extractor]) -> None:
     for ex in extractors:
         if ex.version not in known:
             store.append_part(VERSIONS_TABLE, version_row(ex))
-        cmap = getattr(ex, "cmap", None)
-        if ex.name == "birdnet" and cmap is not None:
-            n = cmap.num_rows
-            table = cmap.append_column("model_sha256", pa.array([ex.params()["model_sha256"]] * n)) \
-                .append_column("created_at", pa.array([utc_now()] * n, pa.timestamp("us")))
-            store.write_table("birdnet_class_map", table, params={"model_sha256": ex.params()["model_sha256"]})
+        for name, (table, params) in ex.side_tables().items():
+            store.write_table(name, table, params=params)
 
 
 def _forget_fixed_errors(store: FeatureStore, files: set[str], missing: set[tuple[str, str]]) -> None:
@@ -398,8 +356,8 @@ def run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple[
     lock = StoreLock(root, f"embed-{i}of{n}.lock")
     try:
         lock.acquire()
-    except StoreError as exc:
-        raise StoreError(f"shard {i}/{n} is already being embedded: {exc}") from None
+    except StoreBusyError as exc:
+        raise StoreBusyError(f"shard {i}/{n} is already being embedded: {exc}") from None
     try:
         return _run_embed(root, extractors, shard=(i, n), **options)
     finally:
@@ -424,9 +382,9 @@ def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple
         if not data.is_dir():
             raise DataError(f"audio folder {data} not found (from ingest_runs; pass --data to override)")
         taxonomy = store.read_table("taxonomy")
-        exs = build_extractors(names, taxonomy, hop_s=hop_s, batch_size=batch_size, threads=threads,
-                               full_logits=full_logits, model=model, model_config=model_config,
-                               labels_file=labels_file, cache_dir=cache_dir)
+        exs = [registry.build(name, taxonomy, hop_s=hop_s, batch_size=batch_size, threads=threads,
+                              full_logits=full_logits, model=model, model_config=model_config,
+                              labels_file=labels_file, cache_dir=cache_dir) for name in names]
         _prepare(store, exs)
         windows = store.sql("SELECT window_id, source, filename, start_s, audio_end_s FROM windows "
                             "ORDER BY source, filename, start_s").to_pylist()
@@ -456,9 +414,9 @@ def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple
     tasks = plan_tasks(files, workers, task_seconds)
     if on_total:
         on_total(sum(f.duration_s for f in files))
-    if tasks and any(ex.name == "birdnet" for ex in exs):
-        from embed.birdnet import patched_model
-        patched_model(cache_dir)  # build/verify the cached model once, before workers start
+    if tasks:
+        for ex in exs:
+            ex.warm_up()  # shared files (BirdNET's patched model) built once, before workers start
 
     runtime = {"batch_size": batch_size, "threads": threads, "cache_dir": cache_dir}
     now: dict[str, int] = {}
@@ -487,6 +445,6 @@ def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple
             missing |= {(key, ex.version) for key, ws in by_file.items() if any(w["window_id"] not in present
                                                                                for w in ws)}
         _forget_fixed_errors(store, set(by_file), missing)
-    notes = [n for ex in exs for n in getattr(ex, "notes", [])] + file_notes
+    notes = [n for ex in exs for n in ex.notes] + file_notes
     return EmbedSummary(root, str(data), shard, workers, {ex.name: ex.version for ex in exs}, scope, before, now,
                         stored, rows, n_files, audio_s, time.perf_counter() - t_start, errors, notes)

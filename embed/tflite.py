@@ -11,13 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from featurestore.competition import DataError
+from featurestore.errors import ModelError
 
 TFLITE_IDENTIFIER = b"TFL3"
-
-
-class ModelError(DataError):
-    """A model file or its description is unusable; the message names the file."""
 
 
 def schema():

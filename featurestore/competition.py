@@ -17,21 +17,19 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from featurestore.errors import DataError
+from featurestore.windows import WINDOW_SECONDS, row_id
+
 TAXONOMY_COLUMNS = ("primary_label", "inat_taxon_id", "scientific_name", "common_name", "class_name")
 TRAIN_COLUMNS = ("primary_label", "secondary_labels", "filename")
 TRAIN_OPTIONAL = ("type", "latitude", "longitude", "scientific_name", "common_name", "class_name",
                   "author", "license", "rating", "url", "collection")
 LABEL_COLUMNS = ("filename", "start", "end", "primary_label")
-WINDOW_SECONDS = 5
 
 SOUNDSCAPE_NAME_RE = re.compile(
     r"^(?P<soundscape_id>[A-Za-z0-9]+_(?P<split>Train|Test)_(?P<number>\d+))_(?P<site>S\d+)_"
     r"(?P<date>\d{8})_(?P<time>\d{6})$"
 )
-
-
-class DataError(ValueError):
-    """Bad competition input; the message names the file and row."""
 
 
 def read_text(path: Path) -> str:
@@ -273,9 +271,8 @@ def read_soundscape_labels(path: Path, known_labels: set[str]) -> tuple[pa.Table
             raise DataError(f"{where}: label(s) {unknown} not in the taxonomy")
         windows = snap_to_windows(start, end)
         if windows != [start] or end != start + WINDOW_SECONDS:
-            stem = Path(filename).stem
             snapped = ", ".join(f"{format_clock(w)}-{format_clock(w + WINDOW_SECONDS)} "
-                                f"(row_id {stem}_{int(w) + WINDOW_SECONDS})" for w in windows)
+                                f"(row_id {row_id(filename, w + WINDOW_SECONDS)})" for w in windows)
             warnings.append(RowWarning(str(path), line, "label_off_grid",
                                        f"{where}: segment {row['start'].strip()}-{row['end'].strip()} of {filename} "
                                        f"is not a {WINDOW_SECONDS}-s window of the grid; snapped to {snapped}"))
@@ -301,7 +298,7 @@ def read_soundscape_labels(path: Path, known_labels: set[str]) -> tuple[pa.Table
             "hour": pa.array([s["name"].hour for s in ordered], pa.int8()),
             "start_s": pa.array([s["start_s"] for s in ordered], pa.float64()),
             "end_s": pa.array([s["end_s"] for s in ordered], pa.float64()),
-            "row_id": [f"{Path(s['filename']).stem}_{int(round(s['end_s']))}" for s in ordered],
+            "row_id": [row_id(s["filename"], s["end_s"]) for s in ordered],
             "labels": pa.array([s["labels"] for s in ordered], pa.list_(pa.string())),
             "conflict": [s["conflict"] for s in ordered],
             "source_row": pa.array([s["source_row"] for s in ordered], pa.int32()),

@@ -44,8 +44,9 @@ from datetime import date, datetime, time, timedelta
 import numpy as np
 import pyarrow as pa
 
-from featurestore.competition import DataError, parse_soundscape_name
-from featurestore.store import FeatureStore, StoreError, utc_now
+from featurestore.competition import parse_soundscape_name
+from featurestore.errors import DataError, StoreError
+from featurestore.store import FeatureStore, utc_now
 from featurestore.windows import window_id
 
 ALGORITHM = "greedy-group-multilabel-3"

@@ -28,12 +28,18 @@ from featurestore.competition import (
     read_taxonomy,
     read_train_csv,
 )
-from featurestore.store import FeatureStore, StoreError, utc_now
-from featurestore.windows import SOUNDSCAPE_SOURCES, build_windows
+from featurestore.errors import StoreError
+from featurestore.store import FeatureStore, utc_now
+from featurestore.windows import (
+    AUDIO_SOURCES,
+    SOUNDSCAPE_SOURCES,
+    WINDOW_LABEL_PARTS,
+    build_windows,
+    is_audio,
+    window_labels_sql,
+)
 
 INGEST_VERSION = "ingest-1"
-AUDIO_SOURCES = ("train_audio", "train_soundscapes", "test_soundscapes")
-AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
 SNAPSHOT_TABLES = ("taxonomy", "recordings", "soundscape_labels", "soundscapes", "windows", "ingest_problems")
 INVENTORY_TYPES = {
     "size_bytes": pa.int64(), "mtime_ns": pa.int64(), "sample_rate": pa.int32(), "channels": pa.int16(),
@@ -89,7 +95,7 @@ def list_audio_files(data_dir: Path) -> list[AudioFile]:
         if not base.is_dir():
             continue
         for path in sorted(base.rglob("*")):
-            if path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith("."):
+            if path.is_file() and is_audio(path):
                 stat = path.stat()
                 found.append(AudioFile(source, path.relative_to(base).as_posix(), path, stat.st_size, stat.st_mtime_ns))
     return found
@@ -252,6 +258,9 @@ def run_ingest(data_dir: str | os.PathLike, store_dir: str | os.PathLike, *, wor
             .encode()).hexdigest()[:12]
         versions["audio_inventory"] = inventory_version
         data_version = data_version_of(versions)
+        labels_query = window_labels_sql([t for t in WINDOW_LABEL_PARTS if store.has_table(t)])
+        if labels_query is not None:  # the same query training reads (models.frame.window_labels)
+            store.con.execute(f"CREATE OR REPLACE VIEW window_labels AS {labels_query}")
         _record_run(store, data_dir, data_version, versions, len(todo), len(files) - len(todo), problems)
         counts = {name: store.count(name) for name in (*SNAPSHOT_TABLES, "audio_inventory")}
     return IngestSummary(
@@ -305,7 +314,7 @@ def _record_run(store: FeatureStore, data_dir: Path, data_version: str, versions
 
 def latest_data_version(store: FeatureStore) -> str | None:
     """The data version written by the most recent ingest run."""
-    if not store.has_plain_table("ingest_runs"):
+    if not store.has_table("ingest_runs"):
         return None
     row = store.first("SELECT data_version FROM ingest_runs ORDER BY run_at DESC LIMIT 1")
     return row[0] if row else None

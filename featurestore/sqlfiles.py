@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from featurestore.store import FeatureStore, StoreError, query_arrow
+from featurestore.errors import StoreError
+from featurestore.store import FeatureStore, query_arrow
 
 
 def sql_dir() -> Path:

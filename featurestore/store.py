@@ -70,6 +70,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from featurestore.errors import DiskFullError, StoreBusyError, StoreError
+
 CATALOG_FILE = "catalog.duckdb"
 PARTS_DIR = "parts"
 LOCK_FILE = "writer.lock"
@@ -77,22 +79,6 @@ STORAGE_VERSION = "v1.1.0"  # DuckDB storage format of new catalogs: pyproject's
 VOLATILE_COLUMNS = frozenset({"ingested_at", "written_at", "created_at"})
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _VIEW_TAG = "birdclef-stack part view "
-
-
-class StoreError(RuntimeError):
-    """A feature-store operation failed; the message names the table or file."""
-
-
-class DiskFullError(StoreError):
-    """No space left while writing into the store; the message names the file and the folder to free."""
-
-    def __init__(self, path: str | os.PathLike, directory: str | os.PathLike | None = None):
-        self.path, self.directory = str(path), str(directory or Path(path).parent)
-        super().__init__(f"disk full while writing {self.path}: free space in {self.directory} and re-run; "
-                         "finished parts are kept")
-
-    def __reduce__(self):  # picklable across worker processes
-        return DiskFullError, (self.path, self.directory)
 
 
 @dataclass(frozen=True)
@@ -247,7 +233,7 @@ class StoreLock:
                 self._holding = True
                 return self
             if time.monotonic() >= deadline:
-                raise StoreError(self._busy_message(busy))
+                raise StoreBusyError(self._busy_message(busy))
             if not announced:
                 print(f"waiting up to {wait_s:.0f} s for {describe_holder(busy)} to finish writing store "
                       f"{self.root}", file=sys.stderr, flush=True)
@@ -490,7 +476,7 @@ class FeatureStore:
                     record = StoreLock(root).holder()
                     who = (f"it is being written by {describe_holder(record)}" if record and
                            record.get("state") == "held" else "another process has the catalog open")
-                    raise StoreError(f"cannot open {catalog}: {who}; wait for that job to finish and re-run "
+                    raise StoreBusyError(f"cannot open {catalog}: {who}; wait for that job to finish and re-run "
                                      f"(DuckDB: {text.splitlines()[0]})") from exc
                 if not announced:
                     print(f"waiting up to {deadline - time.monotonic():.0f} s for another process to close {catalog}",
@@ -588,14 +574,13 @@ class FeatureStore:
         return query_arrow(self.con, f'SELECT * FROM "{name}__{info.version}"')
 
     def has_table(self, name: str) -> bool:
+        """True if ``name`` can be read: a snapshot or part table (a view) or an append-only table
+        (``experiments``, ``ingest_runs``)."""
         row = self.first(
-            "SELECT count(*) FROM duckdb_views() WHERE view_name = ? AND NOT internal", [name]
+            "SELECT (SELECT count(*) FROM duckdb_views() WHERE view_name = ? AND NOT internal) + "
+            "(SELECT count(*) FROM duckdb_tables() WHERE table_name = ?)", [name, name]
         )
         return bool(row and row[0])
-
-    def has_plain_table(self, name: str) -> bool:
-        """True if ``name`` is an ordinary DuckDB table (e.g. the append-only ``experiments``)."""
-        return bool(self.rows("SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [name]))
 
     def versions(self, name: str) -> list[TableVersion]:
         """Every stored version of a snapshot table, oldest first."""

@@ -1,21 +1,86 @@
-"""The 5-s window grid of every audio file: the sample ids that every later table joins on."""
+"""The 5-s window grid and every id built on it: the one home of the competition's time constants.
+
+* ``window_id`` — the store's sample id of one window, ``<source>/<filename>@<start second>`` (e.g.
+  ``train_audio/1161364/iNat1264238.ogg@0``); :func:`parse_window_id` splits it back;
+* ``row_id`` — the competition's submission id, ``<file stem>_<end second>``;
+* :func:`window_starts` — the windows of a file (12 for a 60-s soundscape).
+
+This module imports no third-party package at import time: the inference path uses it without a store.
+"""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-from featurestore.competition import WINDOW_SECONDS
-
-SOUNDSCAPE_SOURCES = ("train_soundscapes", "test_soundscapes")
+WINDOW_SECONDS = 5
+SOUNDSCAPE_SECONDS = 60            # every competition soundscape covers at least this long
 MIN_TAIL_SECONDS = 1.0
+AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
+FOCAL = "train_audio"              # source folders of the competition layout
+SOUNDSCAPE = "train_soundscapes"
+TEST = "test_soundscapes"
+AUDIO_SOURCES = (FOCAL, SOUNDSCAPE, TEST)
+SOUNDSCAPE_SOURCES = (SOUNDSCAPE, TEST)
 
 
 def window_id(source: str, filename: str, start_s: float) -> str:
     """Stable sample id of one window, e.g. ``train_audio/1161364/iNat1264238.ogg@0``."""
     return f"{source}/{filename}@{int(round(start_s))}"
+
+
+def parse_window_id(wid: str) -> tuple[str, int]:
+    """``(file key "<source>/<filename>", start second)`` of a window id."""
+    key, _, start = wid.rpartition("@")
+    return key, int(start)
+
+
+def file_of(wid: str) -> str:
+    """The file key (``<source>/<filename>``) of a window id: windows of one file share it."""
+    return wid.rpartition("@")[0]
+
+
+def start_of(wid: str) -> int:
+    """The start second of a window id."""
+    return int(wid.rpartition("@")[2])
+
+
+def row_id(filename: str, end_s: float) -> str:
+    """The competition's row id of the window ending at ``end_s`` of a file: ``<stem>_<end second>``."""
+    return f"{PurePosixPath(filename).stem}_{int(round(end_s))}"
+
+
+def row_ids(filename: str, starts) -> list[str]:
+    """Row ids of the windows of one file starting at ``starts`` (seconds)."""
+    return [row_id(filename, float(s) + WINDOW_SECONDS) for s in starts]
+
+
+def is_audio(path: Path) -> bool:
+    """An audio file the toolkit reads (by suffix; hidden files excluded)."""
+    return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
+
+
+# The labels of every trainable window: a focal clip's primary + secondary labels on each of its
+# windows, a labelled soundscape window's expert labels. One definition: ingest creates the store view
+# ``window_labels`` from it (for SQL users) and training reads the same query (models.frame).
+WINDOW_LABEL_PARTS = {
+    "recordings": f"""SELECT w.window_id, '{FOCAL}' AS source,
+        list_sort(list_distinct(list_prepend(r.primary_label, coalesce(r.secondary_labels, [])))) AS labels
+        FROM windows w JOIN recordings r ON w.source = '{FOCAL}' AND w.filename = r.filename""",
+    "soundscape_labels": f"""SELECT w.window_id, '{SOUNDSCAPE}' AS source, list_sort(l.labels) AS labels
+        FROM windows w JOIN soundscape_labels l
+        ON w.source = '{SOUNDSCAPE}' AND w.filename = l.filename AND w.start_s = l.start_s""",
+}
+
+
+def window_labels_sql(tables: set[str] | list[str]) -> str | None:
+    """The ``window_labels`` query over the label tables present (None when there is none)."""
+    parts = [sql for name, sql in WINDOW_LABEL_PARTS.items() if name in tables]
+    return " UNION ALL ".join(parts) if parts else None
 
 
 def window_starts(duration_s: float, soundscape: bool, window_s: int = WINDOW_SECONDS,
@@ -39,6 +104,8 @@ def window_starts(duration_s: float, soundscape: bool, window_s: int = WINDOW_SE
 
 def build_windows(inventory: pa.Table, window_s: int = WINDOW_SECONDS, min_tail_s: float = MIN_TAIL_SECONDS) -> pa.Table:
     """Window table from ``audio_inventory`` rows (files with a decode error get no windows)."""
+    import pyarrow as pa
+
     cols: dict[str, list] = {k: [] for k in ("window_id", "source", "filename", "start_s", "end_s",
                                              "audio_end_s", "is_partial", "row_id")}
     rows = sorted(inventory.select(["source", "filename", "duration_s", "error"]).to_pylist(),
@@ -47,7 +114,6 @@ def build_windows(inventory: pa.Table, window_s: int = WINDOW_SECONDS, min_tail_
         if r["error"] is not None or r["duration_s"] is None:
             continue
         soundscape = r["source"] in SOUNDSCAPE_SOURCES
-        stem = Path(r["filename"]).stem
         for start in window_starts(r["duration_s"], soundscape, window_s, min_tail_s):
             end = start + window_s
             cols["window_id"].append(window_id(r["source"], r["filename"], start))
@@ -57,6 +123,6 @@ def build_windows(inventory: pa.Table, window_s: int = WINDOW_SECONDS, min_tail_
             cols["end_s"].append(end)
             cols["audio_end_s"].append(min(float(end), r["duration_s"]))
             cols["is_partial"].append(r["duration_s"] < end - 1e-6)
-            cols["row_id"].append(f"{stem}_{end}" if soundscape else None)
+            cols["row_id"].append(row_id(r["filename"], end) if soundscape else None)
     types = {"start_s": pa.int32(), "end_s": pa.int32(), "audio_end_s": pa.float64(), "is_partial": pa.bool_()}
     return pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in cols.items()})

@@ -1,7 +1,8 @@
 """The ``experiments`` table: one row per cross-validated head, and the leaderboard ranking over it.
 
-This module owns the table's schema, how a row is written and how rows are ranked; training,
-tuning, the leaderboard job and predict's "best head" all go through it.
+This module owns the table's schema, how a row is written (by named columns), how rows are ranked
+and how the ranking is rendered; training, tuning, the leaderboard job and predict's "best head"
+all go through it.
 
 Guarantees:
 
@@ -21,11 +22,13 @@ Guarantees:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from featurestore.store import FeatureStore, StoreError, utc_now
+from featurestore.errors import StoreError
+from featurestore.store import FeatureStore, utc_now
 
 TABLE = "experiments"
 FULL_MODE = "full"
@@ -97,7 +100,7 @@ def ranked(store: FeatureStore, flt: BoardFilter = BoardFilter()) -> pa.Table:
     Rows of older stores with no ``mode`` count as ``replay`` when tagged so, else ``full``.
     """
     empty = pa.table({c: pa.array([], pa.string()) for c in BOARD_COLUMNS})
-    if not store.has_plain_table(TABLE):
+    if not store.has_table(TABLE):
         return empty
     have = _columns(store)  # an older store may lack the newer columns: read them as NULL
     mode_expr = ("coalesce(mode, CASE WHEN tag = 'replay' THEN 'replay' ELSE 'full' END)"
@@ -122,7 +125,7 @@ def ranked(store: FeatureStore, flt: BoardFilter = BoardFilter()) -> pa.Table:
 
 def known_values(store: FeatureStore, column: str) -> list[str]:
     """Distinct values of ``tag`` / ``head`` / ``mode`` (for 'no such tag' messages)."""
-    if not store.has_plain_table(TABLE):
+    if not store.has_table(TABLE):
         return []
     return sorted(str(r[0]) for r in store.rows(f"SELECT DISTINCT {column} FROM {TABLE} WHERE {column} IS NOT NULL"))
 
@@ -133,3 +136,50 @@ def best_head_id(store: FeatureStore) -> str:
     if board.num_rows == 0:
         raise StoreError(f"no fully cross-validated experiment in {store.root}; run pipelines.train first")
     return board.column("head_id")[0].as_py()
+
+
+# ---------------------------------------------------------------------------- rendering
+def _f(value, fmt: str = ".4f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def render(table: pa.Table) -> str:
+    """The ranked table (:func:`ranked`) as text: one section per mode, full cross-validation first."""
+    rows = table.to_pylist()
+    lines: list[str] = []
+    header = (f"{'#':>2}  {'head_id':<22} {'tag':<9} {'features':<18} {'fold mean':>9} {'± std':>7} "
+              f"{'pooled':>7} {'gap':>7} {'95% CI':>15} {'rare':>6} {'cls':>4} {'degen':>5} {'scored on':<10} "
+              f"{'windows':>7} {'train s':>8}")
+    for mode in MODES:
+        section = [r for r in rows if r["mode"] == mode]
+        if not section:
+            continue
+        lines += ["", f"[{mode}]" + ("" if mode == "full" else " (trained on a subset; not comparable with full)"),
+                  header]
+        for r in section:
+            ci = f"[{_f(r['ci_low'], '.3f')}, {_f(r['ci_high'], '.3f')}]" if r["ci_low"] is not None else "-"
+            tag = r["tag"] if r["head"] not in ("prior", "zeroshot") else f"base/{r['tag']}"
+            lines.append(
+                f"{r['rank']:>2}  {r['head_id']:<22} {tag:<9} {r['features']:<18} {_f(r['fold_mean']):>9} "
+                f"{_f(r['fold_std']):>7} {_f(r['oof_auc'], '.3f'):>7} {_f(r['calibration_gap'], '+.3f'):>7} "
+                f"{ci:>15} {_f(r['rare_auc'], '.3f'):>6} {_f(r['n_classes_scored'], 'd'):>4} "
+                f"{_f(r['n_classes_degenerate'], 'd'):>5} {r['scored_on'] or '-':<10} "
+                f"{_f(r['n_eval_windows'], 'd'):>7} {_f(r['train_seconds'], '.1f'):>8}")
+    return "\n".join(lines).lstrip("\n")
+
+
+def empty_message(store: FeatureStore, flt: BoardFilter) -> str:
+    """Why the board is empty: no experiments at all, or none matching the filter (with what there is)."""
+    asked = {k: v for k, v in (("tag", flt.tag), ("mode", flt.mode), ("head", flt.head)) if v}
+    if not asked or not known_values(store, "head_id"):
+        return "no experiments yet; run pipelines.train"
+    have = "; ".join(f"{k}s present: {', '.join(known_values(store, k)) or 'none'}" for k in asked)
+    wanted = ", ".join(f"{k} {v!r}" for k, v in asked.items())
+    return f"no experiments with {wanted} ({have})"
+
+
+def leaderboard(store_dir: str | os.PathLike, flt: BoardFilter = BoardFilter()) -> str:
+    """The rendered leaderboard of the store at ``store_dir`` (opened read-only), or why it is empty."""
+    with FeatureStore.open(store_dir, create=False, read_only=True) as store:
+        board = ranked(store, flt)
+        return render(board) if board.num_rows else empty_message(store, flt)

@@ -7,14 +7,17 @@ are not training rows. Every row keeps its ``window_id`` so OOF predictions join
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from featurestore.store import FeatureStore, StoreError
+from featurestore.errors import StoreError, UserInputError
+from featurestore.windows import SOUNDSCAPE, WINDOW_LABEL_PARTS, file_of, start_of, window_labels_sql
 
-FOCAL = "train_audio"
-SOUNDSCAPE = "train_soundscapes"
+if TYPE_CHECKING:  # the inference path (add_context) loads no store, so no duckdb
+    from featurestore.store import FeatureStore
+    from models.bundle import FeatureVersions
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,13 @@ class FrameSpec:
 
         views = [v.strip() for v in self.features.split(",")]
         if not all(views):
-            raise ValueError(f"empty feature view in {self.features!r}")
+            raise UserInputError(f"empty feature view in {self.features!r}")
         for view in views:
             parse_view(view)
         if self.pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}")
+            raise UserInputError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}")
         if self.soundscape_weight < 0 or self.focal_weight < 0:
-            raise ValueError("sample weights must be >= 0")
+            raise UserInputError("sample weights must be >= 0")
         return self
 
 
@@ -51,7 +54,7 @@ class TrainingFrame:
     source: np.ndarray
     class_names: list[str]
     feature_names: list[str]
-    feature_versions: dict = field(default_factory=dict)
+    feature_versions: FeatureVersions       # extractor versions read, and the pooling
     coverage: Coverage | None = None
 
     def subset(self, mask: np.ndarray) -> TrainingFrame:
@@ -67,20 +70,10 @@ def class_names_of(store: FeatureStore) -> list[str]:
 
 def window_labels(store: FeatureStore) -> dict[str, tuple[str, list[str]]]:
     """window_id → (source, labels) for every trainable window."""
-    out: dict[str, tuple[str, list[str]]] = {}
-    if store.has_table("recordings"):
-        rows = store.rows(
-            "SELECT w.window_id, r.primary_label, r.secondary_labels FROM windows w "
-            "JOIN recordings r ON w.source = 'train_audio' AND w.filename = r.filename")
-        for wid, primary, secondary in rows:
-            out[wid] = (FOCAL, sorted({primary, *(secondary or [])}))
-    if store.has_table("soundscape_labels"):
-        rows = store.rows(
-            "SELECT w.window_id, l.labels FROM windows w JOIN soundscape_labels l "
-            "ON w.source = 'train_soundscapes' AND w.filename = l.filename AND w.start_s = l.start_s")
-        for wid, labels in rows:
-            out[wid] = (SOUNDSCAPE, sorted(labels))
-    return out
+    query = window_labels_sql([t for t in WINDOW_LABEL_PARTS if store.has_table(t)])
+    if query is None:
+        return {}
+    return {wid: (source, list(labels)) for wid, source, labels in store.rows(query)}
 
 
 def label_matrix(labels: list[list[str]], class_names: list[str]) -> np.ndarray:
@@ -90,14 +83,6 @@ def label_matrix(labels: list[list[str]], class_names: list[str]) -> np.ndarray:
         for lab in labs:
             Y[r, index[lab]] = 1.0
     return Y
-
-
-def file_of(window_id: str) -> str:
-    return window_id.rsplit("@", 1)[0]
-
-
-def start_of(window_id: str) -> int:
-    return int(window_id.rsplit("@", 1)[1])
 
 
 def add_context(X: np.ndarray, window_ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -118,9 +103,9 @@ def add_context(X: np.ndarray, window_ids: np.ndarray) -> tuple[np.ndarray, list
     return np.hstack([X, neighbour, file_max]), ["ctx_neighbour", "ctx_filemax"]
 
 
-def _failed_files(store: FeatureStore, versions: dict) -> set[str]:
-    """Files the embed job recorded as impossible to embed (``embed_errors``) for these versions."""
-    chosen = [v for k, v in versions.items() if k != "pooling"]
+def _failed_files(store: FeatureStore, versions: dict[str, str]) -> set[str]:
+    """Files the embed job recorded as impossible to embed (``embed_errors``) for these extractor versions."""
+    chosen = list(versions.values())
     if not chosen or not store.part_files("embed_errors"):
         return set()
     marks = ", ".join("?" for _ in chosen)
@@ -153,6 +138,7 @@ def build_frame(store: FeatureStore, spec: FrameSpec, window_ids: list[str] | No
     ``allow_partial``. ``frame.coverage`` holds the counts.
     """
     from embed.features import load_window_features
+    from models.bundle import FeatureVersions
 
     labelled = window_labels(store)
     if window_ids is not None:
@@ -171,8 +157,8 @@ def build_frame(store: FeatureStore, spec: FrameSpec, window_ids: list[str] | No
     unexplained = [w for w in missing if file_of(w) not in failed]
     coverage = Coverage(len(wanted), len(ids), len(missing) - len(unexplained), len(unexplained))
     if unexplained and not allow_partial:
-        chosen = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "pooling")
-        extractors = ",".join(dict.fromkeys(k.split(":", 1)[0] for k in versions if k != "pooling"))
+        chosen = ", ".join(f"{k} {v}" for k, v in versions.items())
+        extractors = ",".join(dict.fromkeys(k.split(":", 1)[0] for k in versions))
         raise StoreError(
             f"{len(unexplained)} of {len(wanted)} labelled windows have no {spec.features!r} features at the "
             f"version in use ({chosen}; first: {unexplained[0]}): an embed is still running, was killed or lost "
@@ -188,4 +174,5 @@ def build_frame(store: FeatureStore, spec: FrameSpec, window_ids: list[str] | No
     Y = label_matrix([labelled[w][1] for w in ids], classes)
     weight = np.where(sources == SOUNDSCAPE, spec.soundscape_weight, spec.focal_weight).astype(np.float64)
     groups = np.array([file_of(w) for w in ids])
-    return TrainingFrame(ids, X, Y, weight, groups, sources, classes, list(names), dict(versions), coverage)
+    return TrainingFrame(ids, X, Y, weight, groups, sources, classes, list(names),
+                         FeatureVersions(dict(versions), spec.pooling), coverage)

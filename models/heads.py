@@ -1,11 +1,18 @@
 """Heads: models that map a window feature matrix to one probability per class.
 
-One contract for every head: ``fit(X, Y, sample_weight=None, groups=None)`` and
-``predict_proba(X) -> (n_windows, n_classes)``; ``save(folder)`` / :func:`load_head` keep every
-trained head loadable from a plain folder (JSON + ``.npz`` + LightGBM model text, no pickles).
+Words: a *head kind* is a model family registered in :data:`HEAD_CLASSES` (``prior``,
+``zeroshot``, ``linear``, ``lgbm``); a :class:`Head` is one fitted model of a kind (training fits one
+per fold); the folder of a cross-validated run is a *bundle* (:mod:`models.bundle`).
+
+One contract for every head kind (checked for each by tests/test_head_contract.py):
+``fit(X, Y, sample_weight=None, groups=None)`` returns the Head, ``predict_proba(X)`` gives
+``(n_windows, n_classes)`` probabilities in [0, 1], identical for identical fits; bad input
+(wrong width, NaN/inf, wrong Y shape) and unknown kinds or parameters raise :class:`HeadError`
+naming the choices; ``save(folder)`` / :func:`load_head` keep every Head loadable from a plain
+folder (JSON + ``.npz`` + LightGBM model text, no pickles) with bit-identical predictions.
 Parameters are frozen dataclasses; :func:`config_hash` names a run by them.
 
-Heads: L0 class prior, BirdNET zero-shot (matched logits → sigmoid; unmatched classes get the
+Head kinds: L0 class prior, BirdNET zero-shot (matched logits → sigmoid; unmatched classes get the
 prior), per-class logistic regression (standardised, optional PCA), per-class LightGBM.
 """
 
@@ -22,12 +29,11 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
 
+from embed.birdnet import LOGITS_VIEW
+from featurestore.errors import HeadError
+
 PRIOR_PSEUDOCOUNT = 1.0
-ZERO_SHOT_PREFIX = "birdnet_logit:"
-
-
-class HeadError(ValueError):
-    """Bad head input or configuration; the message says what."""
+ZERO_SHOT_PREFIX = LOGITS_VIEW.prefix()   # "birdnet_logit:", named where BirdNET declares its views
 
 
 # ---------------------------------------------------------------------------- params
@@ -56,8 +62,12 @@ class LGBMParams:
     learning_rate: float = 0.1
     num_leaves: int = 15
     min_child_samples: int = 5
-    feature_fraction: float = 0.2     # per tree; 0.5 -> 0.2 is ~2x faster at equal AUC (bench/train_speed.py)
-    neg_per_pos: float = 20.0     # train each class on ~this many negatives per positive (0 = all)
+    # per tree. 0.5 -> 0.2 was ~2x faster at equal AUC; 0.2 -> 0.05 with neg_per_pos 20 -> 10 is another
+    # 2.6x on the 5-fold bench (1,427 -> 542 s extrapolated) at equal-or-better noisy held-out AUC
+    # (0.9597 -> 0.9628, 32 classes x 2 folds), demo fold mean 0.942 -> 0.940 (std 0.03): bench/train_speed.py
+    feature_fraction: float = 0.05
+    min_features_per_tree: int = 32   # floor under feature_fraction: 0.05 of 20 features would leave one
+    neg_per_pos: float = 10.0     # train each class on ~this many negatives per positive (0 = all)
     lambda_l2: float = 1.0
     # 63 -> 31: 1.20x less CPU per fit at equal noisy held-out AUC (bench/train_speed.py)
     max_bin: int = 31
@@ -79,11 +89,8 @@ class LGBMParams:
     seed: int = 0
 
 
-PARAMS_BY_KIND = {"prior": PriorParams, "zeroshot": ZeroShotParams, "linear": LinearParams, "lgbm": LGBMParams}
-
-
 def make_params(kind: str, overrides: dict | None = None):
-    """Parameter dataclass of a head kind, with ``overrides`` applied (unknown keys are an error)."""
+    """Parameter dataclass of a head kind, with ``overrides`` applied (unknown kinds or keys: HeadError)."""
     if kind not in PARAMS_BY_KIND:
         raise HeadError(f"unknown head {kind!r}; choose from {sorted(PARAMS_BY_KIND)}")
     cls = PARAMS_BY_KIND[kind]
@@ -120,9 +127,11 @@ def class_prior(Y: np.ndarray, sample_weight: np.ndarray | None, pseudocount: fl
 
 
 class Head:
-    """Base class: stores class and feature names and implements save/load of the common part."""
+    """One fitted model of a head kind. The base class stores class and feature names and implements
+    save/load of the common part."""
 
     kind: ClassVar[str] = ""
+    params_type: ClassVar[type]           # the frozen parameter dataclass of the kind
 
     def __init__(self, params, class_names: list[str], feature_names: list[str]):
         self.params = params
@@ -157,13 +166,15 @@ class PriorHead(Head):
     """L0: every window gets the class's training base rate."""
 
     kind = "prior"
+    params_type = PriorParams
 
     def fit(self, X, Y, sample_weight=None, groups=None):
-        _check_xy(X, Y, len(self.class_names), None)
+        _check_xy(X, Y, len(self.class_names), len(self.feature_names))
         self.prior_ = class_prior(Y, sample_weight, self.params.pseudocount)
         return self
 
     def predict_proba(self, X):
+        _check_xy(X, None, len(self.class_names), len(self.feature_names))  # the same input contract as every head
         return np.broadcast_to(self.prior_, (X.shape[0], len(self.class_names))).astype(np.float32)
 
 
@@ -174,6 +185,7 @@ class ZeroShotHead(Head):
     """
 
     kind = "zeroshot"
+    params_type = ZeroShotParams
 
     def fit(self, X, Y, sample_weight=None, groups=None):
         _check_xy(X, Y, len(self.class_names), len(self.feature_names))
@@ -290,6 +302,7 @@ class LinearHead(Head):
     """Per-class logistic regression on standardised (optionally PCA-reduced) features."""
 
     kind = "linear"
+    params_type = LinearParams
 
     def fit(self, X, Y, sample_weight=None, groups=None):
         _check_xy(X, Y, len(self.class_names), len(self.feature_names))
@@ -391,6 +404,14 @@ def undo_negative_sampling(p: np.ndarray, rate: float) -> np.ndarray:
     return p * rate / (p * rate + 1.0 - p)
 
 
+def effective_feature_fraction(p: LGBMParams, n_features: int) -> float:
+    """``feature_fraction``, raised so a tree sees at least ``min_features_per_tree`` features (all of
+    them when there are fewer): the 0.05 default suits embeddings of ~1,000 dimensions, not 20 features."""
+    if n_features <= 0:
+        return p.feature_fraction
+    return float(min(1.0, max(p.feature_fraction, p.min_features_per_tree / n_features)))
+
+
 class LGBMHead(Head):
     """One LightGBM binary model per class, early-stopped on an inner group split.
 
@@ -400,6 +421,7 @@ class LGBMHead(Head):
     """
 
     kind = "lgbm"
+    params_type = LGBMParams
 
     def fit(self, X, Y, sample_weight=None, groups=None):
         import lightgbm as lgb
@@ -415,7 +437,7 @@ class LGBMHead(Head):
             valid = np.zeros(len(X), bool)
         train_rows = ~valid
         base = {"objective": "binary", "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
-                "min_data_in_leaf": p.min_child_samples, "feature_fraction": p.feature_fraction,
+                "min_data_in_leaf": p.min_child_samples, "feature_fraction": effective_feature_fraction(p, X.shape[1]),
                 "lambda_l2": p.lambda_l2, "max_bin": p.max_bin, "num_threads": p.n_jobs, "seed": p.seed,
                 "deterministic": True, "force_col_wise": True, "verbosity": -1,  # col-wise: 1.2-1.4x here
                 "use_quantized_grad": p.quantized_grad}
@@ -531,7 +553,10 @@ class LGBMHead(Head):
         return folder
 
 
+# The registry of head kinds: a new kind is a parameter dataclass and a Head subclass above plus one
+# entry here (tests/test_head_contract.py then checks it).
 HEAD_CLASSES: dict[str, type[Head]] = {h.kind: h for h in (PriorHead, ZeroShotHead, LinearHead, LGBMHead)}
+PARAMS_BY_KIND: dict[str, type] = {kind: h.params_type for kind, h in HEAD_CLASSES.items()}
 
 
 def make_head(kind: str, class_names: list[str], feature_names: list[str], overrides: dict | None = None) -> Head:

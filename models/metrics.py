@@ -30,12 +30,10 @@ import pyarrow as pa
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from featurestore.errors import MetricError
+
 FREQUENCY_BUCKETS = (10, 100)  # training count < 10 -> rare, < 100 -> mid, else head
 OVERLAP_HEAVY_LABELS = 3
-
-
-class MetricError(ValueError):
-    """Bad metric input (shape, NaN, unknown class column); the message says which."""
 
 
 # ---------------------------------------------------------------------------- input checks

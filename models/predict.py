@@ -1,15 +1,17 @@
-"""Inference: audio files → the head's extractors → fold-averaged probabilities → submission rows.
+"""Inference: audio files → a bundle's extractors → fold-averaged probabilities → submission rows.
 
-Everything needed comes from the head folder (``heads/<head_id>/``): ``config.json`` (feature
-views, pooling, context), ``extractors.json`` (the exact extractor parameters the head was trained
-on) and the fold models. An extractor that would now produce a different version (another model
-file, other code) is refused rather than silently mixed. Only numpy, scipy, soundfile,
-ai-edge-litert, lightgbm and scikit-learn are imported on this path.
+Everything needed comes from the bundle (``heads/<head_id>/``, :mod:`models.bundle`): its config
+(feature views, pooling, context), ``extractors.json`` (the exact extractor parameters the
+features were made with) and the fold Heads. An extractor that would now produce a different
+version (another model file, other code) is refused rather than silently mixed. Only numpy,
+scipy, soundfile, ai-edge-litert, lightgbm and scikit-learn are imported on this path.
+
+The expected rows of a soundscape are defined once, here (:func:`expected_row_ids`): predict
+writes exactly them and the validator (:func:`expected_ids_for_audio`) checks exactly them.
 """
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
@@ -19,66 +21,25 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from embed.extractors import single_threaded_children
-from featurestore.competition import WINDOW_SECONDS
-from featurestore.store import StoreError
+from embed.extractors import Extractor, single_threaded_children
+from featurestore.errors import BundleError, DataError
+from featurestore.windows import SOUNDSCAPE_SECONDS, TEST, WINDOW_SECONDS, is_audio, row_ids, window_id
+from models.bundle import HeadBundle, class_prior, load_bundle
 from models.frame import add_context
-from models.heads import Head, load_head
-
-AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
-EXTRACTORS_FILE = "extractors.json"
-SOUNDSCAPE_SECONDS = 60   # every competition soundscape is expected to cover at least this long
 
 
-@dataclass
-class HeadBundle:
-    """A trained head as loaded from its folder."""
+def build_extractors(bundle: HeadBundle, **runtime) -> list[Extractor]:
+    """Rebuild the bundle's extractors from ``extractors.json``; BundleError for any whose version
+    differs from the one its features were trained on (``runtime``: threads, batch_size, cache_dir)."""
+    from embed.registry import rebuild
 
-    head_id: str
-    config: dict
-    extractor_params: dict[str, dict]
-    folds: list[Head]
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.folds[0].class_names
-
-
-def load_bundle(head_dir: str | os.PathLike) -> HeadBundle:
-    head_dir = Path(head_dir)
-    for required in ("config.json", EXTRACTORS_FILE):
-        if not (head_dir / required).exists():
-            raise StoreError(f"{head_dir}: not a trained head folder (missing {required})")
-    folds = [load_head(p) for p in sorted(head_dir.glob("fold_*")) if (p / "head.json").exists()]
-    if not folds:
-        raise StoreError(f"{head_dir}: no fold models")
-    return HeadBundle(head_dir.name, json.loads((head_dir / "config.json").read_text()),
-                      json.loads((head_dir / EXTRACTORS_FILE).read_text()), folds)
-
-
-def build_extractors(bundle: HeadBundle, **runtime) -> list:
-    """Rebuild the head's extractors; refuse any whose version differs from training."""
-    from embed.extractors import extractor_from_params
-
-    trained = {k: v for k, v in bundle.config["feature_versions"].items() if k != "pooling"}
-    out = []
-    for name, version in sorted(trained.items()):
-        params = bundle.extractor_params.get(name)
-        if params is None:
-            raise StoreError(f"head {bundle.head_id}: no parameters recorded for extractor {name!r}")
-        extractor = extractor_from_params(params, **runtime)
-        if extractor.version != version:
-            raise StoreError(f"head {bundle.head_id} was trained on {name} features version {version}, but this "
-                             f"machine's {name} extractor is version {extractor.version} (model file or code "
-                             "changed); re-embed and retrain, or restore the original model")
-        out.append(extractor)
-    return out
+    return rebuild(bundle.extractor_params, bundle.config.feature_versions.extractors,
+                   owner=f"head {bundle.head_id}", **runtime)
 
 
 def file_window_ids(path: Path, starts: np.ndarray) -> tuple[list[str], list[str]]:
     """(window ids for context features, competition row ids) of a soundscape's windows."""
-    ids = [f"{path.name}@{int(s)}" for s in starts]
-    return ids, [f"{path.stem}_{int(s) + WINDOW_SECONDS}" for s in starts]
+    return [window_id(TEST, path.name, s) for s in starts], row_ids(path.name, starts)
 
 
 def header_seconds(path: Path) -> float | None:
@@ -107,11 +68,6 @@ def expected_row_ids(path: Path, min_seconds: float = SOUNDSCAPE_SECONDS) -> lis
     return file_window_ids(path, np.arange(expected_window_count(path, min_seconds)) * WINDOW_SECONDS)[1]
 
 
-def class_prior(bundle: HeadBundle) -> np.ndarray:
-    """The head's class base rates (fold mean), float32 in [0, 1]."""
-    return np.clip(np.mean([h.prior_ for h in bundle.folds], axis=0), 0.0, 1.0).astype(np.float32)
-
-
 def predict_file(path: Path, bundle: HeadBundle, extractors: list) -> tuple[list[str], np.ndarray]:
     """Row ids and fold-averaged probabilities (windows × head classes) of the decodable windows of one file.
 
@@ -121,11 +77,11 @@ def predict_file(path: Path, bundle: HeadBundle, extractors: list) -> tuple[list
     """
     from embed.features import embed_file
 
-    frame = bundle.config["frame"]
-    view = frame["features"]
-    starts, X = embed_file(path, extractors, soundscape=True, views=[view], pooling=frame["pooling"])[view]
+    frame = bundle.config.frame
+    view = frame.features
+    starts, X = embed_file(path, extractors, soundscape=True, views=[view], pooling=frame.pooling)[view]
     ids, row_ids = file_window_ids(path, starts)
-    if frame.get("context"):
+    if frame.context:
         X, _ = add_context(X, np.asarray(ids))
     probs = np.mean([head.predict_proba(X) for head in bundle.folds], axis=0)
     return row_ids, probs.astype(np.float32)
@@ -211,8 +167,17 @@ def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: d
 def list_audio(audio_dir: str | os.PathLike) -> list[Path]:
     audio_dir = Path(audio_dir)
     if not audio_dir.is_dir():
-        raise StoreError(f"audio folder {audio_dir} not found")
-    return sorted(p for p in audio_dir.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        raise DataError(f"audio folder {audio_dir} not found")
+    return sorted(p for p in audio_dir.iterdir() if is_audio(p) and p.is_file())
+
+
+def expected_ids_for_audio(audio_dir: str | os.PathLike) -> list[str]:
+    """row_ids of every expected 5-s window of every audio file in a folder (never raises for a bad file).
+
+    Each file is a competition soundscape: 60 s, or what its header says when it is readable and
+    says more (:func:`expected_row_ids`, the rows predict writes for it).
+    """
+    return [rid for path in list_audio(audio_dir) for rid in expected_row_ids(path)]
 
 
 def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, columns: list[str], *,
@@ -230,12 +195,12 @@ def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, col
     bundle = load_bundle(head_dir)
     missing = [c for c in columns if c not in bundle.class_names]
     if missing:
-        raise StoreError(f"submission columns {missing[:5]} are not classes of head {bundle.head_id}")
+        raise BundleError(f"submission columns {missing[:5]} are not classes of head {bundle.head_id}")
     order = [bundle.class_names.index(c) for c in columns]
     build_extractors(bundle, **(runtime or {}))  # fail fast on a version mismatch, before any work
     files = list_audio(audio_dir)
     if not files:
-        raise StoreError(f"no audio files in {audio_dir}")
+        raise DataError(f"no audio files in {audio_dir}")
     if on_start:
         on_start(len(files))
     row_ids: list[str] = []
@@ -249,3 +214,62 @@ def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, col
         if progress:
             progress(1)
     return row_ids, np.vstack(blocks), errors
+
+
+@dataclass(frozen=True)
+class SubmissionSummary:
+    head_id: str
+    path: Path
+    n_rows: int
+    n_classes: int
+    warnings: list[str]
+
+    def render(self) -> str:
+        return (f"wrote {self.path}: {self.n_rows} rows x {self.n_classes} classes from head {self.head_id} "
+                "(validated)")
+
+
+def predict_submission(store_dir: str | os.PathLike, audio_dir: str | os.PathLike, out: str | os.PathLike, *,
+                       head_id: str = "best", sample: str | os.PathLike | None = None, workers: int = 1,
+                       runtime: dict | None = None, make_progress: Callable[[int, str], object] | None = None,
+                       on_warning: Callable[[str], object] | None = None) -> SubmissionSummary:
+    """Predict ``audio_dir`` with a bundle of the store and write a validated submission to ``out``.
+
+    ``head_id`` ``"best"`` is the leaderboard's best full-CV head; the columns follow ``sample``
+    (a sample_submission.csv) or else the store's taxonomy order. The file is validated (columns,
+    exactly :func:`expected_ids_for_audio` as rows, numbers in [0, 1]) before it replaces ``out``.
+    ``make_progress(n_files, description)`` returns a bar (``update``/``close``), made once every
+    input is checked. Per-file problems (see :func:`predict_soundscape`) go to ``on_warning`` as
+    soon as every file is predicted, before the file is written, and are returned too.
+    """
+    from featurestore.errors import StoreError
+    from featurestore.store import FeatureStore
+    from models.bundle import bundle_dir
+    from models.experiments import best_head_id
+    from models.frame import class_names_of
+    from models.submission import read_header, write_submission
+
+    with FeatureStore.open(store_dir, create=False, read_only=True) as store:
+        head_id = best_head_id(store) if head_id == "best" else head_id
+        columns = read_header(Path(sample))[1:] if sample else class_names_of(store)
+        head_dir = bundle_dir(store.root, head_id)
+    if not head_dir.is_dir():
+        raise StoreError(f"no trained head {head_id!r} in {store_dir}; pick one from pipelines.leaderboard")
+    bars: list = []
+
+    def on_start(n_files: int) -> None:
+        if make_progress:
+            bars.append(make_progress(n_files, f"predict {head_id}"))
+
+    try:
+        row_ids, probs, warnings = predict_audio(head_dir, audio_dir, columns, workers=workers, runtime=runtime,
+                                                 progress=lambda n: bars and bars[0].update(n), on_start=on_start)
+    finally:
+        for bar in bars:
+            bar.close()
+    for warning in warnings if on_warning else ():
+        on_warning(warning)
+    # validated before it replaces ``out``: a failed check leaves no (or the previous) file
+    path = write_submission(out, row_ids, probs, columns, sample_submission=sample or ["row_id", *columns],
+                            expected_ids=expected_ids_for_audio(audio_dir))
+    return SubmissionSummary(head_id, path, len(row_ids), len(columns), warnings)

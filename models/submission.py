@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class SubmissionError(ValueError):
-    """An invalid submission; the message names the row or column."""
+from featurestore.errors import SubmissionError
 
 
 def _not_utf8(path: Path) -> SubmissionError:

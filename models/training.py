@@ -1,38 +1,41 @@
-"""Cross-validated training of one head on the store: fold models, OOF predictions, one experiment row.
+"""Cross-validated training of one head kind on the store: a bundle, OOF predictions, one experiment row.
 
 Artifacts land in plain folders inside the store:
 
-* ``heads/<head_id>/config.json`` and ``heads/<head_id>/fold_<k>/`` (a saved head each, plus the
-  window ids it was trained on, so leakage can be audited);
+* the bundle ``heads/<head_id>/`` (:mod:`models.bundle`: ``config.json``, ``extractors.json`` and
+  one saved Head per fold, plus the window ids it was trained on, so leakage can be audited);
 * ``oof/<head_id>.parquet``: one row per training window (window_id, head_id, fold, source and one
   float32 column per class), byte-identical for the same configuration and seed;
-* a row in the DuckDB table ``experiments``.
+* a row in the DuckDB table ``experiments`` (:mod:`models.experiments`).
+
+The cross-validation set-up (:func:`plan_cv`) and loop (:func:`cross_validate`) exist once: the
+tuner (:mod:`models.tuning`) runs the same code, so a tuning trial scores what training records.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from featurestore.errors import MetricError, StoreError
 from featurestore.ingest import latest_data_version
-from featurestore.store import FeatureStore, StoreError, write_parquet_atomic
+from featurestore.store import FeatureStore, write_parquet_atomic
+from models.bundle import HEADS_DIR, BundleWriter, FeatureVersions, HeadConfig
 from models.experiments import record
 from models.frame import SOUNDSCAPE, FrameSpec, TrainingFrame, build_frame
-from models.heads import config_hash, make_head, make_params
-from models.metrics import MetricError, MetricReport, evaluate, macro_auc_defined
-from models.predict import EXTRACTORS_FILE
+from models.heads import PARAMS_BY_KIND, make_head, make_params
+from models.metrics import MetricReport, evaluate, macro_auc_defined
 
-HEADS_DIR = "heads"
+__all__ = ["HEADS_DIR", "OOF_DIR", "TRAINING_VERSION", "CVPlan", "ExperimentResult", "Subsample", "cross_validate",
+           "plan_cv", "run_config", "train_head"]
+
 OOF_DIR = "oof"
 TRAINING_VERSION = "train-1"
 
@@ -95,19 +98,12 @@ class Subsample:
         return "fast(" + "; ".join(parts) + ")" if parts else "full"
 
 
-def extractor_params(store: FeatureStore, feature_versions: dict) -> dict[str, dict]:
-    """The stored parameters of every extractor version a head uses (what inference rebuilds)."""
-    from embed.features import version_meta
+def extractor_params(store: FeatureStore, versions: FeatureVersions) -> dict[str, dict]:
+    """The stored parameters of every extractor version a bundle uses (``extractors.json``: what
+    inference rebuilds the extractors from), in the order of ``versions``."""
+    from embed.registry import stored_params  # StoreError naming a version with no extractor_versions row
 
-    out = {}
-    for name, version in feature_versions.items():
-        if name == "pooling":
-            continue
-        meta = version_meta(store, version)
-        if not meta:
-            raise StoreError(f"extractor version {version} has no extractor_versions row in {store.root}")
-        out[name] = meta["params"]
-    return out
+    return stored_params(store, versions.extractors)
 
 
 def fold_assignment(store: FeatureStore, window_ids: np.ndarray, version: str | None,
@@ -148,13 +144,14 @@ def focal_cap_mask(frame: TrainingFrame, per_class: int, seed: int) -> np.ndarra
 
 
 def cross_validate(frame: TrainingFrame, folds: np.ndarray, kind: str, overrides: dict,
-                   out_dir: Path | None, progress=None, *, train_mask: np.ndarray | None = None,
+                   bundle: BundleWriter | None, progress=None, *, train_mask: np.ndarray | None = None,
                    run_folds: Sequence[int] | None = None) -> tuple[np.ndarray, float, float]:
-    """Train one head per fold on the other folds; returns OOF predictions and train/predict seconds.
+    """The one cross-validation loop: one Head of ``kind`` per fold, fitted on the other folds.
 
-    ``train_mask`` limits the training rows (never the held-out ones); ``run_folds`` the folds run
-    (rows of other folds stay NaN). ``progress(fold, oof)`` is called after each fold (the tuner
-    reports and prunes there).
+    Returns the OOF predictions (NaN for rows of folds not run) and the train/predict seconds.
+    ``train_mask`` limits the training rows (never the held-out ones); ``run_folds`` the folds run.
+    Each fold's Head goes into ``bundle`` when given (training; the tuner passes None).
+    ``progress(fold, oof)`` is called after each fold (the tuner reports and prunes there).
     """
     oof = np.full(frame.Y.shape, np.nan, dtype=np.float32)
     train_s = predict_s = 0.0
@@ -177,10 +174,8 @@ def cross_validate(frame: TrainingFrame, folds: np.ndarray, kind: str, overrides
         oof[held] = head.predict_proba(frame.X[held])
         predict_s += time.perf_counter() - t1
         train_s += t1 - t0
-        if out_dir is not None:
-            fold_dir = head.save(out_dir / f"fold_{f}")
-            pq.write_table(pa.table({"window_id": frame.window_ids[train]}), fold_dir / "train_windows.parquet",
-                           compression="zstd")
+        if bundle is not None:
+            bundle.add_fold(f, head, frame.window_ids[train])
         if progress:
             progress(f, oof)
     return oof, train_s, predict_s
@@ -253,17 +248,65 @@ def _nan_to_none(value: float | None) -> float | None:
     return None if value is None or np.isnan(value) else float(value)
 
 
+@dataclass
+class CVPlan:
+    """One cross-validation set-up, shared by training and tuning: the training frame, each window's
+    fold, the rows each fold model may train on and the rows that score the run."""
+
+    frame: TrainingFrame
+    folds: np.ndarray                      # fold of each frame row (-1: in no fold, never used)
+    fold_version: str
+    data_version: str | None
+    train_mask: np.ndarray | None          # None: every folded row may be trained on
+    run_folds: tuple[int, ...]             # () = every fold
+    eval_mask: np.ndarray
+    scored_on: str                         # soundscape | focal | none
+
+    @property
+    def n_train_windows(self) -> int:
+        return n_training_windows(self.folds, self.train_mask)
+
+    def run(self, kind: str, params, bundle: BundleWriter | None = None,
+            progress=None) -> tuple[np.ndarray, float, float]:
+        """:func:`cross_validate` of a head kind with these parameters over this set-up."""
+        return cross_validate(self.frame, self.folds, kind, asdict(params), bundle, progress,
+                              train_mask=self.train_mask, run_folds=self.run_folds or None)
+
+    def config(self, kind: str, params, spec: FrameSpec, *, seed: int, replay: bool = False,
+               subsample: Subsample | None = None) -> HeadConfig:
+        return run_config(kind, params, spec, fold_version=self.fold_version, data_version=self.data_version,
+                          feature_versions=self.frame.feature_versions, seed=seed, replay=replay,
+                          subsample=subsample)
+
+
+def plan_cv(store: FeatureStore, spec: FrameSpec, *, fold_version: str | None = None, replay: bool = False,
+            subsample: Subsample | None = None, seed: int = 0, allow_partial: bool = False) -> CVPlan:
+    """Build the frame (the replay subset when ``replay``), assign folds and fix the training and
+    evaluation rows (``subsample``: the fast mode's focal cap and folds)."""
+    replay_ids = sorted(replay_window_ids(store)) if replay else None
+    frame = build_frame(store, spec, window_ids=replay_ids, allow_partial=allow_partial)
+    folds, fold_version = fold_assignment(store, frame.window_ids, fold_version)
+    if (folds == -1).all():
+        raise StoreError("none of the training windows has a fold; re-run pipelines.folds")
+    active = subsample is not None and subsample.active
+    train_mask = focal_cap_mask(frame, subsample.focal_per_class, seed) if active else None
+    run_folds = tuple(subsample.folds) if active else ()
+    eval_mask, scored_on = evaluation_rows(frame, folds, run_folds)
+    return CVPlan(frame, folds, fold_version, latest_data_version(store), train_mask, run_folds, eval_mask,
+                  scored_on)
+
+
 def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: dict | None = None,
                fold_version: str | None = None, replay: bool = False, subsample: Subsample | None = None,
                seed: int = 0, tag: str | None = None, allow_partial: bool = False,
                progress=None) -> ExperimentResult:
-    """Cross-validate ``kind`` on the store's features and record the experiment.
+    """Cross-validate head kind ``kind`` on the store's features, write its bundle and record the experiment.
 
-    The fold models, the OOF file and the experiment row are kept whatever the scoring finds: a
+    The bundle, the OOF file and the experiment row are kept whatever the scoring finds: a
     set with a class positive in every window drops that class (counted as degenerate); with no
     scorable soundscape window the focal windows are scored (``scored_on``); with nothing
-    scorable the headline is NaN and a warning says why. The head folder is assembled under a
-    temporary name and renamed into place after its last fold, so no reader sees half a head.
+    scorable the headline is NaN and a warning says why. The bundle is assembled under a
+    temporary name and renamed into place after its last fold, so no reader sees half a bundle.
     """
     params = head_params(kind, overrides, seed)
     spec.check()
@@ -272,32 +315,17 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
         raise StoreError("choose either the replay subset or a fast subsample, not both")
     mode = "replay" if replay else ("fast" if subsample else "full")
     with FeatureStore.open(store_dir, create=False) as store:
-        replay_ids = sorted(replay_window_ids(store)) if replay else None
-        frame = build_frame(store, spec, window_ids=replay_ids, allow_partial=allow_partial)
-        folds, fold_version = fold_assignment(store, frame.window_ids, fold_version)
-        if (folds == -1).all():
-            raise StoreError("none of the training windows has a fold; re-run pipelines.folds")
-        data_version = latest_data_version(store)
-        config, head_id = run_config(kind, params, spec, fold_version=fold_version, data_version=data_version,
-                                     feature_versions=frame.feature_versions, seed=seed, replay=replay,
-                                     subsample=subsample)
+        plan = plan_cv(store, spec, fold_version=fold_version, replay=replay, subsample=subsample, seed=seed,
+                       allow_partial=allow_partial)
+        frame, folds = plan.frame, plan.folds
+        config = plan.config(kind, params, spec, seed=seed, replay=replay, subsample=subsample)
         if frame.coverage and (frame.coverage.unexplained or frame.coverage.failed):
-            config["feature_coverage"] = frame.coverage.as_dict()  # a partial frame is another head
-            config["allow_partial"] = allow_partial
-            head_id = f"{kind}-{config_hash(config)}"
-        final_dir = store.root / HEADS_DIR / head_id
-        work_dir = store.root / HEADS_DIR / f".partial-{head_id}-{os.getpid()}"
-        for stale in (store.root / HEADS_DIR).glob(f".partial-{head_id}-*"):  # left by a killed run
-            shutil.rmtree(stale, ignore_errors=True)
-        work_dir.mkdir(parents=True)
-        (work_dir / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
-        (work_dir / EXTRACTORS_FILE).write_text(json.dumps(extractor_params(store, frame.feature_versions), indent=1))
-        train_mask = focal_cap_mask(frame, subsample.focal_per_class, seed) if subsample else None
-        run_folds = subsample.folds if subsample else None
-        oof, train_s, predict_s = cross_validate(frame, folds, kind, asdict(params), work_dir,
-                                                 progress and (lambda f, _oof: progress(f)),
-                                                 train_mask=train_mask, run_folds=run_folds)
-        eval_mask, scored_on = evaluation_rows(frame, folds, run_folds)
+            config = replace(config, feature_coverage=frame.coverage.as_dict(),  # a partial frame is another head
+                             allow_partial=allow_partial)
+        head_id = config.head_id
+        bundle = BundleWriter(store.root / HEADS_DIR, config, extractor_params(store, frame.feature_versions))
+        oof, train_s, predict_s = plan.run(kind, params, bundle, progress and (lambda f, _oof: progress(f)))
+        eval_mask, scored_on = plan.eval_mask, plan.scored_on
         warnings: list[str] = []
         if frame.coverage and frame.coverage.unexplained:
             warnings.append(f"--allow-partial: trained on {frame.coverage.present} of {frame.coverage.wanted} "
@@ -318,7 +346,7 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
         oof_path.parent.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(oof_table(frame.subset(predicted), folds[predicted], oof[predicted], head_id), oof_path)
         refresh_oof_view(store)
-        publish_head(work_dir, final_dir)
+        bundle.publish()
 
         nan = float("nan")
         fold_mean = report.fold_mean if report and report.fold_mean is not None else nan
@@ -329,11 +357,11 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
         n_scored = report.n_scored_classes if report else 0
         n_degenerate = report.n_degenerate_classes if report else 0
         record(store, {
-            "head_id": head_id, "head": kind, "tag": tag or mode, "features": spec.features,
-            "params": json.dumps(asdict(params)), "config": json.dumps(config, sort_keys=True),
-            "fold_version": fold_version, "data_version": data_version,
-            "feature_versions": json.dumps(frame.feature_versions), "seed": seed,
-            "eval_rows": SCORED_ON_TEXT[scored_on], "n_train_windows": n_training_windows(folds, train_mask),
+            "head_id": config.head_id, "head": kind, "tag": tag or mode, "features": spec.features,
+            "params": json.dumps(asdict(params)), "config": json.dumps(config.to_json(), sort_keys=True),
+            "fold_version": plan.fold_version, "data_version": plan.data_version,
+            "feature_versions": json.dumps(frame.feature_versions.to_json()), "seed": seed,
+            "eval_rows": SCORED_ON_TEXT[plan.scored_on], "n_train_windows": plan.n_train_windows,
             "oof_auc": _nan_to_none(pooled), "fold_mean": _nan_to_none(fold_mean), "fold_std": _nan_to_none(fold_std),
             "ci_low": _nan_to_none(ci[0]), "ci_high": _nan_to_none(ci[1]),
             "rare_auc": _slice_value(report, "frequency", "rare") if report else None,
@@ -341,7 +369,7 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
             "per_class": json.dumps(report.per_class.to_pylist(), default=float) if report else None,
             "slices": json.dumps(report.slices.to_pylist(), default=float) if report else None,
             "train_seconds": train_s, "predict_seconds": predict_s, "training_version": TRAINING_VERSION,
-            "mode": mode, "scored_on": scored_on, "n_eval_windows": int(eval_mask.sum()),
+            "mode": mode, "scored_on": plan.scored_on, "n_eval_windows": int(plan.eval_mask.sum()),
             "n_folds_scored": sum(v is not None for v in fold_scores.values()), "fold_scores": json.dumps(fold_scores),
             "calibration_gap": _nan_to_none(pooled - fold_mean),
             "n_classes_scored": n_scored, "n_classes_degenerate": n_degenerate,
@@ -351,10 +379,12 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
 
 
 def head_params(kind: str, overrides: dict | None, seed: int):
-    """The head's parameter dataclass for a run: ``overrides`` applied, and the run's seed for LightGBM
-    unless given (the same parameters for training and tuning, hence the same head id)."""
+    """The head kind's parameter dataclass for a run: ``overrides`` applied, and the run's seed unless
+    given for a kind that has a ``seed`` parameter (LightGBM): the same parameters for training and
+    tuning, hence the same head id."""
     overrides = dict(overrides or {})
-    if kind == "lgbm":
+    params_type = PARAMS_BY_KIND.get(kind)   # an unknown kind: make_params raises HeadError naming the kinds
+    if params_type is not None and "seed" in {f.name for f in fields(params_type)}:
         overrides.setdefault("seed", seed)
     return make_params(kind, overrides)
 
@@ -366,26 +396,13 @@ def n_training_windows(folds: np.ndarray, train_mask: np.ndarray | None) -> int:
 
 
 def run_config(kind: str, params, spec: FrameSpec, *, fold_version: str, data_version: str | None,
-               feature_versions: dict, seed: int, replay: bool = False,
-               subsample: Subsample | None = None) -> tuple[dict, str]:
-    """A run's full configuration and the head id it names (the same inputs give the same id)."""
-    config = {"head": kind, "params": asdict(params), "frame": asdict(spec), "fold_version": fold_version,
-              "data_version": data_version, "feature_versions": feature_versions, "seed": seed,
-              "replay": replay, "training_version": TRAINING_VERSION}
-    if subsample is not None and subsample.active:
-        config["subsample"] = asdict(subsample)
-    return config, f"{kind}-{config_hash(config)}"
-
-
-def publish_head(work_dir: Path, final_dir: Path) -> None:
-    """Make a fully written head folder visible under its final name (an older copy is replaced)."""
-    if final_dir.exists():
-        trash = final_dir.with_name(f".old-{final_dir.name}-{os.getpid()}")
-        final_dir.rename(trash)
-        work_dir.rename(final_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        work_dir.rename(final_dir)
+               feature_versions: FeatureVersions, seed: int, replay: bool = False,
+               subsample: Subsample | None = None) -> HeadConfig:
+    """A run's full configuration; its ``head_id`` names the run (the same inputs give the same id)."""
+    return HeadConfig(kind=kind, params=asdict(params), frame=spec, fold_version=fold_version,
+                      data_version=data_version, feature_versions=feature_versions, seed=seed, replay=replay,
+                      training_version=TRAINING_VERSION,
+                      subsample=asdict(subsample) if subsample is not None and subsample.active else None)
 
 
 def refresh_oof_view(store: FeatureStore) -> None:

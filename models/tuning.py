@@ -2,7 +2,8 @@
 
 * **Objective** = the fold mean of the competition metric on the full labelled evaluation rows
   (each held-out fold scored by the one model that did not see it) - the experiments table's
-  headline, computed by the same code (:func:`models.training.cross_validate`, ``fold_score``).
+  headline, computed by the same code: the set-up of :func:`models.training.plan_cv` and the one
+  cross-validation loop :func:`models.training.cross_validate`, scored by ``fold_score``.
   A trial in ``full`` mode with the default parameters scores exactly the fold mean that
   ``pipelines.train`` records.
 * **Intermediate values** are the per-fold AUCs, reported at step = fold id, so the median pruner
@@ -35,22 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from featurestore.ingest import latest_data_version
-from featurestore.store import FeatureStore, StoreError
-from models.frame import FrameSpec, build_frame
+from featurestore.errors import StoreError, UserInputError
+from featurestore.store import FeatureStore
+from models.frame import FrameSpec
 from models.heads import PARAMS_BY_KIND, make_params
-from models.training import (
-    Subsample,
-    cross_validate,
-    evaluation_rows,
-    focal_cap_mask,
-    fold_assignment,
-    fold_score,
-    head_params,
-    n_training_windows,
-    run_config,
-    train_head,
-)
+from models.training import Subsample, fold_score, head_params, plan_cv, train_head
 
 STUDY_FILE = "optuna.db"
 METRIC_NAME = "fold_mean_auc"
@@ -91,7 +81,7 @@ SEARCH_SPACES: dict[str, dict[str, Dim]] = {
         "learning_rate": Dim("float", 0.02, 0.3, log=True),
         "num_leaves": Dim("int", 4, 63, log=True),
         "min_child_samples": Dim("int", 2, 50, log=True),
-        "feature_fraction": Dim("float", 0.1, 0.9),
+        "feature_fraction": Dim("float", 0.03, 0.9, log=True),  # holds the 0.05 default (enqueued first)
         "neg_per_pos": Dim("float", 5.0, 100.0, log=True),
         "lambda_l2": Dim("float", 1e-3, 10.0, log=True),
         "max_bin": Dim("cat", choices=(15, 31, 63)),
@@ -119,13 +109,13 @@ class TuneSpec:
         if self.kind not in SEARCH_SPACES:
             tunable = ", ".join(sorted(SEARCH_SPACES))
             if self.kind in PARAMS_BY_KIND:
-                raise ValueError(f"head {self.kind!r} has nothing to tune (its ranking does not depend on its "
+                raise UserInputError(f"head {self.kind!r} has nothing to tune (its ranking does not depend on its "
                                  f"parameters); tunable heads: {tunable}")
-            raise ValueError(f"unknown head kind {self.kind!r}; tunable heads: {tunable}")
+            raise UserInputError(f"unknown head kind {self.kind!r}; tunable heads: {tunable}")
         if self.mode not in MODES:
-            raise ValueError(f"unknown tuning mode {self.mode!r}; use one of {', '.join(MODES)}")
+            raise UserInputError(f"unknown tuning mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.mode == "fast" and not self.subsample.active:
-            raise ValueError("fast mode needs a focal cap per class > 0 and/or a subset of folds")
+            raise UserInputError("fast mode needs a focal cap per class > 0 and/or a subset of folds")
         make_params(self.kind, self.fixed)  # unknown fixed parameter -> HeadError naming the known ones
         self.frame.check()
         return self
@@ -195,21 +185,16 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
 
     spec.check()
     if trials < 0:
-        raise ValueError("--trials must be >= 0")
-    with FeatureStore.open(store_dir, create=False) as store:
-        frame = build_frame(store, spec.frame)
-        folds, fold_version = fold_assignment(store, frame.window_ids, spec.fold_version)
-        data_version = latest_data_version(store)
-    if (folds == -1).all():
-        raise StoreError("none of the training windows has a fold; run pipelines.folds first")
+        raise UserInputError("--trials must be >= 0")
     fast = spec.mode == "fast"
-    run_folds = spec.subsample.folds if fast else ()
-    train_mask = focal_cap_mask(frame, spec.subsample.focal_per_class, spec.seed) if fast else None
-    eval_mask, scored_on = evaluation_rows(frame, folds, run_folds)
+    with FeatureStore.open(store_dir, create=False) as store:
+        plan = plan_cv(store, spec.frame, fold_version=spec.fold_version,
+                       subsample=spec.subsample if fast else None, seed=spec.seed)
+    frame, folds, fold_version = plan.frame, plan.folds, plan.fold_version
+    eval_mask, scored_on = plan.eval_mask, plan.scored_on
     if scored_on == "none":
         raise StoreError("no labelled window is scorable in any fold (no class with both a positive and a "
                          "negative); tuning would optimise nothing")
-    n_train = n_training_windows(folds, train_mask)
     attrs = json.loads(json.dumps(spec.attributes(fold_version)))  # as stored: tuples become lists
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -240,11 +225,8 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
     def objective(trial) -> float:
         params = {**spec.fixed, **{name: dim.suggest(trial, name) for name, dim in space.items()}}
         chosen = head_params(spec.kind, params, spec.seed)
-        _, head_id = run_config(spec.kind, chosen, spec.frame, fold_version=fold_version,
-                                data_version=data_version, feature_versions=frame.feature_versions,
-                                seed=spec.seed)
-        trial.set_user_attr("head_id", head_id)
-        trial.set_user_attr("n_train_windows", n_train)
+        trial.set_user_attr("head_id", plan.config(spec.kind, chosen, spec.frame, seed=spec.seed).head_id)
+        trial.set_user_attr("n_train_windows", plan.n_train_windows)
         trial.set_user_attr("n_eval_windows", int(eval_mask.sum()))
         repeat = _finished_repeat(study, trial)
         if repeat is not None:
@@ -266,8 +248,7 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
                     trial.set_user_attr("seconds", time.perf_counter() - t0)
                     raise optuna.TrialPruned(f"fold {f} AUC {value:.4f} below the median of earlier trials")
 
-        cross_validate(frame, folds, spec.kind, asdict(chosen), None, on_fold, train_mask=train_mask,
-                       run_folds=run_folds or None)
+        plan.run(spec.kind, chosen, None, on_fold)
         values = np.array([v for v in per_fold.values() if not math.isnan(v)])
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         trial.set_user_attr("fold_std", float(values.std()) if values.size else None)

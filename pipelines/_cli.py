@@ -21,14 +21,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from featurestore.competition import DataError
-from featurestore.store import StoreError, is_disk_full
-from models.heads import HeadError
-from models.metrics import MetricError
-from models.submission import SubmissionError
+from featurestore.errors import StackError
+from featurestore.store import is_disk_full
 
-USER_ERRORS: tuple[type[Exception], ...] = (DataError, StoreError, HeadError, MetricError, SubmissionError,
-                                            FileNotFoundError, NotADirectoryError, ValueError)
+# every error a user can act on (featurestore/errors.py), and the OS's words for a wrong path
+USER_ERRORS: tuple[type[Exception], ...] = (StackError, FileNotFoundError, NotADirectoryError)
 
 
 def parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:

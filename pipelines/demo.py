@@ -8,104 +8,10 @@ scored against the demo's hidden test labels. Re-running re-uses everything alre
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
-
-from embed.job import run_embed
-from featurestore.folds import make_folds
-from featurestore.ingest import run_ingest
-from featurestore.store import FeatureStore
-from models.experiments import best_head_id, ranked
-from models.frame import FrameSpec, class_names_of
-from models.metrics import competition_score
-from models.predict import predict_audio
-from models.submission import validate_submission, write_submission
-from models.training import HEADS_DIR, train_head
+from models.demo import default_out, run_demo
 from pipelines._cli import parser, run_main
-from pipelines.demo_data import FULL, SMALL, generate_demo_dataset
-from pipelines.leaderboard import render as render_leaderboard
-from pipelines.report import write_report
-from pipelines.validate_submission import expected_ids_for_audio
-
-MARKER = "demo.json"
-
-
-def default_out() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "birdclef-stack" / "demo"
-
-
-def ensure_dataset(out: Path, small: bool, seed: int) -> Path:
-    """Generate the dataset unless ``out`` already holds the same one (same size and seed)."""
-    wanted = {"size": "small" if small else "full", "seed": seed, "generator": 2}
-    marker = out / MARKER
-    data = out / "data"
-    if marker.exists() and json.loads(marker.read_text()) == wanted and (data / "train.csv").exists():
-        return data
-    data = generate_demo_dataset(out, SMALL if small else FULL, seed=seed)
-    marker.write_text(json.dumps(wanted))
-    return data
-
-
-# LightGBM settings for a few hundred training windows (the defaults target ~100k windows).
-DEMO_LGBM = {"inner_valid_fraction": 0.0, "n_estimators": 200, "learning_rate": 0.05, "num_leaves": 7,
-             "feature_fraction": 0.2, "min_child_samples": 10}
-DEMO_LADDER = (("prior", "birdnet", {}), ("zeroshot", "birdnet_logits", {}), ("linear", "classical", {}),
-               ("linear", "birdnet", {}), ("lgbm", "birdnet", DEMO_LGBM))
-
-
-def run_demo(out: Path, *, small: bool = False, seed: int = 2026, workers: int | None = None,
-             quiet: bool = False) -> dict:
-    """Run every stage on the demo dataset; returns the stage summaries by name."""
-    say = (lambda *_: None) if quiet else print
-    out = Path(out).expanduser().resolve()
-    store = out / "store"
-    summaries: dict = {}
-
-    def stage(name: str, run, render=lambda r: r.render()) -> None:
-        t0 = time.perf_counter()
-        summaries[name] = run()
-        say(f"[demo] {name} ({time.perf_counter() - t0:.1f} s)\n{render(summaries[name])}")
-
-    stage("dataset", lambda: ensure_dataset(out, small, seed), lambda d: f"competition layout at {d}")
-    data = summaries["dataset"]
-    stage("ingest", lambda: run_ingest(data, store, workers=workers))
-    stage("folds", lambda: make_folds(store, new_version=True))  # regenerated demo data = new fold inputs
-    stage("embed", lambda: run_embed(store, ("birdnet", "classical"), workers=workers))
-    stage("report", lambda: write_report(store, out / "memo.html"), lambda p: f"data memo: {p}")
-    for kind, features, params in DEMO_LADDER:
-        stage(f"train {kind} on {features}",
-              lambda k=kind, f=features, p=params: train_head(store, k, FrameSpec(f), overrides=p, seed=seed),
-              lambda r: r.render().splitlines()[0])
-    with FeatureStore.open(store, read_only=True) as fs:
-        board = ranked(fs)
-        best = best_head_id(fs)
-        columns = class_names_of(fs)
-    summaries["leaderboard"] = board
-    say(render_leaderboard(board))
-    submission = out / "submission.csv"
-    stage("predict", lambda: predict_to_csv(store / HEADS_DIR / best, data, submission, columns, workers),
-          lambda score: f"{submission} from head {best} (validated); demo test-set AUC {score:.4f}")
-    say(f"[demo] store: {store}\n[demo] try: duckdb {store / 'catalog.duckdb'} "
-        "\"SELECT head_id, fold_mean, fold_std, oof_auc FROM experiments ORDER BY fold_mean DESC\"")
-    return summaries
-
-
-def predict_to_csv(head_dir: Path, data: Path, out: Path, columns: list[str], workers: int | None) -> float:
-    """Predict the demo's test soundscapes, validate the file and score it against the hidden labels."""
-    row_ids, probs, errors = predict_audio(head_dir, data / "test_soundscapes", columns, workers=workers or 1)
-    if errors:
-        raise RuntimeError("; ".join(errors))
-    write_submission(out, row_ids, probs, columns)
-    validate_submission(out, data / "sample_submission.csv", expected_ids_for_audio(data / "test_soundscapes"))
-    as_text = pacsv.ConvertOptions(column_types={"row_id": pa.string()})
-    solution = pacsv.read_csv(data.parent / "test_solution.csv", convert_options=as_text)
-    return competition_score(solution, pacsv.read_csv(out, convert_options=as_text))
 
 
 def main(argv: list[str] | None = None) -> int:

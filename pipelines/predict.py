@@ -12,14 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from featurestore.store import FeatureStore, StoreError
-from models.experiments import best_head_id
-from models.frame import class_names_of
-from models.predict import predict_audio
-from models.submission import read_header, write_submission
-from models.training import HEADS_DIR
+from models.predict import predict_submission
 from pipelines._cli import add_quiet, add_store, add_workers, parser, progress, run_main
-from pipelines.validate_submission import expected_ids_for_audio
 
 EPILOG = """
 Example:
@@ -41,27 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     add_workers(ap)
     add_quiet(ap)
     args = ap.parse_args(argv)
-
-    with FeatureStore.open(args.store, create=False, read_only=True) as store:
-        head_id = best_head_id(store) if args.head_id == "best" else args.head_id
-        columns = read_header(args.sample)[1:] if args.sample else class_names_of(store)
-        head_dir = store.root / HEADS_DIR / head_id
-    if not head_dir.is_dir():
-        raise StoreError(f"no trained head {head_id!r} in {args.store}; pick one from pipelines.leaderboard")
-    bars = []
-    try:
-        row_ids, probs, errors = predict_audio(
-            head_dir, args.audio, columns, workers=args.workers, progress=lambda n: bars[0].update(n),
-            on_start=lambda n: bars.append(progress(n, f"predict {head_id}", "file", quiet=args.quiet)))
-    finally:
-        for bar in bars:
-            bar.close()
-    for error in errors:
-        print(f"warning: {error}", file=sys.stderr)
-    # validated before it replaces args.out: a failed check leaves no (or the previous) file
-    write_submission(args.out, row_ids, probs, columns, sample_submission=args.sample or ["row_id", *columns],
-                     expected_ids=expected_ids_for_audio(args.audio))
-    print(f"wrote {args.out}: {len(row_ids)} rows x {len(columns)} classes from head {head_id} (validated)")
+    summary = predict_submission(
+        args.store, args.audio, args.out, head_id=args.head_id, sample=args.sample, workers=args.workers,
+        make_progress=lambda n, desc: progress(n, desc, "file", quiet=args.quiet),
+        on_warning=lambda warning: print(f"warning: {warning}", file=sys.stderr))
+    print(summary.render())
     return 0
 
 

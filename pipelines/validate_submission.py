@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.predict import expected_row_ids, list_audio
+from models.predict import expected_ids_for_audio
 from models.submission import validate_submission
 from pipelines._cli import parser, run_main
 
@@ -20,15 +20,6 @@ Example:
   python -m pipelines.validate_submission submission.csv --sample data/sample_submission.csv \\
       --audio data/test_soundscapes
 """
-
-
-def expected_ids_for_audio(audio_dir: Path) -> list[str]:
-    """row_ids of every expected 5-s window of every audio file in a folder (never raises for a bad file).
-
-    Each file is a competition soundscape: 60 s, or what its header says when it is readable and
-    says more (:func:`models.predict.expected_row_ids`, the rows predict writes for it).
-    """
-    return [rid for path in list_audio(audio_dir) for rid in expected_row_ids(path)]
 
 
 def main(argv: list[str] | None = None) -> int:

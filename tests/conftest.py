@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from featurestore.demo_data import SMALL, generate_demo_dataset
 from featurestore.ingest import run_ingest
-from pipelines.demo_data import SMALL, generate_demo_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

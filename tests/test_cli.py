@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import csv
+import importlib
 import io
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import pipelines
 from models.heads import HeadError, make_head
 from pipelines import folds, leaderboard, predict, report, train, tune, validate_submission
 from pipelines._cli import LineProgress, progress, run_main
@@ -131,3 +135,44 @@ def test_disk_full_is_one_error_line(capsys) -> None:
     assert exit_info.value.code == 2
     line = _one_error_line(capsys.readouterr().err)
     assert line.startswith("error: disk full") and "re-run" in line
+
+
+# ---------------------------------------------------------------------------- thin jobs
+JOBS = sorted(m.name for m in pkgutil.iter_modules(pipelines.__path__) if not m.name.startswith("_"))
+LIBRARIES = ("featurestore", "embed", "models", "stack", "bench")
+
+
+def test_the_jobs_are_the_documented_ones() -> None:
+    assert JOBS == ["demo", "embed", "folds", "ingest", "leaderboard", "predict", "report", "sql", "train", "tune",
+                    "validate_submission"]
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_every_job_has_help_and_defines_only_main(name: str, capsys) -> None:
+    """``--help`` works, and the module holds ``main`` and constants only: no library code to import."""
+    job = importlib.import_module(f"pipelines.{name}")
+    with pytest.raises(SystemExit) as exit_info:
+        job.main(["--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m pipelines.{name}")
+    tree = ast.parse(Path(job.__file__).read_text())
+    defined = [n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
+    assert defined == ["main"], f"pipelines/{name}.py defines {defined}: move library code out of the job"
+
+
+def test_python_dash_m_help_runs_a_job_as_a_script() -> None:
+    result = subprocess.run([sys.executable, "-m", "pipelines.demo", "--help"], cwd=REPO, capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m pipelines.demo"), result.stderr
+
+
+def test_no_library_or_bench_module_imports_a_job() -> None:
+    """Jobs sit on top: featurestore, embed, models and bench never import pipelines."""
+    offenders = []
+    for package in LIBRARIES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] == "pipelines"]
+    assert offenders == []

@@ -21,7 +21,8 @@ from embed.birdnet import (
     patched_model,
     read_labels,
 )
-from embed.extractors import extractor_from_params, file_sha256
+from embed.extractors import file_sha256
+from embed.registry import from_params
 from embed.tflite import tensor_names
 from featurestore.store import FeatureStore
 
@@ -115,5 +116,5 @@ def test_versions_follow_params_and_rebuild(taxonomy, cache: Path) -> None:
     assert BirdNet(taxonomy, hop_s=2.0).version != one.version
     assert BirdNet(taxonomy, full_logits=True).version != one.version
     assert BirdNet(taxonomy, batch_size=4, threads=2).version == one.version   # runtime options do not count
-    rebuilt = extractor_from_params(one.params(), cache_dir=cache)
+    rebuilt = from_params(one.params(), cache_dir=cache)
     assert rebuilt.version == one.version and rebuilt.logit_labels() == one.logit_labels()

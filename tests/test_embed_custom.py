@@ -26,19 +26,19 @@ from embed_helpers import (
 from scipy.signal import resample_poly
 
 from embed.audio import Audio
-from embed.custom import PRESETS, CustomModel, load_config, match_labels, scale_frames
-from embed.extractors import FRAME_CHUNK, extractor_from_params
+from embed.custom import CustomModel, load_config, match_labels, scale_frames
+from embed.extractors import FRAME_CHUNK
 from embed.features import embed_file_with_names, load_window_features
 from embed.job import run_embed
+from embed.registry import PRESETS, from_params, model_config
 from embed.tflite import ModelError
 from featurestore.folds import make_folds
 from featurestore.store import FeatureStore
 from models.frame import FrameSpec, class_names_of
 from models.metrics import competition_score
-from models.predict import predict_audio
+from models.predict import expected_ids_for_audio, predict_audio
 from models.submission import read_header, validate_submission, write_submission
 from models.training import HEADS_DIR, train_head
-from pipelines.validate_submission import expected_ids_for_audio
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ def test_tiny_tflite_through_the_custom_path(tiny: dict, shared_data: Path) -> N
     np.testing.assert_allclose(L, np.array(expected_logits), rtol=1e-4, atol=1e-5)
     assert names[:2] == ["custom:tiny:0", "custom:tiny:1"] and names[-1] == "custom:tiny:15@max"
     assert logit_names[:3] == ["custom_logit:tiny:1161364", "custom_logit:tiny:banana", "custom_logit:tiny:baymac"]
-    rebuilt = extractor_from_params(model.params())
+    rebuilt = from_params(model.params())
     assert rebuilt.version == model.version and rebuilt.logit_labels() == model.logit_labels()
     full = CustomModel(tiny["model"], tiny["config"], TAXONOMY, full_logits=True)
     assert full.logit_labels() == LABELS and full.version != model.version
@@ -115,21 +115,23 @@ def test_many_frames_are_run_in_chunks_in_order(tiny: dict, shared_data: Path) -
 
 
 def test_perch_v2_preset_and_config_errors(tiny: dict, tmp_path: Path) -> None:
-    perch = load_config("perch_v2")
-    assert perch is PRESETS["perch_v2"]
+    perch = model_config("perch_v2")                       # the preset, as plain data in the registry
+    assert PRESETS["perch_v2"].family == "custom" and perch.name == "perch_v2"
     assert (perch.sample_rate, perch.frame_seconds, perch.embedding_dim, perch.logits_dim) == (32000, 5.0, 1536, 14795)
     # perch-hoplite peak-normalises every 5-s frame to 0.25 before Perch v2 (zoo_interface.normalize_audio)
     assert (perch.input_scaling, perch.target_peak) == ("peak_normalize", 0.25)
     # the preset applied to a model with a different input length names both sizes
-    wrong = CustomModel(tiny["model"], "perch_v2")
+    wrong = CustomModel(tiny["model"], perch)
     with pytest.raises(ModelError, match="input takes 16000 samples but the config says 5.0 s at 32000 Hz = 160000"):
         wrong.runner  # noqa: B018 - building the runner checks the model against the config
     with pytest.raises(ModelError, match="unknown key"):
         load_config({"name": "x", "sample_rate": 1, "frame_seconds": 1, "bogus": 1})
+    with pytest.raises(ModelError, match=r"not a preset \(perch_v2\) nor a JSON file"):
+        model_config(tmp_path / "missing.json")
     with pytest.raises(ModelError, match="not a preset"):
-        load_config(tmp_path / "missing.json")
+        load_config("perch_v2")                               # embed.custom itself knows no preset names
     with pytest.raises(ModelError, match="model file not found"):
-        CustomModel(tmp_path / "perch_v2.tflite")
+        CustomModel(tmp_path / "perch_v2.tflite", perch)
     bad_output = dict(TINY_CONFIG, embedding_output="nope", embedding_dim=999)
     with pytest.raises(ModelError, match="cannot find the embedding output"):
         CustomModel(tiny["model"], bad_output).runner  # noqa: B018
@@ -180,7 +182,7 @@ def test_input_scaling_changes_the_version_and_survives_params(tiny: dict) -> No
     assert plain.config.input_scaling == "none"
     stored = json.loads(json.dumps(louder.params()))              # as extractor_versions / extractors.json keep it
     assert (stored["config"]["input_scaling"], stored["config"]["target_peak"]) == ("peak_normalize", 0.5)
-    rebuilt = extractor_from_params(stored)
+    rebuilt = from_params(stored)
     assert rebuilt.config == louder.config and rebuilt.version == louder.version
 
 

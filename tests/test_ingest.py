@@ -212,3 +212,35 @@ def test_qa_flags_all_zero_and_low_rate_audio_and_names_a_deleted_file(shared_da
     gone.unlink()
     row = inspect_audio(gone, "train_audio", "deleted.ogg")
     assert row["error"] == f"file not found: {gone}" and row["sha256_bytes"] is None
+
+
+def test_window_labels_view_matches_the_csvs(demo_store: Path, demo_data: Path) -> None:
+    """The store's ``window_labels`` view (also what training reads) against the CSVs parsed here by hand:
+    a focal window carries its clip's primary + secondary labels, a soundscape window its expert labels
+    (the real file lists every row twice; the union is the same)."""
+    import ast
+    import csv
+
+    from models.frame import window_labels
+
+    expected: dict[str, tuple[str, list[str]]] = {}
+    with FeatureStore.open(demo_store, read_only=True) as store:
+        focal_windows = store.rows("SELECT filename, window_id FROM windows WHERE source = 'train_audio'")
+        scape_windows = {(f, s): w for f, s, w in store.rows(
+            "SELECT filename, start_s, window_id FROM windows WHERE source = 'train_soundscapes'")}
+        view = {w: (src, list(labels)) for w, src, labels in store.rows("SELECT * FROM window_labels")}
+        from_python = window_labels(store)
+    with open(demo_data / "train.csv", newline="") as fh:
+        clips = {r["filename"]: {r["primary_label"], *ast.literal_eval(r["secondary_labels"])} for r in csv.DictReader(fh)}
+    for filename, wid in focal_windows:
+        expected[wid] = ("train_audio", sorted(clips[filename]))
+    scape: dict[str, set[str]] = {}
+    with open(demo_data / "train_soundscapes_labels.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            h, m, s = (int(x) for x in r["start"].split(":"))
+            wid = scape_windows[(r["filename"], h * 3600 + m * 60 + s)]
+            scape.setdefault(wid, set()).update(r["primary_label"].split(";"))
+    expected.update({wid: ("train_soundscapes", sorted(labels)) for wid, labels in scape.items()})
+    assert len(scape) > 50 and len(focal_windows) > 50
+    assert view == expected
+    assert from_python == expected

@@ -14,13 +14,13 @@ import pyarrow.csv as pacsv
 import pytest
 import soundfile as sf
 
-from featurestore.store import StoreError
+from featurestore.errors import BundleError
+from models.bundle import HEADS_DIR, class_prior, load_bundle
 from models.frame import FrameSpec
 from models.metrics import competition_score
-from models.predict import build_extractors, class_prior, load_bundle, predict_file, predict_soundscape
+from models.predict import build_extractors, expected_ids_for_audio, predict_file, predict_soundscape
 from models.submission import SubmissionError, validate_submission, write_submission
-from models.training import HEADS_DIR, train_head
-from pipelines.validate_submission import expected_ids_for_audio
+from models.training import train_head
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,7 @@ def test_extractor_version_mismatch_is_refused(trained: tuple[Path, str], tmp_pa
     params = json.loads((copy / "extractors.json").read_text())
     params["classical"]["classical"]["n_mels"] += 1  # as if the code default had changed since training
     (copy / "extractors.json").write_text(json.dumps(params))
-    with pytest.raises(StoreError, match="was trained on classical features version"):
+    with pytest.raises(BundleError, match="was trained on classical features version"):
         build_extractors(load_bundle(copy))
 
 
@@ -231,3 +231,24 @@ def test_write_submission_replaces_the_file_only_once_valid(tmp_path: Path) -> N
     latin1.write_bytes("row_id,a1,b2\nx_5,0.1,0.2\nJacaré_10,0.3,0.4\n".encode("latin-1"))
     with pytest.raises(SubmissionError, match=r"latin1\.csv line 3: not UTF-8 text"):
         validate_submission(latin1, ["row_id", *columns])
+
+
+def test_inference_path_loads_no_store_libraries(trained: tuple[Path, str], demo_data: Path, tmp_path: Path) -> None:
+    """Predicting from a head folder (as the Kaggle notebook does) imports neither duckdb nor pyarrow,
+    and gives the same numbers as in this process."""
+    store, head_id = trained
+    head_dir = store / HEADS_DIR / head_id
+    clip = sorted((demo_data / "test_soundscapes").glob("*.ogg"))[0]
+    out = tmp_path / "probs.npy"
+    code = ("import sys\nimport numpy as np\nfrom pathlib import Path\n"
+            "from models.predict import build_extractors, load_bundle, predict_file\n"
+            f"bundle = load_bundle({str(head_dir)!r})\n"
+            f"rows, probs = predict_file(Path({str(clip)!r}), bundle, build_extractors(bundle))\n"
+            f"np.save({str(out)!r}, probs)\n"
+            "print(sorted(m for m in ('duckdb', 'pyarrow', 'pandas', 'optuna') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+    bundle = load_bundle(head_dir)
+    _, probs = predict_file(clip, bundle, build_extractors(bundle))
+    np.testing.assert_array_equal(np.load(out), probs)

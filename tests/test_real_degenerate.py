@@ -27,10 +27,9 @@ from featurestore.store import FeatureStore
 from models.experiments import ranked
 from models.frame import FrameSpec, class_names_of
 from models.metrics import MetricError, competition_auc
-from models.predict import predict_audio
+from models.predict import expected_ids_for_audio, predict_audio
 from models.submission import validate_submission, write_submission
 from models.training import HEADS_DIR, train_head
-from pipelines.validate_submission import expected_ids_for_audio
 
 REPO = Path(__file__).resolve().parents[1]
 LABELLED = "BC2026_Train_0014_S13_20220228_214500.ogg"

@@ -14,10 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from featurestore.folds import make_folds
-from featurestore.near_duplicates import file_means, near_duplicate_pairs
-from featurestore.store import FeatureStore
-from pipelines.report import (
+from embed.memo import (
     RARE_EXAMPLES,
     SECTIONS,
     Memo,
@@ -28,8 +25,11 @@ from pipelines.report import (
     imbalance_rows,
     no_training_data,
     soundscape_durations,
-    write_report,
+    write_memo,
 )
+from embed.near_duplicates import file_means, near_duplicate_pairs
+from featurestore.folds import make_folds
+from featurestore.store import FeatureStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -131,7 +131,7 @@ def real_memo(bc2026_store: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     with FeatureStore.open(store, create=False, read_only=True) as s:
         assert not s.has_table("folds"), "precondition: the real store copy must have no folds yet"
         memo = gather(s)
-    out = write_report(store, store.parent / "memo.html")
+    out = write_memo(store, store.parent / "memo.html")
     return memo, out.read_text(encoding="utf-8"), store
 
 
@@ -251,7 +251,7 @@ def test_memo_renders_every_section_with_decodable_images(demo_store: Path, tmp_
     store = tmp_path / "store"
     shutil.copytree(demo_store, store)
     make_folds(store)
-    out = write_report(store, tmp_path / "memo" / "memo.html")
+    out = write_memo(store, tmp_path / "memo" / "memo.html")
     parser = parse(out.read_text(encoding="utf-8"))
     assert parser.sections == [sid for sid, _ in SECTIONS]
     assert len(parser.images) >= 6   # imbalance, durations, site x hour, co-occurrence, audio QA, folds

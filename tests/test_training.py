@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -12,10 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from featurestore.errors import BundleError
 from featurestore.store import FeatureStore
+from models.bundle import HEADS_DIR, HeadConfig, load_bundle
 from models.experiments import BoardFilter, best_head_id, ranked
 from models.frame import FrameSpec, build_frame
-from models.training import HEADS_DIR, train_head
+from models.training import train_head
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_DATA_LGBM = {"inner_valid_fraction": 0.0, "n_estimators": 200, "learning_rate": 0.05, "num_leaves": 7,
@@ -146,3 +149,38 @@ def test_bad_requests_are_clear(store: Path) -> None:
                              "--params", '{"num_leafs": 3}'], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and "unknown lgbm parameter(s) ['num_leafs']" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bundle_files_round_trip_and_name_their_folder(store: Path, ladder: dict, tmp_path: Path) -> None:
+    """config.json is HeadConfig.to_json byte for byte (so head ids stay stable), with the flat
+    feature_versions; extractors.json holds the stored parameters of exactly those extractor versions."""
+    stored = {}
+    for part in sorted((store / "parts" / "extractor_versions").glob("*.parquet")):
+        for row in pq.read_table(part).select(["extractor_version", "params"]).to_pylist():
+            stored[row["extractor_version"]] = json.loads(row["params"])
+    with FeatureStore.open(store, read_only=True) as fs:
+        rows = dict((r[0], r[1:]) for r in fs.rows("SELECT head_id, config, feature_versions FROM experiments"))
+    for run in ladder.values():
+        folder = store / HEADS_DIR / run.head_id
+        text = (folder / "config.json").read_text()
+        config = HeadConfig.from_json(json.loads(text))
+        assert json.dumps(config.to_json(), indent=1, sort_keys=True) == text
+        assert config.head_id == run.head_id == folder.name and config.kind == run.kind
+        flat = json.loads(text)["feature_versions"]
+        assert flat == {**config.feature_versions.extractors, "pooling": config.frame.pooling}
+        assert list(flat)[-1] == "pooling" and config.feature_versions.extractors
+        params = json.loads((folder / "extractors.json").read_text())
+        assert params == {name: stored[v] for name, v in config.feature_versions.extractors.items()}
+        bundle = load_bundle(folder)
+        assert bundle.config == config and bundle.extractor_params == params and len(bundle.folds) == 5
+        row_config, row_versions = rows[run.head_id]
+        assert json.loads(row_config) == json.loads(text) and json.loads(row_versions) == flat
+    broken = tmp_path / "broken"
+    shutil.copytree(store / HEADS_DIR / ladder["linear"].head_id, broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "poolng": "mean"}))
+    with pytest.raises(BundleError, match=r"broken/config.json: unknown key\(s\) \['poolng'\]"):
+        load_bundle(broken)
+    (broken / "extractors.json").unlink()
+    with pytest.raises(BundleError, match="not a trained head folder"):
+        load_bundle(broken)

@@ -109,3 +109,17 @@ def test_focal_cap_keeps_soundscapes_and_at_most_n_focal_windows_per_class(store
     assert focal_kept.sum() <= 3 * frame.Y.shape[1]
     assert np.array_equal(keep, focal_cap_mask(frame, 3, seed=0))
     assert not np.array_equal(keep, focal_cap_mask(frame, 3, seed=1))
+
+
+def test_every_default_lies_in_its_search_space() -> None:
+    """The defaults are enqueued as trial 0 only where the space holds them; a default moved outside
+    its range would silently drop out of the first trial."""
+    from dataclasses import asdict
+
+    from models.heads import make_params
+    from models.tuning import SEARCH_SPACES
+
+    for kind, space in SEARCH_SPACES.items():
+        defaults = asdict(make_params(kind))
+        outside = {name: defaults[name] for name, dim in space.items() if not dim.contains(defaults[name])}
+        assert outside == {}, f"{kind}: defaults outside the search space: {outside}"

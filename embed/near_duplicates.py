@@ -6,26 +6,25 @@ mean of its L2-normalised window embeddings (re-normalised), so the all-pairs se
 files x files rather than windows x windows; a short copy inside a long recording can hide in the
 mean and is not guaranteed to be found.
 
-The embeddings come from the embedding stage (``embed.features.load_window_features``); when that
-module or its table is absent, :func:`load_file_embeddings` says why and the check is skipped.
+The embeddings are the store's mean-pooled ``birdnet`` view (:func:`embed.features.load_window_features`);
+when the store has none yet, :func:`load_file_embeddings` says why and the check is skipped.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from featurestore.store import FeatureStore
+from embed.features import load_window_features
+from featurestore.windows import file_of
+
+if TYPE_CHECKING:
+    from featurestore.store import FeatureStore
 
 NEAR_DUPLICATE_COSINE = 0.99
-FEATURE_VIEW = "birdnet"   # the embedding stage's name for BirdNET frame embeddings (mean-pooled per window)
-
-
-def file_of(window_id: str) -> str:
-    """``train_audio/x/y.ogg@5`` → ``train_audio/x/y.ogg``."""
-    return window_id.rsplit("@", 1)[0]
+FEATURE_VIEW = "birdnet"   # BirdNET frame embeddings, mean-pooled per window
 
 
 def file_means(window_ids: list[str], vectors: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -57,32 +56,12 @@ def near_duplicate_pairs(files: list[str], unit_vectors: np.ndarray, threshold: 
 
 
 def load_file_embeddings(store: FeatureStore) -> tuple[list[str], np.ndarray] | str:
-    """Per-file BirdNET embeddings from the embedding stage, or a string saying why they are absent."""
+    """Per-file BirdNET embeddings (:func:`file_means` of the stored windows), or a string saying why
+    there are none (no BirdNET features in the store yet, or an empty table)."""
     try:
-        from embed.features import load_window_features
-    except ImportError:
-        return "the embedding module (embed.features) is not installed in this checkout"
-    try:
-        params = inspect.signature(load_window_features).parameters
-        kwargs = {"pooling": "mean"} if "pooling" in params else {}
-        args = (store, FEATURE_VIEW) if len(params) >= 2 else (store,)
-        loaded = load_window_features(*args, **kwargs)
+        window_ids, vectors, _, _ = load_window_features(store, FEATURE_VIEW, pooling="mean")
     except Exception as exc:  # absent table or feature view: the check is optional, say why
         return f"no BirdNET embeddings in the store ({type(exc).__name__}: {exc})"
-    window_ids, vectors = _unpack(loaded)
-    if window_ids is None or len(window_ids) == 0:
+    if len(window_ids) == 0:
         return "the BirdNET embedding table is empty"
     return file_means(list(window_ids), vectors)
-
-
-def _unpack(loaded) -> tuple[list[str] | None, np.ndarray | None]:
-    """Accept ``(window_ids, matrix, ...)``, an object with those attributes, or a mapping."""
-    if isinstance(loaded, tuple) and len(loaded) >= 2:
-        return list(loaded[0]), np.asarray(loaded[1])
-    for ids_name, x_name in (("window_ids", "X"), ("window_ids", "features"), ("window_ids", "matrix")):
-        if hasattr(loaded, ids_name) and hasattr(loaded, x_name):
-            return list(getattr(loaded, ids_name)), np.asarray(getattr(loaded, x_name))
-    if isinstance(loaded, dict) and loaded:
-        ids = sorted(loaded)
-        return ids, np.stack([np.asarray(loaded[i]) for i in ids])
-    return None, None

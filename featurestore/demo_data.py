@@ -6,6 +6,9 @@ for 14 real Pantanal classes (Aves, Amphibia, Insecta), each with its own synthe
 Soundscapes mix several classes over field-like noise at varied SNR; their 5-s labels are exact
 and written like the real file (every row twice). The hidden test labels go to
 ``test_solution.csv`` beside the data folder so the demo can score its own submission.
+
+It lives beside the layout it writes: folder names and the window grid come from
+:mod:`featurestore.windows`, CSV headers from :mod:`featurestore.competition` (what ingest reads).
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import soundfile as sf
 from scipy import fft as sp_fft
 from scipy import signal
 
-SAMPLE_RATE = 32000
-SOUNDSCAPE_SECONDS = 60
-WINDOW_SECONDS = 5
+from featurestore.competition import LABEL_COLUMNS, TAXONOMY_COLUMNS
+from featurestore.windows import FOCAL, SOUNDSCAPE, SOUNDSCAPE_SECONDS, TEST, WINDOW_SECONDS, row_id
+
+SAMPLE_RATE = 32000     # the competition's audio rate
 LABEL_MIN_OVERLAP_S = 0.3
-TRAIN_COLUMNS = ["primary_label", "secondary_labels", "type", "latitude", "longitude", "scientific_name",
-                 "common_name", "class_name", "inat_taxon_id", "author", "license", "rating", "url", "filename",
-                 "collection"]
+# every column of the real train.csv, in its order (ingest requires only some of them)
+TRAIN_CSV_HEADER = ["primary_label", "secondary_labels", "type", "latitude", "longitude", "scientific_name",
+                    "common_name", "class_name", "inat_taxon_id", "author", "license", "rating", "url", "filename",
+                    "collection"]
 
 
 @dataclass(frozen=True)
@@ -207,7 +212,7 @@ def generate_demo_dataset(out_dir: str | Path, size: DemoSize = FULL, seed: int 
     labels = [c.primary_label for c in DEMO_CLASSES]
     with open(data / "taxonomy.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["primary_label", "inat_taxon_id", "scientific_name", "common_name", "class_name"])
+        w.writerow(TAXONOMY_COLUMNS)
         w.writerows([c.primary_label, c.inat_taxon_id, c.scientific_name, c.common_name, c.class_name]
                      for c in DEMO_CLASSES)
 
@@ -228,7 +233,7 @@ def generate_demo_dataset(out_dir: str | Path, size: DemoSize = FULL, seed: int 
             collection = "XC" if cls.class_name == "Aves" and rng.random() < 0.7 else "iNat"
             stem = f"{'XC' if collection == 'XC' else 'iNat'}{100000 + ci * 1000 + k}"
             filename = f"{cls.primary_label}/{stem}.ogg"
-            _write_ogg(data / "train_audio" / filename, track)
+            _write_ogg(data / FOCAL / filename, track)
             author = AUTHORS[int(rng.integers(0, len(AUTHORS)))]
             lat, lon = homes[author]
             train_rows.append([cls.primary_label, str(secondary), "['call']", f"{lat + rng.normal(0, 0.01):.4f}",
@@ -238,7 +243,7 @@ def generate_demo_dataset(out_dir: str | Path, size: DemoSize = FULL, seed: int 
                                collection])
     with open(data / "train.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(TRAIN_COLUMNS)
+        w.writerow(TRAIN_CSV_HEADER)
         w.writerows(train_rows)
 
     site_pool = {site: [DEMO_CLASSES[int(i)] for i in rng.choice(len(DEMO_CLASSES), 8, replace=False)]
@@ -252,7 +257,7 @@ def generate_demo_dataset(out_dir: str | Path, size: DemoSize = FULL, seed: int 
         clock = f"{int(rng.integers(0, 24)):02d}{int(rng.choice([0, 15, 30, 45])):02d}00"
         name = f"BC2026_{split}_{i + 1:04d}_{site}_{day}_{clock}.ogg"
         track, events = _soundscape(rng, site_pool[site])
-        _write_ogg(data / f"{split.lower()}_soundscapes" / name, track)
+        _write_ogg(data / (SOUNDSCAPE if split == "Train" else TEST) / name, track)
         per_window = window_labels(events, SOUNDSCAPE_SECONDS)
         for w_idx, present in enumerate(per_window):
             start = w_idx * WINDOW_SECONDS
@@ -260,11 +265,11 @@ def generate_demo_dataset(out_dir: str | Path, size: DemoSize = FULL, seed: int 
                 row = [name, _clock(start), _clock(start + WINDOW_SECONDS), ";".join(present)]
                 label_rows += [row, row]  # the real file lists every window twice
             if split == "Test":
-                solution_rows.append([f"{Path(name).stem}_{start + WINDOW_SECONDS}"]
+                solution_rows.append([row_id(name, start + WINDOW_SECONDS)]
                                      + [int(lab in present) for lab in labels])
     with open(data / "train_soundscapes_labels.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["filename", "start", "end", "primary_label"])
+        w.writerow(LABEL_COLUMNS)
         w.writerows(label_rows)
     with open(data / "sample_submission.csv", "w", newline="") as fh:
         w = csv.writer(fh)
