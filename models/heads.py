@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -31,6 +31,7 @@ from scipy.special import expit
 
 from embed.birdnet import LOGITS_VIEW
 from featurestore.errors import HeadError
+from featurestore.params import params_from
 
 PRIOR_PSEUDOCOUNT = 1.0
 ZERO_SHOT_PREFIX = LOGITS_VIEW.prefix()   # "birdnet_logit:", named where BirdNET declares its views
@@ -93,13 +94,7 @@ def make_params(kind: str, overrides: dict | None = None):
     """Parameter dataclass of a head kind, with ``overrides`` applied (unknown kinds or keys: HeadError)."""
     if kind not in PARAMS_BY_KIND:
         raise HeadError(f"unknown head {kind!r}; choose from {sorted(PARAMS_BY_KIND)}")
-    cls = PARAMS_BY_KIND[kind]
-    overrides = dict(overrides or {})
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise HeadError(f"unknown {kind} parameter(s) {unknown}; known: {sorted(names)}")
-    return cls(**overrides)
+    return params_from(PARAMS_BY_KIND[kind], overrides, kind, HeadError)
 
 
 def config_hash(config: dict) -> str:

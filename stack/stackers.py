@@ -37,13 +37,14 @@ threaded OpenBLAS was 10x slower). ``bench/stack_speed.py`` times it at competit
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy.stats import rankdata
 from threadpoolctl import threadpool_limits
 
 from featurestore.errors import StoreError, UserInputError
+from featurestore.params import params_from
 from featurestore.windows import SOUNDSCAPE
 from stack.inputs import (
     FILE_STATS,
@@ -113,16 +114,11 @@ def make_stack_params(kind: str, overrides: dict | None = None):
     for an unknown kind, key or value, naming the choices)."""
     if kind not in PARAMS_BY_KIND:
         raise UserInputError(f"unknown stacker {kind!r}; choose from {sorted(PARAMS_BY_KIND)}")
-    cls = PARAMS_BY_KIND[kind]
     overrides = dict(overrides or {})
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise UserInputError(f"unknown {kind} parameter(s) {unknown}; known: {sorted(names)}")
     for key in ("weights", "file_stats"):
         if key in overrides:
             overrides[key] = tuple(overrides[key])
-    return cls(**overrides).check()
+    return params_from(PARAMS_BY_KIND[kind], overrides, kind).check()
 
 
 # ---------------------------------------------------------------------------- ridge

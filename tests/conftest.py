@@ -54,3 +54,16 @@ def demo_embedded_store(demo_store: Path, tmp_path_factory: pytest.TempPathFacto
     make_folds(store)
     run_embed(store, ("birdnet", "classical"), workers=2)
     return store
+
+
+@pytest.fixture(scope="session")
+def store_copy(tmp_path_factory: pytest.TempPathFactory):
+    """``store_copy(source, name)``: a private, writable copy of a shared fixture store."""
+    import shutil
+
+    def make(source: Path, name: str) -> Path:
+        target = tmp_path_factory.mktemp(name) / "store"
+        shutil.copytree(source, target)
+        return target
+
+    return make

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +24,8 @@ POST = [("smooth", {"kernel": [1, 2, 1]}), ("filescale", {"a": 0.5, "top_k": 2})
 
 
 @pytest.fixture(scope="module")
-def store(demo_embedded_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = tmp_path_factory.mktemp("stack") / "store"
-    shutil.copytree(demo_embedded_store, target)
-    return target
+def store(demo_embedded_store: Path, store_copy) -> Path:
+    return store_copy(demo_embedded_store, "stack")
 
 
 @pytest.fixture(scope="module")

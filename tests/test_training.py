@@ -26,10 +26,8 @@ SMALL_DATA_LGBM = {"inner_valid_fraction": 0.0, "n_estimators": 200, "learning_r
 
 
 @pytest.fixture(scope="module")
-def store(demo_embedded_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = tmp_path_factory.mktemp("training") / "store"
-    shutil.copytree(demo_embedded_store, target)
-    return target
+def store(demo_embedded_store: Path, store_copy) -> Path:
+    return store_copy(demo_embedded_store, "training")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,8 @@ from models.tuning import METRIC_NAME, TuneSpec, run_tune, storage_url
 
 
 @pytest.fixture(scope="module")
-def store(demo_embedded_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = tmp_path_factory.mktemp("tuning") / "store"
-    shutil.copytree(demo_embedded_store, target)
-    return target
+def store(demo_embedded_store: Path, store_copy) -> Path:
+    return store_copy(demo_embedded_store, "tuning")
 
 
 @pytest.fixture(scope="module")
