@@ -6,6 +6,10 @@ features were made with) and the fold Heads. An extractor that would now produce
 version (another model file, other code) is refused rather than silently mixed. Only numpy,
 scipy, soundfile, ai-edge-litert, lightgbm and scikit-learn are imported on this path.
 
+A stacked head's folder (:mod:`stack.bundle`) is predicted through :class:`stack.predict.StackPredictor`
+(:func:`load_predictor` picks it): one embedding pass per file feeds every base head, and the level-2
+model and post steps run over all rows once every file is predicted.
+
 The expected rows of a soundscape are defined once, here (:func:`expected_row_ids`): predict
 writes exactly them and the validator (:func:`expected_ids_for_audio`) checks exactly them.
 """

@@ -98,10 +98,12 @@ def test_oof_table_has_a_heads_layout_and_rescores_to_the_experiments_row(store:
     oof = pq.read_table(stacked.oof_path)
     assert oof.column_names == base.column_names and oof.schema == base.schema
     assert set(oof.column("head_id").to_pylist()) == {stacked.head_id}
+    done = data.folds != -1
     ids = oof.column("window_id").to_pylist()
-    assert ids == data.window_ids.tolist() and set(oof.column("source").to_pylist()) == {"train_soundscapes"}
+    assert ids == data.window_ids[done].tolist() and set(oof.column("source").to_pylist()) == {"train_soundscapes"}
+    assert oof.column("fold").to_pylist() == data.folds[done].tolist()
     P = np.column_stack([oof.column(c).to_numpy() for c in data.class_names])
-    np.testing.assert_array_equal(P, stacked.cv.oof.astype(np.float32))
+    np.testing.assert_array_equal(P, stacked.cv.oof[done].astype(np.float32))
     with FeatureStore.open(store, read_only=True) as fs:
         row = fs.rows("SELECT head, mode, tag, fold_mean, fold_std, fold_scores, n_eval_windows, oof_auc "
                       "FROM experiments WHERE head_id = ?", [stacked.head_id])
@@ -109,7 +111,9 @@ def test_oof_table_has_a_heads_layout_and_rescores_to_the_experiments_row(store:
     assert len(row) == 1
     head, mode, tag, fold_mean, fold_std, fold_scores, n_eval, pooled = row[0]
     assert (head, mode, tag) == ("stack", "full", "full")
-    rescored = score_oof(data, P.astype(np.float64))
+    full = np.zeros(data.Y.shape)
+    full[done] = P
+    rescored = score_oof(data, full)
     assert fold_mean == pytest.approx(stacked.cv.fold_mean, abs=1e-12)
     assert rescored.fold_mean == pytest.approx(fold_mean, abs=1e-4)       # float32 OOF on disk
     assert {int(k): v for k, v in json.loads(fold_scores).items()} == pytest.approx(stacked.cv.score.fold_scores)
