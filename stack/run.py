@@ -185,9 +185,9 @@ def experiment_row(store, data: StackInputs, cv: StackCV, config: StackConfig, c
         feature_versions.update(c.get("feature_versions", {}))
     fold_scores = {str(k): num(v) for k, v in score.fold_scores.items()}
     pooled = report.auc if report else float("nan")
-    kinds = [configs[h]["head"] for h in config.base_heads] + list(config.zero_shot)
+    features = f"{len(config.base_heads)} heads" + (f"+{len(config.zero_shot)} zero-shot" if config.zero_shot else "")
     return {
-        "head_id": config.head_id, "head": STACK_KIND, "tag": tag, "features": "+".join(kinds),
+        "head_id": config.head_id, "head": STACK_KIND, "tag": tag, "features": features,
         "params": json.dumps({"stacker": config.stacker, **config.params, "post": list(config.post)}),
         "config": json.dumps(config.to_json(), sort_keys=True), "fold_version": config.fold_version,
         "data_version": config.data_version, "feature_versions": json.dumps(feature_versions), "seed": 0,
