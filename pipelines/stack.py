@@ -32,16 +32,6 @@ Examples:
 """
 
 
-def _json(ap, text: str, what: str, kind: type):
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        ap.error(f"{what} is not valid JSON: {exc}")
-    if not isinstance(value, kind):
-        ap.error(f"{what} must be a JSON {'object' if kind is dict else 'list'}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = parser("stack", __doc__, EPILOG)
     add_store(ap)
@@ -59,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     zero_shot = tuple(v.strip() for v in args.zero_shot.split(",") if v.strip())
-    params = _json(ap, args.params, "--params", dict)
+    try:
+        params = json.loads(args.params)
+        post_json = json.loads(args.post_json) if args.post_json else None
+    except json.JSONDecodeError as exc:
+        ap.error(f"--params and --post-json must be valid JSON: {exc}")
+    if not isinstance(params, dict) or not isinstance(post_json, list | None):
+        ap.error("--params must be a JSON object and --post-json a JSON list of [op, {params}] steps")
     if args.post and args.post_json:
         ap.error("give --post or --post-json, not both")
     if args.trials:
@@ -74,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from stack.run import run_stack
 
-    post = _json(ap, args.post_json, "--post-json", list) if args.post_json else \
-        [n.strip() for n in args.post.split(",") if n.strip()]
+    post = post_json if post_json is not None else [n.strip() for n in args.post.split(",") if n.strip()]
     result = run_stack(args.store, heads, args.method, params, post, zero_shot=zero_shot,
                        zero_shot_pooling=args.zero_shot_pooling, tag=args.tag)
     print(result.render())
