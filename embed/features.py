@@ -216,19 +216,27 @@ def _view_matrix(spec: ViewSpec, extractor: Extractor, out: FrameOutput | Window
                                             meta), pooling, spec.frame_level)
 
 
-def embed_file_with_names(path: str | os.PathLike, extractors: Sequence[Extractor], *, soundscape: bool = True,
-                          window_starts: Sequence[float] | None = None, views: Sequence[str] | None = None,
-                          pooling: str = "mean") -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
-    """Like :func:`embed_file`, with the feature names of each view as a third element."""
+def embed_file_views(path: str | os.PathLike, extractors: Sequence[Extractor],
+                     requests: Sequence[tuple[str, str]], *, soundscape: bool = True,
+                     window_starts: Sequence[float] | None = None,
+                     ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, list[str]]]:
+    """Decode and embed one file ONCE, then build every requested ``(view, pooling)``:
+    ``{(view, pooling): (window_starts, X float32 [windows, d], feature names)}``.
+
+    Several heads (a stack's base heads) can each read their own view and pooling from one pass of
+    the extractors. Raises :class:`embed.audio.AudioError` naming the file when it cannot be decoded.
+    """
     from featurestore.windows import window_starts as grid
 
+    for _, pooling in requests:
+        if pooling not in POOLINGS:
+            raise UserInputError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
     audio = Audio.open(path)   # a long recording is streamed, not decoded whole
     starts = list(window_starts) if window_starts is not None else grid(audio.duration_s, soundscape)
     by_name = {ex.name: ex for ex in extractors}
     outputs = {ex.name: ex.compute(audio, starts) for ex in extractors}
-    views = list(views) if views is not None else [v for ex in extractors for v in default_views(ex)]
     result = {}
-    for view in views:
+    for view, pooling in dict.fromkeys(requests):
         blocks, names = [], []
         for spec in split_views(view):
             if spec.extractor not in by_name:
@@ -236,8 +244,19 @@ def embed_file_with_names(path: str | os.PathLike, extractors: Sequence[Extracto
             X, cols = _view_matrix(spec, by_name[spec.extractor], outputs[spec.extractor], pooling)
             blocks.append(X)
             names += cols
-        result[view] = (np.asarray(starts, dtype=np.float64), np.hstack(blocks).astype(np.float32, copy=False), names)
+        result[(view, pooling)] = (np.asarray(starts, dtype=np.float64),
+                                   np.hstack(blocks).astype(np.float32, copy=False), names)
     return result
+
+
+def embed_file_with_names(path: str | os.PathLike, extractors: Sequence[Extractor], *, soundscape: bool = True,
+                          window_starts: Sequence[float] | None = None, views: Sequence[str] | None = None,
+                          pooling: str = "mean") -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+    """Like :func:`embed_file`, with the feature names of each view as a third element."""
+    views = list(views) if views is not None else [v for ex in extractors for v in default_views(ex)]
+    full = embed_file_views(path, extractors, [(v, pooling) for v in views], soundscape=soundscape,
+                            window_starts=window_starts)
+    return {view: full[(view, pooling)] for view in views}
 
 
 def embed_file(path: str | os.PathLike, extractors: Sequence[Extractor], *, soundscape: bool = True,

@@ -10,27 +10,25 @@ import ast
 import csv
 import io
 import math
-import re
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path
 
 import pyarrow as pa
 
 from featurestore.errors import DataError
-from featurestore.windows import WINDOW_SECONDS, row_id
+from featurestore.windows import (  # noqa: F401  (the soundscape-name parser lives with the ids)
+    SOUNDSCAPE_NAME_RE,
+    WINDOW_SECONDS,
+    SoundscapeName,
+    parse_soundscape_name,
+    row_id,
+)
 
 TAXONOMY_COLUMNS = ("primary_label", "inat_taxon_id", "scientific_name", "common_name", "class_name")
 TRAIN_COLUMNS = ("primary_label", "secondary_labels", "filename")
 TRAIN_OPTIONAL = ("type", "latitude", "longitude", "scientific_name", "common_name", "class_name",
                   "author", "license", "rating", "url", "collection")
 LABEL_COLUMNS = ("filename", "start", "end", "primary_label")
-
-SOUNDSCAPE_NAME_RE = re.compile(
-    r"^(?P<soundscape_id>[A-Za-z0-9]+_(?P<split>Train|Test)_(?P<number>\d+))_(?P<site>S\d+)_"
-    r"(?P<date>\d{8})_(?P<time>\d{6})$"
-)
-
 
 def read_text(path: Path) -> str:
     """The text of a UTF-8 file (a BOM is dropped); DataError naming the file and line if it is not UTF-8."""
@@ -162,31 +160,6 @@ def read_train_csv(path: Path, known_labels: set[str]) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------- soundscapes
-@dataclass(frozen=True)
-class SoundscapeName:
-    soundscape_id: str
-    split: str
-    site: str
-    date: date
-    time_utc: str
-    hour: int
-
-
-def parse_soundscape_name(filename: str) -> SoundscapeName:
-    """``BC2026_Train_0039_S22_20211231_201500.ogg`` → id, site, date, UTC time, hour."""
-    stem = Path(filename).stem
-    match = SOUNDSCAPE_NAME_RE.match(stem)
-    if not match:
-        raise DataError(f"{filename}: soundscape name does not parse as <id>_<Train|Test>_<n>_<site>_<YYYYMMDD>_<HHMMSS>")
-    try:
-        day = datetime.strptime(match["date"], "%Y%m%d").date()
-        clock = datetime.strptime(match["time"], "%H%M%S").time()
-    except ValueError as exc:
-        raise DataError(f"{filename}: invalid date or time in soundscape name ({exc})") from exc
-    return SoundscapeName(match["soundscape_id"], match["split"].lower(), match["site"], day,
-                          clock.strftime("%H:%M:%S"), clock.hour)
-
-
 def parse_clock(text: str, where: str) -> float:
     """``00:00:05`` (or plain seconds) → seconds; a non-finite or negative time is a DataError."""
     text = text.strip()

@@ -11,8 +11,13 @@ This module imports no third-party package at import time: the inference path us
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
+
+from featurestore.errors import DataError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -126,3 +131,35 @@ def build_windows(inventory: pa.Table, window_s: int = WINDOW_SECONDS, min_tail_
             cols["row_id"].append(row_id(r["filename"], end) if soundscape else None)
     types = {"start_s": pa.int32(), "end_s": pa.int32(), "audio_end_s": pa.float64(), "is_partial": pa.bool_()}
     return pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in cols.items()})
+
+
+# ---------------------------------------------------------------------------- soundscape names
+SOUNDSCAPE_NAME_RE = re.compile(
+    r"^(?P<soundscape_id>[A-Za-z0-9]+_(?P<split>Train|Test)_(?P<number>\d+))_(?P<site>S\d+)_"
+    r"(?P<date>\d{8})_(?P<time>\d{6})$"
+)
+
+
+@dataclass(frozen=True)
+class SoundscapeName:
+    soundscape_id: str
+    split: str
+    site: str
+    date: date
+    time_utc: str
+    hour: int
+
+
+def parse_soundscape_name(filename: str) -> SoundscapeName:
+    """``BC2026_Train_0039_S22_20211231_201500.ogg`` → id, site, date, UTC time, hour."""
+    stem = Path(filename).stem
+    match = SOUNDSCAPE_NAME_RE.match(stem)
+    if not match:
+        raise DataError(f"{filename}: soundscape name does not parse as <id>_<Train|Test>_<n>_<site>_<YYYYMMDD>_<HHMMSS>")
+    try:
+        day = datetime.strptime(match["date"], "%Y%m%d").date()
+        clock = datetime.strptime(match["time"], "%H%M%S").time()
+    except ValueError as exc:
+        raise DataError(f"{filename}: invalid date or time in soundscape name ({exc})") from exc
+    return SoundscapeName(match["soundscape_id"], match["split"].lower(), match["site"], day,
+                          clock.strftime("%H:%M:%S"), clock.hour)

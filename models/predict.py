@@ -6,6 +6,10 @@ features were made with) and the fold Heads. An extractor that would now produce
 version (another model file, other code) is refused rather than silently mixed. Only numpy,
 scipy, soundfile, ai-edge-litert, lightgbm and scikit-learn are imported on this path.
 
+A stacked head's folder (:mod:`stack.bundle`) is predicted through :class:`stack.predict.StackPredictor`
+(:func:`load_predictor` picks it): one embedding pass per file feeds every base head, and the level-2
+model and post steps run over all rows once every file is predicted.
+
 The expected rows of a soundscape are defined once, here (:func:`expected_row_ids`): predict
 writes exactly them and the validator (:func:`expected_ids_for_audio`) checks exactly them.
 """
@@ -75,16 +79,47 @@ def predict_file(path: Path, bundle: HeadBundle, extractors: list) -> tuple[list
     windows); raises :class:`embed.audio.AudioError` naming the file when it cannot be decoded
     (empty, corrupt, NaN or inf samples).
     """
-    from embed.features import embed_file
+    from embed.features import embed_file_views
 
     frame = bundle.config.frame
-    view = frame.features
-    starts, X = embed_file(path, extractors, soundscape=True, views=[view], pooling=frame.pooling)[view]
+    key = (frame.features, frame.pooling)
+    starts, X, _ = embed_file_views(path, extractors, [key], soundscape=True)[key]
     ids, row_ids = file_window_ids(path, starts)
     if frame.context:
         X, _ = add_context(X, np.asarray(ids))
     probs = np.mean([head.predict_proba(X) for head in bundle.folds], axis=0)
     return row_ids, probs.astype(np.float32)
+
+
+class HeadPredictor:
+    """predict's per-file interface for one head bundle: ``predict_file`` per file (in the workers),
+    ``finish`` over all rows (the identity; a stacked head applies its stacker there, see
+    :class:`stack.predict.StackPredictor`), ``prior`` for rows without usable audio."""
+
+    def __init__(self, bundle: HeadBundle, extractors: list):
+        self.bundle, self.extractors = bundle, extractors
+        self.head_id = bundle.head_id
+        self.class_names = bundle.class_names
+        self.prior = class_prior(bundle)
+
+    def predict_file(self, path: Path) -> tuple[list[str], np.ndarray]:
+        return predict_file(path, self.bundle, self.extractors)
+
+    def finish(self, window_ids: list[str], rows: np.ndarray) -> np.ndarray:
+        return rows
+
+
+def load_predictor(head_dir: str | os.PathLike, **runtime):
+    """The predictor of a head folder: :class:`HeadPredictor`, or a stacked head's
+    :class:`stack.predict.StackPredictor`. Rebuilds the extractors (BundleError on a version mismatch)."""
+    from stack.bundle import is_stack_dir
+
+    if is_stack_dir(head_dir):
+        from stack.predict import StackPredictor
+
+        return StackPredictor(head_dir, **runtime)
+    bundle = load_bundle(head_dir)
+    return HeadPredictor(bundle, build_extractors(bundle, **runtime))
 
 
 def prior_rows(path: Path, bundle: HeadBundle, n_windows: int | None = None) -> tuple[list[str], np.ndarray]:
@@ -103,22 +138,28 @@ def predict_soundscape(path: Path, bundle: HeadBundle, extractors: list) -> tupl
     (truncated, or shorter than the competition's 60 s) is predicted on the windows it has and
     gets the prior on the rest; so does a window whose probabilities come out non-finite.
     """
+    return complete_rows(path, HeadPredictor(bundle, extractors))
+
+
+def complete_rows(path: Path, predictor) -> tuple[list[str], np.ndarray, str | None]:
+    """:func:`predict_soundscape` for any predictor (``predict_file`` and ``prior``, see :class:`HeadPredictor`)."""
     n = expected_window_count(path)
     expected = file_window_ids(path, np.arange(n) * WINDOW_SECONDS)[1]
-    prior = class_prior(bundle)
+    prior = predictor.prior
+    fallback = np.tile(prior, (n, 1))
     if not path.exists():
-        return (*prior_rows(path, bundle, n), f"file not found: {path} (wrote the class prior for its {n} rows)")
+        return expected, fallback, f"file not found: {path} (wrote the class prior for its {n} rows)"
     try:
-        row_ids, probs = predict_file(path, bundle, extractors)
+        row_ids, probs = predictor.predict_file(path)
     except Exception as exc:  # any decode/model failure of one file must not sink the submission
         reason = str(exc) if str(path) in str(exc) else f"{path}: {type(exc).__name__}: {exc}"
         if not path.exists():
             reason = f"file not found: {path}"
         elif path.is_file() and path.stat().st_size == 0:
             reason = f"{path}: empty file (0 bytes)"
-        return (*prior_rows(path, bundle, n), f"{reason} (wrote the class prior for its {n} rows)")
+        return expected, fallback, f"{reason} (wrote the class prior for its {n} rows)"
     got = dict(zip(row_ids, probs, strict=True))
-    out = np.tile(prior, (n, 1))
+    out = fallback
     bad = 0
     for i, rid in enumerate(expected):
         if rid in got:
@@ -142,19 +183,23 @@ _WORKER: dict = {}
 
 
 def _init_worker(head_dir: str, runtime: dict) -> None:
-    bundle = load_bundle(head_dir)
-    _WORKER.update(bundle=bundle, extractors=build_extractors(bundle, **runtime))
+    _WORKER.update(predictor=load_predictor(head_dir, **runtime))
 
 
 def _predict_one(path: str) -> tuple[str, list[str], np.ndarray, str | None]:
-    row_ids, probs, warning = predict_soundscape(Path(path), _WORKER["bundle"], _WORKER["extractors"])
+    row_ids, probs, warning = complete_rows(Path(path), _WORKER["predictor"])
     return path, row_ids, probs, warning
 
 
-def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: dict) -> Iterator[tuple]:
-    """(path, row_ids, probs, error) per file, in file order."""
+def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: dict,
+                     predictor=None) -> Iterator[tuple]:
+    """(path, row_ids, probs, error) per file, in file order (``predictor``: an already loaded one, used
+    when predicting in this process)."""
     if workers <= 1 or len(files) <= 1:
-        _init_worker(str(head_dir), runtime)
+        if predictor is not None:
+            _WORKER.update(predictor=predictor)
+        else:
+            _init_worker(str(head_dir), runtime)
         yield from map(_predict_one, map(str, files))
         return
     ctx = multiprocessing.get_context("spawn")
@@ -192,28 +237,30 @@ def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, col
     ``on_start(n_files)`` is called once every input is checked, before any file is decoded.
     """
     head_dir = Path(head_dir)
-    bundle = load_bundle(head_dir)
-    missing = [c for c in columns if c not in bundle.class_names]
+    predictor = load_predictor(head_dir, **(runtime or {}))  # fails fast on a version mismatch, before any work
+    missing = [c for c in columns if c not in predictor.class_names]
     if missing:
-        raise BundleError(f"submission columns {missing[:5]} are not classes of head {bundle.head_id}")
-    order = [bundle.class_names.index(c) for c in columns]
-    build_extractors(bundle, **(runtime or {}))  # fail fast on a version mismatch, before any work
+        raise BundleError(f"submission columns {missing[:5]} are not classes of head {predictor.head_id}")
+    order = [predictor.class_names.index(c) for c in columns]
     files = list_audio(audio_dir)
     if not files:
         raise DataError(f"no audio files in {audio_dir}")
     if on_start:
         on_start(len(files))
     row_ids: list[str] = []
+    window_ids: list[str] = []
     blocks: list[np.ndarray] = []
     errors: list[str] = []
-    for _, ids, probs, error in iter_predictions(head_dir, files, workers, runtime or {}):
+    for path, ids, probs, error in iter_predictions(head_dir, files, workers, runtime or {}, predictor):
         row_ids += ids
-        blocks.append(probs[:, order])
+        window_ids += file_window_ids(Path(path), np.arange(len(ids)) * WINDOW_SECONDS)[0]
+        blocks.append(probs)
         if error:
             errors.append(error)
         if progress:
             progress(1)
-    return row_ids, np.vstack(blocks), errors
+    probs = predictor.finish(window_ids, np.vstack(blocks))
+    return row_ids, np.asarray(probs)[:, order], errors
 
 
 @dataclass(frozen=True)

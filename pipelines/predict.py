@@ -5,6 +5,9 @@ refused), applies every fold model and averages them, and writes row_id + one co
 sample_submission.csv's order, validated before it replaces ``--out`` (temp file + rename). A bad
 file (undecodable, empty, NaN/inf, truncated or shorter than 60 s) gets the class prior on every
 row it has no usable audio for, with one warning, so the submission stays complete.
+
+A stacked head (``stack-<hash>``, from ``pipelines.stack``) embeds each file once for the union of its
+base heads' extractors, runs every base head, then its level-2 model and post-processing steps.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser("predict", __doc__, EPILOG)
     add_store(ap, help="feature store folder holding the trained head")
     ap.add_argument("--head-id", default="best",
-                    help="trained head id from pipelines.leaderboard (default: the best full-CV head)")
+                    help="trained or stacked head id from pipelines.leaderboard (default: the best full-CV head)")
     ap.add_argument("--audio", required=True, type=Path, help="folder of soundscapes (e.g. test_soundscapes)")
     ap.add_argument("--out", required=True, type=Path, help="submission.csv to write")
     ap.add_argument("--sample", type=Path, default=None,

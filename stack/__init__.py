@@ -4,4 +4,23 @@
   site/hour priors learnt inside training folds; head diversity.
 * :mod:`stack.stackers` — ridge and blend stackers, honest level-2 cross-validation scored like a head.
 * :mod:`stack.post` — named, ordered post-processing ops (smoothing, file top-k scaling, power, temperature).
+* :mod:`stack.bundle` — the stacked head's folder (one writer, one reader; no store needed to load it).
+* :mod:`stack.run` — :func:`run_stack`: level-2 CV, the stacked bundle, its OOF table and experiments row.
+* :mod:`stack.tuning` — Optuna over a stacker's and its post steps' parameters (``pipelines.stack --trials``).
+* :mod:`stack.predict` — predicting through a stacked head (used by ``pipelines.predict``).
 """
+
+from __future__ import annotations
+
+
+def __getattr__(name: str):
+    # lazy: ``import stack.bundle`` (the inference path) must not pull in the store (pyarrow, duckdb)
+    if name == "run_stack":
+        from stack.run import run_stack
+
+        return run_stack
+    if name == "tune_stack":
+        from stack.tuning import tune_stack
+
+        return tune_stack
+    raise AttributeError(f"module 'stack' has no attribute {name!r}")

@@ -381,9 +381,9 @@ class FittedStacker:
         rows = np.ones(data.n, bool) if rows is None else np.asarray(rows, bool)
         if self.kind == "blend":
             return blend(data.P[:, rows], data.available, self.params)
-        design = _design(data, self.params.features())
+        F, _ = base_features(data, self.params.features())   # features only: no training sums on new rows
         G = apply_priors(self.priors, data)[0] if self.priors else None
-        return self.model.predict_proba(design.F[rows], None if G is None else G[rows])
+        return self.model.predict_proba(F[rows], None if G is None else G[rows])
 
 
 def training_rows(data: StackInputs, params: RidgeParams | BlendParams, exclude_fold: int | None) -> np.ndarray:

@@ -10,7 +10,8 @@ REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("optuna", "matplotlib", "pytest", "librosa", "pandas", "tensorflow", "torch", "tqdm")
 STORE_LIBS = ("duckdb", "pyarrow")
 INFERENCE = ("models.predict", "models.heads", "models.submission", "embed.features", "embed.birdnet",
-             "embed.classical", "embed.custom", "embed.audio", "featurestore.windows", "featurestore.errors")
+             "embed.classical", "embed.custom", "embed.audio", "featurestore.windows", "featurestore.errors", "stack.bundle", "stack.predict",
+             "stack.post")
 
 
 def _loaded(modules: tuple[str, ...], watch: tuple[str, ...]) -> list[str]:

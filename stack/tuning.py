@@ -1,0 +1,245 @@
+"""Optuna search over a stacker's parameters and its post-processing steps' parameters.
+
+Same rules as the head tuner (:mod:`models.tuning`), whose helpers it uses:
+
+* **Objective** = the fold mean of :func:`stack.stackers.cross_validate_stack` (``fold_mean_auc``),
+  exactly what :func:`stack.run.run_stack` records; the inputs are loaded once per call.
+* **Intermediate values**: each fold's AUC at step = fold id (level-2 CV scores every fold after the
+  post steps, so they are reported when the trial's CV is done; no pruning: a trial takes seconds).
+* **Defaults first**: a new study's first trial is the stacker's defaults and each post op's
+  defaults, so a study can only match or beat them. **Resumable** in ``<store>/optuna.db``: the
+  sampler seed is offset by the trials already there, an exact repeat is answered from the earlier
+  trial, trials left RUNNING by a killed process are marked FAIL, and re-using a study name for
+  other heads, method, post ops, fixed parameters or fold version is refused.
+* **Recorded**: the best trial is re-run with :func:`~stack.run.run_stack` (tag ``tuned``): a
+  stacked head, its OOF table and experiments row.
+
+Search spaces are data: :data:`STACKER_SPACES` (a blend adds one weight ``w<i>`` per source) and
+:data:`POST_SPACES` (trial parameter ``post<i>.<name>`` for step ``i``; ``smooth``'s ``centre`` is
+the middle weight of a 3-tap kernel ``[(1-c)/2, c, (1-c)/2]``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from featurestore.errors import StoreError, UserInputError
+from models.tuning import METRIC_NAME, Dim, _check_resume, _exists, _fail_stale, _finished_repeat, storage_url
+from stack.inputs import load_inputs
+from stack.post import POST_OPS, parse_post
+from stack.stackers import BLEND_METHODS, SHARING, cross_validate_stack, make_stack_params
+
+STACKER_SPACES: dict[str, dict[str, Dim]] = {
+    "ridge": {
+        "alpha": Dim("float", 1e-3, 100.0, log=True),
+        "alpha_shared": Dim("float", 1e-4, 1.0, log=True),
+        "min_positives": Dim("int", 2, 20, log=True),
+        "sharing": Dim("cat", choices=SHARING),
+        "neighbours": Dim("cat", choices=(True, False)),
+        "site_prior": Dim("cat", choices=(False, True)),
+        "hour_prior": Dim("cat", choices=(False, True)),
+    },
+    "blend": {"method": Dim("cat", choices=BLEND_METHODS)},
+}
+BLEND_WEIGHT = Dim("float", 0.0, 1.0)
+POST_SPACES: dict[str, dict[str, Dim]] = {
+    "smooth": {"centre": Dim("float", 0.2, 1.0), "space": Dim("cat", choices=("prob", "logit"))},
+    "filescale": {"a": Dim("float", 0.0, 1.0), "top_k": Dim("int", 1, 6), "form": Dim("cat", choices=("prob", "logit"))},
+    "power": {"gamma": Dim("float", 0.25, 4.0, log=True)},
+    "temperature": {"temperature": Dim("float", 0.25, 4.0, log=True)},
+}
+POST_DEFAULTS = {"smooth": {"centre": 0.5, "space": "prob"}, "filescale": {"a": 0.5, "top_k": 2, "form": "prob"},
+                 "power": {"gamma": 1.0}, "temperature": {"temperature": 1.0}}
+
+
+@dataclass(frozen=True)
+class StackTuneSpec:
+    """What a stack study is about; stored as study attributes and checked on resume."""
+
+    heads: tuple[str, ...]
+    method: str
+    post_ops: tuple[str, ...] = ()        # ops whose parameters are searched, in chain order
+    fixed: dict | None = None             # stacker parameters held fixed (leave the space)
+    zero_shot: tuple[str, ...] = ()
+    seed: int = 0
+
+    def check(self) -> StackTuneSpec:
+        if self.method not in STACKER_SPACES:
+            raise UserInputError(f"unknown stacker {self.method!r}; choose from {sorted(STACKER_SPACES)}")
+        unknown = [op for op in self.post_ops if op not in POST_SPACES]
+        if unknown:
+            raise UserInputError(f"unknown post-processing op(s) {unknown}; choose from {', '.join(POST_OPS)}")
+        make_stack_params(self.method, self.fixed)     # unknown fixed key -> UserInputError naming the known ones
+        return self
+
+    def space(self) -> dict[str, Dim]:
+        fixed = self.fixed or {}
+        out = {k: v for k, v in STACKER_SPACES[self.method].items() if k not in fixed}
+        if self.method == "blend" and "weights" not in fixed:
+            out.update({f"w{i}": BLEND_WEIGHT for i in range(len(self.heads) + len(self.zero_shot))})
+        for i, op in enumerate(self.post_ops):
+            out.update({f"post{i}.{k}": v for k, v in POST_SPACES[op].items()})
+        return out
+
+    def defaults(self) -> dict:
+        base = asdict(make_stack_params(self.method, self.fixed))
+        start = {k: base[k] for k in STACKER_SPACES[self.method] if k not in (self.fixed or {})}
+        if self.method == "blend" and "weights" not in (self.fixed or {}):
+            start.update({f"w{i}": 1.0 for i in range(len(self.heads) + len(self.zero_shot))})
+        for i, op in enumerate(self.post_ops):
+            start.update({f"post{i}.{k}": v for k, v in POST_DEFAULTS[op].items()})
+        return start
+
+    def decode(self, values: dict) -> tuple[dict, list]:
+        """Trial values -> (stacker overrides, post chain)."""
+        params = dict(self.fixed or {})
+        params.update({k: v for k, v in values.items() if k in STACKER_SPACES[self.method]})
+        weights = [values[k] for k in sorted((k for k in values if k.startswith("w") and k[1:].isdigit()),
+                                             key=lambda k: int(k[1:]))]
+        if weights:
+            params["weights"] = weights if sum(weights) > 0 else [1.0] * len(weights)
+        chain = []
+        for i, op in enumerate(self.post_ops):
+            raw = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(f"post{i}.")}
+            if op == "smooth" and "centre" in raw:
+                c = float(raw.pop("centre"))
+                raw["kernel"] = [(1.0 - c) / 2.0, c, (1.0 - c) / 2.0]
+            chain.append((op, raw))
+        return params, chain
+
+    def attributes(self, fold_version: str) -> dict:
+        return {"kind": "stack", "heads": list(self.heads), "zero_shot": list(self.zero_shot), "method": self.method,
+                "post_ops": list(self.post_ops), "fixed": dict(sorted((self.fixed or {}).items())),
+                "fold_version": fold_version, "seed": self.seed, "objective": METRIC_NAME}
+
+
+@dataclass
+class StackTuneResult:
+    study: str
+    trials: int
+    completed: int
+    failed: int
+    best_value: float | None = None
+    best_params: dict | None = None
+    best_trial: int | None = None
+    best_head_id: str | None = None
+    best_fold_mean: float | None = None
+
+    def render(self) -> str:
+        lines = [f"study {self.study}: {self.trials} trials ({self.completed} complete, {self.failed} failed)"]
+        if self.best_value is not None:
+            lines.append(f"best trial {self.best_trial}: {METRIC_NAME} {self.best_value:.4f} with {self.best_params}")
+        if self.best_head_id:
+            lines.append(f"recorded as stacked head {self.best_head_id}: fold mean {self.best_fold_mean:.4f} "
+                         "(tag 'tuned')")
+        return "\n".join(lines)
+
+
+def tune_stack(store_dir: str | Path, spec: StackTuneSpec, trials: int, study_name: str, *,
+               zero_shot_pooling: str = "mean", record_best: bool = True,
+               say: Callable[[str], None] = print) -> StackTuneResult:
+    """Add ``trials`` trials to the study (made or resumed), then record the best as a stacked head."""
+    import optuna
+
+    from stack.run import base_configs, run_stack
+
+    spec.check()
+    if trials < 0:
+        raise UserInputError("--trials must be >= 0")
+    configs = base_configs(store_dir, spec.heads)
+    fold_versions = sorted({c["fold_version"] for c in configs.values()})
+    if len(fold_versions) != 1:
+        raise StoreError(f"the base heads were trained on different fold versions {fold_versions}")
+    focal = bool((spec.fixed or {}).get("use_focal", False))
+    data = load_inputs(store_dir, list(spec.heads), zero_shot=spec.zero_shot, zero_shot_pooling=zero_shot_pooling,
+                       focal=focal)
+    attrs = json.loads(json.dumps(spec.attributes(fold_versions[0])))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = storage_url(store_dir)
+    study = optuna.load_study(study_name=study_name, storage=storage) if _exists(storage, study_name) else None
+    n_before = len(study.trials) if study is not None else 0
+    if study is not None:
+        _check_resume(study, attrs)
+    sampler = optuna.samplers.TPESampler(seed=spec.seed + n_before, n_startup_trials=5)
+    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
+                                sampler=sampler)
+    stale = _fail_stale(study)
+    if stale:
+        say(f"marked {stale} trial(s) left running by a killed process as failed")
+    study.set_metric_names([METRIC_NAME])
+    for k, v in attrs.items():
+        study.set_user_attr(k, v)
+    space = spec.space()
+    if n_before == 0 and space:
+        start = {k: v for k, v in spec.defaults().items() if k in space and space[k].contains(v)}
+        if start:
+            study.enqueue_trial(start)
+
+    def objective(trial) -> float:
+        values = {name: dim.suggest(trial, name) for name, dim in space.items()}
+        params, chain = spec.decode(values)
+        trial.set_user_attr("stacker_params", json.loads(json.dumps(params)))
+        trial.set_user_attr("post", [s.to_json() for s in parse_post(chain)])
+        repeat = _finished_repeat(study, trial)
+        if repeat is not None:
+            trial.set_user_attr("repeat_of", repeat.number)
+            for k, v in repeat.user_attrs.items():
+                if k.startswith("fold_") or k == "seconds":
+                    trial.set_user_attr(k, v)
+            return repeat.value
+        t0 = time.perf_counter()
+        cv = cross_validate_stack(data, spec.method, params, chain)
+        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        for k, v in sorted(cv.score.fold_scores.items()):
+            trial.set_user_attr(f"fold_{k}_auc", None if math.isnan(v) else float(v))
+            if not math.isnan(v):
+                trial.report(float(v), step=int(k))
+        trial.set_user_attr("fold_std", None if math.isnan(cv.score.fold_std) else float(cv.score.fold_std))
+        if math.isnan(cv.fold_mean):
+            raise StoreError("no held-out fold was scorable")
+        return float(cv.fold_mean)
+
+    def report(study, trial) -> None:
+        folds_txt = " ".join(f"{k[5:-4]}:{v:.3f}" for k, v in sorted(trial.user_attrs.items())
+                             if k.startswith("fold_") and k.endswith("_auc") and v is not None)
+        value = f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        best = ""
+        if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+            best = f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
+        say(f"trial {trial.number}: {METRIC_NAME} {value} [{folds_txt}] "
+            f"{trial.user_attrs.get('seconds', 0.0):.2f} s{best}")
+
+    say(f"study {study_name}: {spec.method} over {len(data.heads)} sources, post {list(spec.post_ops) or 'none'}, "
+        f"fold version {fold_versions[0]}, {n_before} earlier trial(s)")
+    study.optimize(objective, n_trials=trials, callbacks=[report], catch=())
+    states = [t.state for t in study.trials]
+    S = optuna.trial.TrialState
+    out = StackTuneResult(study_name, len(states), states.count(S.COMPLETE), states.count(S.FAIL))
+    if out.completed:
+        best = study.best_trial
+        out.best_value, out.best_params, out.best_trial = study.best_value, best.params, best.number
+        if record_best:
+            params, chain = spec.decode(best.params)
+            say(f"recording the best trial ({best.number}) as a stacked head ...")
+            result = run_stack(store_dir, spec.heads, spec.method, params, chain, zero_shot=spec.zero_shot,
+                               zero_shot_pooling=zero_shot_pooling, tag="tuned", data=data)
+            out.best_head_id, out.best_fold_mean = result.head_id, result.fold_mean
+            study.set_user_attr("best_head_id", result.head_id)
+    return out
+
+
+def post_names(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"smooth,filescale"`` -> ``("smooth", "filescale")`` (checked against the known ops)."""
+    names = tuple(n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip())
+    unknown = [n for n in names if n not in POST_OPS]
+    if unknown:
+        raise UserInputError(f"unknown post-processing op(s) {unknown}; choose from {', '.join(POST_OPS)}")
+    return names
