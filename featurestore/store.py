@@ -542,26 +542,33 @@ class FeatureStore:
         physical = f"{name}__{version}"
         if existing is not None and current is not None and current[0] == version and self.has_table(name):
             return self.version_info(name, version)  # nothing changed: write nothing
+        with self.transaction():
+            if existing is None:
+                self.con.register("_incoming", table)
+                self.con.execute(f'CREATE TABLE "{physical}" AS SELECT * FROM _incoming')
+                self.con.unregister("_incoming")
+                self.con.execute(
+                    "INSERT INTO _versions VALUES (?, ?, ?, ?, ?, ?, false)",
+                    [name, version, digest, table.num_rows, utc_now(), json.dumps(params, sort_keys=True)],
+                )
+            self.con.execute("UPDATE _versions SET is_current = (version = ?) WHERE table_name = ?",
+                             [version, name])
+            self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "{physical}"')
+        return self.version_info(name, version)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """One catalog transaction under the disk-full guard: committed when the block ends, rolled back
+        (and the error re-raised) when it raises, so readers see all of its writes or none."""
         with self.writing(CATALOG_FILE):
             self.con.execute("BEGIN TRANSACTION")
             try:
-                if existing is None:
-                    self.con.register("_incoming", table)
-                    self.con.execute(f'CREATE TABLE "{physical}" AS SELECT * FROM _incoming')
-                    self.con.unregister("_incoming")
-                    self.con.execute(
-                        "INSERT INTO _versions VALUES (?, ?, ?, ?, ?, ?, false)",
-                        [name, version, digest, table.num_rows, utc_now(), json.dumps(params, sort_keys=True)],
-                    )
-                self.con.execute("UPDATE _versions SET is_current = (version = ?) WHERE table_name = ?",
-                                 [version, name])
-                self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "{physical}"')
+                yield self.con
                 self.con.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(duckdb.Error):
                     self.con.execute("ROLLBACK")
                 raise
-        return self.version_info(name, version)
 
     def read_table(self, name: str, version: str | None = None) -> pa.Table:
         """Read the current (or a given) version of a snapshot table, or the deduplicated part table."""
@@ -695,16 +702,9 @@ class FeatureStore:
                 continue
             if persisted.get(name) == tag:
                 continue
-            with self.writing(CATALOG_FILE):
-                self.con.execute("BEGIN TRANSACTION")
-                try:
-                    self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {body}')
-                    self.con.execute(f'COMMENT ON VIEW "{name}" IS {_sql_str(tag)}')
-                    self.con.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(duckdb.Error):
-                        self.con.execute("ROLLBACK")
-                    raise
+            with self.transaction():
+                self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {body}')
+                self.con.execute(f'COMMENT ON VIEW "{name}" IS {_sql_str(tag)}')
 
     def compact_parts(self, name: str, keep: Callable[[pa.Table], pa.Table] | None = None) -> int:
         """Rewrite a part table as one deduplicated part (optionally filtered by ``keep``).

@@ -77,14 +77,9 @@ def record(store: FeatureStore, row: dict) -> None:
               else v for k, v in row.items()]
     names = ", ".join(row)
     marks = ", ".join("?" for _ in row)
-    store.con.execute("BEGIN TRANSACTION")
-    try:
-        store.con.execute(f"DELETE FROM {TABLE} WHERE head_id = ?", [row["head_id"]])
-        store.con.execute(f"INSERT INTO {TABLE} ({names}) VALUES ({marks})", values)
-        store.con.execute("COMMIT")
-    except BaseException:
-        store.con.execute("ROLLBACK")
-        raise
+    with store.transaction() as con:
+        con.execute(f"DELETE FROM {TABLE} WHERE head_id = ?", [row["head_id"]])
+        con.execute(f"INSERT INTO {TABLE} ({names}) VALUES ({marks})", values)
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,7 @@ class TuneResult:
     best_head_id: str | None = None
     best_fold_mean: float | None = None
     best_fold_std: float | None = None
+    recorded_as: str = "re-trained with full cross-validation as"   # how the best trial was kept
 
     def render(self) -> str:
         lines = [f"study {self.study}: {self.trials} trials ({self.completed} complete, {self.pruned} pruned, "
@@ -151,7 +152,7 @@ class TuneResult:
         if self.best_value is not None:
             lines.append(f"best trial {self.best_trial}: {METRIC_NAME} {self.best_value:.4f} with {self.best_params}")
         if self.best_head_id:
-            lines.append(f"re-trained with full cross-validation as {self.best_head_id}: fold mean "
+            lines.append(f"{self.recorded_as} {self.best_head_id}: fold mean "
                          f"{self.best_fold_mean:.4f} +/- {self.best_fold_std:.4f} (tag 'tuned')")
         return "\n".join(lines)
 

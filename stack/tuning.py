@@ -30,7 +30,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from featurestore.errors import StoreError, UserInputError
-from models.tuning import METRIC_NAME, Dim, _check_resume, _exists, _fail_stale, _finished_repeat, storage_url
+from models.tuning import (
+    METRIC_NAME,
+    Dim,
+    TuneResult,
+    _check_resume,
+    _exists,
+    _fail_stale,
+    _finished_repeat,
+    storage_url,
+)
 from stack.inputs import load_inputs
 from stack.post import POST_OPS, parse_post
 from stack.stackers import BLEND_METHODS, SHARING, cross_validate_stack, make_stack_params
@@ -119,31 +128,9 @@ class StackTuneSpec:
                 "fold_version": fold_version, "seed": self.seed, "objective": METRIC_NAME}
 
 
-@dataclass
-class StackTuneResult:
-    study: str
-    trials: int
-    completed: int
-    failed: int
-    best_value: float | None = None
-    best_params: dict | None = None
-    best_trial: int | None = None
-    best_head_id: str | None = None
-    best_fold_mean: float | None = None
-
-    def render(self) -> str:
-        lines = [f"study {self.study}: {self.trials} trials ({self.completed} complete, {self.failed} failed)"]
-        if self.best_value is not None:
-            lines.append(f"best trial {self.best_trial}: {METRIC_NAME} {self.best_value:.4f} with {self.best_params}")
-        if self.best_head_id:
-            lines.append(f"recorded as stacked head {self.best_head_id}: fold mean {self.best_fold_mean:.4f} "
-                         "(tag 'tuned')")
-        return "\n".join(lines)
-
-
 def tune_stack(store_dir: str | Path, spec: StackTuneSpec, trials: int, study_name: str, *,
                zero_shot_pooling: str = "mean", record_best: bool = True,
-               say: Callable[[str], None] = print) -> StackTuneResult:
+               say: Callable[[str], None] = print) -> TuneResult:
     """Add ``trials`` trials to the study (made or resumed), then record the best as a stacked head."""
     import optuna
 
@@ -222,7 +209,8 @@ def tune_stack(store_dir: str | Path, spec: StackTuneSpec, trials: int, study_na
     study.optimize(objective, n_trials=trials, callbacks=[report], catch=())
     states = [t.state for t in study.trials]
     S = optuna.trial.TrialState
-    out = StackTuneResult(study_name, len(states), states.count(S.COMPLETE), states.count(S.FAIL))
+    out = TuneResult(study_name, len(states), states.count(S.COMPLETE), 0, states.count(S.FAIL),
+                     recorded_as="recorded as stacked head")  # level-2 CV scores all folds at once: no pruning
     if out.completed:
         best = study.best_trial
         out.best_value, out.best_params, out.best_trial = study.best_value, best.params, best.number
@@ -231,7 +219,7 @@ def tune_stack(store_dir: str | Path, spec: StackTuneSpec, trials: int, study_na
             say(f"recording the best trial ({best.number}) as a stacked head ...")
             result = run_stack(store_dir, spec.heads, spec.method, params, chain, zero_shot=spec.zero_shot,
                                zero_shot_pooling=zero_shot_pooling, tag="tuned", data=data)
-            out.best_head_id, out.best_fold_mean = result.head_id, result.fold_mean
+            out.best_head_id, out.best_fold_mean, out.best_fold_std = result.head_id, result.fold_mean, result.cv.score.fold_std
             study.set_user_attr("best_head_id", result.head_id)
     return out
 
