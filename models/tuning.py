@@ -157,6 +157,24 @@ class TuneResult:
         return "\n".join(lines)
 
 
+def trial_reporter(say: Callable[[str], None], seconds_format: str = ".1f") -> Callable:
+    """An Optuna callback printing one line per finished trial: value, per-fold AUCs (the trial's
+    ``fold_<k>_auc`` attributes), seconds and the best so far."""
+    import optuna
+
+    def report(study, trial) -> None:
+        folds_txt = " ".join(f"{k[5:-4]}:{v:.3f}" for k, v in sorted(trial.user_attrs.items())
+                             if k.startswith("fold_") and k.endswith("_auc") and v is not None)
+        value = f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        best = ""
+        if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+            best = f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
+        say(f"trial {trial.number}: {METRIC_NAME} {value} [{folds_txt}] "
+            f"{trial.user_attrs.get('seconds', 0.0):{seconds_format}} s{best}")
+
+    return report
+
+
 def _check_resume(study, attrs: dict) -> None:
     old = study.user_attrs
     if not old:
@@ -258,16 +276,7 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
             raise StoreError("no held-out fold was scorable")
         return float(values.mean())
 
-    def report(study, trial) -> None:
-        folds_txt = " ".join(f"{k[5:-4]}:{v:.3f}" for k, v in sorted(trial.user_attrs.items())
-                             if k.startswith("fold_") and k.endswith("_auc") and v is not None)
-        value = f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
-        best = ""
-        if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-            best = f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
-        say(f"trial {trial.number}: {METRIC_NAME} {value} [{folds_txt}] "
-            f"{trial.user_attrs.get('seconds', 0.0):.1f} s{best}")
-
+    report = trial_reporter(say)
     say(f"study {study_name}: {spec.kind} on {spec.frame.features}, mode {spec.mode}"
         f"{' ' + spec.subsample.name() if fast else ''}, fold version {fold_version}, scored on {scored_on} "
         f"({int(eval_mask.sum())} windows), {n_before} earlier trial(s)")

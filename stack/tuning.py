@@ -39,6 +39,7 @@ from models.tuning import (
     _fail_stale,
     _finished_repeat,
     storage_url,
+    trial_reporter,
 )
 from stack.inputs import load_inputs
 from stack.post import POST_OPS, parse_post
@@ -194,16 +195,7 @@ def tune_stack(store_dir: str | Path, spec: StackTuneSpec, trials: int, study_na
             raise StoreError("no held-out fold was scorable")
         return float(cv.fold_mean)
 
-    def report(study, trial) -> None:
-        folds_txt = " ".join(f"{k[5:-4]}:{v:.3f}" for k, v in sorted(trial.user_attrs.items())
-                             if k.startswith("fold_") and k.endswith("_auc") and v is not None)
-        value = f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
-        best = ""
-        if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-            best = f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
-        say(f"trial {trial.number}: {METRIC_NAME} {value} [{folds_txt}] "
-            f"{trial.user_attrs.get('seconds', 0.0):.2f} s{best}")
-
+    report = trial_reporter(say, ".2f")   # stack trials take hundredths of a second
     say(f"study {study_name}: {spec.method} over {len(data.heads)} sources, post {list(spec.post_ops) or 'none'}, "
         f"fold version {fold_versions[0]}, {n_before} earlier trial(s)")
     study.optimize(objective, n_trials=trials, callbacks=[report], catch=())
