@@ -19,12 +19,9 @@ training examples (focal clips + labelled 5-s soundscape windows).
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +29,7 @@ import pyarrow as pa
 
 from embed.near_duplicates import NEAR_DUPLICATE_COSINE, load_file_embeddings, near_duplicate_pairs
 from featurestore.folds import stored_version
+from featurestore.htmlpage import html_table, img, png, pyplot, render_page, write_page
 from featurestore.ingest import latest_data_version
 from featurestore.sqlfiles import run_sql_file
 from featurestore.store import FeatureStore
@@ -402,25 +400,8 @@ def risk_list(memo: Memo) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- plots (matplotlib only here)
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def png(fig) -> str:
-    """Render a figure to a base64 PNG string and close it."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _plt().close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _group_colors(rows: list[dict]) -> dict[str, tuple]:
-    plt = _plt()
+    plt = pyplot()
     return {g: plt.cm.tab10(i % 10) for i, g in enumerate(sorted({str(r["class_name"]) for r in rows}))}
 
 
@@ -446,7 +427,7 @@ def _imbalance_bars(ax, rows: list[dict], colors: dict[str, tuple]) -> None:
 
 
 def _imbalance_legend(ax, colors: dict[str, tuple], loc: str = "lower right", dots: bool = False) -> None:
-    plt = _plt()
+    plt = pyplot()
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
     if dots:
         handles.append(plt.Line2D([], [], ls="", marker=".", color="black"))
@@ -461,7 +442,7 @@ def _imbalance_legend(ax, colors: dict[str, tuple], loc: str = "lower right", do
 
 def plot_class_imbalance(rows: list[dict]) -> str:
     """Training examples per class with data (rows from ``imbalance_rows``; no class without data)."""
-    plt = _plt()
+    plt = pyplot()
     colors = _group_colors(rows)
     if len(rows) <= IMBALANCE_LABELLED:
         fig, ax = plt.subplots(figsize=(9, 0.2 * len(rows) + 1.2))
@@ -508,7 +489,7 @@ def soundscape_durations(durations: dict[str, np.ndarray]) -> list[tuple[str, fl
 
 def plot_durations(durations: dict[str, np.ndarray]) -> str:
     """Focal clip durations (histogram) and soundscape durations (files per duration) side by side."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.2), gridspec_kw={"width_ratios": [2.2, 1]})
     focal = durations.get("train_audio", np.zeros(0))
     if focal.size:
@@ -546,7 +527,7 @@ def plot_durations(durations: dict[str, np.ndarray]) -> str:
 
 
 def plot_site_hour(rows: list[dict]) -> str:
-    plt = _plt()
+    plt = pyplot()
     sites = sorted({r["site"] for r in rows})
     grid = np.zeros((len(sites), 24))
     for r in rows:
@@ -563,7 +544,7 @@ def plot_site_hour(rows: list[dict]) -> str:
 
 def plot_cooccurrence(cooc: Cooccurrence, names: dict[str, dict] | None = None) -> str:
     """Heatmap of windows holding both labels (diagonal left out, scale from 0) + per-label totals."""
-    plt = _plt()
+    plt = pyplot()
     names = names or {}
     n = len(cooc.labels)
     data, vmin, vmax = cooccurrence_image(cooc)
@@ -597,7 +578,7 @@ def plot_cooccurrence(cooc: Cooccurrence, names: dict[str, dict] | None = None) 
 
 
 def plot_audio_qa(rows: list[dict]) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for source in sorted({r["source"] for r in rows}):
         pts = [(r["rms_dbfs"], r["snr_db"]) for r in rows if r["source"] == source and r["snr_db"] is not None]
@@ -613,7 +594,7 @@ def plot_audio_qa(rows: list[dict]) -> str:
 
 
 def plot_folds(rows: list[dict]) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3))
     labels = [str(r["fold"]) for r in rows]
     scape = np.array([r["n_soundscape_windows"] for r in rows], dtype=float)
@@ -631,33 +612,6 @@ def plot_folds(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------- HTML
-def html_table(table: pa.Table | list[dict] | None, max_rows: int | None = 25) -> str:
-    rows = table.to_pylist() if isinstance(table, pa.Table) else list(table or [])
-    if not rows:
-        return "<p class='none'>no rows</p>"
-    cols = list(rows[0])
-    shown = rows if max_rows is None else rows[:max_rows]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in cols) + "</tr>" for r in shown)
-    more = f"<p class='more'>... {len(rows) - len(shown)} more rows</p>" if len(rows) > len(shown) else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        text = ", ".join(_fmt(v) for v in value[:8])
-        return text + (f", ... ({len(value)})" if len(value) > 8 else "")
-    return str(value)
-
-
-def img(b64: str, alt: str) -> str:
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{b64}'>"
-
-
 def note(memo: Memo, key: str) -> str:
     return f"<p class='note'>{html.escape(memo.notes[key])}</p>" if key in memo.notes else ""
 
@@ -739,24 +693,10 @@ def section_bodies(memo: Memo, names: dict[str, dict] | None = None) -> dict[str
     return out
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:12px;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
-th{background:#f3f3f3}img{max-width:100%}.note{color:#a55}.none,.more{color:#777;font-size:12px}
-section{border-top:2px solid #ddd;margin-top:1.5em}
-#key-numbers{border:2px solid #9ab;background:#f6f9fb;padding:0 1em .8em;border-radius:6px}
-table.keys{font-size:13px}table.keys th{background:none;font-weight:normal}
-table.keys td.num{font-weight:bold;text-align:right;min-width:5em}"""
-
-
 def render_html(memo: Memo, names: dict[str, dict] | None = None) -> str:
     bodies = section_bodies(memo, names)
-    toc = "".join(f"<li><a href='#{sid}'>{html.escape(title)}</a></li>" for sid, title in SECTIONS[1:])
-    sections = [f"<section id='{sid}'><h2>{html.escape(title)}</h2>{bodies[sid]}</section>" for sid, title in SECTIONS]
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>birdclef-stack data memo</title>"
-            f"<style>{CSS}</style></head><body><h1>Data memo</h1><p>Generated {stamp} by "
-            f"<code>python -m pipelines.report</code>.</p>{sections[0]}<ol>{toc}</ol>{''.join(sections[1:])}"
-            f"</body></html>")
+    return render_page("Data memo", "python -m pipelines.report",
+                       [(sid, title, bodies[sid]) for sid, title in SECTIONS], toc_from=1)
 
 
 def write_memo(store_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
@@ -764,10 +704,4 @@ def write_memo(store_dir: str | os.PathLike, out_path: str | os.PathLike) -> Pat
     with FeatureStore.open(store_dir, create=False, read_only=True) as store:
         memo = gather(store)
         names = taxonomy_names(store)
-    page = render_html(memo, names)
-    out = Path(out_path).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_page(out_path, render_html(memo, names))

@@ -4,8 +4,9 @@
 :func:`run_demo` generates a small BirdCLEF-shaped dataset (:mod:`featurestore.demo_data`: 14 real
 classes, focal clips and 60-s soundscapes with exact 5-s labels) and runs every stage on it: ingest
 → folds → embed (BirdNET + classical) → data memo → the baseline ladder of head kinds →
-leaderboard → predict the test soundscapes → validated submission, scored against the demo's
-hidden test labels. Re-running re-uses everything already computed.
+a ridge stack over the trained heads → leaderboard → predict the test soundscapes with the best head
+→ validated submission, scored against the demo's hidden test labels → the error-analysis page of
+the best head. Re-running re-uses everything already computed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from models.metrics import competition_score
 from models.predict import expected_ids_for_audio, predict_audio
 from models.submission import validate_submission, write_submission
 from models.training import train_head
+from stack.errors import summary_line, write_error_page
+from stack.run import run_stack
 
 MARKER = "demo.json"
 
@@ -58,6 +61,7 @@ DEMO_LGBM = {"inner_valid_fraction": 0.0, "n_estimators": 200, "learning_rate": 
              "feature_fraction": 0.2, "min_child_samples": 10}
 DEMO_LADDER = (("prior", "birdnet", {}), ("zeroshot", "birdnet_logits", {}), ("linear", "classical", {}),
                ("linear", "birdnet", {}), ("lgbm", "birdnet", DEMO_LGBM))
+STACKED_KINDS = ("linear", "lgbm")     # the stack's base heads: every trained head of these kinds
 
 
 def run_demo(out: Path, *, small: bool = False, seed: int = 2026, workers: int | None = None,
@@ -83,6 +87,8 @@ def run_demo(out: Path, *, small: bool = False, seed: int = 2026, workers: int |
         stage(f"train {kind} on {features}",
               lambda k=kind, f=features, p=params: train_head(store, k, FrameSpec(f), overrides=p, seed=seed),
               lambda r: r.render().splitlines()[0])
+    bases = [summaries[f"train {k} on {f}"].head_id for k, f, _ in DEMO_LADDER if k in STACKED_KINDS]
+    stage("stack", lambda: run_stack(store, bases, "ridge"), lambda r: r.render().splitlines()[0])
     with FeatureStore.open(store, read_only=True) as fs:
         board = ranked(fs)
         best = best_head_id(fs)
@@ -92,6 +98,7 @@ def run_demo(out: Path, *, small: bool = False, seed: int = 2026, workers: int |
     submission = out / "submission.csv"
     stage("predict", lambda: predict_to_csv(bundle_dir(store, best), data, submission, columns, workers),
           lambda score: f"{submission} from head {best} (validated); demo test-set AUC {score:.4f}")
+    stage("errors", lambda: write_error_page(store, best, out / "errors.html"), lambda r: summary_line(*r))
     say(f"[demo] store: {store}\n[demo] try: duckdb {store / 'catalog.duckdb'} "
         "\"SELECT head_id, fold_mean, fold_std, oof_auc FROM experiments ORDER BY fold_mean DESC\"")
     return summaries

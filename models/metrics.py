@@ -232,11 +232,18 @@ def row_slices(y_true, y_score, keys: Sequence, slice_name: str) -> pa.Table:
     if len(keys) != t.shape[0]:
         raise MetricError(f"slice {slice_name!r}: {len(keys)} keys for {t.shape[0]} windows")
     rows = []
-    for key in sorted(set(keys.tolist()), key=lambda k: (k is None, str(k))):
+    for key in sorted(set(keys.tolist()), key=_slice_order):
         m = keys == key
         auc, n_cls = macro_auc_defined(t[m], s[m])
         rows.append({"slice": slice_name, "value": str(key), "n_windows": int(m.sum()), "n_classes": n_cls, "auc": auc})
     return _slice_table(rows)
+
+
+def _slice_order(key) -> tuple:
+    """Numbers in numeric order (hour 2 before hour 10), then text, then None."""
+    if isinstance(key, int | float | np.integer | np.floating) and not isinstance(key, bool):
+        return (0, float(key), "")
+    return (1 if key is not None else 2, 0.0, str(key))
 
 
 def class_slices(y_true, y_score, class_keys: Sequence, slice_name: str) -> pa.Table:

@@ -105,7 +105,7 @@ class HeadPredictor:
     def predict_file(self, path: Path) -> tuple[list[str], np.ndarray]:
         return predict_file(path, self.bundle, self.extractors)
 
-    def finish(self, window_ids: list[str], rows: np.ndarray) -> np.ndarray:
+    def finish(self, window_ids: list[str], rows: np.ndarray, usable: np.ndarray | None = None) -> np.ndarray:
         return rows
 
 
@@ -143,12 +143,19 @@ def predict_soundscape(path: Path, bundle: HeadBundle, extractors: list) -> tupl
 
 def complete_rows(path: Path, predictor) -> tuple[list[str], np.ndarray, str | None]:
     """:func:`predict_soundscape` for any predictor (``predict_file`` and ``prior``, see :class:`HeadPredictor`)."""
+    return file_rows(path, predictor)[:3]
+
+
+def file_rows(path: Path, predictor) -> tuple[list[str], np.ndarray, str | None, np.ndarray]:
+    """:func:`complete_rows` plus which rows hold a prediction from audio (False: the prior was written;
+    a stacked head's ``finish`` runs its level-2 model on the usable rows only)."""
     n = expected_window_count(path)
     expected = file_window_ids(path, np.arange(n) * WINDOW_SECONDS)[1]
     prior = predictor.prior
     fallback = np.tile(prior, (n, 1))
+    usable = np.zeros(n, bool)
     if not path.exists():
-        return expected, fallback, f"file not found: {path} (wrote the class prior for its {n} rows)"
+        return expected, fallback, f"file not found: {path} (wrote the class prior for its {n} rows)", usable
     try:
         row_ids, probs = predictor.predict_file(path)
     except Exception as exc:  # any decode/model failure of one file must not sink the submission
@@ -157,7 +164,7 @@ def complete_rows(path: Path, predictor) -> tuple[list[str], np.ndarray, str | N
             reason = f"file not found: {path}"
         elif path.is_file() and path.stat().st_size == 0:
             reason = f"{path}: empty file (0 bytes)"
-        return expected, fallback, f"{reason} (wrote the class prior for its {n} rows)"
+        return expected, fallback, f"{reason} (wrote the class prior for its {n} rows)", usable
     got = dict(zip(row_ids, probs, strict=True))
     out = fallback
     bad = 0
@@ -165,6 +172,7 @@ def complete_rows(path: Path, predictor) -> tuple[list[str], np.ndarray, str | N
         if rid in got:
             if np.all(np.isfinite(got[rid])):
                 out[i] = np.clip(got[rid], 0.0, 1.0)
+                usable[i] = True
             else:
                 bad += 1
     problems = []
@@ -176,7 +184,7 @@ def complete_rows(path: Path, predictor) -> tuple[list[str], np.ndarray, str | N
                         f"({said}; truncated or short file): the class prior for the other {n - found} rows")
     if bad:
         problems.append(f"{bad} window(s) gave non-finite probabilities: the class prior for them")
-    return expected, out, (f"{path}: " + "; ".join(problems)) if problems else None
+    return expected, out, (f"{path}: " + "; ".join(problems)) if problems else None, usable
 
 
 _WORKER: dict = {}
@@ -186,14 +194,13 @@ def _init_worker(head_dir: str, runtime: dict) -> None:
     _WORKER.update(predictor=load_predictor(head_dir, **runtime))
 
 
-def _predict_one(path: str) -> tuple[str, list[str], np.ndarray, str | None]:
-    row_ids, probs, warning = complete_rows(Path(path), _WORKER["predictor"])
-    return path, row_ids, probs, warning
+def _predict_one(path: str) -> tuple[str, list[str], np.ndarray, str | None, np.ndarray]:
+    return (path, *file_rows(Path(path), _WORKER["predictor"]))
 
 
 def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: dict,
                      predictor=None) -> Iterator[tuple]:
-    """(path, row_ids, probs, error) per file, in file order (``predictor``: an already loaded one, used
+    """(path, row_ids, probs, error, usable rows) per file, in file order (``predictor``: an already loaded one, used
     when predicting in this process)."""
     if workers <= 1 or len(files) <= 1:
         if predictor is not None:
@@ -250,16 +257,18 @@ def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, col
     row_ids: list[str] = []
     window_ids: list[str] = []
     blocks: list[np.ndarray] = []
+    usable: list[np.ndarray] = []
     errors: list[str] = []
-    for path, ids, probs, error in iter_predictions(head_dir, files, workers, runtime or {}, predictor):
+    for path, ids, probs, error, ok in iter_predictions(head_dir, files, workers, runtime or {}, predictor):
         row_ids += ids
         window_ids += file_window_ids(Path(path), np.arange(len(ids)) * WINDOW_SECONDS)[0]
         blocks.append(probs)
+        usable.append(ok)
         if error:
             errors.append(error)
         if progress:
             progress(1)
-    probs = predictor.finish(window_ids, np.vstack(blocks))
+    probs = predictor.finish(window_ids, np.vstack(blocks), np.concatenate(usable))
     return row_ids, np.asarray(probs)[:, order], errors
 
 

@@ -118,6 +118,8 @@ def save_stacker(fitted: FittedStacker, folder: Path) -> Path:
     """Write one :class:`~stack.stackers.FittedStacker` as ``model.json`` + ``model.npz`` (no pickles)."""
     folder.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {"train_windows": np.asarray(fitted.train_windows, dtype=str)}
+    if fitted.class_prior is not None:
+        arrays["class_prior"] = np.asarray(fitted.class_prior, dtype=np.float64)
     meta: dict = {"kind": fitted.kind, "params": asdict(fitted.params), "priors": []}
     if fitted.model is not None:
         m = fitted.model
@@ -149,7 +151,7 @@ def load_stacker(folder: Path) -> FittedStacker:
         for name in RIDGE_ARRAYS:
             setattr(model, name, arrays[name])
     priors = [PriorTable(p["key"], tuple(p["values"]), arrays[f"prior_{i}"]) for i, p in enumerate(meta["priors"])]
-    return FittedStacker(meta["kind"], params, arrays["train_windows"], model, priors)
+    return FittedStacker(meta["kind"], params, arrays["train_windows"], model, priors, arrays.get("class_prior"))
 
 
 # ---------------------------------------------------------------------------- writer / reader

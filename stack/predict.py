@@ -125,12 +125,29 @@ class StackPredictor:
         _, row_ids = file_window_ids(path, starts)
         return row_ids, np.hstack(blocks).astype(np.float32)
 
-    def finish(self, window_ids: Sequence[str], rows: np.ndarray) -> np.ndarray:
-        """Stacker + post steps over every predicted row: ``rows`` (windows, sources x classes) ->
-        (windows, classes) in :attr:`class_names` order."""
+    def finish(self, window_ids: Sequence[str], rows: np.ndarray, usable: np.ndarray | None = None) -> np.ndarray:
+        """Stacker + post steps over the predicted rows: ``rows`` (windows, sources x classes) ->
+        (windows, classes) in :attr:`class_names` order. Rows not in ``usable`` (no usable audio: their
+        inputs are the base priors) get the stack's class prior, and the file-level features and
+        neighbours of the other rows are computed without them."""
         S, C = len(self.bundle.layout.sources), len(self.class_names)
-        P = np.asarray(rows, np.float32).reshape(len(window_ids), S, C).transpose(1, 0, 2)
-        return apply_stack(self.bundle, unlabelled_inputs(self.bundle, window_ids, P))
+        ids = np.asarray([str(w) for w in window_ids], dtype=str)
+        usable = np.ones(len(ids), bool) if usable is None else np.asarray(usable, bool)
+        P = np.asarray(rows, np.float32).reshape(len(ids), S, C).transpose(1, 0, 2)
+        out = np.tile(self.stack_prior, (len(ids), 1))
+        if usable.any():
+            out[usable] = apply_stack(self.bundle, unlabelled_inputs(self.bundle, ids[usable], P[:, usable]))
+        return out
+
+    @property
+    def stack_prior(self) -> np.ndarray:
+        """The full-data level-2 model's label rate over its training rows (older bundles: the mean of
+        the base heads' priors)."""
+        rate = self.bundle.full.class_prior
+        if rate is None:
+            C = len(self.class_names)
+            rate = self.prior[: len(self.bases) * C].reshape(len(self.bases), C).mean(axis=0)
+        return np.clip(np.asarray(rate, np.float32), 0.0, 1.0)
 
 
 def window_ids_of(path: Path, n: int) -> list[str]:

@@ -45,6 +45,7 @@ class StackResult:
     oof_path: Path
     seconds: float
     tag: str
+    pooled: float | None = None          # pooled OOF AUC: a diagnostic beside the fold mean
 
     @property
     def fold_mean(self) -> float:
@@ -54,9 +55,11 @@ class StackResult:
         score = self.cv.score
         folds = " ".join(f"{k}:{v:.3f}" for k, v in sorted(score.fold_scores.items()))
         post = " -> ".join(s.name for s in self.cv.post) or "none"
+        pooled = (f"; pooled OOF {self.pooled:.4f} (calibration gap {self.pooled - score.fold_mean:+.4f})"
+                  if self.pooled is not None else "")
         return (f"stacked head {self.head_id} ({self.cv.kind}, post {post}, tag {self.tag}): fold mean "
                 f"{score.fold_mean:.4f} +/- {score.fold_std:.4f} [{folds}] on {int(score.eval_mask.sum())} "
-                f"{score.scored_on} windows; {self.seconds:.1f} s\n"
+                f"{score.scored_on} windows{pooled}; {self.seconds:.1f} s\n"
                 f"bundle {self.bundle_dir}\nOOF {self.oof_path}")
 
 
@@ -130,8 +133,9 @@ def run_stack(store_dir: str | Path, heads: Sequence[str], method: str, params=N
         refresh_oof_view(store)
         seconds = time.perf_counter() - t0
         tag = tag or TRAINING_TAG
-        record(store, experiment_row(store, data, cv, config, configs, seconds, tag))
-    return StackResult(head_id, cv, folder, oof_path, seconds, tag)
+        row = experiment_row(store, data, cv, config, configs, seconds, tag)
+        record(store, row)
+    return StackResult(head_id, cv, folder, oof_path, seconds, tag, row["oof_auc"])
 
 
 def zero_shot_extractors(store, views: Sequence[str]) -> tuple[dict[str, str], dict[str, dict]]:

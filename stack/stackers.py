@@ -374,6 +374,7 @@ class FittedStacker:
     train_windows: np.ndarray
     model: RidgeStacker | None = None
     priors: list[PriorTable] = field(default_factory=list)
+    class_prior: np.ndarray | None = None    # (C,) label rate over its training rows: rows without audio get it
 
     def predict(self, data: StackInputs, rows: np.ndarray | None = None) -> np.ndarray:
         """Probabilities (rows, C) for the boolean mask ``rows`` of ``data`` (default: every row);
@@ -402,8 +403,9 @@ def fit_stacker(data: StackInputs, kind: str, params: RidgeParams | BlendParams,
     read (site/hour priors included)."""
     train = np.asarray(train, bool)
     ids = data.window_ids[train]
+    rate = data.Y[train].mean(axis=0) if train.any() else np.zeros(len(data.class_names))
     if kind == "blend":
-        return FittedStacker(kind, params.check(), ids)
+        return FittedStacker(kind, params.check(), ids, class_prior=rate)
     if kind != "ridge":
         raise UserInputError(f"unknown stacker {kind!r}; choose from {sorted(PARAMS_BY_KIND)}")
     params = params.check()
@@ -419,7 +421,7 @@ def fit_stacker(data: StackInputs, kind: str, params: RidgeParams | BlendParams,
     weight = np.where(data.source == SOUNDSCAPE, 1.0, params.focal_weight)
     model = RidgeStacker(params, names, mask, data.class_groups)
     model.fit_moments(_train_moments(data, design, G, train, weight))
-    return FittedStacker(kind, params, ids, model, priors)
+    return FittedStacker(kind, params, ids, model, priors, rate)
 
 
 # ---------------------------------------------------------------------------- scoring

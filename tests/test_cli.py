@@ -143,8 +143,8 @@ LIBRARIES = ("featurestore", "embed", "models", "stack", "bench")
 
 
 def test_the_jobs_are_the_documented_ones() -> None:
-    assert JOBS == ["demo", "embed", "folds", "ingest", "leaderboard", "predict", "report", "sql", "stack", "train",
-                    "tune", "validate_submission"]
+    assert JOBS == ["demo", "embed", "errors", "folds", "ingest", "leaderboard", "predict", "report", "sql", "stack",
+                    "train", "tune", "validate_submission"]
 
 
 @pytest.mark.parametrize("name", JOBS)

@@ -68,6 +68,8 @@ def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
         assert f"[demo] train {kind} on" in out
     demo = tmp_path / "demo"
     assert (demo / "memo.html").exists() and (demo / "store" / "catalog.duckdb").exists()
+    assert "[demo] stack" in out and "stacked head stack-" in out
+    assert "error page written to" in out and (demo / "errors.html").stat().st_size > 10_000
     score = float(out.split("demo test-set AUC ")[1].split()[0])
     assert "(validated)" in out and score > 0.85
     sample = demo / "data" / "sample_submission.csv"

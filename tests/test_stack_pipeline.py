@@ -234,3 +234,89 @@ def test_predict_through_the_stack_equals_the_stacker_applied_offline(store: Pat
     np.testing.assert_allclose(probs, offline, rtol=0, atol=1e-6)
     written = np.column_stack([sub.column(c).to_numpy() for c in classes])
     np.testing.assert_allclose(written, probs, rtol=1e-5, atol=1e-7)     # the CSV's 6 significant digits
+
+
+def test_rows_without_audio_get_the_stacks_own_prior_and_leave_the_other_rows_alone(
+        store: Path, stacked, data: StackInputs, demo_data: Path, tmp_path: Path) -> None:
+    """A corrupt file's rows get the full level-2 model's label rate over its training windows (hand
+    recomputed); a truncated file is stacked on its decodable windows only (its file features see no
+    prior rows) and gets the stack prior on the rest; the good files are unchanged by either."""
+    import soundfile as sf
+
+    bundle = load_stack(stacked.bundle_dir)
+    trained = np.isin(data.window_ids, bundle.full.train_windows)
+    assert trained.sum() == len(bundle.full.train_windows) > 0
+    np.testing.assert_allclose(bundle.full.class_prior, data.Y[trained].mean(axis=0), rtol=0, atol=1e-12)
+
+    good = list_audio(demo_data / "test_soundscapes")[:2]
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for path in good:
+        shutil.copy(path, mixed / path.name)
+    y, sr = sf.read(good[0])
+    truncated = mixed / good[0].name.replace("_Test_0", "_Test_9")          # same site/hour, a new file stem
+    sf.write(truncated, y[: int(22.5 * sr)], sr, format="OGG", subtype="VORBIS")
+    corrupt = mixed / good[1].name.replace("_Test_0", "_Test_8")
+    corrupt.write_bytes(b"OggS" + bytes(500))
+    classes = bundle.class_names
+    row_ids, probs, warnings = predict_audio(stacked.bundle_dir, mixed, classes, workers=1)
+    assert len(warnings) == 2 and any(corrupt.name in w for w in warnings) and any(truncated.name in w for w in warnings)
+    rows = {r: p for r, p in zip(row_ids, probs, strict=True)}
+
+    prior = np.clip(bundle.full.class_prior, 0, 1).astype(np.float32)
+    corrupt_rows = [r for r in row_ids if r.startswith(corrupt.stem)]
+    assert len(corrupt_rows) == 12
+    for r in corrupt_rows:
+        np.testing.assert_allclose(rows[r], prior, atol=1e-7)
+
+    only_good = tmp_path / "good"
+    only_good.mkdir()
+    for path in good:
+        shutil.copy(path, only_good / path.name)
+    good_ids, good_probs, _ = predict_audio(stacked.bundle_dir, only_good, classes, workers=1)
+    np.testing.assert_allclose(np.stack([rows[r] for r in good_ids]), good_probs, rtol=0, atol=1e-6)
+
+    t_ids = [r for r in row_ids if r.startswith(truncated.stem)]
+    assert len(t_ids) == 12
+    decodable = [r for r in t_ids if int(r.rsplit("_", 1)[1]) <= 20]         # windows ending at 5..20 s hold audio
+    assert len(decodable) == 4
+    from stack.predict import StackPredictor, apply_stack, unlabelled_inputs, window_ids_of
+
+    predictor = StackPredictor(stacked.bundle_dir)
+    ids4, block = predictor.predict_file(truncated)
+    assert ids4 == decodable
+    S, C = len(bundle.layout.sources), len(classes)
+    P = block.reshape(4, S, C).transpose(1, 0, 2)
+    expected = apply_stack(bundle, unlabelled_inputs(bundle, window_ids_of(truncated, 4), P))
+    np.testing.assert_allclose(np.stack([rows[r] for r in decodable]), expected, rtol=0, atol=1e-6)
+    for r in t_ids[4:]:
+        np.testing.assert_allclose(rows[r], prior, atol=1e-7)
+
+
+def test_stack_over_a_context_head_learning_from_focal_windows_predicts_like_offline(
+        store: Path, heads: list[str], demo_data: Path) -> None:
+    """A base head with neighbour context features (predict must add them per file) and a level-2 model
+    that also learns from focal windows (``use_focal``): fold models still never see their fold, the
+    headline is still scored on soundscape windows, and predict equals the stacker applied offline."""
+    with threadpool_limits(1, user_api="blas"):
+        ctx = train_head(store, "linear", FrameSpec("birdnet", context=True)).head_id
+        run = run_stack(store, [ctx, heads[0]], "ridge", {"use_focal": True, "focal_weight": 0.5, "min_positives": 3},
+                        POST, zero_shot=("birdnet_logits",))
+    bundle = load_stack(run.bundle_dir)
+    full = bundle.full.train_windows.tolist()
+    assert any(w.startswith("train_audio/") for w in full) and any(w.startswith("train_soundscapes/") for w in full)
+    with FeatureStore.open(store, read_only=True) as fs:
+        fold_of = dict(fs.rows("SELECT window_id, fold FROM folds"))
+        scored_on = fs.rows("SELECT scored_on FROM experiments WHERE head_id = ?", [run.head_id])
+    for k, fitted in bundle.folds.items():
+        assert any(w.startswith("train_audio/") for w in fitted.train_windows.tolist())
+        assert not any(fold_of.get(w) == k for w in fitted.train_windows.tolist())
+    assert run.cv.score.scored_on == "soundscape" and scored_on == [("soundscape",)]
+    assert run.cv.score.eval_mask.sum() < len(full)          # focal rows train, never score
+
+    audio = demo_data / "test_soundscapes"
+    row_ids, probs, warnings = predict_audio(run.bundle_dir, audio, bundle.class_names, workers=1)
+    assert not warnings
+    off_ids, offline = _offline(store, run.bundle_dir, audio)
+    assert off_ids == row_ids
+    np.testing.assert_allclose(probs, offline, rtol=0, atol=1e-6)
