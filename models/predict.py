@@ -108,6 +108,11 @@ class HeadPredictor:
     def finish(self, window_ids: list[str], rows: np.ndarray, usable: np.ndarray | None = None) -> np.ndarray:
         return rows
 
+    @property
+    def output_prior(self) -> np.ndarray:
+        """What a row with no prediction at all gets in the final output (the class prior)."""
+        return self.prior
+
 
 def load_predictor(head_dir: str | os.PathLike, **runtime):
     """The predictor of a head folder: :class:`HeadPredictor`, or a stacked head's

@@ -140,6 +140,11 @@ class StackPredictor:
         return out
 
     @property
+    def output_prior(self) -> np.ndarray:
+        """What a row with no prediction at all gets in the final output: :attr:`stack_prior`."""
+        return self.stack_prior
+
+    @property
     def stack_prior(self) -> np.ndarray:
         """The full-data level-2 model's label rate over its training rows (older bundles: the mean of
         the base heads' priors)."""

@@ -139,12 +139,12 @@ def test_disk_full_is_one_error_line(capsys) -> None:
 
 # ---------------------------------------------------------------------------- thin jobs
 JOBS = sorted(m.name for m in pkgutil.iter_modules(pipelines.__path__) if not m.name.startswith("_"))
-LIBRARIES = ("featurestore", "embed", "models", "stack", "bench")
+LIBRARIES = ("featurestore", "embed", "models", "stack", "submit", "bench")
 
 
 def test_the_jobs_are_the_documented_ones() -> None:
-    assert JOBS == ["demo", "embed", "errors", "folds", "ingest", "leaderboard", "predict", "report", "sql", "stack",
-                    "train", "tune", "validate_submission"]
+    assert JOBS == ["demo", "dryrun", "embed", "errors", "export", "folds", "ingest", "leaderboard", "plan", "predict",
+                    "report", "sql", "stack", "train", "tune", "validate_submission"]
 
 
 @pytest.mark.parametrize("name", JOBS)

@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FORBIDDEN = ("optuna", "matplotlib", "pytest", "librosa", "pandas", "tensorflow", "torch", "tqdm")
+FORBIDDEN = ("optuna", "matplotlib", "pytest", "librosa", "pandas", "tensorflow", "torch", "tqdm", "nbformat",
+             "nbclient")
 STORE_LIBS = ("duckdb", "pyarrow")
 INFERENCE = ("models.predict", "models.heads", "models.submission", "embed.features", "embed.birdnet",
              "embed.classical", "embed.custom", "embed.audio", "featurestore.windows", "featurestore.errors", "stack.bundle", "stack.predict",
-             "stack.post")
+             "stack.post", "submit.runtime")
 
 
 def _loaded(modules: tuple[str, ...], watch: tuple[str, ...]) -> list[str]:

