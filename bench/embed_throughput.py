@@ -6,11 +6,15 @@ CPU-second for
 
   (a) the BirdNET-only interpreter ceiling: frames decoded, resampled and cut beforehand, the best
       of a few batch sizes, one interpreter thread;
-  (b) the whole embed job with 1 worker: decode + resample + BirdNET + classical + Parquet writes;
-  (c) the same job with 2 workers;
+  (b) the whole embed job with 1 worker: decode + resample + BirdNET + classical + Parquet writes,
+      extractors one after another ($BIRDCLEF_STACK_OVERLAP=0);
+  (b') the same, with BirdNET overlapped with decoding-side work in a thread (the default when a core
+      is spare: 1 worker on 2 cores; audio-s per CPU-s shows the second core it uses);
+  (c) the same job with 2 workers (on 2 cores: no overlap, every core has a worker);
 
-and a last line ``pipeline/ceiling ratio: X  2-worker scaling: Y`` (wall-clock rates (b)/(a) and
-(c)/(b)). The machine's load average is printed first: other work on the cores lowers (c).
+and a last line ``pipeline/ceiling ratio: X (overlapped: X')  2-worker scaling: Y`` (wall-clock rates
+(b)/(a), (b')/(a) and (c)/(b)). The machine's load average is printed first: other work on the cores
+lowers (c).
 
 Usage: python bench/embed_throughput.py [--data DIR] [--sources train_soundscapes,test_soundscapes] [--files 12] [--hop 1.0]
 """
@@ -29,6 +33,7 @@ import numpy as np
 
 from embed.audio import Audio, cut_frames, frame_grid
 from embed.birdnet import FRAME_SECONDS, SAMPLE_RATE, _runner, patched_model
+from embed.extractors import OVERLAP_ENV
 from embed.job import run_embed
 from featurestore.ingest import run_ingest
 from featurestore.store import FeatureStore
@@ -82,11 +87,17 @@ def ceiling(files: list[Path], hop: float, cache: Path | None) -> tuple[float, f
     return time.perf_counter() - t0, time.process_time() - c0, best_batch, len(frames)
 
 
-def job(store: Path, work: Path, workers: int, sources: list[str], hop: float, cache: Path | None) -> tuple[float, float]:
-    copy = work / f"store-{workers}"
+def job(store: Path, work: Path, workers: int, sources: list[str], hop: float, cache: Path | None,
+        overlap: bool = True) -> tuple[float, float]:
+    copy = work / f"store-{workers}-{overlap}"
     shutil.copytree(store, copy)
     t0, c0 = time.perf_counter(), cpu_seconds()
-    summary = run_embed(copy, ["birdnet", "classical"], workers=workers, sources=sources, hop_s=hop, cache_dir=cache)
+    os.environ[OVERLAP_ENV] = "1" if overlap else "0"
+    try:
+        summary = run_embed(copy, ["birdnet", "classical"], workers=workers, sources=sources, hop_s=hop,
+                            cache_dir=cache)
+    finally:
+        os.environ.pop(OVERLAP_ENV, None)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     assert not summary.errors, summary.render()
     return wall, cpu
@@ -112,12 +123,14 @@ def main() -> None:
         rates["a"] = audio_s / wall
         print(f"(a) BirdNET ceiling, {n_frames} frames, batch {batch}: {audio_s / wall:7.1f} audio-s/wall-s "
               f"{audio_s / cpu:7.1f} audio-s/CPU-s ({1000 * wall / n_frames:.1f} ms/frame)")
-        for key, workers in (("b", 1), ("c", 2)):
-            wall, cpu = job(store, work, workers, sources, args.hop, args.cache_dir)
+        for key, workers, overlap in (("b", 1, False), ("b'", 1, True), ("c", 2, False)):
+            wall, cpu = job(store, work, workers, sources, args.hop, args.cache_dir, overlap)
             rates[key] = audio_s / wall
-            print(f"({key}) embed job, {workers} worker(s), birdnet+classical: {audio_s / wall:7.1f} audio-s/wall-s "
-                  f"{audio_s / cpu:7.1f} audio-s/CPU-s")
-    print(f"pipeline/ceiling ratio: {rates['b'] / rates['a']:.2f}  2-worker scaling: {rates['c'] / rates['b']:.2f}")
+            print(f"({key}) embed job, {workers} worker(s), birdnet+classical{', overlapped' if overlap else ''}: "
+                  f"{audio_s / wall:7.1f} audio-s/wall-s {audio_s / cpu:7.1f} audio-s/CPU-s")
+    overlapped = rates["b'"] / rates["a"]
+    print(f"pipeline/ceiling ratio: {rates['b'] / rates['a']:.2f} (overlapped: {overlapped:.2f})"
+          f"  2-worker scaling: {rates['c'] / rates['b']:.2f}")
 
 
 if __name__ == "__main__":

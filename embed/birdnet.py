@@ -42,6 +42,7 @@ PATCH_VERSION = 1
 CACHE_ENV = "BIRDCLEF_STACK_CACHE"
 BIRDNET_DIR_ENV = "BIRDCLEF_STACK_BIRDNET_DIR"   # a folder holding the model + labels (a Kaggle bundle's copy)
 VERIFY_ATOL = 1e-3
+DEFAULT_BATCH = 4       # frames per invoke: 44 vs 47 ms/frame at 1 (measured; outputs bit-identical)
 CLASS_MAP_TABLE = "birdnet_class_map"
 # the views BirdNET produces; LOGITS_VIEW names the logit columns "birdnet_logit:<primary_label>",
 # which the zero-shot head (models.heads.ZERO_SHOT_PREFIX) reads
@@ -237,11 +238,11 @@ class BirdNet(FrameModel):
     frame_s = FRAME_SECONDS
 
     def __init__(self, taxonomy: pa.Table | None = None, *, hop_s: float = DEFAULT_HOP_SECONDS,
-                 full_logits: bool = False, batch_size: int = 1, threads: int = 1,
+                 full_logits: bool = False, batch_size: int | None = None, threads: int = 1,
                  cache_dir: str | os.PathLike | None = None):
         super().__init__()
         self.hop_s = float(hop_s)
-        self.batch_size, self.threads, self.cache_dir = batch_size, threads, cache_dir
+        self.batch_size, self.threads, self.cache_dir = batch_size or DEFAULT_BATCH, threads, cache_dir
         model_path, labels_path = birdnet_files()
         self.model_sha256 = file_sha256(model_path)
         self.labels = read_labels(labels_path)
@@ -261,14 +262,15 @@ class BirdNet(FrameModel):
 
     @classmethod
     def build(cls, taxonomy: pa.Table | None, *, presets: Mapping[str, dict] | None = None,
-              hop_s: float | None = None, full_logits: bool = False, batch_size: int = 1, threads: int = 1,
-              cache_dir: str | os.PathLike | None = None, **_) -> BirdNet:
+              hop_s: float | None = None, full_logits: bool = False, batch_size: int | None = None,
+              threads: int = 1, cache_dir: str | os.PathLike | None = None, **_) -> BirdNet:
         """``--extractor birdnet``: frames ``hop_s`` apart (default :data:`DEFAULT_HOP_SECONDS`)."""
         return cls(taxonomy, hop_s=hop_s or DEFAULT_HOP_SECONDS, full_logits=full_logits, batch_size=batch_size,
                    threads=threads, cache_dir=cache_dir)
 
     @classmethod
-    def from_params(cls, params: dict, *, batch_size: int = 1, threads: int = 1, cache_dir=None, **_) -> BirdNet:
+    def from_params(cls, params: dict, *, batch_size: int | None = None, threads: int = 1, cache_dir=None,
+                    **_) -> BirdNet:
         self = cls(None, hop_s=params["hop_s"], batch_size=batch_size, threads=threads, cache_dir=cache_dir)
         self.restore_stored(params, "installed BirdNET model")
         return self

@@ -263,7 +263,7 @@ class CustomModel(FrameModel):
 
     def __init__(self, model_path: str | os.PathLike, config: str | os.PathLike | dict | ModelConfig,
                  taxonomy: pa.Table | None = None, *, hop_s: float | None = None, full_logits: bool = False,
-                 labels_file: str | os.PathLike | None = None, batch_size: int = 1, threads: int = 1):
+                 labels_file: str | os.PathLike | None = None, batch_size: int | None = None, threads: int = 1):
         super().__init__()
         self.model_path = Path(model_path).expanduser().resolve()
         if not self.model_path.is_file():
@@ -274,7 +274,7 @@ class CustomModel(FrameModel):
         self.sample_rate = int(self.config.sample_rate)
         self.frame_s = float(self.config.frame_seconds)
         self.hop_s = float(hop_s or self.config.hop_seconds or self.frame_s)
-        self.batch_size, self.threads = batch_size, threads
+        self.batch_size, self.threads = batch_size or 1, threads
         self.model_sha256 = file_sha256(self.model_path)
         self.labels: list[str] = []
         labels_path = Path(labels_file) if labels_file else (
@@ -312,7 +312,7 @@ class CustomModel(FrameModel):
     def build(cls, taxonomy: pa.Table | None, *, presets: Mapping[str, dict] | None = None,
               model: str | os.PathLike | None = None, model_config: str | os.PathLike | dict = "perch_v2",
               hop_s: float | None = None, full_logits: bool = False, labels_file: str | os.PathLike | None = None,
-              batch_size: int = 1, threads: int = 1, **_) -> CustomModel:
+              batch_size: int | None = None, threads: int = 1, **_) -> CustomModel:
         """``--extractor custom --model FILE [--model-config NAME|FILE]`` (``presets``: configs by name)."""
         if model is None:
             raise DataError("--extractor custom needs --model path/to/model.tflite (or .onnx)")
@@ -320,7 +320,7 @@ class CustomModel(FrameModel):
                    labels_file=labels_file, batch_size=batch_size, threads=threads)
 
     @classmethod
-    def from_params(cls, params: dict, *, model_path: str | os.PathLike | None = None, batch_size: int = 1,
+    def from_params(cls, params: dict, *, model_path: str | os.PathLike | None = None, batch_size: int | None = None,
                     threads: int = 1, **_) -> CustomModel:
         path = model_path or params["model_path"]
         self = cls(path, params["config"], None, hop_s=params["hop_s"], batch_size=batch_size, threads=threads)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embed.audio import Audio
-from embed.extractors import Extractor, FrameOutput, WindowOutput
+from embed.extractors import Extractor, FrameOutput, WindowOutput, compute_all
 from embed.registry import ViewSpec, family_of, rebuild, split_views, stored_params, version_meta
 from embed.registry import parse_view as parse_view  # re-exported: models.frame checks view names here
 from featurestore.errors import StoreError, UserInputError
@@ -234,7 +234,11 @@ def embed_file_views(path: str | os.PathLike, extractors: Sequence[Extractor],
     audio = Audio.open(path)   # a long recording is streamed, not decoded whole
     starts = list(window_starts) if window_starts is not None else grid(audio.duration_s, soundscape)
     by_name = {ex.name: ex for ex in extractors}
-    outputs = {ex.name: ex.compute(audio, starts) for ex in extractors}
+    results = compute_all(audio, [(ex, starts) for ex in extractors])
+    for out in results:
+        if isinstance(out, BaseException):
+            raise out
+    outputs = {ex.name: out for ex, out in zip(extractors, results, strict=True)}
     result = {}
     for view, pooling in dict.fromkeys(requests):
         blocks, names = [], []

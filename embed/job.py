@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from embed import registry
 from embed.audio import Audio
-from embed.extractors import Extractor, FrameOutput, WindowOutput, single_threaded_children
+from embed.extractors import Extractor, FrameOutput, WindowOutput, compute_all, single_threaded_children
 from embed.registry import VERSIONS_TABLE
 from featurestore.errors import AudioError, DataError, StoreBusyError, StoreError
 from featurestore.store import (
@@ -190,16 +190,15 @@ def run_task(extractors: list[Extractor], task: list[FileTask], parts_root: Path
                                 "its windows past the end were embedded as padding (re-run pipelines.ingest "
                                 "if the file changed)")
         written_at = utc_now()
-        for ex in extractors:
-            todo = f.windows.get(ex.version)
-            if not todo:
-                continue
+        wanted = [(ex, f.windows[ex.version]) for ex in extractors if f.windows.get(ex.version)]
+        outputs = compute_all(audio, [(ex, [s for _, s in todo]) for ex, todo in wanted])
+        for (ex, todo), out in zip(wanted, outputs, strict=True):
             ids = [w for w, _ in todo]
-            try:
-                out = ex.compute(audio, [s for _, s in todo])
-            except DataError as exc:
-                result.errors.append({"file": f.key, "extractor_version": ex.version, "message": f"{f.path}: {exc}"})
+            if isinstance(out, DataError):
+                result.errors.append({"file": f.key, "extractor_version": ex.version, "message": f"{f.path}: {out}"})
                 continue
+            if isinstance(out, BaseException):
+                raise out
             rows = frame_rows(ex, out, ids, written_at) if isinstance(out, FrameOutput) else \
                 window_rows(ex, out, ids, written_at)
             tables.setdefault(ex.table, []).append(rows)
@@ -246,7 +245,7 @@ def execute(extractors: list[Extractor], tasks: list[list[FileTask]], parts_root
         return
     ctx = multiprocessing.get_context("spawn")  # never fork a DuckDB connection or an interpreter
     params = [ex.params() for ex in extractors]
-    with single_threaded_children():
+    with single_threaded_children(min(workers, len(tasks))):
         pool = ctx.Pool(min(workers, len(tasks)), initializer=_init_worker,
                         initargs=(params, runtime, str(parts_root)))
     with pool:
@@ -367,7 +366,7 @@ def run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple[
 def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple[str, ...] = ("birdnet", "classical"),
               *, data_dir: str | os.PathLike | None = None, workers: int | None = None,
               shard: str | tuple[int, int] | None = None, sources: list[str] | None = None,
-              hop_s: float | None = None, batch_size: int = 1, threads: int = 1, full_logits: bool = False,
+              hop_s: float | None = None, batch_size: int | None = None, threads: int = 1, full_logits: bool = False,
               model: str | os.PathLike | None = None, model_config: str | os.PathLike | dict = "perch_v2",
               labels_file: str | None = None, cache_dir: str | os.PathLike | None = None,
               task_seconds: float | None = None, progress: Callable[[float], object] | None = None,

@@ -215,7 +215,7 @@ def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: d
         yield from map(_predict_one, map(str, files))
         return
     ctx = multiprocessing.get_context("spawn")
-    with single_threaded_children():  # the workers start here, with one BLAS thread each
+    with single_threaded_children(min(workers, len(files))):  # the workers start here, one BLAS thread each
         pool = ctx.Pool(min(workers, len(files)), initializer=_init_worker, initargs=(str(head_dir), runtime))
     with pool:
         yield from pool.imap(_predict_one, map(str, files), chunksize=1)

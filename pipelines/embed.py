@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hop", type=float, default=None,
                     help="frame hop inside a window in seconds (default: BirdNET 1.0 -> frames at 0, 1, 2 s; "
                          "custom: its config)")
-    ap.add_argument("--batch-size", type=int, default=1, help="frames per interpreter call (default 1)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="frames per interpreter call (default: 4 for BirdNET, 1 for a custom model)")
     ap.add_argument("--threads", type=int, default=1, help="interpreter threads per worker (default 1)")
     ap.add_argument("--full-logits", action="store_true", help="store every model logit, not only matched classes")
     ap.add_argument("--task-seconds", type=float, default=None,
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "(default $BIRDCLEF_STACK_CACHE or ~/.cache/birdclef-stack)")
     add_quiet(ap)
     args = ap.parse_args(argv)
-    if args.batch_size < 1 or args.threads < 1:
+    if (args.batch_size is not None and args.batch_size < 1) or args.threads < 1:
         ap.error("--batch-size and --threads must be >= 1")
     if args.hop is not None and args.hop <= 0:
         ap.error("--hop must be > 0")

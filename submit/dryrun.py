@@ -165,6 +165,9 @@ def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | 
     if result.returncode != 0:
         tail = (out_text.strip().splitlines() or result.stderr.strip().splitlines() or ["?"])[-1]
         raise BundleError(f"the notebook failed: {tail} (full output: {work / 'notebook_output.txt'})")
+    if not (working / REPORT_FILE).exists() or not (working / PROBS_FILE).exists():
+        raise BundleError(f"the notebook ran but wrote no {REPORT_FILE} / {PROBS_FILE}: the bundle's toolkit wheel "
+                          f"({manifest.get('toolkit_wheel')}) predates this dry run; re-export the bundle")
     report = json.loads((working / REPORT_FILE).read_text())
     modules = json.loads(out_text.split("runtime modules:", 1)[1].splitlines()[0])
     prefix = str(work / "venv")

@@ -175,6 +175,7 @@ def _measure_scaling(head_dir: Path, files: list[Path], workers: int, runtime: d
     """Wall time of the same files through a started pool of 1 and of ``workers`` processes (each pool
     warmed on one file per worker first): S = t(1) / t(workers)."""
     import multiprocessing
+    import os
 
     from embed.extractors import single_threaded_children
     from models.predict import _init_worker, _predict_one
@@ -183,7 +184,7 @@ def _measure_scaling(head_dir: Path, files: list[Path], workers: int, runtime: d
     ctx = multiprocessing.get_context("spawn")
     times = {}
     for w in (1, workers):
-        with single_threaded_children():
+        with single_threaded_children(os.cpu_count()):   # serial extractors, as in a pool that fills the cores
             pool = ctx.Pool(w, initializer=_init_worker, initargs=(str(head_dir), runtime))
         with pool:
             list(pool.imap(_predict_one, batch[:w], chunksize=1))          # warm each worker
