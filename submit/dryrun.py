@@ -1,9 +1,10 @@
 """The offline dry run of an exported bundle (the library behind ``python -m pipelines.dryrun``).
 
-1. a fresh venv that sees this machine's packages as Kaggle's image provides its own (numpy, scipy,
-   scikit-learn, lightgbm, soundfile, ipykernel), into which the notebook installs the bundle's wheels
-   with ``--no-index`` - ``--ignore-installed``, so the bundle's copies shadow anything here, and the
-   notebook's last cell proves where ``ai_edge_litert`` and the toolkit were imported from;
+1. a fresh venv that sees this environment's packages, after its own, as Kaggle's image provides its
+   own (numpy, scipy, scikit-learn, lightgbm, soundfile, ipykernel), into which the notebook installs
+   the bundle's wheels with ``--no-index`` - ``--ignore-installed``, so the bundle's copies shadow
+   anything here (an editable install of this checkout is not visible), and the notebook's last cell
+   proves where ``ai_edge_litert`` and the toolkit were imported from;
 2. a fake ``/kaggle/input``: ``competitions/<slug>/`` with ``sample_submission.csv`` and the audio as
    ``test_soundscapes/``, ``datasets/<owner>/<slug>/`` = the bundle (links, nothing copied);
 3. the notebook executed headless (nbclient) with no network - inside ``unshare -n`` when the machine
@@ -89,6 +90,23 @@ class DryRun:
         return "\n".join(lines)
 
 
+def make_image_venv(folder: Path) -> Path:
+    """A fresh venv whose ``sys.path`` ends with this environment's site-packages (standing in for the
+    packages Kaggle's image has), after its own: what the notebook installs there shadows them. Only
+    the directories are added - their ``.pth`` files (an editable install of this toolkit) are not run,
+    so the toolkit can only come from the bundle's wheel. Returns the venv's python."""
+    import site
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+    python = folder / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    image = [p for p in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"]]) if Path(p).is_dir()]
+    (Path(purelib) / "_kaggle_image.pth").write_text("\n".join(image) + "\n", encoding="utf-8")
+    return python
+
+
 def _link_inputs(work: Path, bundle: Path, audio: Path, manifest: dict, sample: Path | None) -> Path:
     root = work / "input"
     comp = root / "competitions" / manifest.get("competition", "birdclef-2026")
@@ -137,8 +155,7 @@ def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | 
     work.mkdir(parents=True)
     notes: list[str] = []
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(work / "venv")], check=True)
-    venv_python = work / "venv" / "bin" / "python"
+    venv_python = make_image_venv(work / "venv")
     say(f"venv {work / 'venv'} ({time.perf_counter() - t:.1f} s); the notebook installs the bundle's wheels into it")
     root = _link_inputs(work, bundle, audio, manifest, Path(sample) if sample else None)
     working = work / "working"
