@@ -33,7 +33,7 @@ import numpy as np
 
 from embed.audio import Audio, cut_frames, frame_grid
 from embed.birdnet import FRAME_SECONDS, SAMPLE_RATE, _runner, patched_model
-from embed.extractors import OVERLAP_ENV
+from embed.extractors import OVERLAP_ENV, environ_set
 from embed.job import run_embed
 from featurestore.ingest import run_ingest
 from featurestore.store import FeatureStore
@@ -92,12 +92,9 @@ def job(store: Path, work: Path, workers: int, sources: list[str], hop: float, c
     copy = work / f"store-{workers}-{overlap}"
     shutil.copytree(store, copy)
     t0, c0 = time.perf_counter(), cpu_seconds()
-    os.environ[OVERLAP_ENV] = "1" if overlap else "0"
-    try:
+    with environ_set({OVERLAP_ENV: "1" if overlap else "0"}):
         summary = run_embed(copy, ["birdnet", "classical"], workers=workers, sources=sources, hop_s=hop,
                             cache_dir=cache)
-    finally:
-        os.environ.pop(OVERLAP_ENV, None)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     assert not summary.errors, summary.render()
     return wall, cpu

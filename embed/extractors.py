@@ -85,16 +85,15 @@ def compute_all(audio: Audio, work: Sequence[tuple[Extractor, list[float]]]) -> 
 
 
 @contextlib.contextmanager
-def single_threaded_children(workers: int | None = None):
-    """Processes spawned inside read one BLAS/OpenMP thread each from the environment (we parallelise by
-    process), and - when ``workers`` fill every core - no extractor overlap (:func:`compute_all`: with
-    no spare core it only adds switching). This process's own environment is restored on exit."""
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", OVERLAP_ENV)
-    saved = {n: os.environ.get(n) for n in names}
-    os.environ.update(dict.fromkeys(names[:3], "1"))
-    if workers is not None and workers >= (os.cpu_count() or 1):
-        os.environ[OVERLAP_ENV] = "0"
+def environ_set(updates: Mapping[str, str | None]):
+    """Set (a value) or remove (None) environment variables for the duration; restores them after."""
+    saved = {n: os.environ.get(n) for n in updates}
     try:
+        for n, v in updates.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
         yield
     finally:
         for n, v in saved.items():
@@ -102,6 +101,16 @@ def single_threaded_children(workers: int | None = None):
                 os.environ.pop(n, None)
             else:
                 os.environ[n] = v
+
+
+def single_threaded_children(workers: int | None = None):
+    """Processes spawned inside read one BLAS/OpenMP thread each from the environment (we parallelise by
+    process), and - when ``workers`` fill every core - no extractor overlap (:func:`compute_all`: with
+    no spare core it only adds switching). This process's own environment is restored on exit."""
+    updates: dict[str, str | None] = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
+    if workers is not None and workers >= (os.cpu_count() or 1):
+        updates[OVERLAP_ENV] = "0"
+    return environ_set(updates)
 
 @dataclass
 class FrameOutput:

@@ -114,23 +114,37 @@ def fetch_wheels(packages: dict[str, str], pythons: tuple[str, ...], wheels_dir:
 
 
 def build_toolkit_wheel(out_dir: Path) -> Path:
-    """This checkout as a pure-Python wheel: built with the installed setuptools + wheel (offline; the
-    ``[kaggle]`` extra installs both), else in pip's isolated build environment (fetches them)."""
-    before = set(out_dir.glob("birdclef_stack-*.whl"))
-    errors = []
-    for isolation in (["--no-build-isolation"], []):
-        result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
-                                 "-w", str(out_dir), str(REPO)], capture_output=True, text=True)
-        if result.returncode == 0:
-            break
-        errors.append(result.stderr.strip()[-300:])
-    else:
-        raise BundleError(f"building the toolkit wheel failed: {errors[-1]}; pip install 'birdclef-stack[kaggle]' "
-                          "gives the build tools")
-    made = sorted(set(out_dir.glob("birdclef_stack-*.whl")) - before) or sorted(out_dir.glob("birdclef_stack-*.whl"))
-    if not made:
-        raise BundleError(f"pip wheel wrote no birdclef_stack wheel into {out_dir}")
-    return made[-1]
+    """This checkout as a pure-Python wheel, built from a clean copy of its sources (so no stale
+    ``build/`` file can slip in and the checkout is not written): with the installed setuptools +
+    wheel (offline; the ``[kaggle]`` extra installs both), else in pip's isolated build environment."""
+    import tempfile
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    parts = [*project["tool"]["setuptools"]["packages"], "sql"]
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.tmp")
+    with tempfile.TemporaryDirectory(prefix="birdclef-stack-wheel-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(REPO / name, src / name)
+        for name in parts:
+            shutil.copytree(REPO / name, src / name, ignore=skip)
+        errors = []
+        for isolation in (["--no-build-isolation"], []):
+            result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
+                                     "-w", str(Path(tmp) / "wheel"), str(src)], capture_output=True, text=True)
+            if result.returncode == 0:
+                break
+            errors.append(result.stderr.strip()[-300:])
+        else:
+            raise BundleError(f"building the toolkit wheel failed: {errors[-1]}; pip install "
+                              "'birdclef-stack[kaggle]' gives the build tools")
+        made = sorted((Path(tmp) / "wheel").glob("birdclef_stack-*.whl"))
+        if not made:
+            raise BundleError("pip wheel wrote no birdclef_stack wheel")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy2(made[-1], out_dir / made[-1].name))
 
 
 @dataclass

@@ -24,7 +24,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embed.extractors import environ_set, file_sha256
 from featurestore.errors import BundleError, DataError
 from featurestore.windows import WINDOW_SECONDS
 
@@ -110,12 +110,8 @@ def find_bundle(root: str | os.PathLike | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------- manifest
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: Path) -> str:
+    return file_sha256(path)
 
 
 def file_entries(folder: Path) -> list[dict]:
@@ -153,19 +149,13 @@ def verify_bundle(bundle: str | os.PathLike) -> dict:
 @contextmanager
 def bundle_environment(bundle: Path, cache: Path | None = None):
     """Point the extractors at the bundle's model files (and a writable cache) for the duration."""
-    keep = {k: os.environ.get(k) for k in ("BIRDCLEF_STACK_BIRDNET_DIR", "BIRDCLEF_STACK_CACHE")}
-    try:
-        if (bundle / "models" / "birdnet").is_dir():
-            os.environ["BIRDCLEF_STACK_BIRDNET_DIR"] = str(bundle / "models" / "birdnet")
-        if cache is not None and not os.environ.get("BIRDCLEF_STACK_CACHE"):
-            os.environ["BIRDCLEF_STACK_CACHE"] = str(cache)
+    updates: dict[str, str | None] = {}
+    if (bundle / "models" / "birdnet").is_dir():
+        updates["BIRDCLEF_STACK_BIRDNET_DIR"] = str(bundle / "models" / "birdnet")
+    if cache is not None and not os.environ.get("BIRDCLEF_STACK_CACHE"):
+        updates["BIRDCLEF_STACK_CACHE"] = str(cache)
+    with environ_set(updates):
         yield
-    finally:
-        for k, v in keep.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def bundle_runtime(bundle: Path, manifest: dict) -> dict:
