@@ -11,9 +11,12 @@ CPU-second for
   (b') the same, with BirdNET overlapped with decoding-side work in a thread (the default when a core
       is spare: 1 worker on 2 cores; audio-s per CPU-s shows the second core it uses);
   (c) the same job with 2 workers (on 2 cores: no overlap, every core has a worker);
+  (d) the BirdNET-only ceiling of (a) in 2 processes at once: what the cores themselves give two
+      independent interpreters (shared caches, memory bandwidth, a VM's vCPU mapping) - the bound
+      for (c)/(b);
 
-and a last line ``pipeline/ceiling ratio: X (overlapped: X')  2-worker scaling: Y`` (wall-clock rates
-(b)/(a), (b')/(a) and (c)/(b)). The machine's load average is printed first: other work on the cores
+and a last line ``pipeline/ceiling ratio: X (overlapped: X')  2-worker scaling: Y (hardware: Z)``
+(wall-clock rates (b)/(a), (b')/(a), (c)/(b) and (d)/(a)). The machine's load average is printed first: other work on the cores
 lowers (c).
 
 Usage: python bench/embed_throughput.py [--data DIR] [--sources train_soundscapes,test_soundscapes] [--files 12] [--hop 1.0]
@@ -84,7 +87,32 @@ def ceiling(files: list[Path], hop: float, cache: Path | None) -> tuple[float, f
     runner.run(frames[:best_batch])
     t0, c0 = time.perf_counter(), time.process_time()
     runner.run(frames)
-    return time.perf_counter() - t0, time.process_time() - c0, best_batch, len(frames)
+    return time.perf_counter() - t0, time.process_time() - c0, best_batch, frames
+
+
+def _ceiling_worker(args: tuple[str, int, str | None]) -> float:
+    frames_file, batch, cache = args
+    frames = np.load(frames_file)
+    runner = _runner(patched_model(cache), batch_size=batch)
+    runner.run(frames[:batch])
+    t0 = time.perf_counter()
+    runner.run(frames)
+    return time.perf_counter() - t0
+
+
+def two_process_ceiling(frames: np.ndarray, batch: int, cache: Path | None, work: Path) -> float:
+    """Wall seconds for two processes each running BirdNET alone on ``frames`` at the same time."""
+    import multiprocessing
+
+    from embed.extractors import single_threaded_children
+
+    path = work / "frames.npy"
+    np.save(path, frames)
+    args = (str(path), batch, str(cache) if cache else None)
+    with single_threaded_children(2):
+        pool = multiprocessing.get_context("spawn").Pool(2)
+    with pool:
+        return max(pool.map(_ceiling_worker, [args, args]))
 
 
 def job(store: Path, work: Path, workers: int, sources: list[str], hop: float, cache: Path | None,
@@ -116,7 +144,8 @@ def main() -> None:
         store, files, audio_s = prepare(args.data, work, sources, args.files)
         print(f"{len(files)} file(s), {audio_s:.1f} s of audio, hop {args.hop:g} s")
         rates = {}
-        wall, cpu, batch, n_frames = ceiling(files, args.hop, args.cache_dir)
+        wall, cpu, batch, frames = ceiling(files, args.hop, args.cache_dir)
+        n_frames = len(frames)
         rates["a"] = audio_s / wall
         print(f"(a) BirdNET ceiling, {n_frames} frames, batch {batch}: {audio_s / wall:7.1f} audio-s/wall-s "
               f"{audio_s / cpu:7.1f} audio-s/CPU-s ({1000 * wall / n_frames:.1f} ms/frame)")
@@ -125,9 +154,12 @@ def main() -> None:
             rates[key] = audio_s / wall
             print(f"({key}) embed job, {workers} worker(s), birdnet+classical{', overlapped' if overlap else ''}: "
                   f"{audio_s / wall:7.1f} audio-s/wall-s {audio_s / cpu:7.1f} audio-s/CPU-s")
+        wall = two_process_ceiling(frames, batch, args.cache_dir, work)
+        rates["d"] = 2 * audio_s / wall
+        print(f"(d) BirdNET ceiling in 2 processes at once: {rates['d']:7.1f} audio-s/wall-s")
     overlapped = rates["b'"] / rates["a"]
     print(f"pipeline/ceiling ratio: {rates['b'] / rates['a']:.2f} (overlapped: {overlapped:.2f})"
-          f"  2-worker scaling: {rates['c'] / rates['b']:.2f}")
+          f"  2-worker scaling: {rates['c'] / rates['b']:.2f} (hardware: {rates['d'] / rates['a']:.2f})")
 
 
 if __name__ == "__main__":
