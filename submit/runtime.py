@@ -102,6 +102,10 @@ def find_bundle(root: str | os.PathLike | None = None) -> Path:
     if os.environ.get(ENV_BUNDLE):
         return Path(os.environ[ENV_BUNDLE])
     root = Path(root or os.environ.get(ENV_INPUT) or INPUT_ROOT)
+    for pattern in (f"*/{MANIFEST}", f"datasets/*/*/{MANIFEST}"):       # the known layouts first: no deep walk
+        for m in sorted(root.glob(pattern)):
+            if _is_bundle(m.parent):
+                return m.parent
     hits = _probe(root, _is_bundle)
     if not hits:
         raise BundleError(f"no birdclef-stack bundle (a folder with {MANIFEST}) under {root}; attach the dataset "
