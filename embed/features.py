@@ -233,12 +233,21 @@ def embed_file_views(path: str | os.PathLike, extractors: Sequence[Extractor],
             raise UserInputError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
     audio = Audio.open(path)   # a long recording is streamed, not decoded whole
     starts = list(window_starts) if window_starts is not None else grid(audio.duration_s, soundscape)
-    by_name = {ex.name: ex for ex in extractors}
     results = compute_all(audio, [(ex, starts) for ex in extractors])
     for out in results:
         if isinstance(out, BaseException):
             raise out
-    outputs = {ex.name: out for ex, out in zip(extractors, results, strict=True)}
+    return build_views(extractors, {ex.name: out for ex, out in zip(extractors, results, strict=True)}, starts,
+                       requests)
+
+
+def build_views(extractors: Sequence[Extractor], outputs: Mapping[str, FrameOutput | WindowOutput],
+                starts: Sequence[float], requests: Sequence[tuple[str, str]],
+                ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, list[str]]]:
+    """Every requested ``(view, pooling)`` from the extractors' outputs for one file (what
+    :func:`embed_file_views` returns; a caller that ran the extractors itself, e.g. to time them,
+    builds the views here without running them again)."""
+    by_name = {ex.name: ex for ex in extractors}
     result = {}
     for view, pooling in dict.fromkeys(requests):
         blocks, names = [], []

@@ -82,8 +82,15 @@ def predict_file(path: Path, bundle: HeadBundle, extractors: list) -> tuple[list
     from embed.features import embed_file_views
 
     frame = bundle.config.frame
-    key = (frame.features, frame.pooling)
-    starts, X, _ = embed_file_views(path, extractors, [key], soundscape=True)[key]
+    return head_rows(path, bundle, embed_file_views(path, extractors, [(frame.features, frame.pooling)],
+                                                    soundscape=True))
+
+
+def head_rows(path: Path, bundle: HeadBundle, feats: dict) -> tuple[list[str], np.ndarray]:
+    """:func:`predict_file` given the file's views (``embed.features.embed_file_views``): the head's
+    view and pooling, neighbour context when it was trained with it, the mean over fold models."""
+    frame = bundle.config.frame
+    starts, X, _ = feats[(frame.features, frame.pooling)]
     ids, row_ids = file_window_ids(path, starts)
     if frame.context:
         X, _ = add_context(X, np.asarray(ids))
@@ -102,8 +109,17 @@ class HeadPredictor:
         self.class_names = bundle.class_names
         self.prior = class_prior(bundle)
 
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """The ``(view, pooling)`` the head reads from a file's embedding."""
+        return [(self.bundle.config.frame.features, self.bundle.config.frame.pooling)]
+
     def predict_file(self, path: Path) -> tuple[list[str], np.ndarray]:
         return predict_file(path, self.bundle, self.extractors)
+
+    def rows_from_features(self, path: Path, feats: dict) -> tuple[list[str], np.ndarray]:
+        """:meth:`predict_file` given the file's views (the extractors already run)."""
+        return head_rows(path, self.bundle, feats)
 
     def finish(self, window_ids: list[str], rows: np.ndarray, usable: np.ndarray | None = None) -> np.ndarray:
         return rows

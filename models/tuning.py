@@ -216,23 +216,8 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
                          "negative); tuning would optimise nothing")
     attrs = json.loads(json.dumps(spec.attributes(fold_version)))  # as stored: tuples become lists
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = storage_url(store_dir)
-    study = optuna.load_study(study_name=study_name, storage=storage) if _exists(storage, study_name) else None
-    n_before = len(study.trials) if study is not None else 0
-    if study is not None:
-        _check_resume(study, attrs)
-    sampler = optuna.samplers.TPESampler(seed=spec.seed + n_before, n_startup_trials=5)
-    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
-                                sampler=sampler,
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
-    stale = _fail_stale(study)
-    if stale:
-        say(f"marked {stale} trial(s) left running by a killed process as failed")
-    study.set_metric_names([METRIC_NAME])
-    for k, v in attrs.items():
-        study.set_user_attr(k, v)
+    study, n_before = open_study(store_dir, study_name, attrs, spec.seed, say,
+                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
     study.set_user_attr("scored_on", scored_on)
     space = spec.space()
     if n_before == 0:  # the defaults first: a study can only match or beat them
@@ -247,13 +232,9 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
         trial.set_user_attr("head_id", plan.config(spec.kind, chosen, spec.frame, seed=spec.seed).head_id)
         trial.set_user_attr("n_train_windows", plan.n_train_windows)
         trial.set_user_attr("n_eval_windows", int(eval_mask.sum()))
-        repeat = _finished_repeat(study, trial)
-        if repeat is not None:
-            trial.set_user_attr("repeat_of", repeat.number)
-            for k, v in repeat.user_attrs.items():
-                if k.startswith("fold_") or k in ("seconds",):
-                    trial.set_user_attr(k, v)
-            return repeat.value
+        repeated = replay_repeat(study, trial)
+        if repeated is not None:
+            return repeated
         per_fold: dict[int, float] = {}
         t0 = time.perf_counter()
 
@@ -293,6 +274,45 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
             out.best_head_id, out.best_fold_mean, out.best_fold_std = result.head_id, result.fold_mean, result.fold_std
             study.set_user_attr("best_head_id", result.head_id)
     return out
+
+
+def open_study(store_dir: str | Path, study_name: str, attrs: dict, seed: int, say: Callable[[str], None], *,
+               pruner=None):
+    """The study ``study_name`` in the store's Optuna storage, made or resumed: a resumed study must have
+    been made for the same set-up (``attrs``, else UserInputError), trials a killed process left running
+    are marked failed, the sampler is reseeded past the earlier trials. Returns ``(study, n_before)``."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = storage_url(store_dir)
+    study = optuna.load_study(study_name=study_name, storage=storage) if _exists(storage, study_name) else None
+    n_before = len(study.trials) if study is not None else 0
+    if study is not None:
+        _check_resume(study, attrs)
+    sampler = optuna.samplers.TPESampler(seed=seed + n_before, n_startup_trials=5)
+    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
+                                sampler=sampler, pruner=pruner)
+    stale = _fail_stale(study)
+    if stale:
+        say(f"marked {stale} trial(s) left running by a killed process as failed")
+    study.set_metric_names([METRIC_NAME])
+    for k, v in attrs.items():
+        study.set_user_attr(k, v)
+    return study, n_before
+
+
+def replay_repeat(study, trial) -> float | None:
+    """When an earlier COMPLETE trial had exactly these parameters: copy its per-fold scores and
+    seconds onto ``trial``, mark it ``repeat_of`` and return its value (a repeat costs nothing)."""
+    repeat = _finished_repeat(study, trial)
+    if repeat is None:
+        return None
+    trial.set_user_attr("repeat_of", repeat.number)
+    for k, v in repeat.user_attrs.items():
+        if k.startswith("fold_") or k == "seconds":
+            trial.set_user_attr(k, v)
+    return repeat.value
 
 
 def _exists(storage: str, name: str) -> bool:

@@ -97,22 +97,22 @@ class StackPredictor:
     def predict_file(self, path: Path) -> tuple[list[str], np.ndarray]:
         """Row ids and ``(windows, sources x classes)`` probabilities of one file's decodable windows."""
         from embed.features import embed_file_views
-        from models.frame import add_context
-        from models.predict import file_window_ids
 
-        feats = embed_file_views(path, self.extractors, self.requests, soundscape=True)
+        return self.rows_from_features(path, embed_file_views(path, self.extractors, self.requests, soundscape=True))
+
+    def rows_from_features(self, path: Path, feats: dict) -> tuple[list[str], np.ndarray]:
+        """:meth:`predict_file` given the file's views (the extractors already run): every base head
+        (``models.predict.head_rows``) and zero-shot view, side by side."""
+        from models.predict import head_rows
+
         blocks = []
-        starts = None
-        for base, key in zip(self.bases, self.requests[:len(self.bases)], strict=True):
-            starts, X, _ = feats[key]
-            ids, _ = file_window_ids(path, starts)
-            if base.config.frame.context:
-                X, _ = add_context(X, np.asarray(ids))
-            probs = np.mean([head.predict_proba(X) for head in base.folds], axis=0)
+        row_ids: list[str] = []
+        for base in self.bases:
+            row_ids, probs = head_rows(path, base, feats)
             blocks.append(probs[:, [base.class_names.index(c) for c in self.class_names]])
         avail = self.bundle.layout.available
         for s, view in enumerate(self.bundle.config.zero_shot, start=len(self.bases)):
-            starts, Z, names = feats[(view, self.bundle.config.zero_shot_pooling)]
+            _, Z, names = feats[(view, self.bundle.config.zero_shot_pooling)]
             col_of = {n.rpartition(":")[2]: j for j, n in enumerate(names)}
             block = np.full((Z.shape[0], len(self.class_names)), ZERO_SHOT_FALLBACK, np.float32)
             for c, name in enumerate(self.class_names):
@@ -122,8 +122,7 @@ class StackPredictor:
                                           f"class {name}")
                     block[:, c] = sigmoid(Z[:, col_of[name]])
             blocks.append(block)
-        _, row_ids = file_window_ids(path, starts)
-        return row_ids, np.hstack(blocks).astype(np.float32)
+        return row_ids, np.hstack(blocks).astype(np.float32)       # a stack has >= 1 base head: row ids set
 
     def finish(self, window_ids: Sequence[str], rows: np.ndarray, usable: np.ndarray | None = None) -> np.ndarray:
         """Stacker + post steps over the predicted rows: ``rows`` (windows, sources x classes) ->

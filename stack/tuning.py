@@ -24,23 +24,12 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from featurestore.errors import StoreError, UserInputError
-from models.tuning import (
-    METRIC_NAME,
-    Dim,
-    TuneResult,
-    _check_resume,
-    _exists,
-    _fail_stale,
-    _finished_repeat,
-    storage_url,
-    trial_reporter,
-)
+from models.tuning import METRIC_NAME, Dim, TuneResult, open_study, replay_repeat, trial_reporter
 from stack.inputs import load_inputs
 from stack.post import POST_OPS, parse_post
 from stack.stackers import BLEND_METHODS, SHARING, cross_validate_stack, make_stack_params
@@ -149,22 +138,7 @@ def tune_stack(store_dir: str | Path, spec: StackTuneSpec, trials: int, study_na
                        focal=focal)
     attrs = json.loads(json.dumps(spec.attributes(fold_versions[0])))
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = storage_url(store_dir)
-    study = optuna.load_study(study_name=study_name, storage=storage) if _exists(storage, study_name) else None
-    n_before = len(study.trials) if study is not None else 0
-    if study is not None:
-        _check_resume(study, attrs)
-    sampler = optuna.samplers.TPESampler(seed=spec.seed + n_before, n_startup_trials=5)
-    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
-                                sampler=sampler)
-    stale = _fail_stale(study)
-    if stale:
-        say(f"marked {stale} trial(s) left running by a killed process as failed")
-    study.set_metric_names([METRIC_NAME])
-    for k, v in attrs.items():
-        study.set_user_attr(k, v)
+    study, n_before = open_study(store_dir, study_name, attrs, spec.seed, say)
     space = spec.space()
     if n_before == 0 and space:
         start = {k: v for k, v in spec.defaults().items() if k in space and space[k].contains(v)}
@@ -176,13 +150,9 @@ def tune_stack(store_dir: str | Path, spec: StackTuneSpec, trials: int, study_na
         params, chain = spec.decode(values)
         trial.set_user_attr("stacker_params", json.loads(json.dumps(params)))
         trial.set_user_attr("post", [s.to_json() for s in parse_post(chain)])
-        repeat = _finished_repeat(study, trial)
-        if repeat is not None:
-            trial.set_user_attr("repeat_of", repeat.number)
-            for k, v in repeat.user_attrs.items():
-                if k.startswith("fold_") or k == "seconds":
-                    trial.set_user_attr(k, v)
-            return repeat.value
+        repeated = replay_repeat(study, trial)
+        if repeated is not None:
+            return repeated
         t0 = time.perf_counter()
         cv = cross_validate_stack(data, spec.method, params, chain)
         trial.set_user_attr("seconds", time.perf_counter() - t0)

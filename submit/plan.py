@@ -76,10 +76,6 @@ def _rate(ex) -> int:
     return int(ex.sample_rate)
 
 
-def _bases(predictor) -> list:
-    return list(predictor.bases) if hasattr(predictor, "bases") else [predictor.bundle]
-
-
 def measure_costs(bundle: Path, manifest: dict, files: Sequence[Path], *, target_cpus: int = 4,
                   scaling_files: int | None = None) -> Costs:
     """Measure every stage on ``files`` (see the module doc), with the bundle's own model files."""
@@ -96,9 +92,8 @@ def _measure(bundle: Path, manifest: dict, files: list[Path], runtime: dict, tar
     import os
 
     from embed.audio import Audio
-    from embed.features import embed_file_views
+    from embed.features import build_views
     from featurestore.windows import window_starts
-    from models.frame import add_context
     from models.predict import file_window_ids, load_predictor
 
     levels: list[LevelCost] = []
@@ -106,11 +101,16 @@ def _measure(bundle: Path, manifest: dict, files: list[Path], runtime: dict, tar
     for head in manifest["levels"]:
         t = time.perf_counter()
         predictors[head] = load_predictor(bundle / "heads" / head, **runtime)
-        levels.append(LevelCost(head, time.perf_counter() - t, [e.name for e in predictors[head].extractors], 0.0, 0.0))
-    extractors = {e.name: e for p in predictors.values() for e in p.extractors}
-    decode, resample, extract = [], {}, {n: [] for n in extractors}
+        levels.append(LevelCost(head, time.perf_counter() - t, [], 0.0, 0.0))
+    # one extractor per version (two levels may share one); labelled by name unless two versions share it
+    extractors = {e.version: e for p in predictors.values() for e in p.extractors}
+    names = [e.name for e in extractors.values()]
+    label = {v: e.name if names.count(e.name) == 1 else v for v, e in extractors.items()}
+    for lv in levels:
+        lv.extractors = [label[e.version] for e in predictors[lv.head_id].extractors]
+    decode, resample, extract = [], {}, {label[v]: [] for v in extractors}
     heads_s = {lv.head_id: [] for lv in levels}
-    finish_rows = {lv.head_id: ([], [], []) for lv in levels}
+    finish_rows = {lv.head_id: ([], []) for lv in levels}
     durations = []
     for ex in extractors.values():          # warm-up: the patched BirdNET model, interpreters
         ex.compute(Audio.load(files[0]), [0.0])
@@ -120,29 +120,24 @@ def _measure(bundle: Path, manifest: dict, files: list[Path], runtime: dict, tar
         decode.append(time.perf_counter() - t)
         durations.append(audio.duration_s)
         starts = window_starts(audio.duration_s, True)
-        for name, ex in extractors.items():
+        outputs = {}
+        for version, ex in extractors.items():
             rate = _rate(ex)
             if rate != audio.rate and rate not in audio._cache:
                 t = time.perf_counter()
                 audio.at(rate)
                 resample.setdefault(str(rate), []).append(time.perf_counter() - t)
             t = time.perf_counter()
-            ex.compute(audio, starts)
-            extract[name].append(time.perf_counter() - t)
-        for lv in levels:
+            outputs[version] = ex.compute(audio, starts)
+            extract[label[version]].append(time.perf_counter() - t)
+        for lv in levels:                   # the views from the outputs above: no extractor runs twice
             pred = predictors[lv.head_id]
-            requests = list(dict.fromkeys((b.config.frame.features, b.config.frame.pooling) for b in _bases(pred)))
-            feats = embed_file_views(path, pred.extractors, requests, soundscape=True)
+            feats = build_views(pred.extractors, {e.name: outputs[e.version] for e in pred.extractors}, starts,
+                                pred.requests)
             t = time.perf_counter()
-            for b in _bases(pred):
-                st, X, _ = feats[(b.config.frame.features, b.config.frame.pooling)]
-                if b.config.frame.context:
-                    X, _ = add_context(X, np.asarray(file_window_ids(path, st)[0]))
-                np.mean([h.predict_proba(X) for h in b.folds], axis=0)
+            ids, rows = pred.rows_from_features(path, feats)
             heads_s[lv.head_id].append(time.perf_counter() - t)
-            ids, rows = pred.predict_file(path)
-            wids, _ = file_window_ids(path, np.arange(len(ids)) * WINDOW_SECONDS)
-            finish_rows[lv.head_id][0].extend(wids)
+            finish_rows[lv.head_id][0].extend(file_window_ids(path, np.arange(len(ids)) * WINDOW_SECONDS)[0])
             finish_rows[lv.head_id][1].append(rows)
     scale = [SOUNDSCAPE_S / max(d, WINDOW_SECONDS) for d in durations]
 
@@ -151,10 +146,10 @@ def _measure(bundle: Path, manifest: dict, files: list[Path], runtime: dict, tar
 
     costs = Costs(len(files), float(np.mean(durations)), per_file(decode),
                   {r: per_file(v) for r, v in resample.items()}, {n: per_file(v) for n, v in extract.items()},
-                  {n: _rate(e) for n, e in extractors.items()}, levels, 1, 1.0)
+                  {label[v]: _rate(e) for v, e in extractors.items()}, levels, 1, 1.0)
     for lv in levels:
         lv.heads_s = per_file(heads_s[lv.head_id])
-        wids, rows, _ = finish_rows[lv.head_id]
+        wids, rows = finish_rows[lv.head_id]
         block = np.vstack(rows)
         t = time.perf_counter()
         predictors[lv.head_id].finish(wids, block, np.ones(len(wids), bool))

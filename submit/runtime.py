@@ -218,6 +218,8 @@ def predict_with_guard(heads_dir: Path, levels: Sequence[str], files: list[Path]
     ``timeline`` (a list) receives the ``perf_counter`` time of each file's completion."""
     from models.predict import file_window_ids, iter_predictions, load_predictor
 
+    if not levels:
+        raise BundleError("no head to predict with: the bundle's manifest lists no levels")
     runtime = runtime or {}
     chain = [*levels, PRIOR_LEVEL]
     done: dict[str, Level] = {name: Level(name) for name in chain}
@@ -279,13 +281,12 @@ def _assemble(files: list[Path], chain: list[str], done: dict[str, Level], predi
     for name in chain:
         lv = done[name]
         if name == PRIOR_LEVEL:
-            first = predictors.get(chain[0]) or next(iter(predictors.values()), None)
-            if lv.files and first is None:
-                raise BundleError("no head could be loaded to give a class prior")
-            for path in lv.files:
+            if lv.files:
+                first = predictors[chain[0]]        # loaded before any file: the top level's own prior
                 prior = np.asarray(first.output_prior)[[first.class_names.index(c) for c in columns]]
-                for rid in expected_row_ids(path):
-                    by_row[rid] = prior
+                for path in lv.files:
+                    for rid in expected_row_ids(path):
+                        by_row[rid] = prior
             continue
         if not lv.rows:
             continue
