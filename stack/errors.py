@@ -42,7 +42,7 @@ import numpy as np
 
 from featurestore.errors import DataError, UserInputError
 from featurestore.htmlpage import audio_ogg, audio_tag, html_table, img, png, pyplot, render_page, write_page
-from featurestore.windows import WINDOW_SECONDS, parse_window_id
+from featurestore.windows import SOUNDSCAPE, WINDOW_SECONDS, parse_window_id
 from models.metrics import evaluate, fast_auc, frequency_bucket
 from stack.inputs import Diversity, StackInputs, available_heads, head_correlation, load_inputs
 
@@ -233,8 +233,8 @@ def diversity_heads(store, store_dir: Path, head_id: str, experiment: dict, limi
         heads += [h for h in load_stack(head_dir).config.base_heads if h not in heads]
     present = set(available_heads(store_dir))
     if store.has_table("experiments") and experiment.get("fold_version"):
-        others = store.rows("SELECT head_id FROM experiments WHERE fold_version = ? AND fold_mean IS NOT NULL "
-                            "ORDER BY fold_mean DESC, head_id", [experiment["fold_version"]])
+        others = store.rows("SELECT head_id FROM experiments WHERE fold_version = ? "
+                            "ORDER BY fold_mean DESC NULLS LAST, head_id", [experiment["fold_version"]])
         extra = [h for (h,) in others if h not in heads and h in present][:limit]
         heads += extra
     return [h for h in heads if h in present]
@@ -273,7 +273,7 @@ def gather(store_dir: str | os.PathLike, head_id: str, params: ErrorPageParams =
     missing = sum(ex.note is not None for ex in all_examples)
     if missing:
         report.notes.append(f"{missing} of {len(all_examples)} example windows have no audio (see their notes)")
-    report.diversity, report.diversity_labels = _diversity(root, candidates, experiment, report)
+    report.diversity, report.diversity_labels = _diversity(root, candidates, report)
     return report
 
 
@@ -315,16 +315,21 @@ def _report(data: StackInputs, head_id: str, experiment: dict, scored_on: str, m
     return report
 
 
-def _diversity(root: Path, heads: list[str], experiment: dict, report: ErrorReport) -> tuple[Diversity | None, list[str]]:
+def _diversity(root: Path, heads: list[str], report: ErrorReport) -> tuple[Diversity | None, list[str]]:
+    """The diversity matrix over the same windows the page analyses (labelled soundscape windows in a
+    fold, or the focal ones when the page fell back to them)."""
     if len(heads) < 2:
         report.notes.append("head diversity needs a second head on the same folds; train one with pipelines.train")
         return None, []
     try:
-        data = load_inputs(root, heads)
+        data = load_inputs(root, heads, focal=report.scored_on == "focal")
     except DataError as exc:
         report.notes.append(f"head diversity left out: the heads' OOF tables do not align ({exc})")
         return None, []
-    return head_correlation(data), list(heads)
+    rows = data.folds >= 0
+    if report.scored_on != "focal":
+        rows &= data.source == SOUNDSCAPE
+    return head_correlation(data, rows), list(heads)
 
 
 # ---------------------------------------------------------------------------- HTML

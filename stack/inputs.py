@@ -431,6 +431,9 @@ def head_correlation(data: StackInputs, rows: np.ndarray | None = None) -> Diver
     from scipy.stats import rankdata
 
     mask = (data.source == SOUNDSCAPE) if rows is None else np.asarray(rows)
+    H = len(data.heads)
+    if not mask.any():                      # nothing to correlate over: undefined, not a warning
+        return Diversity(data.heads, np.full((H, H), np.nan), np.zeros((H, H), np.int64))
     R = rankdata(data.P[:, mask, :].astype(np.float64), axis=1)          # (H, m, C)
     R -= R.mean(axis=1, keepdims=True)
     norm = np.sqrt((R ** 2).sum(axis=1))                                # (H, C)

@@ -499,6 +499,10 @@ def cross_validate_stack(data: StackInputs, kind: str, params: RidgeParams | Ble
         if unknown:
             raise StoreError(f"fold(s) {unknown} do not exist; the inputs have folds {fold_ids}")
         fold_ids = sorted(run_folds)
+    if data.n == 0:
+        raise StoreError("the heads' OOF tables hold no labelled train_soundscapes window, where level-2 models "
+                         "learn and are scored: embed the labelled soundscapes (pipelines.embed) and retrain, or "
+                         "stack with ridge and use_focal to learn from focal windows")
     if not fold_ids:
         raise StoreError("no window of the inputs is in a fold; re-run pipelines.folds and retrain the heads")
     oof = np.full(data.Y.shape, np.nan)

@@ -11,7 +11,7 @@
    allows it, else with network, and the run says so;
 4. the submission compared with ``pipelines.predict``'s (same head, same files, this environment);
 5. ``projected Kaggle minutes: X (budget B)`` printed last, from the notebook's own measured predict
-   time scaled to the target file count and CPUs with the planner's scaling model.
+   time scaled to 60-s files, the target file count and CPUs with the planner's scaling model.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | 
     write_submission(reference, row_ids, probs, columns)
     _max_abs_diff(submission, reference)                 # same columns and row ids, else BundleError
     diff = float(np.abs(np.load(working / PROBS_FILE).astype(np.float64) - probs).max()) if len(probs) else 0.0
-    projected, planner = _project(report, manifest, n_files, cpus, wall)
+    projected, planner = _project(report, manifest, n_files, cpus, wall, _windows_per_file(list_audio(audio)))
     return DryRun(work, submission, reference, diff, len(row_ids), network, report,
                   {k: v for k, v in modules.items() if k in ("ai_edge_litert", "submit")}, projected / 60.0,
                   budget_min, planner, notes)
@@ -222,13 +222,31 @@ def _max_abs_diff(a: Path, b: Path) -> float:
     return float(np.abs(pa_ - pb).max()) if pa_.size else 0.0
 
 
-def _project(report: dict, manifest: dict, n_files: int, cpus: int, wall: float) -> tuple[float, float | None]:
+def _windows_per_file(files: list[Path]) -> float:
+    """Mean 5-s windows of audio per file (an undecodable file counts 0: it costs nothing to predict)."""
+    import soundfile as sf
+
+    from featurestore.windows import WINDOW_SECONDS
+
+    counts = []
+    for f in files:
+        try:
+            counts.append(max(1, round(sf.info(str(f)).duration / WINDOW_SECONDS)))
+        except Exception:  # soundfile raises several types for unreadable input
+            counts.append(0)
+    return float(np.mean(counts)) if counts else 0.0
+
+
+def _project(report: dict, manifest: dict, n_files: int, cpus: int, wall: float,
+             windows_per_file: float) -> tuple[float, float | None]:
     """Kaggle seconds: what the notebook paid once here (kernel start, install, verify, predictor loads,
-    writing) + ``n_files`` x its steady per-file wall time, scaled from the workers used here to ``cpus``
-    with the planner's scaling model (``S(n) = n`` when the bundle holds no measured costs).
+    writing) + ``n_files`` x its steady per-file wall time, scaled to 60-s files (x 12 /
+    ``windows_per_file`` of the audio given) and from the workers used here to ``cpus`` with the
+    planner's scaling model (``S(n) = n`` when the bundle holds no measured costs).
 
     The steady rate is taken after the first ``workers`` completions (the pool's start-up):
     ``(t[-1] - t[w-1]) / (n - w)``; with no more files than workers it is ``predict / n``."""
+    from featurestore.windows import SOUNDSCAPE_SECONDS, WINDOW_SECONDS
     from submit.plan import Costs, project
 
     costs = Costs.from_json(manifest["stage_costs"]) if "stage_costs" in manifest else None
@@ -243,6 +261,7 @@ def _project(report: dict, manifest: dict, n_files: int, cpus: int, wall: float)
     else:
         per_file, start_up = predict / max(1, n), 0.0
     once = max(0.0, wall - predict) + start_up + max(0.0, predict - (done[-1] if done else predict))
-    projected = once + n_files * per_file * speed(min(w, n_files)) / speed(cpus)
+    to_60s = SOUNDSCAPE_SECONDS / WINDOW_SECONDS / max(windows_per_file, 1e-9)
+    projected = once + n_files * per_file * to_60s * speed(min(w, n_files)) / speed(cpus)
     planner = project(costs, n_files, cpus)[0].total_s / 60.0 if costs else None
     return projected, planner

@@ -303,3 +303,19 @@ def test_focal_windows_are_learnt_from_only_when_asked() -> None:
     soundscapes_only = data.subset(data.source == SCAPE)
     with pytest.raises(UserInputError, match="use_focal: the inputs hold no focal window"):
         cross_validate_stack(soundscapes_only, "ridge", {"use_focal": True})
+
+
+def test_inputs_without_a_labelled_soundscape_window_say_so() -> None:
+    """Heads trained on focal clips only (a store with no soundscape audio): no diversity to report and
+    a stack that names the missing windows instead of blaming the folds."""
+    import warnings
+
+    from featurestore.errors import StoreError
+
+    data = align_oof(two_heads(), CLASSES, ["Aves", "Aves"], LABELS).subset(np.zeros(3, bool))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # no "mean of empty slice"
+        div = head_correlation(data)
+    assert np.isnan(div.matrix).all() and not div.n_classes.any()
+    with pytest.raises(StoreError, match="hold no labelled train_soundscapes window"):
+        cross_validate_stack(data, "blend", {})

@@ -219,3 +219,14 @@ def test_export_plan_and_offline_dry_run_of_the_notebook(store: Path, heads: dic
                          cwd=REPO, capture_output=True, text=True)
     assert cli.returncode == 2
     assert f"error: bundle file heads/{best_base}/config.json does not match manifest.json" in cli.stderr
+
+
+def test_dry_run_projection_by_hand() -> None:
+    """Steady per-file rate after the pool's start-up, scaled to 60-s files and from 2 workers to 4."""
+    from submit.dryrun import _project
+
+    report = {"workers": 2, "file_done_s": [10.0, 10.5, 12.5, 13.0], "stage_seconds": {"predict": 13.2}}
+    # per file (13.0 - 10.5) / 2 = 1.25 s; start-up 10.5 - 2 x 1.25 = 8; once = (20 - 13.2) + 8 + (13.2 - 13.0)
+    # = 15; files of 6 windows -> x2 for 60 s; S(n) = n without measured costs -> x 2/4
+    projected, planner = _project(report, {}, n_files=600, cpus=4, wall=20.0, windows_per_file=6.0)
+    assert projected == pytest.approx(15 + 600 * 1.25 * 2 * 0.5) and planner is None
