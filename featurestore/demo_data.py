@@ -5,7 +5,9 @@ sample_submission.csv, train_audio/<label>/*.ogg, train_soundscapes/*.ogg, test_
 for 14 real Pantanal classes (Aves, Amphibia, Insecta), each with its own synthetic call shape.
 Soundscapes mix several classes over field-like noise at varied SNR; their 5-s labels are exact
 and written like the real file (every row twice). The hidden test labels go to
-``test_solution.csv`` beside the data folder so the demo can score its own submission.
+``test_solution.csv`` beside the data folder so the demo can score its own submission. Unlabelled
+train soundscapes (3x the labelled ones, same sites and call mix) have no labels in the competition
+folder; their true labels go to ``unlabelled_answers.csv`` beside it, for scoring pseudo-labels.
 
 It lives beside the layout it writes: folder names and the window grid come from
 :mod:`featurestore.windows`, CSV headers from :mod:`featurestore.competition` (what ingest reads).
@@ -75,10 +77,14 @@ class DemoSize:
     clip_seconds: tuple[float, float]
     train_soundscapes: int
     test_soundscapes: int
+    unlabelled_soundscapes: int = 0     # train soundscapes without labels (answers in unlabelled_answers.csv)
 
 
-FULL = DemoSize(clips_per_class=10, clip_seconds=(1.0, 40.0), train_soundscapes=10, test_soundscapes=4)
-SMALL = DemoSize(clips_per_class=4, clip_seconds=(1.0, 12.0), train_soundscapes=8, test_soundscapes=4)
+FULL = DemoSize(clips_per_class=10, clip_seconds=(1.0, 40.0), train_soundscapes=10, test_soundscapes=4,
+                unlabelled_soundscapes=30)
+SMALL = DemoSize(clips_per_class=4, clip_seconds=(1.0, 12.0), train_soundscapes=8, test_soundscapes=4,
+                 unlabelled_soundscapes=24)
+ANSWERS_FILE = "unlabelled_answers.csv"   # beside data/, like test_solution.csv: never read by the toolkit
 
 
 # ---------------------------------------------------------------------------- synthesis
@@ -279,4 +285,30 @@ def generate_demo_dataset(out_dir: str | Path, size: DemoSize = FULL, seed: int 
         w = csv.writer(fh)
         w.writerow(["row_id", *labels])
         w.writerows(solution_rows)
+    _unlabelled(data, out_dir, size, rng, site_pool)
     return data
+
+
+def _unlabelled(data: Path, out_dir: Path, size: DemoSize, rng: np.random.Generator,
+                site_pool: dict[str, list[DemoClass]]) -> None:
+    """Unlabelled train soundscapes (same sites and call mix as the labelled ones, numbered after them)
+    written into ``train_soundscapes/`` with no row in the labels file; their true window labels go to
+    ``out_dir/unlabelled_answers.csv`` (the labels file's columns, one row per window, empty labels for
+    silent windows) so pseudo-label quality can be scored honestly. Generated after everything else,
+    so the labelled and test files are the same bytes with or without them."""
+    rows: list[list[str]] = []
+    for j in range(size.unlabelled_soundscapes):
+        i = size.train_soundscapes + j
+        site = SITES[i % len(SITES)]
+        day = 20240101 + int(rng.integers(0, 27))
+        clock = f"{int(rng.integers(0, 24)):02d}{int(rng.choice([0, 15, 30, 45])):02d}00"
+        name = f"BC2026_Train_{i + 1:04d}_{site}_{day}_{clock}.ogg"
+        track, events = _soundscape(rng, site_pool[site])
+        _write_ogg(data / SOUNDSCAPE / name, track)
+        for w_idx, present in enumerate(window_labels(events, SOUNDSCAPE_SECONDS)):
+            start = w_idx * WINDOW_SECONDS
+            rows.append([name, _clock(start), _clock(start + WINDOW_SECONDS), ";".join(present)])
+    with open(out_dir / ANSWERS_FILE, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(LABEL_COLUMNS)
+        w.writerows(rows)

@@ -57,13 +57,38 @@ def test_demo_dataset_is_deterministic_and_competition_shaped(demo_data: Path, t
         assert next(csv.reader(fh)) == ["row_id", *[c.primary_label for c in DEMO_CLASSES]]
 
 
+def test_unlabelled_soundscapes_have_answers_outside_the_competition_folder(demo_data: Path, tmp_path: Path) -> None:
+    """3x the labelled soundscapes, with no row in the labels file; their true labels only in the
+    answers file beside the data folder; the other files are the same with or without them."""
+    from dataclasses import replace
+
+    from featurestore.demo_data import ANSWERS_FILE
+
+    with open(demo_data / "train_soundscapes_labels.csv", newline="") as fh:
+        labelled = {r[0] for r in csv.reader(fh)}
+    scapes = {p.name for p in (demo_data / "train_soundscapes").glob("*.ogg")}
+    with open(demo_data.parent / ANSWERS_FILE, newline="") as fh:
+        answers = list(csv.DictReader(fh))
+    unlabelled = {r["filename"] for r in answers}
+    n_labelled = len(scapes - unlabelled)
+    assert n_labelled == SMALL.train_soundscapes and len(unlabelled) == SMALL.unlabelled_soundscapes >= 3 * n_labelled
+    assert unlabelled <= scapes and not (unlabelled & labelled)
+    assert len(answers) == 12 * len(unlabelled) and sum(bool(r["primary_label"]) for r in answers) > len(answers) / 4
+    sites = {n.split("_")[3] for n in scapes - unlabelled}
+    assert {n.split("_")[3] for n in unlabelled} == sites
+    without = generate_demo_dataset(tmp_path / "without", replace(SMALL, unlabelled_soundscapes=0), seed=7)
+    full = _digest_tree(demo_data)
+    assert all(full[k] == v for k, v in _digest_tree(without).items())
+    assert not (tmp_path / "without" / "data" / ANSWERS_FILE).exists()
+
+
 @pytest.mark.slow
 def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "pipelines.demo", "--out", str(tmp_path / "demo"), "--small"],
                             cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert "problems: 0 error(s)" in out and "folds created" in out and "236/236 of this shard's windows" in out
+    assert "problems: 0 error(s)" in out and "folds created" in out and "524/524 of this shard's windows" in out
     for kind in ("prior", "zeroshot", "linear", "lgbm"):
         assert f"[demo] train {kind} on" in out
     demo = tmp_path / "demo"
