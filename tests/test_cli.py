@@ -144,7 +144,7 @@ LIBRARIES = ("featurestore", "embed", "models", "stack", "submit", "bench")
 
 def test_the_jobs_are_the_documented_ones() -> None:
     assert JOBS == ["demo", "dryrun", "embed", "errors", "export", "folds", "ingest", "leaderboard", "plan", "predict",
-                    "report", "sql", "stack", "train", "tune", "validate_submission"]
+                    "pseudo", "report", "sql", "stack", "train", "tune", "validate_submission"]
 
 
 @pytest.mark.parametrize("name", JOBS)
