@@ -125,3 +125,40 @@ def test_unknown_teacher_is_refused(store: Path) -> None:
 
     with pytest.raises(UserInputError, match="no trained head 'nope'"):
         job.main(["--store", str(store), "--teacher", "nope"])
+
+
+def test_a_stacked_teacher_labels_fold_k_with_its_fold_k_level2_model(store: Path, teacher: str) -> None:
+    """Base heads' fold-k models, then the stack's fold-k level-2 model (never fit on fold k), per fold."""
+    from embed.features import load_window_features
+    from models.bundle import load_bundle
+    from models.heads import load_head
+    from stack.bundle import load_stack
+    from stack.predict import unlabelled_inputs
+    from stack.run import run_stack
+
+    with threadpool_limits(1, user_api="blas"):
+        other = train_head(store, "linear", FrameSpec("classical")).head_id
+        stacked = run_stack(store, [teacher, other], "ridge", {"min_positives": 3}).head_id
+    result = run_pseudo(store, stacked, {"cap": 1.0}, say=lambda _: None)
+    bundle = load_stack(store / "heads" / stacked)
+    with FeatureStore.open(store, read_only=True) as fs:
+        fold_of = dict(fs.rows("SELECT window_id, fold FROM folds"))
+        ids, full, classes, params = load_pseudo(fs, result.version, FULL_FOLD)
+        X = {}
+        for h in (teacher, other):
+            b = load_bundle(store / "heads" / h)
+            X[h] = load_window_features(fs, b.config.frame.features, b.config.frame.pooling, window_ids=ids,
+                                        versions=dict(b.config.feature_versions.extractors))[1]
+        per_fold = {k: load_pseudo(fs, result.version, k)[1] for k in bundle.folds}
+    assert params.cap == 1.0 and full.sum(axis=1).max() <= 1.0 + 1e-5
+    for k, fitted in bundle.folds.items():
+        assert not any(fold_of.get(w) == k for w in fitted.train_windows.tolist())
+        P = []
+        for h in (teacher, other):
+            b = load_bundle(store / "heads" / h)
+            P.append(load_head(store / "heads" / h / f"fold_{k}").predict_proba(X[h])[
+                :, [b.class_names.index(c) for c in bundle.class_names]])
+        expected = fitted.predict(unlabelled_inputs(bundle, ids, np.stack(P).astype(np.float32)))
+        np.testing.assert_allclose(per_fold[k],
+                                   transform(expected[:, [bundle.class_names.index(c) for c in classes]], params),
+                                   rtol=0, atol=1e-5)
