@@ -84,7 +84,7 @@ FULL = DemoSize(clips_per_class=10, clip_seconds=(1.0, 40.0), train_soundscapes=
                 unlabelled_soundscapes=30)
 SMALL = DemoSize(clips_per_class=4, clip_seconds=(1.0, 12.0), train_soundscapes=8, test_soundscapes=4,
                  unlabelled_soundscapes=24)
-ANSWERS_FILE = "unlabelled_answers.csv"   # beside data/, like test_solution.csv: never read by the toolkit
+ANSWERS_FILE = "unlabelled_answers.csv"   # beside data/, like test_solution.csv: only ever scored against, never trained on
 
 
 # ---------------------------------------------------------------------------- synthesis

@@ -83,7 +83,8 @@ class HeadConfig:
 
     :attr:`head_id` (``<kind>-<hash of to_json()>``) names the run: the same inputs give the same id.
     ``subsample`` is set for the tuner's fast runs; ``feature_coverage`` and ``allow_partial`` for a
-    run trained on a partial frame (each is omitted from the JSON when None).
+    run trained on a partial frame; ``pseudo`` for a student trained with pseudo-labels (each is
+    omitted from the JSON when None).
     """
 
     kind: str                       # head kind ("head" in the JSON)
@@ -98,6 +99,7 @@ class HeadConfig:
     subsample: dict | None = None
     feature_coverage: dict | None = None
     allow_partial: bool | None = None
+    pseudo: dict | None = None      # pseudo-labels trained on: {"version", "weight", "teacher_id", "n_windows"}
 
     def to_json(self) -> dict:
         out = {"head": self.kind, "params": dict(self.params), "frame": asdict(self.frame),
@@ -134,7 +136,7 @@ class HeadConfig:
 
 _REQUIRED = ("head", "params", "frame", "fold_version", "data_version", "feature_versions", "seed", "replay",
              "training_version")
-_OPTIONAL = ("subsample", "feature_coverage", "allow_partial")
+_OPTIONAL = ("subsample", "feature_coverage", "allow_partial", "pseudo")
 
 
 # ---------------------------------------------------------------------------- writer
@@ -157,14 +159,19 @@ class BundleWriter:
         (self.work_dir / CONFIG_FILE).write_text(json.dumps(config.to_json(), indent=1, sort_keys=True))
         (self.work_dir / EXTRACTORS_FILE).write_text(json.dumps(dict(extractor_params), indent=1))
 
-    def add_fold(self, fold: int, head: Head, train_window_ids: Sequence[str] | np.ndarray) -> Path:
-        """Save the fold's Head and the ids of the windows it was trained on (for leakage audits)."""
+    def add_fold(self, fold: int, head: Head, train_window_ids: Sequence[str] | np.ndarray,
+                 pseudo_teacher_fold: Sequence[int | None] | None = None) -> Path:
+        """Save the fold's Head and the ids of the windows it was trained on (for leakage audits);
+        with pseudo-labels, ``pseudo_teacher_fold`` names the teacher fold model that labelled each
+        pseudo-labelled window (None for labelled windows)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         folder = head.save(self.work_dir / fold_dir_name(fold))
-        pq.write_table(pa.table({"window_id": train_window_ids}), folder / TRAIN_WINDOWS_FILE,
-                       compression="zstd")
+        columns = {"window_id": pa.array(list(train_window_ids), pa.string())}
+        if pseudo_teacher_fold is not None:
+            columns["pseudo_teacher_fold"] = pa.array(list(pseudo_teacher_fold), pa.int32())
+        pq.write_table(pa.table(columns), folder / TRAIN_WINDOWS_FILE, compression="zstd")
         return folder
 
     def publish(self) -> Path:

@@ -4,7 +4,8 @@
 :func:`run_demo` generates a small BirdCLEF-shaped dataset (:mod:`featurestore.demo_data`: 14 real
 classes, focal clips and 60-s soundscapes with exact 5-s labels) and runs every stage on it: ingest
 → folds → embed (BirdNET + classical) → data memo → the baseline ladder of head kinds →
-a ridge stack over the trained heads → leaderboard → predict the test soundscapes with the best head
+a ridge stack over the trained heads → pseudo-labels of the unlabelled train soundscapes by the stack,
+scored against the demo's held-back answers → leaderboard → predict the test soundscapes with the best head
 → validated submission, scored against the demo's hidden test labels → the error-analysis page of
 the best head. Re-running re-uses everything already computed.
 """
@@ -21,7 +22,7 @@ import pyarrow.csv as pacsv
 
 from embed.job import run_embed
 from embed.memo import write_memo
-from featurestore.demo_data import FULL, SMALL, generate_demo_dataset
+from featurestore.demo_data import ANSWERS_FILE, FULL, SMALL, generate_demo_dataset
 from featurestore.folds import make_folds
 from featurestore.ingest import run_ingest
 from featurestore.store import FeatureStore
@@ -34,6 +35,7 @@ from models.predict import expected_ids_for_audio, predict_audio
 from models.submission import validate_submission, write_submission
 from models.training import train_head
 from stack.errors import summary_line, write_error_page
+from stack.pseudo import run_pseudo
 from stack.run import run_stack
 
 MARKER = "demo.json"
@@ -89,6 +91,10 @@ def run_demo(out: Path, *, small: bool = False, seed: int = 2026, workers: int |
               lambda r: r.render().splitlines()[0])
     bases = [summaries[f"train {k} on {f}"].head_id for k, f, _ in DEMO_LADDER if k in STACKED_KINDS]
     stage("stack", lambda: run_stack(store, bases, "ridge"), lambda r: r.render().splitlines()[0])
+    # the stack labels the unlabelled train soundscapes fold by fold; the demo holds their true labels back
+    # (ANSWERS_FILE beside the data folder), so the labels' quality is measured, not guessed
+    stage("pseudo-labels", lambda: run_pseudo(store, summaries["stack"].head_id, {},
+                                              answers=data.parent / ANSWERS_FILE, say=lambda _m: None))
     with FeatureStore.open(store, read_only=True) as fs:
         board = ranked(fs)
         best = best_head_id(fs)

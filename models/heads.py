@@ -5,7 +5,8 @@ Words: a *head kind* is a model family registered in :data:`HEAD_CLASSES` (``pri
 per fold); the folder of a cross-validated run is a *bundle* (:mod:`models.bundle`).
 
 One contract for every head kind (checked for each by tests/test_head_contract.py):
-``fit(X, Y, sample_weight=None, groups=None)`` returns the Head, ``predict_proba(X)`` gives
+``fit(X, Y, sample_weight=None, groups=None)`` returns the Head (``Y`` holds 0/1 labels or soft targets
+in [0, 1], e.g. pseudo-labels: every kind minimises the weighted soft cross-entropy), ``predict_proba(X)`` gives
 ``(n_windows, n_classes)`` probabilities in [0, 1], identical for identical fits; bad input
 (wrong width, NaN/inf, wrong Y shape) and unknown kinds or parameters raise :class:`HeadError`
 naming the choices; ``save(folder)`` / :func:`load_head` keep every Head loadable from a plain
@@ -112,6 +113,13 @@ def _check_xy(X: np.ndarray, Y: np.ndarray | None, n_classes: int, n_features: i
         raise HeadError("X contains NaN or inf")
     if Y is not None and (Y.ndim != 2 or Y.shape != (X.shape[0], n_classes)):
         raise HeadError(f"Y must be (windows x {n_classes} classes); got {Y.shape} for X {X.shape}")
+    if Y is not None and not ((Y >= 0) & (Y <= 1)).all():   # also refuses NaN
+        raise HeadError("Y must hold labels in [0, 1] (0/1, or soft targets such as pseudo-labels)")
+
+
+def is_soft(Y: np.ndarray) -> bool:
+    """Whether ``Y`` holds soft targets (some label strictly between 0 and 1, e.g. pseudo-labels)."""
+    return bool(((Y > 0) & (Y < 1)).any())
 
 
 def class_prior(Y: np.ndarray, sample_weight: np.ndarray | None, pseudocount: float = PRIOR_PSEUDOCOUNT) -> np.ndarray:
@@ -322,13 +330,18 @@ class LinearHead(Head):
         else:
             Z = standardise(X, self.mean_, self.scale_)
         weights = np.broadcast_to(w[:, None], Y.shape).copy()
-        if p.balanced:  # equal total weight for positives and negatives of each class
+        if p.balanced:  # equal total weight for the positive and the negative label mass of each class
             pos = (Y * weights).sum(axis=0)
             neg = ((1 - Y) * weights).sum(axis=0)
             total = pos + neg
             scale_pos = np.where(pos > 0, total / (2 * np.maximum(pos, 1e-12)), 1.0)
             scale_neg = np.where(pos > 0, total / (2 * np.maximum(neg, 1e-12)), 1.0)
-            weights *= np.where(Y > 0, scale_pos, scale_neg)
+            # w * [y*sp*log p + (1-y)*sn*log(1-p)] == w' * [y'*log p + (1-y')*log(1-p)] with
+            # w' = w * (y*sp + (1-y)*sn) and y' = y*sp / (y*sp + (1-y)*sn): exact for soft targets and
+            # the same numbers as weighting 0/1 labels by sp or sn
+            mass_pos, mass = Y * scale_pos, Y * scale_pos + (1 - Y) * scale_neg
+            weights *= mass
+            Y = mass_pos / mass
         weights /= weights.mean()
         self.has_positive_ = Y.sum(axis=0) > 0
         coef, bias = fit_logistic_all_classes(Z, Y, weights, p.C, p.max_iter, p.tol, penalty)
@@ -370,15 +383,21 @@ def inner_split(n: int, groups: np.ndarray | None, fraction: float, seed: int) -
 MIN_NEGATIVES = 2000
 
 
-def negative_sample(y: np.ndarray, neg_per_pos: float, seed: int) -> tuple[np.ndarray | None, float]:
+SOFT_NEGATIVE = 0.05   # with soft targets, rows labelled below this are the negatives that get subsampled
+
+
+def negative_sample(y: np.ndarray, neg_per_pos: float, seed: int,
+                    negative_below: float = 0.0) -> tuple[np.ndarray | None, float]:
     """Rows for one class: every positive and ~``neg_per_pos`` negatives each (at least 2,000).
 
     Returns ``(sorted row indices or None for all rows, kept fraction of negatives)``. Most of the
     234 classes are rare; training them on a fixed subset of the shared binned dataset is ~3x faster
-    per tree than bagging over all rows (measured: 7 vs 22 ms per tree at 80k x 1.1k).
+    per tree than bagging over all rows (measured: 7 vs 22 ms per tree at 80k x 1.1k). A negative is
+    a row labelled 0, or below ``negative_below`` when that is > 0 (soft targets); the rest are positives.
     """
-    pos = np.flatnonzero(y > 0)
-    neg = np.flatnonzero(y <= 0)
+    neg_mask = y < negative_below if negative_below > 0 else y <= 0
+    pos = np.flatnonzero(~neg_mask)
+    neg = np.flatnonzero(neg_mask)
     if neg_per_pos <= 0 or len(neg) == 0:
         return None, 1.0
     n_keep = int(max(neg_per_pos * len(pos), MIN_NEGATIVES))
@@ -413,6 +432,12 @@ class LGBMHead(Head):
     The binned Dataset is built once and re-labelled per class (binning 100k x 1k features is the
     costly part); a fixed negative subsample keeps rare classes cheap. Classes with no positive (or no
     positive in the inner training part) predict the prior and are listed in ``constant_classes_``.
+
+    Soft targets (any label strictly between 0 and 1, e.g. pseudo-labels) switch the objective to
+    LightGBM's ``cross_entropy``, which takes labels in [0, 1] (for 0/1 labels it is the binary log
+    loss, but 0/1 runs keep ``binary``, so their models are unchanged). The subsampled negatives are
+    then the rows labelled below :data:`SOFT_NEGATIVE`, and the kept ones are up-weighted by 1 / rate
+    (an unbiased estimate of the full loss) instead of the odds correction, which assumes they are 0.
     """
 
     kind = "lgbm"
@@ -431,7 +456,8 @@ class LGBMHead(Head):
         if valid.all() or not valid.any():
             valid = np.zeros(len(X), bool)
         train_rows = ~valid
-        base = {"objective": "binary", "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
+        soft = is_soft(Y)
+        base = {"objective": "cross_entropy" if soft else "binary", "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
                 "min_data_in_leaf": p.min_child_samples, "feature_fraction": effective_feature_fraction(p, X.shape[1]),
                 "lambda_l2": p.lambda_l2, "max_bin": p.max_bin, "num_threads": p.n_jobs, "seed": p.seed,
                 "deterministic": True, "force_col_wise": True, "verbosity": -1,  # col-wise: 1.2-1.4x here
@@ -451,7 +477,7 @@ class LGBMHead(Head):
         todo = []
         for c, name in enumerate(self.class_names):
             y_tr = Y[train_rows, c]
-            if y_tr.sum() == 0 or y_tr.sum() == len(y_tr):
+            if y_tr.max() <= 0 or y_tr.min() >= 1 or (soft and y_tr.max() == y_tr.min()):
                 self.constant_classes_.append(name)
             else:
                 todo.append(c)
@@ -461,7 +487,7 @@ class LGBMHead(Head):
 
         def train_class(c: int) -> tuple[int, str, float]:
             y_tr = Y[train_rows, c]
-            rows, rate = negative_sample(y_tr, p.neg_per_pos, p.seed + c)
+            rows, rate = negative_sample(y_tr, p.neg_per_pos, p.seed + c, SOFT_NEGATIVE if soft else 0.0)
             if rows is None and workers == 1:
                 data = dtrain
                 data.set_label(y_tr)
@@ -469,7 +495,11 @@ class LGBMHead(Head):
                 rows = np.arange(len(y_tr)) if rows is None else rows
                 data = dtrain.subset(rows.tolist()).construct()
                 data.set_label(y_tr[rows])
-                data.set_weight(w_train[rows])
+                w_rows = w_train[rows]
+                if soft and rate < 1.0:   # importance weights: the kept negatives stand for all of them
+                    w_rows = np.where(y_tr[rows] < SOFT_NEGATIVE, w_rows / rate, w_rows)
+                    rate = 1.0
+                data.set_weight(w_rows)
             callbacks, sets = [], []
             if dvalid is not None and 0 < Y[valid, c].sum() < valid.sum():
                 dval = dvalid if workers == 1 else dvalid.subset(list(range(int(valid.sum())))).construct()

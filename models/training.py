@@ -33,7 +33,8 @@ from models.frame import SOUNDSCAPE, FrameSpec, TrainingFrame, build_frame
 from models.heads import PARAMS_BY_KIND, make_head, make_params
 from models.metrics import MetricReport, evaluate, macro_auc_defined
 
-__all__ = ["HEADS_DIR", "OOF_DIR", "TRAINING_VERSION", "CVPlan", "ExperimentResult", "Subsample", "cross_validate",
+__all__ = ["HEADS_DIR", "OOF_DIR", "TRAINING_VERSION", "CVPlan", "ExperimentResult", "PseudoRows", "PseudoSpec",
+           "Subsample", "cross_validate",
            "plan_cv", "run_config", "train_head"]
 
 OOF_DIR = "oof"
@@ -143,13 +144,70 @@ def focal_cap_mask(frame: TrainingFrame, per_class: int, seed: int) -> np.ndarra
     return keep
 
 
+@dataclass
+class PseudoRows:
+    """Pseudo-labelled windows a student trains on beside the labelled frame (built by
+    :func:`stack.pseudo.student_rows` from a stored pseudo-label version).
+
+    Fold ``k``'s model trains on the labels of the teacher's fold-``k`` model only (``labels[k]``),
+    which never saw a labelled window of fold ``k``: the student's fold score is not inflated by
+    labels leaking through the teacher. ``extra_*``: unlabelled windows added as rows with soft targets
+    and weight ``weight``. ``blend_rows``: frame rows (labelled windows) the teacher also labelled
+    (a distillation pool); their training targets become ``(1 - alpha) * label + alpha * teacher``
+    (``alpha = 0`` leaves them alone). Scoring always uses the true labels.
+
+    The folds table folds unlabelled soundscapes too, with their site / recording-day group: fold ``k``'s
+    model leaves out the unlabelled windows of fold ``k``'s groups, as it leaves out its labelled ones,
+    so the fold score never rewards adapting to the held-out recordings' own audio.
+    """
+
+    version: str
+    teacher_id: str
+    weight: float
+    alpha: float
+    extra_ids: np.ndarray
+    extra_X: np.ndarray
+    extra_groups: np.ndarray
+    extra_folds: np.ndarray                      # fold of each unlabelled window's group (-1: none)
+    extra_labels: dict[int, np.ndarray]          # teacher fold -> (extra rows, frame classes)
+    blend_rows: np.ndarray                       # frame row indices
+    blend_labels: dict[int, np.ndarray]          # teacher fold -> (blend rows, frame classes)
+
+    def config(self) -> dict:
+        return {"version": self.version, "teacher_id": self.teacher_id, "weight": self.weight,
+                "alpha": self.alpha, "n_windows": len(self.extra_ids), "n_blended": len(self.blend_rows)}
+
+    def training_set(self, frame: TrainingFrame, train: np.ndarray, fold: int):
+        """``(X, Y, weight, groups, window ids, teacher fold per row)`` of fold ``fold``'s model."""
+        if fold not in self.extra_labels:
+            raise StoreError(f"pseudo-labels {self.version} have no teacher fold {fold}; make them with a "
+                             "teacher trained on this fold version")
+        Y = frame.Y.copy() if self.alpha and len(self.blend_rows) else frame.Y
+        if self.alpha and len(self.blend_rows):
+            Y[self.blend_rows] = (1 - self.alpha) * Y[self.blend_rows] + self.alpha * self.blend_labels[fold]
+        blended = np.zeros(len(frame.Y), bool)
+        if self.alpha:
+            blended[self.blend_rows] = True
+        keep = self.extra_folds != fold
+        n = int(keep.sum())
+        teacher_fold = np.concatenate([np.where(blended[train], fold, -1), np.full(n, fold)])
+        return (np.concatenate([frame.X[train], self.extra_X[keep]]),
+                np.concatenate([Y[train], self.extra_labels[fold][keep]]),
+                np.concatenate([frame.weight[train], np.full(n, self.weight)]),
+                np.concatenate([frame.groups[train], self.extra_groups[keep]]),
+                np.concatenate([frame.window_ids[train], self.extra_ids[keep]]),
+                [None if t < 0 else int(t) for t in teacher_fold])
+
+
 def cross_validate(frame: TrainingFrame, folds: np.ndarray, kind: str, overrides: dict,
                    bundle: BundleWriter | None, progress=None, *, train_mask: np.ndarray | None = None,
-                   run_folds: Sequence[int] | None = None) -> tuple[np.ndarray, float, float]:
+                   run_folds: Sequence[int] | None = None,
+                   pseudo: PseudoRows | None = None) -> tuple[np.ndarray, float, float]:
     """The one cross-validation loop: one Head of ``kind`` per fold, fitted on the other folds.
 
     Returns the OOF predictions (NaN for rows of folds not run) and the train/predict seconds.
-    ``train_mask`` limits the training rows (never the held-out ones); ``run_folds`` the folds run.
+    ``train_mask`` limits the training rows (never the held-out ones); ``run_folds`` the folds run;
+    ``pseudo`` adds each fold's pseudo-labelled rows (:class:`PseudoRows`) to its training rows.
     Each fold's Head goes into ``bundle`` when given (training; the tuner passes None).
     ``progress(fold, oof)`` is called after each fold (the tuner reports and prunes there).
     """
@@ -168,14 +226,20 @@ def cross_validate(frame: TrainingFrame, folds: np.ndarray, kind: str, overrides
         if not train.any():
             raise StoreError(f"fold {f}: no training windows outside it")
         head = make_head(kind, frame.class_names, frame.feature_names, overrides)
+        if pseudo is None:
+            X, Y, w, groups, ids, teacher_fold = (frame.X[train], frame.Y[train], frame.weight[train],
+                                                  frame.groups[train], frame.window_ids[train], None)
+        else:
+            X, Y, w, groups, ids, teacher_fold = pseudo.training_set(frame, train, f)
         t0 = time.perf_counter()
-        head.fit(frame.X[train], frame.Y[train], frame.weight[train], groups=frame.groups[train])
+        head.fit(X, Y, w, groups=groups)
+        del X
         t1 = time.perf_counter()
         oof[held] = head.predict_proba(frame.X[held])
         predict_s += time.perf_counter() - t1
         train_s += t1 - t0
         if bundle is not None:
-            bundle.add_fold(f, head, frame.window_ids[train])
+            bundle.add_fold(f, head, ids, teacher_fold)
         if progress:
             progress(f, oof)
     return oof, train_s, predict_s
@@ -261,28 +325,42 @@ class CVPlan:
     run_folds: tuple[int, ...]             # () = every fold
     eval_mask: np.ndarray
     scored_on: str                         # soundscape | focal | none
+    pseudo: PseudoRows | None = None       # pseudo-labelled rows added to every fold's training rows
 
     @property
     def n_train_windows(self) -> int:
-        return n_training_windows(self.folds, self.train_mask)
+        return n_training_windows(self.folds, self.train_mask) + (len(self.pseudo.extra_ids) if self.pseudo else 0)
 
     def run(self, kind: str, params, bundle: BundleWriter | None = None,
             progress=None) -> tuple[np.ndarray, float, float]:
         """:func:`cross_validate` of a head kind with these parameters over this set-up."""
         return cross_validate(self.frame, self.folds, kind, asdict(params), bundle, progress,
-                              train_mask=self.train_mask, run_folds=self.run_folds or None)
+                              train_mask=self.train_mask, run_folds=self.run_folds or None, pseudo=self.pseudo)
 
     def config(self, kind: str, params, spec: FrameSpec, *, seed: int, replay: bool = False,
                subsample: Subsample | None = None) -> HeadConfig:
-        return run_config(kind, params, spec, fold_version=self.fold_version, data_version=self.data_version,
-                          feature_versions=self.frame.feature_versions, seed=seed, replay=replay,
-                          subsample=subsample)
+        config = run_config(kind, params, spec, fold_version=self.fold_version, data_version=self.data_version,
+                            feature_versions=self.frame.feature_versions, seed=seed, replay=replay,
+                            subsample=subsample)
+        return replace(config, pseudo=self.pseudo.config()) if self.pseudo is not None else config
+
+
+@dataclass(frozen=True)
+class PseudoSpec:
+    """Which stored pseudo-labels a student trains on: the version, their sample weight (None: the
+    weight stored with them) and the blend ``alpha`` for labelled windows the teacher also labelled."""
+
+    version: str
+    weight: float | None = None
+    alpha: float = 0.0
 
 
 def plan_cv(store: FeatureStore, spec: FrameSpec, *, fold_version: str | None = None, replay: bool = False,
-            subsample: Subsample | None = None, seed: int = 0, allow_partial: bool = False) -> CVPlan:
+            subsample: Subsample | None = None, seed: int = 0, allow_partial: bool = False,
+            pseudo: PseudoSpec | None = None) -> CVPlan:
     """Build the frame (the replay subset when ``replay``), assign folds and fix the training and
-    evaluation rows (``subsample``: the fast mode's focal cap and folds)."""
+    evaluation rows (``subsample``: the fast mode's focal cap and folds; ``pseudo``: pseudo-labelled
+    rows for every fold, see :class:`PseudoRows`)."""
     replay_ids = sorted(replay_window_ids(store)) if replay else None
     frame = build_frame(store, spec, window_ids=replay_ids, allow_partial=allow_partial)
     folds, fold_version = fold_assignment(store, frame.window_ids, fold_version)
@@ -292,14 +370,20 @@ def plan_cv(store: FeatureStore, spec: FrameSpec, *, fold_version: str | None = 
     train_mask = focal_cap_mask(frame, subsample.focal_per_class, seed) if active else None
     run_folds = tuple(subsample.folds) if active else ()
     eval_mask, scored_on = evaluation_rows(frame, folds, run_folds)
+    rows = None
+    if pseudo is not None:
+        from stack.pseudo import student_rows  # the pseudo-label tables' one reader
+
+        fold_ids = sorted(set(run_folds or folds.tolist()) - {-1})
+        rows = student_rows(store, pseudo, frame, spec, fold_ids, fold_version)
     return CVPlan(frame, folds, fold_version, latest_data_version(store), train_mask, run_folds, eval_mask,
-                  scored_on)
+                  scored_on, rows)
 
 
 def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: dict | None = None,
                fold_version: str | None = None, replay: bool = False, subsample: Subsample | None = None,
                seed: int = 0, tag: str | None = None, allow_partial: bool = False,
-               progress=None) -> ExperimentResult:
+               pseudo: PseudoSpec | None = None, progress=None) -> ExperimentResult:
     """Cross-validate head kind ``kind`` on the store's features, write its bundle and record the experiment.
 
     The bundle, the OOF file and the experiment row are kept whatever the scoring finds: a
@@ -316,7 +400,7 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
     mode = "replay" if replay else ("fast" if subsample else "full")
     with FeatureStore.open(store_dir, create=False) as store:
         plan = plan_cv(store, spec, fold_version=fold_version, replay=replay, subsample=subsample, seed=seed,
-                       allow_partial=allow_partial)
+                       allow_partial=allow_partial, pseudo=pseudo)
         frame, folds = plan.frame, plan.folds
         config = plan.config(kind, params, spec, seed=seed, replay=replay, subsample=subsample)
         if frame.coverage and (frame.coverage.unexplained or frame.coverage.failed):

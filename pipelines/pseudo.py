@@ -6,6 +6,8 @@ library: stack/pseudo.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipelines._cli import add_store, parser, run_main
 from stack.pseudo import PseudoParams, make_params, run_pseudo
 
@@ -27,10 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cap", type=float, default=d.cap, help="cap each window's label sum (default: no cap)")
     ap.add_argument("--weight", type=float, default=d.weight,
                     help=f"students' sample weight for these windows (default {d.weight:g})")
+    ap.add_argument("--pool", default=d.pool, choices=["unlabelled", "all"],
+                    help="windows to label: unlabelled soundscapes (default), or all windows for distillation")
+    ap.add_argument("--answers", type=Path, default=None,
+                    help="held-back labels of some unlabelled windows (train_soundscapes_labels.csv layout, e.g. "
+                         "the demo's unlabelled_answers.csv): print the labels' macro ROC-AUC against them")
     ap.add_argument("--round", type=int, default=1, help="self-training round recorded with the labels (default 1)")
     args = ap.parse_args(argv)
-    params = make_params({"power": args.power, "min_prob": args.min_prob, "cap": args.cap, "weight": args.weight})
-    print(run_pseudo(args.store, args.teacher, params, round_=args.round).render())
+    params = make_params({"power": args.power, "min_prob": args.min_prob, "cap": args.cap, "weight": args.weight,
+                          "pool": args.pool})
+    print(run_pseudo(args.store, args.teacher, params, round_=args.round, answers=args.answers).render())
     return 0
 
 

@@ -6,7 +6,7 @@ import json
 
 from models.frame import FrameSpec
 from models.heads import PARAMS_BY_KIND
-from models.training import train_head
+from models.training import PseudoSpec, train_head
 from pipelines._cli import add_seed, add_store, parser, run_main
 
 EPILOG = """
@@ -25,6 +25,7 @@ one column per class) and a row in the `experiments` table; see pipelines.leader
 Example:
   python -m pipelines.train --store work/store --head-kind lgbm --features birdnet,classical
   python -m pipelines.train --store work/store --head-kind linear --params '{"C": 0.05, "pca_components": 256}'
+  python -m pipelines.train --store work/store --head-kind lgbm --pseudo pseudo-0123456789ab --pseudo-weight 0.5
 """
 
 
@@ -43,6 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--soundscape-weight", type=float, default=2.0,
                     help="sample weight of labelled soundscape windows (default 2.0)")
     ap.add_argument("--tag", default=None, help="leaderboard tag (default: the mode, full or replay)")
+    ap.add_argument("--pseudo", default=None, metavar="VERSION",
+                    help="also train on these stored pseudo-labels (pipelines.pseudo; fold k's model gets the "
+                         "labels of the teacher's fold-k model)")
+    ap.add_argument("--pseudo-weight", type=float, default=None,
+                    help="sample weight of the pseudo-labelled windows (default: the weight stored with them)")
+    ap.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                    help="with pseudo-labels made with --pool all: labelled windows train on "
+                         "(1 - ALPHA) * label + ALPHA * teacher (default 0: their own labels)")
     ap.add_argument("--allow-partial", action="store_true",
                     help="train even if some labelled windows have no features yet (recorded in the experiment)")
     args = ap.parse_args(argv)
@@ -54,9 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--params must be a JSON object")
     spec = FrameSpec(features=args.features, pooling=args.pooling, context=args.context,
                      soundscape_weight=args.soundscape_weight)
+    if args.pseudo is None and (args.pseudo_weight is not None or args.distill):
+        ap.error("--pseudo-weight and --distill need --pseudo VERSION")
+    pseudo = PseudoSpec(args.pseudo, args.pseudo_weight, args.distill) if args.pseudo else None
     result = train_head(args.store, args.head_kind, spec, overrides=overrides, fold_version=args.fold_version,
                         replay=args.replay, seed=args.seed, tag=args.tag, allow_partial=args.allow_partial,
-                        progress=lambda f: print(f"  fold {f} done", flush=True))
+                        pseudo=pseudo, progress=lambda f: print(f"  fold {f} done", flush=True))
     print(result.render())
     return 0
 

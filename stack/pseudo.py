@@ -38,18 +38,25 @@ TABLE, RUNS_TABLE = "pseudo_labels", "pseudo_runs"
 KEYS = ["pseudo_version", "teacher_fold", "window_id"]
 FULL_FOLD = -1
 CHUNK_WINDOWS = 12_000          # windows predicted and written per part (one atomic step of a resumable run)
+POOLS = ("unlabelled", "all")
 
 
 @dataclass(frozen=True)
 class PseudoParams:
     power: float = 1.0
-    min_prob: float = 0.0
+    # 0.5: on the full demo a stacked teacher's round-1 stacked student scored -0.025 (0), +0.002 (0.3) and
+    # +0.008 (0.5) against the teacher's fold mean: the teacher's small probabilities on true negatives
+    # (median 0.08) add up over the classes and teach false positives (2025 6th place kept p >= 0.55)
+    min_prob: float = 0.5
     cap: float | None = None        # maximum label sum per window (None: no cap)
     weight: float = 1.0             # students' sample weight for pseudo-labelled windows
+    pool: str = "unlabelled"        # unlabelled: windows of unlabelled soundscapes; all: every window (distillation)
 
     def check(self) -> PseudoParams:
         if self.power <= 0 or not 0.0 <= self.min_prob < 1.0 or self.weight < 0:
             raise UserInputError("pseudo: power must be > 0, 0 <= min_prob < 1, weight >= 0")
+        if self.pool not in POOLS:
+            raise UserInputError(f"pseudo: unknown pool {self.pool!r}; use one of {', '.join(POOLS)}")
         if self.cap is not None and self.cap <= 0:
             raise UserInputError("pseudo: cap must be > 0 (or omitted)")
         return self
@@ -86,9 +93,11 @@ class Teacher:
             if self.stack.config.zero_shot:
                 raise UserInputError(f"teacher {head_id}: stacks with zero-shot views are not supported as teachers yet")
             self.fold_ids = sorted(self.stack.folds)
+            self.fold_version = self.stack.config.fold_version
         else:
             self.bases = [self._base(head_id)]
             self.fold_ids = self.bases[0][1]
+            self.fold_version = self.bases[0][0].config.fold_version
 
     def _base(self, head_id: str):
         from models.bundle import load_bundle
@@ -148,6 +157,16 @@ class Teacher:
 
 
 # ---------------------------------------------------------------------------- the job
+def pool_windows(store, pool: str) -> list[str]:
+    """The windows a run labels, sorted: :func:`unlabelled_windows`, or every training window (``all``: the
+    distillation pool - focal, labelled and unlabelled train soundscape windows; never test soundscapes)."""
+    if pool == "all":
+        from featurestore.windows import TEST
+
+        return [r[0] for r in store.rows("SELECT window_id FROM windows WHERE source <> ? ORDER BY window_id", [TEST])]
+    return unlabelled_windows(store)
+
+
 def unlabelled_windows(store) -> list[str]:
     """Windows of the train soundscape files that have no label row at all, sorted (the pseudo-labelling
     pool). A labelled file's windows without a row are left out: they belong to the expert-labelled
@@ -169,12 +188,19 @@ class PseudoResult:
     written_parts: int
     seconds: float
     params: PseudoParams
+    answers: tuple[float, int, int] | None = None    # score_against held-back answers: (auc, classes, windows)
 
     def render(self) -> str:
-        return (f"pseudo-labels {self.version}: teacher {self.teacher_id}, {self.n_windows} unlabelled windows x "
+        pool = "unlabelled" if self.params.pool == "unlabelled" else "training"
+        text = (f"pseudo-labels {self.version}: teacher {self.teacher_id}, {self.n_windows} {pool} windows x "
                 f"({self.n_folds} folds + full); {self.written_parts} part(s) written now; {self.seconds:.1f} s "
                 f"(power {self.params.power:g}, min_prob {self.params.min_prob:g}, cap {self.params.cap}, "
                 f"weight {self.params.weight:g})")
+        if self.answers is not None:
+            auc, n_classes, n_windows = self.answers
+            text += (f"\nmacro ROC-AUC of the full labels against the held-back answers: {auc:.4f} "
+                     f"({n_classes} classes, {n_windows} windows)")
+        return text
 
 
 def pseudo_version(teacher_id: str, params: PseudoParams, class_names: list[str], window_ids: list[str]) -> str:
@@ -187,8 +213,10 @@ def pseudo_version(teacher_id: str, params: PseudoParams, class_names: list[str]
 
 
 def run_pseudo(store_dir: str | os.PathLike, teacher_id: str, params: PseudoParams | dict | None = None, *,
-               round_: int = 1, chunk_windows: int = CHUNK_WINDOWS, say=print) -> PseudoResult:
-    """Label every unlabelled soundscape window with ``teacher_id`` (see the module doc)."""
+               round_: int = 1, chunk_windows: int = CHUNK_WINDOWS, answers: str | os.PathLike | None = None,
+               say=print) -> PseudoResult:
+    """Label every unlabelled soundscape window with ``teacher_id`` (see the module doc); ``answers``:
+    score the labels against held-back labels of those windows (:func:`score_against`)."""
     import pyarrow as pa
 
     from featurestore.store import FeatureStore, utc_now
@@ -204,9 +232,10 @@ def run_pseudo(store_dir: str | os.PathLike, teacher_id: str, params: PseudoPara
             present = sorted(p.name for p in heads_dir.iterdir() if p.is_dir()) if heads_dir.is_dir() else []
             raise UserInputError(f"no trained head {teacher_id!r} in {heads_dir}; heads present: {present}")
         classes = class_names_of(store)
-        ids = unlabelled_windows(store)
+        ids = pool_windows(store, params.pool)
         if not ids:
-            raise DataError(f"{root}: no unlabelled train soundscape windows to pseudo-label")
+            raise DataError(f"{root}: no unlabelled train soundscape windows to pseudo-label (ingest "
+                            "train_soundscapes, or use --pool all to distil on every window)")
         version = pseudo_version(teacher_id, params, classes, ids)
         teacher = Teacher(store, heads_dir, teacher_id, classes)
         store.register_part_table(TABLE, KEYS)
@@ -236,14 +265,17 @@ def run_pseudo(store_dir: str | os.PathLike, teacher_id: str, params: PseudoPara
         run_row = pa.table({"pseudo_version": [version], "teacher_id": [teacher_id], "round": [round_],
                             "params": [json.dumps(asdict(params), sort_keys=True)],
                             "class_names": [json.dumps(classes)], "n_windows": [len(ids)],
-                            "teacher_folds": [json.dumps(teacher.fold_ids)], "created_at": [utc_now()]})
+                            "teacher_folds": [json.dumps(teacher.fold_ids)],
+                            "fold_version": [teacher.fold_version], "created_at": [utc_now()]})
         old = store.read_table(RUNS_TABLE) if store.has_table(RUNS_TABLE) else None
         if old is not None:
             keep = [i for i, v in enumerate(old.column("pseudo_version").to_pylist()) if v != version]
             run_row = pa.concat_tables([old.take(pa.array(keep, pa.int64())), run_row], promote_options="default")
         store.write_table(RUNS_TABLE, run_row)
         store.refresh_part_views()
-    return PseudoResult(version, teacher_id, len(ids), len(teacher.fold_ids), written, time.perf_counter() - t0, params)
+        scored = score_against(store, version, answers) if answers is not None else None
+    return PseudoResult(version, teacher_id, len(ids), len(teacher.fold_ids), written, time.perf_counter() - t0, params,
+                        scored)
 
 
 def load_pseudo(store, version: str, fold: int) -> tuple[list[str], np.ndarray, list[str], PseudoParams]:
@@ -262,3 +294,92 @@ def load_pseudo(store, version: str, fold: int) -> tuple[list[str], np.ndarray, 
     ids = table.column("window_id").to_pylist()
     flat = table.column("probs").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return ids, flat.reshape(len(ids), len(classes)).astype(np.float32), classes, params
+
+
+def student_rows(store, spec, frame, frame_spec, fold_ids: list[int], fold_version: str):
+    """The :class:`models.training.PseudoRows` of a student run: the stored pseudo-labels of
+    ``spec.version`` (a :class:`models.training.PseudoSpec`) for folds ``fold_ids``, with the student's
+    own features (``frame_spec``, at the frame's extractor versions) for the unlabelled windows.
+
+    Refused with a clear error: labels made on another fold version (fold ``k``'s labels would not come
+    from a model blind to the student's fold ``k``), a fold the teacher lacks, a class the labels lack,
+    or unlabelled windows without the student's features."""
+    from embed.features import load_window_features
+    from featurestore.windows import file_of
+    from models.frame import add_context
+    from models.training import PseudoRows
+
+    if not 0.0 <= spec.alpha <= 1.0 or (spec.weight is not None and spec.weight < 0):
+        raise UserInputError("--distill (alpha) must be in [0, 1] and --pseudo-weight >= 0")
+    row = store.first("SELECT teacher_id, fold_version, teacher_folds FROM pseudo_runs WHERE pseudo_version = ?",
+                      [spec.version]) if store.has_table(RUNS_TABLE) else None
+    if row is None:
+        load_pseudo(store, spec.version, FULL_FOLD)      # the error naming the stored versions
+    teacher_id, made_on, teacher_folds = row[0], row[1], json.loads(row[2])
+    if made_on != fold_version:
+        raise UserInputError(f"pseudo-labels {spec.version} come from teacher {teacher_id} trained on fold version "
+                             f"{made_on}, but this run uses {fold_version}: fold k's labels must come from a model "
+                             "that never saw fold k; re-train the teacher on these folds and re-run pipelines.pseudo")
+    lacking = sorted(set(fold_ids) - set(teacher_folds))
+    if lacking:
+        raise UserInputError(f"pseudo-labels {spec.version}: teacher {teacher_id} has no fold model for fold(s) "
+                             f"{lacking}")
+    labels: dict[int, np.ndarray] = {}
+    ids: list[str] = []
+    params = None
+    for k in fold_ids:
+        ids_k, Q, classes, params = load_pseudo(store, spec.version, k)
+        if ids and ids_k != ids:
+            raise DataError(f"pseudo-labels {spec.version}: fold {k} labels other windows than fold {fold_ids[0]}")
+        missing = [c for c in frame.class_names if c not in classes]
+        if missing:
+            raise DataError(f"pseudo-labels {spec.version} lack {len(missing)} class(es) of the taxonomy "
+                            f"(e.g. {missing[0]}); re-run pipelines.pseudo")
+        ids, labels[k] = ids_k, Q[:, [classes.index(c) for c in frame.class_names]]
+    in_frame = {w: i for i, w in enumerate(frame.window_ids.tolist())}
+    extra = np.array([w not in in_frame for w in ids], bool)
+    # labelled windows the teacher also labelled (pool "all"): blended into their targets when alpha > 0,
+    # never added as second rows
+    blend = ~extra if spec.alpha > 0 else np.zeros(len(ids), bool)
+    extra_ids = [w for w, e in zip(ids, extra, strict=True) if e]
+    X = np.zeros((0, frame.X.shape[1]), np.float32)
+    if extra_ids:
+        got, X, _, _ = load_window_features(store, frame_spec.features, frame_spec.pooling, window_ids=extra_ids,
+                                            versions=dict(frame.feature_versions.extractors))
+        if list(got) != extra_ids:
+            absent = sorted(set(extra_ids) - set(got))
+            raise DataError(f"{len(absent)} pseudo-labelled window(s) have no {frame_spec.features} features at the "
+                            f"student's extractor versions (e.g. {absent[0]}); run pipelines.embed")
+        X = np.asarray(X, np.float32)
+        if frame_spec.context:
+            X, _ = add_context(X, np.asarray(extra_ids))
+    weight = params.weight if spec.weight is None else spec.weight
+    from models.training import fold_assignment
+
+    extra_folds, _ = fold_assignment(store, np.array(extra_ids, dtype=str), fold_version)
+    return PseudoRows(spec.version, teacher_id, float(weight), float(spec.alpha), np.array(extra_ids, dtype=str), X,
+                      np.array([file_of(w) for w in extra_ids], dtype=str), extra_folds,
+                      {k: v[extra] for k, v in labels.items()},
+                      np.array([in_frame[w] for w, b in zip(ids, blend, strict=True) if b], np.int64),
+                      {k: v[blend] for k, v in labels.items()})
+
+
+def score_against(store, version: str, answers: str | os.PathLike) -> tuple[float, int, int]:
+    """Macro ROC-AUC of a version's full labels against held-back answers for the same windows (a CSV in
+    ``train_soundscapes_labels.csv`` layout, e.g. the demo's ``unlabelled_answers.csv``): ``(auc, classes
+    scored, windows scored)`` over the windows both hold and the classes with a positive and a negative."""
+    from featurestore.competition import read_soundscape_labels
+    from featurestore.windows import SOUNDSCAPE, window_id
+    from models.metrics import macro_auc_defined
+
+    ids, P, classes, _ = load_pseudo(store, version, FULL_FOLD)
+    table, _ = read_soundscape_labels(Path(answers), set(classes))
+    truth = {window_id(SOUNDSCAPE, f, s): set(labels) for f, s, labels in
+             zip(table.column("filename").to_pylist(), table.column("start_s").to_pylist(),
+                 table.column("labels").to_pylist(), strict=True)}
+    rows = [i for i, w in enumerate(ids) if w in truth]
+    if not rows:
+        raise DataError(f"{answers}: none of its windows is labelled by pseudo-labels {version}")
+    Y = np.array([[c in truth[ids[i]] for c in classes] for i in rows], np.float32)
+    auc, n = macro_auc_defined(Y, P[rows])
+    return auc, n, len(rows)

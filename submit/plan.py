@@ -87,6 +87,13 @@ def measure_costs(bundle: Path, manifest: dict, files: Sequence[Path], *, target
                         scaling_files)
 
 
+def measure_heads(root: str | Path, head_ids: Sequence[str], files: Sequence[Path]) -> Costs:
+    """Per-stage costs of heads in ``root/heads/`` (a store or a bundle) on ``files``, in one run: the
+    same measurement as :func:`measure_costs`, one process, without process scaling (e.g. a teacher
+    beside its distilled student)."""
+    return _measure(Path(root), {"levels": list(head_ids)}, [Path(f) for f in files], {}, 1, None)
+
+
 def _measure(bundle: Path, manifest: dict, files: list[Path], runtime: dict, target_cpus: int,
              scaling_files: int | None) -> Costs:
     import os

@@ -143,8 +143,8 @@ LIBRARIES = ("featurestore", "embed", "models", "stack", "submit", "bench")
 
 
 def test_the_jobs_are_the_documented_ones() -> None:
-    assert JOBS == ["demo", "dryrun", "embed", "errors", "export", "folds", "ingest", "leaderboard", "plan", "predict",
-                    "pseudo", "report", "sql", "stack", "train", "tune", "validate_submission"]
+    assert JOBS == ["demo", "distill", "dryrun", "embed", "errors", "export", "folds", "ingest", "leaderboard", "plan",
+                    "predict", "pseudo", "report", "selftrain", "sql", "stack", "train", "tune", "validate_submission"]
 
 
 @pytest.mark.parametrize("name", JOBS)

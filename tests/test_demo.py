@@ -95,6 +95,9 @@ def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
     assert (demo / "memo.html").exists() and (demo / "store" / "catalog.duckdb").exists()
     assert "[demo] stack" in out and "stacked head stack-" in out
     assert "error page written to" in out and (demo / "errors.html").stat().st_size > 10_000
+    assert "[demo] pseudo-labels" in out and "288 unlabelled windows" in out
+    label_auc = float(out.split("against the held-back answers: ")[1].split()[0])
+    assert label_auc > 0.85, out                       # the stack's thresholded labels of the unlabelled windows
     score = float(out.split("demo test-set AUC ")[1].split()[0])
     assert "(validated)" in out and score > 0.85
     sample = demo / "data" / "sample_submission.csv"

@@ -162,9 +162,27 @@ def check_learns_what_it_should(kind: str, s: Split, tmp_path: Path) -> None:
     assert auc >= MIN_HELD_OUT_AUC, f"{kind}: held-out macro AUC {auc:.4f} (the prior scores 0.5)"
 
 
+def check_soft_targets(kind: str, s: Split, tmp_path: Path) -> None:
+    """Soft targets in [0, 1] (pseudo-labels) train every kind as well as 0/1 labels rank them; labels
+    outside [0, 1] or NaN are refused."""
+    soft = (s.Y * 0.96 + 0.02).astype(np.float32)          # label smoothing: every label strictly inside (0, 1)
+    head = new_head(kind, s).fit(s.X, soft, s.weight, groups=s.groups)
+    P = head.predict_proba(s.X_held)
+    assert np.isfinite(P).all() and P.min() >= 0.0 and P.max() <= 1.0
+    w = s.weight[:, None]                                   # the prior: weighted soft positive rate, smoothed
+    np.testing.assert_allclose(head.prior_, ((soft * w).sum(0) + 1.0) / (w.sum() + 2.0), rtol=1e-6)
+    if kind not in NOT_LEARNING:
+        assert macro_auc(s.Y_held, P) >= MIN_HELD_OUT_AUC
+    for bad in (1.5, -0.1, np.nan):
+        Y = soft.copy()
+        Y[2, 1] = bad
+        with pytest.raises(HeadError, match=r"labels in \[0, 1\]"):
+            new_head(kind, s).fit(s.X, Y, s.weight, groups=s.groups)
+
+
 CHECKS = (check_fit_predict_shapes_and_probabilities, check_deterministic, check_save_load_round_trip,
           check_unknown_params_are_refused_naming_the_choices, check_bad_input_is_a_head_error,
-          check_class_without_positives_gets_finite_probabilities, check_learns_what_it_should)
+          check_class_without_positives_gets_finite_probabilities, check_learns_what_it_should, check_soft_targets)
 
 
 def _kind_checks():

@@ -217,3 +217,55 @@ def test_lgbm_feature_fraction_keeps_a_floor_of_features_per_tree() -> None:
     assert effective_feature_fraction(p, 20) == 1.0                            # fewer than the floor: all
     assert effective_feature_fraction(make_params("lgbm", {"feature_fraction": 0.5}), 20) == 1.0
     assert effective_feature_fraction(make_params("lgbm", {"min_features_per_tree": 0}), 20) == 0.05
+
+
+@pytest.mark.parametrize("kind, params, expected", [
+    ("linear", {"balanced": False, "C": 1e6, "pca_components": 0, "max_iter": 500, "tol": 1e-10}, 0.65),
+    # balanced: positive mass 0.2*1 + 0.8*3 = 2.6 and negative mass 1.4 are scaled to 2 each: 2 / (2 + 2)
+    ("linear", {"balanced": True, "C": 1e6, "pca_components": 0, "max_iter": 500, "tol": 1e-10}, 0.5),
+    ("lgbm", {"inner_valid_fraction": 0.0, "n_estimators": 50}, 0.65),
+])
+def test_soft_targets_hand_worked_two_samples_on_one_point(kind: str, params: dict, expected: float) -> None:
+    """Two windows with the same features and soft labels 0.2 (weight 1) and 0.8 (weight 3): the weighted
+    soft cross-entropy is minimised by p = (0.2 * 1 + 0.8 * 3) / 4 = 0.65 (no feature can separate them)."""
+    X = np.array([[1.0, 2.0], [1.0, 2.0]], np.float32)
+    Y = np.array([[0.2], [0.8]], np.float32)
+    head = make_head(kind, ["c"], ["f0", "f1"], params).fit(X, Y, np.array([1.0, 3.0]))
+    np.testing.assert_allclose(head.predict_proba(X), [[expected], [expected]], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind, params", [
+    ("linear", {"balanced": False, "C": 1e8, "pca_components": 0, "max_iter": 2000, "tol": 1e-12}),
+    ("lgbm", {"inner_valid_fraction": 0.0, "n_estimators": 400, "learning_rate": 0.3, "num_leaves": 2,
+              "min_child_samples": 1, "min_data_in_bin": 1, "lambda_l2": 0.0, "neg_per_pos": 0.0}),
+])
+def test_soft_targets_hand_worked_two_separable_samples(kind: str, params: dict) -> None:
+    """Two windows the features separate, soft labels 0.2 and 0.9, no regularisation: each window's
+    soft cross-entropy is minimised where its probability equals its label."""
+    X = np.array([[-1.0], [1.0]], np.float32)
+    Y = np.array([[0.2], [0.9]], np.float32)
+    head = make_head(kind, ["c"], ["f0"], params).fit(X, Y)
+    np.testing.assert_allclose(head.predict_proba(X)[:, 0], [0.2, 0.9], atol=2e-3)
+    if kind == "lgbm":
+        assert '"objective": "cross_entropy"' in head.models_[0] or "objective=cross_entropy" in head.models_[0]
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_linear_soft_target_equals_its_expected_hard_pair(data, balanced: bool) -> None:
+    """A window with soft label q and weight w has the loss of two copies labelled 1 (weight q*w) and
+    0 (weight (1-q)*w): the same model. (Weights are normalised by their mean, which halves with twice
+    the rows, so the pair's C is halved to keep the objective identical.)"""
+    X, _, classes, feats = data
+    rng = np.random.default_rng(3)
+    Q = rng.beta(0.5, 2.0, size=(len(X), len(classes))).astype(np.float32)
+    w = rng.uniform(0.5, 2.0, len(X))
+    base = {"balanced": balanced, "pca_components": 0, "max_iter": 2000, "tol": 1e-10}
+    soft = make_head("linear", classes, feats, {**base, "C": 0.2}).fit(X, Q, w)
+    X2 = np.vstack([X, X])
+    Y2 = np.vstack([np.ones_like(Q), np.zeros_like(Q)])
+    W2 = np.vstack([Q * w[:, None], (1 - Q) * w[:, None]])
+    # per-class row weights: fit the pair class by class (each class has its own pair weights)
+    for c in range(len(classes)):
+        pair = make_head("linear", [classes[c]], feats, {**base, "C": 0.1}).fit(X2, Y2[:, [c]], W2[:, c])
+        np.testing.assert_allclose(pair.coef_[:, 0], soft.coef_[:, c], atol=2e-4)
+        np.testing.assert_allclose(pair.predict_proba(X)[:, 0], soft.predict_proba(X)[:, c], atol=1e-4)

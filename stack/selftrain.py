@@ -1,0 +1,145 @@
+"""Self-training rounds on the unlabelled soundscapes (the library behind ``python -m pipelines.selftrain``).
+
+One round: the teacher labels every unlabelled soundscape window fold by fold (:func:`stack.pseudo.run_pseudo`),
+then a student with the *original* teacher's configuration is re-trained with those soft labels (fold
+``k``'s model on the teacher's fold-``k`` labels, :class:`models.training.PseudoRows`). The student
+becomes the next round's teacher. No audio is re-embedded: teacher and students read stored features.
+
+* A plain head teacher: the student is the same head kind, features, parameters and seed.
+* A stacked teacher: every base head is re-trained with the labels (tag ``selftrain-r<N>-base``), then
+  the same stacker, parameters and post steps are stacked over the new bases - an ensemble student.
+
+Every student is a normal head: its bundle, OOF table and ``experiments`` row (tag ``selftrain-r<N>``),
+scored like every head by the fold mean on the labelled soundscape windows - each fold by the model
+that never saw it, whose pseudo-labels came from a teacher model that never saw it either. The rounds
+stop early when a student's fold mean does not beat the best so far by more than ``min_gain``; the
+best head is the result (the teacher itself when no round helped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from featurestore.errors import UserInputError
+from stack.pseudo import PseudoParams, make_params, run_pseudo
+
+TAG = "selftrain-r{round}"
+
+
+@dataclass
+class Round:
+    round: int
+    teacher_id: str
+    pseudo_version: str
+    student_id: str
+    fold_mean: float
+    fold_std: float
+    seconds: float
+
+
+@dataclass
+class SelfTrainResult:
+    teacher_id: str
+    teacher_fold_mean: float
+    rounds: list[Round] = field(default_factory=list)
+    best_id: str = ""
+    stopped: str = ""
+
+    def render(self) -> str:
+        lines = [f"round 0 (teacher {self.teacher_id}): fold mean {self.teacher_fold_mean:.4f}"]
+        for r in self.rounds:
+            lines.append(f"round {r.round}: labels {r.pseudo_version} from {r.teacher_id} -> student {r.student_id}: "
+                         f"fold mean {r.fold_mean:.4f} +/- {r.fold_std:.4f} ({r.fold_mean - self.teacher_fold_mean:+.4f} "
+                         f"vs round 0), {r.seconds:.0f} s")
+        lines.append(f"best: {self.best_id} ({self.stopped})")
+        return "\n".join(lines)
+
+
+def fold_mean_of(store, head_id: str) -> tuple[float, float]:
+    """The recorded (fold mean, fold std) of a head's latest full run."""
+    row = store.first("SELECT fold_mean, fold_std FROM experiments WHERE head_id = ? ORDER BY created_at DESC "
+                      "LIMIT 1", [head_id]) if store.has_table("experiments") else None
+    if row is None or row[0] is None:
+        raise UserInputError(f"head {head_id} has no scored experiment row; train it with pipelines.train first")
+    return float(row[0]), float(row[1] or 0.0)
+
+
+class Student:
+    """How a round re-trains the original teacher's configuration with a pseudo-label version."""
+
+    def __init__(self, store_dir: Path, teacher_id: str):
+        from models.bundle import CONFIG_FILE, HeadConfig, bundle_dir
+        from stack.bundle import is_stack_dir, load_stack
+
+        folder = bundle_dir(store_dir, teacher_id)
+        if not folder.is_dir():
+            raise UserInputError(f"no trained head {teacher_id!r} in {folder.parent}")
+        self.store_dir = store_dir
+        self.stack = load_stack(folder).config if is_stack_dir(folder) else None
+        bases = self.stack.base_heads if self.stack else (teacher_id,)
+        self.bases = [HeadConfig.from_json(json.loads((bundle_dir(store_dir, h) / CONFIG_FILE).read_text()))
+                      for h in bases]
+        for c in self.bases:
+            if c.replay or c.subsample:
+                raise UserInputError(f"{c.head_id} is a {'replay' if c.replay else 'fast'} run; self-train a fully "
+                                     "cross-validated head")
+
+    def train(self, version: str, round_: int, weight: float | None, say) -> tuple[str, float, float]:
+        from models.training import PseudoSpec, train_head
+
+        spec = PseudoSpec(version, weight)
+        tag = TAG.format(round=round_)
+        ids = []
+        for c in self.bases:
+            result = train_head(self.store_dir, c.kind, c.frame, overrides=c.params, fold_version=c.fold_version,
+                                seed=c.seed, tag=f"{tag}-base" if self.stack else tag, pseudo=spec)
+            say(f"  student {result.head_id} ({c.kind} on {c.frame.features}): fold mean {result.fold_mean:.4f}")
+            ids.append(result.head_id)
+        if self.stack is None:
+            return ids[0], result.fold_mean, result.fold_std
+        from stack.run import run_stack
+
+        s = self.stack
+        stacked = run_stack(self.store_dir, ids, s.stacker, s.params, list(s.post), zero_shot=s.zero_shot,
+                            zero_shot_pooling=s.zero_shot_pooling, tag=tag)
+        say(f"  stacked student {stacked.head_id}: fold mean {stacked.fold_mean:.4f}")
+        return stacked.head_id, stacked.fold_mean, stacked.cv.score.fold_std
+
+
+def run_selftrain(store_dir: str | os.PathLike, teacher_id: str, rounds: int = 3,
+                  params: PseudoParams | dict | None = None, *, min_gain: float = 0.0,
+                  say=print) -> SelfTrainResult:
+    """Run up to ``rounds`` teacher -> pseudo-labels -> student rounds; see the module doc."""
+    from featurestore.store import FeatureStore
+
+    if rounds < 1:
+        raise UserInputError("--rounds must be >= 1")
+    params = params if isinstance(params, PseudoParams) else make_params(params)
+    if params.pool != "unlabelled":
+        raise UserInputError("self-training labels the unlabelled soundscapes (pool 'unlabelled'); "
+                             "use pipelines.distill to distil on every window")
+    root = Path(store_dir)
+    student = Student(root, teacher_id)
+    with FeatureStore.open(root, read_only=True) as store:
+        base_mean, _ = fold_mean_of(store, teacher_id)
+    result = SelfTrainResult(teacher_id, base_mean, best_id=teacher_id)
+    best, teacher = base_mean, teacher_id
+    for r in range(1, rounds + 1):
+        t0 = time.perf_counter()
+        say(f"round {r}: teacher {teacher}")
+        labels = run_pseudo(root, teacher, params, round_=r, say=lambda _m: None)
+        say(f"  {labels.render()}")
+        student_id, mean, std = student.train(labels.version, r, None, say)
+        result.rounds.append(Round(r, teacher, labels.version, student_id, mean, std, time.perf_counter() - t0))
+        if not mean > best + min_gain:
+            result.stopped = (f"stopped after round {r}: fold mean {mean:.4f} did not beat {best:.4f} "
+                              f"by more than {min_gain:g}")
+            break
+        best, teacher, result.best_id = mean, student_id, student_id
+    else:
+        result.stopped = f"all {rounds} rounds improved the fold mean"
+    return result
