@@ -14,6 +14,9 @@ scored like every head by the fold mean on the labelled soundscape windows - eac
 that never saw it, whose pseudo-labels came from a teacher model that never saw it either. The rounds
 stop early when a student's fold mean does not beat the best so far by more than ``min_gain``; the
 best head is the result (the teacher itself when no round helped).
+
+Resumable: a killed run re-run with the same arguments re-uses the stored pseudo-labels (same version)
+and every student whose bundle and experiment row an earlier run finished.
 """
 
 from __future__ import annotations
@@ -88,6 +91,23 @@ class Student:
                 raise UserInputError(f"{c.head_id} is a {'replay' if c.replay else 'fast'} run; self-train a fully "
                                      "cross-validated head")
 
+    def trained(self, base, version: str, tag: str) -> tuple[str, float, float] | None:
+        """A student of ``base`` on ``version`` an earlier (killed) run already finished: its experiment row
+        (same kind, frame, parameters, folds and seed, these labels) and its bundle both exist."""
+        from featurestore.store import FeatureStore
+        from models.bundle import bundle_dir
+
+        want = base.to_json()
+        with FeatureStore.open(self.store_dir, read_only=True) as store:
+            rows = store.rows("SELECT head_id, fold_mean, fold_std, config FROM experiments WHERE tag = ? "
+                              "ORDER BY created_at DESC", [tag]) if store.has_table("experiments") else []
+        for head_id, mean, std, config in rows:
+            got = json.loads(config)
+            same = all(got.get(k) == want.get(k) for k in ("head", "params", "frame", "fold_version", "seed"))
+            if same and (got.get("pseudo") or {}).get("version") == version and bundle_dir(self.store_dir, head_id).is_dir():
+                return head_id, float(mean), float(std or 0.0)
+        return None
+
     def train(self, version: str, round_: int, weight: float | None, say) -> tuple[str, float, float]:
         from models.training import PseudoSpec, train_head
 
@@ -95,12 +115,19 @@ class Student:
         tag = TAG.format(round=round_)
         ids = []
         for c in self.bases:
-            result = train_head(self.store_dir, c.kind, c.frame, overrides=c.params, fold_version=c.fold_version,
-                                seed=c.seed, tag=f"{tag}-base" if self.stack else tag, pseudo=spec)
-            say(f"  student {result.head_id} ({c.kind} on {c.frame.features}): fold mean {result.fold_mean:.4f}")
-            ids.append(result.head_id)
+            base_tag = f"{tag}-base" if self.stack else tag
+            done = self.trained(c, version, base_tag)
+            if done is None:
+                result = train_head(self.store_dir, c.kind, c.frame, overrides=c.params, fold_version=c.fold_version,
+                                    seed=c.seed, tag=base_tag, pseudo=spec)
+                done = result.head_id, result.fold_mean, result.fold_std
+                say(f"  student {done[0]} ({c.kind} on {c.frame.features}): fold mean {done[1]:.4f}")
+            else:
+                say(f"  student {done[0]} ({c.kind} on {c.frame.features}): fold mean {done[1]:.4f} "
+                    "(trained by an earlier run)")
+            ids.append(done[0])
         if self.stack is None:
-            return ids[0], result.fold_mean, result.fold_std
+            return done
         from stack.run import run_stack
 
         s = self.stack

@@ -288,14 +288,14 @@ def test_onnx_model_end_to_end_store_embed_train_predict(perch_like: dict, demo_
     shutil.copytree(demo_store, store)
     make_folds(store)
     summary = run_embed(store, "custom", model=perch_like["model"], model_config=perch_like["config"], workers=1)
-    assert summary.errors == [] and summary.windows_now == {"custom:perch_like": 238}
+    assert summary.errors == [] and summary.windows_now == {"custom:perch_like": 526}
     assert "custom:perch_like: 4 of 14 taxonomy classes matched the model's labels" in summary.notes
 
     dim = 2 * BANDS
     with FeatureStore.open(store, read_only=True) as fs:
         n_windows = fs.first("SELECT count(*) FROM windows")[0]
         ids, X, names, _ = load_window_features(fs, "custom:perch_like,custom_logits:perch_like")
-        assert len(ids) == n_windows == 238 and X.shape == (n_windows, dim + len(PERCH_LIKE_MATCHED))
+        assert len(ids) == n_windows == 526 and X.shape == (n_windows, dim + len(PERCH_LIKE_MATCHED))
         assert names[dim:] == [f"custom_logit:perch_like:{c}" for c in PERCH_LIKE_MATCHED]
         # one full soundscape window and one zero-padded focal window, as stored (one 5-s frame each)
         picked = fs.sql(

@@ -292,6 +292,10 @@ def test_selftrain_rounds_reuse_the_labels_and_students_and_stop_when_the_fold_m
         assert len(result.rounds) == 1 and result.best_id == teacher and "did not beat" in result.stopped
     best = max([teacher_mean] + [r.fold_mean for r in result.rounds])
     assert _experiment(store, result.best_id)[0] == pytest.approx(best)
+    said: list[str] = []                             # a re-run (e.g. after kill -9) re-uses every finished student
+    again = run_selftrain(store, teacher, rounds=2, params={"min_prob": 0.2}, say=said.append)
+    assert [r.student_id for r in again.rounds] == [r.student_id for r in result.rounds]
+    assert sum("trained by an earlier run" in m for m in said) == len(result.rounds)
 
 
 def test_distilled_classical_student_learns_the_teacher_on_every_window_and_is_cheaper(
