@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -46,7 +45,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from store_scale import FRAMES, SyntheticExtractor, embed_chunks, frames_part, soundscape_files  # noqa: E402
+from store_scale import (  # noqa: E402
+    FRAMES,
+    SyntheticExtractor,
+    embed_chunks,
+    frames_part,
+    soundscape_files,
+)
+from store_scale import side_by_side as alternated  # noqa: E402
 
 from embed.features import load_window_features  # noqa: E402
 from embed.job import version_row  # noqa: E402
@@ -117,13 +123,7 @@ def side_by_side(runs: dict[str, Callable[[], object]], repeats: int, warm: tupl
     """Median seconds of each run, alternated (after one warm-up of ``warm``) so machine load hits all of them."""
     for name in warm:
         runs[name]()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for r in range(repeats):
-        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-            t0 = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return alternated(runs, repeats)
 
 
 def main() -> None:

@@ -62,6 +62,22 @@ def add_store(ap: argparse.ArgumentParser, *, creates: bool = False, help: str |
     ap.add_argument("--store", required=True, type=Path, help=text)
 
 
+def add_pseudo_params(ap: argparse.ArgumentParser, defaults) -> None:
+    """The pseudo-label transform options shared by pseudo and selftrain (``defaults``: a PseudoParams)."""
+    d = defaults
+    ap.add_argument("--power", type=float, default=d.power, help=f"sharpen: p ** power (default {d.power:g})")
+    ap.add_argument("--min-prob", type=float, default=d.min_prob,
+                    help=f"labels whose teacher probability is below this become 0 (default {d.min_prob:g})")
+    ap.add_argument("--cap", type=float, default=d.cap, help="cap each window's label sum (default: no cap)")
+    ap.add_argument("--weight", type=float, default=d.weight,
+                    help=f"students' sample weight for the pseudo-labelled windows (default {d.weight:g})")
+
+
+def pseudo_overrides(args: argparse.Namespace) -> dict:
+    """The values of :func:`add_pseudo_params`' options, keyed by PseudoParams field."""
+    return {"power": args.power, "min_prob": args.min_prob, "cap": args.cap, "weight": args.weight}
+
+
 def add_workers(ap: argparse.ArgumentParser, what: str = "worker processes") -> None:
     ap.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                     help=f"{what} (default: all {os.cpu_count() or 1} cores)")

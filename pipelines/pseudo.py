@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines._cli import add_store, parser, run_main
+from pipelines._cli import add_pseudo_params, add_store, parser, pseudo_overrides, run_main
 from stack.pseudo import PseudoParams, make_params, run_pseudo
 
 EPILOG = """
@@ -23,12 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     add_store(ap)
     d = PseudoParams()
     ap.add_argument("--teacher", required=True, help="trained or stacked head id that labels the windows")
-    ap.add_argument("--power", type=float, default=d.power, help=f"sharpen: p ** power (default {d.power:g})")
-    ap.add_argument("--min-prob", type=float, default=d.min_prob,
-                    help=f"labels whose teacher probability is below this become 0 (default {d.min_prob:g})")
-    ap.add_argument("--cap", type=float, default=d.cap, help="cap each window's label sum (default: no cap)")
-    ap.add_argument("--weight", type=float, default=d.weight,
-                    help=f"students' sample weight for these windows (default {d.weight:g})")
+    add_pseudo_params(ap, d)
     ap.add_argument("--pool", default=d.pool, choices=["unlabelled", "all"],
                     help="windows to label: unlabelled soundscapes (default), or all windows for distillation")
     ap.add_argument("--answers", type=Path, default=None,
@@ -36,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                          "the demo's unlabelled_answers.csv): print the labels' macro ROC-AUC against them")
     ap.add_argument("--round", type=int, default=1, help="self-training round recorded with the labels (default 1)")
     args = ap.parse_args(argv)
-    params = make_params({"power": args.power, "min_prob": args.min_prob, "cap": args.cap, "weight": args.weight,
-                          "pool": args.pool})
+    params = make_params({**pseudo_overrides(args), "pool": args.pool})
     print(run_pseudo(args.store, args.teacher, params, round_=args.round, answers=args.answers).render())
     return 0
 

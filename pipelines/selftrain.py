@@ -7,7 +7,7 @@ base head re-trained, then re-stacked). No re-embedding. The library: stack/self
 
 from __future__ import annotations
 
-from pipelines._cli import add_store, parser, run_main
+from pipelines._cli import add_pseudo_params, add_store, parser, pseudo_overrides, run_main
 from stack.pseudo import PseudoParams, make_params
 from stack.selftrain import run_selftrain
 
@@ -26,14 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="maximum number of rounds (default 3)")
     ap.add_argument("--min-gain", type=float, default=0.0,
                     help="stop when a round's fold mean does not beat the best by more than this (default 0)")
-    ap.add_argument("--power", type=float, default=d.power, help=f"sharpen: p ** power (default {d.power:g})")
-    ap.add_argument("--min-prob", type=float, default=d.min_prob,
-                    help=f"labels whose teacher probability is below this become 0 (default {d.min_prob:g})")
-    ap.add_argument("--cap", type=float, default=d.cap, help="cap each window's label sum (default: no cap)")
-    ap.add_argument("--weight", type=float, default=d.weight,
-                    help=f"sample weight of the pseudo-labelled windows (default {d.weight:g})")
+    add_pseudo_params(ap, d)
     args = ap.parse_args(argv)
-    params = make_params({"power": args.power, "min_prob": args.min_prob, "cap": args.cap, "weight": args.weight})
+    params = make_params(pseudo_overrides(args))
     result = run_selftrain(args.store, args.teacher, args.rounds, params, min_gain=args.min_gain,
                            say=lambda m: print(m, flush=True))
     print(result.render())
