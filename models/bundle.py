@@ -50,6 +50,14 @@ def fold_dir_name(fold: int) -> str:
     return f"fold_{fold}"
 
 
+def fold_of_dir(folder: Path) -> int:
+    """The fold a ``fold_<k>`` folder holds (the inverse of :func:`fold_dir_name`)."""
+    try:
+        return int(folder.name.removeprefix("fold_"))
+    except ValueError:
+        raise BundleError(f"{folder}: not a fold folder (expected fold_<k>)") from None
+
+
 def bundle_dir(store_root: str | os.PathLike, head_id: str) -> Path:
     """Where the bundle of ``head_id`` lives in a store."""
     return Path(store_root) / HEADS_DIR / head_id
@@ -195,6 +203,7 @@ class HeadBundle:
     config: HeadConfig
     extractor_params: dict[str, dict]
     folds: list[Head]
+    fold_ids: list[int]                  # the fold each of ``folds`` held out, ascending
 
     @property
     def class_names(self) -> list[str]:
@@ -207,7 +216,8 @@ def load_bundle(head_dir: str | os.PathLike) -> HeadBundle:
     for required in (CONFIG_FILE, EXTRACTORS_FILE):
         if not (head_dir / required).exists():
             raise BundleError(f"{head_dir}: not a trained head folder (missing {required})")
-    folds = [load_head(p) for p in sorted(head_dir.glob("fold_*")) if (p / HEAD_FILE).exists()]
+    fold_dirs = sorted((p for p in head_dir.glob("fold_*") if (p / HEAD_FILE).exists()), key=fold_of_dir)
+    folds = [load_head(p) for p in fold_dirs]
     if not folds:
         raise BundleError(f"{head_dir}: no fold models")
     try:
@@ -216,7 +226,7 @@ def load_bundle(head_dir: str | os.PathLike) -> HeadBundle:
     except json.JSONDecodeError as exc:
         raise BundleError(f"{head_dir}: unreadable JSON ({exc})") from None
     config = HeadConfig.from_json(config_json, str(head_dir / CONFIG_FILE))
-    return HeadBundle(head_dir.name, config, extractor_params, folds)
+    return HeadBundle(head_dir.name, config, extractor_params, folds, [fold_of_dir(p) for p in fold_dirs])
 
 
 def class_prior(bundle: HeadBundle) -> np.ndarray:

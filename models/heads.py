@@ -477,7 +477,7 @@ class LGBMHead(Head):
         todo = []
         for c, name in enumerate(self.class_names):
             y_tr = Y[train_rows, c]
-            if y_tr.max() <= 0 or y_tr.min() >= 1 or (soft and y_tr.max() == y_tr.min()):
+            if y_tr.min() == y_tr.max():          # nothing to learn: all 0, all 1 or one soft value
                 self.constant_classes_.append(name)
             else:
                 todo.append(c)

@@ -182,17 +182,18 @@ class PseudoRows:
         if fold not in self.extra_labels:
             raise StoreError(f"pseudo-labels {self.version} have no teacher fold {fold}; make them with a "
                              "teacher trained on this fold version")
-        Y = frame.Y.copy() if self.alpha and len(self.blend_rows) else frame.Y
-        if self.alpha and len(self.blend_rows):
-            Y[self.blend_rows] = (1 - self.alpha) * Y[self.blend_rows] + self.alpha * self.blend_labels[fold]
-        blended = np.zeros(len(frame.Y), bool)
-        if self.alpha:
-            blended[self.blend_rows] = True
+        rows = np.flatnonzero(train)
+        Y = frame.Y[rows]                                  # a copy: blending never touches the frame
+        blended = train[self.blend_rows]                   # blend rows (empty when alpha is 0) this fold trains on
+        at = np.searchsorted(rows, self.blend_rows[blended])
+        Y[at] = (1 - self.alpha) * Y[at] + self.alpha * self.blend_labels[fold][blended]
+        labelled_fold = np.full(len(rows), -1)
+        labelled_fold[at] = fold
         keep = self.extra_folds != fold
         n = int(keep.sum())
-        teacher_fold = np.concatenate([np.where(blended[train], fold, -1), np.full(n, fold)])
-        return (np.concatenate([frame.X[train], self.extra_X[keep]]),
-                np.concatenate([Y[train], self.extra_labels[fold][keep]]),
+        teacher_fold = np.concatenate([labelled_fold, np.full(n, fold)])
+        return (np.concatenate([frame.X[rows], self.extra_X[keep]]),
+                np.concatenate([Y, self.extra_labels[fold][keep]]),
                 np.concatenate([frame.weight[train], np.full(n, self.weight)]),
                 np.concatenate([frame.groups[train], self.extra_groups[keep]]),
                 np.concatenate([frame.window_ids[train], self.extra_ids[keep]]),

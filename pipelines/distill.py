@@ -8,10 +8,11 @@ teacher's, measured in one run on the same audio. The library: stack/distill.py.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from models.heads import PARAMS_BY_KIND
-from pipelines._cli import add_seed, add_store, parser, run_main
+from pipelines._cli import add_pseudo_params, add_seed, add_store, parser, pseudo_overrides, run_main
 from stack.distill import run_distill
 from stack.pseudo import PseudoParams, make_params
 
@@ -25,7 +26,7 @@ Example:
 def main(argv: list[str] | None = None) -> int:
     ap = parser("distill", __doc__, EPILOG)
     add_store(ap)
-    d = PseudoParams()
+    d = replace(PseudoParams(), min_prob=0.0)      # distillation learns the teacher's soft predictions as they are
     ap.add_argument("--teacher", required=True, help="trained or stacked head id to distil")
     ap.add_argument("--head-kind", default="linear", help=f"student head kind: {', '.join(PARAMS_BY_KIND)} "
                     "(default linear)")
@@ -33,11 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="{}", help="JSON object of student head parameters to override")
     ap.add_argument("--alpha", type=float, default=1.0,
                     help="labelled windows learn (1 - alpha) * label + alpha * teacher (default 1: the teacher)")
-    ap.add_argument("--power", type=float, default=d.power, help=f"sharpen the teacher: p ** power (default {d.power:g})")
-    ap.add_argument("--min-prob", type=float, default=0.0,
-                    help="teacher probabilities below this become 0 (default 0: the soft predictions as they are)")
-    ap.add_argument("--weight", type=float, default=d.weight,
-                    help=f"sample weight of the unlabelled windows (default {d.weight:g})")
+    add_pseudo_params(ap, d)
     ap.add_argument("--audio", type=Path, nargs="*", default=None,
                     help="audio files for the cost measurement (default: 3 of the store's train soundscapes)")
     ap.add_argument("--cost-files", type=int, default=3, help="files measured when --audio is not given (0: skip)")
@@ -49,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = json.loads(args.params)
     except json.JSONDecodeError as exc:
         ap.error(f"--params is not valid JSON: {exc}")
-    params = make_params({"power": args.power, "min_prob": args.min_prob, "weight": args.weight, "pool": "all"})
+    params = make_params({**pseudo_overrides(args), "pool": "all"})
     result = run_distill(args.store, args.teacher, args.head_kind, args.features, alpha=args.alpha, params=params,
                          overrides=overrides, audio=args.audio, n_cost_files=args.cost_files, seed=args.seed,
                          baseline=not args.no_baseline,

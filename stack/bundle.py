@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.errors import BundleError
-from models.bundle import CONFIG_FILE, EXTRACTORS_FILE, BundleWriter, fold_dir_name
+from models.bundle import CONFIG_FILE, EXTRACTORS_FILE, BundleWriter, fold_dir_name, fold_of_dir
 from models.heads import config_hash
 from stack.inputs import PriorTable
 from stack.post import PostStep, parse_post
@@ -208,7 +208,7 @@ def load_stack(head_dir: str | os.PathLike) -> StackBundle:
     if layout.sources != (*config.base_heads, *config.zero_shot):
         raise BundleError(f"{head_dir}: {INPUTS_FILE} sources {list(layout.sources)} do not match the config's "
                           f"base heads and zero-shot views")
-    folds = {int(p.name.split("_", 1)[1]): load_stacker(p) for p in sorted(head_dir.glob("fold_*"))}
+    folds = {fold_of_dir(p): load_stacker(p) for p in sorted(head_dir.glob("fold_*"), key=fold_of_dir)}
     return StackBundle(head_dir.name, head_dir, config, layout, extractor_params, folds,
                        load_stacker(head_dir / FULL_DIR))
 

@@ -91,9 +91,10 @@ def _features_of(store_dir: Path, head_id: str) -> str:
     import json
 
     from models.bundle import CONFIG_FILE, bundle_dir
+    from stack.bundle import STACK_KIND
 
     config = json.loads((bundle_dir(store_dir, head_id) / CONFIG_FILE).read_text())
-    if config.get("head") == "stack":
+    if config.get("head") == STACK_KIND:
         return "stack: " + " + ".join(_features_of(store_dir, h) for h in config["base_heads"])
     return config["frame"]["features"]
 
@@ -137,4 +138,5 @@ def run_distill(store_dir: str | os.PathLike, teacher_id: str, kind: str = "line
             costs = measure_heads(root, [teacher_id, student.head_id], files)
         return DistillResult(labels.version, _side(store, teacher_id, _features_of(root, teacher_id), costs, 0),
                              _side(store, student.head_id, features, costs, 1), len(files),
+                             # the same kind on the same features as the student: the student's measured cost
                              _side(store, plain.head_id, features, costs, 1) if plain else None)

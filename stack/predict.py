@@ -56,9 +56,10 @@ def unlabelled_inputs(bundle: StackBundle, window_ids: Sequence[str], P: np.ndar
                        np.array(sites, dtype=object), np.asarray(hours, dtype=np.int64))
 
 
-def apply_stack(bundle: StackBundle, data: StackInputs) -> np.ndarray:
-    """The full-data level-2 model then the post steps (file blocks from the window ids): (windows, classes)."""
-    p = bundle.full.predict(data)
+def apply_stack(bundle: StackBundle, data: StackInputs, model=None) -> np.ndarray:
+    """A level-2 model (default: the full-data one; a fold's for pseudo-labels) then the post steps (file
+    blocks from the window ids): (windows, classes)."""
+    p = (bundle.full if model is None else model).predict(data)
     steps = bundle.config.steps()
     if steps:
         p = apply_post(p, steps, FileLayout(data.window_ids), data.class_groups)

@@ -28,11 +28,15 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from featurestore.errors import DataError, UserInputError
 from featurestore.params import params_from
+
+if TYPE_CHECKING:
+    from models.bundle import HeadBundle
 
 TABLE, RUNS_TABLE = "pseudo_labels", "pseudo_runs"
 KEYS = ["pseudo_version", "teacher_fold", "window_id"]
@@ -96,25 +100,19 @@ class Teacher:
             self.fold_version = self.stack.config.fold_version
         else:
             self.bases = [self._base(head_id)]
-            self.fold_ids = self.bases[0][1]
-            self.fold_version = self.bases[0][0].config.fold_version
+            self.fold_ids = self.bases[0].fold_ids
+            self.fold_version = self.bases[0].config.fold_version
 
     def _base(self, head_id: str):
         from models.bundle import load_bundle
 
-        folder = self.heads_dir / head_id
-        bundle = load_bundle(folder)
-        fold_ids = sorted(int(p.name.split("_", 1)[1]) for p in folder.glob("fold_*") if p.is_dir())
-        if len(fold_ids) != len(bundle.folds):
-            raise DataError(f"{folder}: {len(bundle.folds)} fold models for fold folders {fold_ids}")
-        by_id = dict(zip(sorted(fold_ids, key=str), bundle.folds, strict=True))   # load_bundle's name order
-        return bundle, fold_ids, by_id
+        return load_bundle(self.heads_dir / head_id)
 
-    def _base_probs(self, base, window_ids: list[str]) -> dict[int, np.ndarray]:
+    def _base_probs(self, base: HeadBundle, window_ids: list[str]) -> dict[int, np.ndarray]:
         from embed.features import load_window_features
         from models.frame import add_context
 
-        bundle, fold_ids, by_id = base
+        bundle = base
         frame = bundle.config.frame
         ids, X, _, _ = load_window_features(self.store, frame.features, frame.pooling, window_ids=window_ids,
                                             versions=dict(bundle.config.feature_versions.extractors))
@@ -125,7 +123,8 @@ class Teacher:
         if frame.context:
             X, _ = add_context(X, np.asarray(ids))
         cols = [bundle.class_names.index(c) for c in self.class_names]
-        return {k: by_id[k].predict_proba(X)[:, cols].astype(np.float32) for k in fold_ids}
+        return {k: head.predict_proba(X)[:, cols].astype(np.float32)
+                for k, head in zip(bundle.fold_ids, bundle.folds, strict=True)}
 
     def predict(self, window_ids: list[str]) -> dict[int, np.ndarray]:
         """fold id -> (windows, classes) probabilities, plus ``FULL_FOLD`` -> the mean over folds."""
@@ -137,8 +136,7 @@ class Teacher:
         return out
 
     def _stack_probs(self, window_ids: list[str]) -> dict[int, np.ndarray]:
-        from stack.post import FileLayout, apply_post
-        from stack.predict import unlabelled_inputs
+        from stack.predict import apply_stack, unlabelled_inputs
 
         base = [self._base_probs(b, window_ids) for b in self.bases]
         names = list(self.stack.class_names)
@@ -147,12 +145,8 @@ class Teacher:
         out = {}
         for k in self.fold_ids:
             P = np.stack([b[k][:, order] for b in base])                 # (sources, windows, stack classes)
-            data = unlabelled_inputs(self.stack, window_ids, P)
-            p = self.stack.folds[k].predict(data)
-            steps = self.stack.config.steps()
-            if steps:
-                p = apply_post(p, steps, FileLayout(data.window_ids), data.class_groups)
-            out[k] = np.clip(p, 0.0, 1.0)[:, cols].astype(np.float32)
+            p = apply_stack(self.stack, unlabelled_inputs(self.stack, window_ids, P), self.stack.folds[k])
+            out[k] = p[:, cols].astype(np.float32)
         return out
 
 
@@ -307,7 +301,7 @@ def student_rows(store, spec, frame, frame_spec, fold_ids: list[int], fold_versi
     from embed.features import load_window_features
     from featurestore.windows import file_of
     from models.frame import add_context
-    from models.training import PseudoRows
+    from models.training import PseudoRows, fold_assignment
 
     if not 0.0 <= spec.alpha <= 1.0 or (spec.weight is not None and spec.weight < 0):
         raise UserInputError("--distill (alpha) must be in [0, 1] and --pseudo-weight >= 0")
@@ -354,8 +348,6 @@ def student_rows(store, spec, frame, frame_spec, fold_ids: list[int], fold_versi
         if frame_spec.context:
             X, _ = add_context(X, np.asarray(extra_ids))
     weight = params.weight if spec.weight is None else spec.weight
-    from models.training import fold_assignment
-
     extra_folds, _ = fold_assignment(store, np.array(extra_ids, dtype=str), fold_version)
     return PseudoRows(spec.version, teacher_id, float(weight), float(spec.alpha), np.array(extra_ids, dtype=str), X,
                       np.array([file_of(w) for w in extra_ids], dtype=str), extra_folds,

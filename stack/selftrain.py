@@ -108,10 +108,10 @@ class Student:
                 return head_id, float(mean), float(std or 0.0)
         return None
 
-    def train(self, version: str, round_: int, weight: float | None, say) -> tuple[str, float, float]:
+    def train(self, version: str, round_: int, say) -> tuple[str, float, float]:
         from models.training import PseudoSpec, train_head
 
-        spec = PseudoSpec(version, weight)
+        spec = PseudoSpec(version)                      # at the weight stored with the labels
         tag = TAG.format(round=round_)
         ids = []
         for c in self.bases:
@@ -160,7 +160,7 @@ def run_selftrain(store_dir: str | os.PathLike, teacher_id: str, rounds: int = 3
         say(f"round {r}: teacher {teacher}")
         labels = run_pseudo(root, teacher, params, round_=r, say=lambda _m: None)
         say(f"  {labels.render()}")
-        student_id, mean, std = student.train(labels.version, r, None, say)
+        student_id, mean, std = student.train(labels.version, r, say)
         result.rounds.append(Round(r, teacher, labels.version, student_id, mean, std, time.perf_counter() - t0))
         if not mean > best + min_gain:
             result.stopped = (f"stopped after round {r}: fold mean {mean:.4f} did not beat {best:.4f} "
