@@ -32,6 +32,7 @@ class Side:
     features: str
     fold_mean: float
     fold_std: float
+    pooled: float                       # pooled OOF AUC, beside the fold mean
     per_file_s: float | None            # predict cost per 60-s file, one process (None: not measured)
     stages: str = ""
 
@@ -47,13 +48,14 @@ class DistillResult:
     def render(self) -> str:
         lines = [f"distillation labels {self.pseudo_version}; predict cost per 60-s file measured on "
                  f"{self.n_cost_files} file(s) in one run, one process",
-                 f"{'':11} {'head':24} {'features':28} {'fold mean':>16} {'s / file':>9}  stages"]
+                 f"{'':11} {'head':24} {'features':28} {'fold mean':>16} {'pooled':>7} {'s / file':>9}  stages"]
         sides = [("teacher", self.teacher), ("student", self.student)]
         if self.baseline is not None:
             sides.append(("labels only", self.baseline))
         for name, s in sides:
             cost = f"{s.per_file_s:9.3f}" if s.per_file_s is not None else f"{'-':>9}"
             lines.append(f"{name:11} {s.head_id:24} {s.features[:28]:28} {s.fold_mean:8.4f} +/- {s.fold_std:.4f} "
+                         f"{s.pooled:7.4f} "
                          f"{cost}  {s.stages}")
         t, s = self.teacher, self.student
         speed = (f"; student {t.per_file_s / s.per_file_s:.1f}x cheaper per file"
@@ -78,13 +80,13 @@ def cost_files(store, n: int) -> list[Path]:
 
 
 def _side(store, head_id: str, features: str, costs, level: int) -> Side:
-    mean, std = fold_mean_of(store, head_id)
+    mean, std, pooled = fold_mean_of(store, head_id)
     if costs is None:
-        return Side(head_id, features, mean, std, None)
+        return Side(head_id, features, mean, std, pooled, None)
     lv = costs.levels[level]
     stages = ", ".join([f"decode {costs.decode_s:.2f}"] + [f"{n} {costs.extractor_s[n]:.2f}" for n in lv.extractors]
                        + [f"heads {lv.heads_s:.3f}"])
-    return Side(head_id, features, mean, std, lv.per_file_s, stages)
+    return Side(head_id, features, mean, std, pooled, lv.per_file_s, stages)
 
 
 def _features_of(store_dir: Path, head_id: str) -> str:

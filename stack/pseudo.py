@@ -218,6 +218,8 @@ def run_pseudo(store_dir: str | os.PathLike, teacher_id: str, params: PseudoPara
     from models.frame import class_names_of
 
     params = params if isinstance(params, PseudoParams) else make_params(params)
+    if answers is not None and not Path(answers).is_file():   # before the work, not after it
+        raise UserInputError(f"{answers}: answers file not found")
     t0 = time.perf_counter()
     root = Path(store_dir)
     with FeatureStore.open(root, create=False) as store:

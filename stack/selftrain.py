@@ -41,6 +41,7 @@ class Round:
     student_id: str
     fold_mean: float
     fold_std: float
+    pooled: float                 # pooled OOF AUC, beside the fold mean
     seconds: float
 
 
@@ -57,18 +58,18 @@ class SelfTrainResult:
         for r in self.rounds:
             lines.append(f"round {r.round}: labels {r.pseudo_version} from {r.teacher_id} -> student {r.student_id}: "
                          f"fold mean {r.fold_mean:.4f} +/- {r.fold_std:.4f} ({r.fold_mean - self.teacher_fold_mean:+.4f} "
-                         f"vs round 0), {r.seconds:.0f} s")
+                         f"vs round 0; pooled OOF {r.pooled:.4f}), {r.seconds:.0f} s")
         lines.append(f"best: {self.best_id} ({self.stopped})")
         return "\n".join(lines)
 
 
-def fold_mean_of(store, head_id: str) -> tuple[float, float]:
-    """The recorded (fold mean, fold std) of a head's latest full run."""
-    row = store.first("SELECT fold_mean, fold_std FROM experiments WHERE head_id = ? ORDER BY created_at DESC "
+def fold_mean_of(store, head_id: str) -> tuple[float, float, float]:
+    """The recorded (fold mean, fold std, pooled OOF AUC) of a head's latest run; NaN when nothing was scorable."""
+    row = store.first("SELECT fold_mean, fold_std, oof_auc FROM experiments WHERE head_id = ? ORDER BY created_at DESC "
                       "LIMIT 1", [head_id]) if store.has_table("experiments") else None
-    if row is None or row[0] is None:
-        raise UserInputError(f"head {head_id} has no scored experiment row; train it with pipelines.train first")
-    return float(row[0]), float(row[1] or 0.0)
+    if row is None:
+        raise UserInputError(f"head {head_id} has no experiment row; train it with pipelines.train first")
+    return tuple(float("nan") if v is None else float(v) for v in row)
 
 
 class Student:
@@ -91,7 +92,7 @@ class Student:
                 raise UserInputError(f"{c.head_id} is a {'replay' if c.replay else 'fast'} run; self-train a fully "
                                      "cross-validated head")
 
-    def trained(self, base, version: str, tag: str) -> tuple[str, float, float] | None:
+    def trained(self, base, version: str, tag: str) -> tuple[str, float] | None:
         """A student of ``base`` on ``version`` an earlier (killed) run already finished: its experiment row
         (same kind, frame, parameters, folds and seed, these labels) and its bundle both exist."""
         from featurestore.store import FeatureStore
@@ -99,16 +100,17 @@ class Student:
 
         want = base.to_json()
         with FeatureStore.open(self.store_dir, read_only=True) as store:
-            rows = store.rows("SELECT head_id, fold_mean, fold_std, config FROM experiments WHERE tag = ? "
+            rows = store.rows("SELECT head_id, fold_mean, config FROM experiments WHERE tag = ? "
                               "ORDER BY created_at DESC", [tag]) if store.has_table("experiments") else []
-        for head_id, mean, std, config in rows:
+        for head_id, mean, config in rows:
             got = json.loads(config)
             same = all(got.get(k) == want.get(k) for k in ("head", "params", "frame", "fold_version", "seed"))
             if same and (got.get("pseudo") or {}).get("version") == version and bundle_dir(self.store_dir, head_id).is_dir():
-                return head_id, float(mean), float(std or 0.0)
+                return head_id, float("nan") if mean is None else float(mean)
         return None
 
-    def train(self, version: str, round_: int, say) -> tuple[str, float, float]:
+    def train(self, version: str, round_: int, say) -> str:
+        """The student's head id (a stacked one for a stacked teacher)."""
         from models.training import PseudoSpec, train_head
 
         spec = PseudoSpec(version)                      # at the weight stored with the labels
@@ -120,21 +122,21 @@ class Student:
             if done is None:
                 result = train_head(self.store_dir, c.kind, c.frame, overrides=c.params, fold_version=c.fold_version,
                                     seed=c.seed, tag=base_tag, pseudo=spec)
-                done = result.head_id, result.fold_mean, result.fold_std
+                done = result.head_id, result.fold_mean
                 say(f"  student {done[0]} ({c.kind} on {c.frame.features}): fold mean {done[1]:.4f}")
             else:
                 say(f"  student {done[0]} ({c.kind} on {c.frame.features}): fold mean {done[1]:.4f} "
                     "(trained by an earlier run)")
             ids.append(done[0])
         if self.stack is None:
-            return done
+            return done[0]
         from stack.run import run_stack
 
         s = self.stack
         stacked = run_stack(self.store_dir, ids, s.stacker, s.params, list(s.post), zero_shot=s.zero_shot,
                             zero_shot_pooling=s.zero_shot_pooling, tag=tag)
         say(f"  stacked student {stacked.head_id}: fold mean {stacked.fold_mean:.4f}")
-        return stacked.head_id, stacked.fold_mean, stacked.cv.score.fold_std
+        return stacked.head_id
 
 
 def run_selftrain(store_dir: str | os.PathLike, teacher_id: str, rounds: int = 3,
@@ -152,7 +154,10 @@ def run_selftrain(store_dir: str | os.PathLike, teacher_id: str, rounds: int = 3
     root = Path(store_dir)
     student = Student(root, teacher_id)
     with FeatureStore.open(root, read_only=True) as store:
-        base_mean, _ = fold_mean_of(store, teacher_id)
+        base_mean, _, _ = fold_mean_of(store, teacher_id)
+    if base_mean != base_mean:   # NaN: no round could be judged against it
+        raise UserInputError(f"teacher {teacher_id} has no fold mean (no labelled window was scorable on its folds); "
+                             "self-training needs a scored teacher - ingest labelled soundscapes or re-fold")
     result = SelfTrainResult(teacher_id, base_mean, best_id=teacher_id)
     best, teacher = base_mean, teacher_id
     for r in range(1, rounds + 1):
@@ -160,8 +165,10 @@ def run_selftrain(store_dir: str | os.PathLike, teacher_id: str, rounds: int = 3
         say(f"round {r}: teacher {teacher}")
         labels = run_pseudo(root, teacher, params, round_=r, say=lambda _m: None)
         say(f"  {labels.render()}")
-        student_id, mean, std = student.train(labels.version, r, say)
-        result.rounds.append(Round(r, teacher, labels.version, student_id, mean, std, time.perf_counter() - t0))
+        student_id = student.train(labels.version, r, say)
+        with FeatureStore.open(root, read_only=True) as store:
+            mean, std, pooled = fold_mean_of(store, student_id)
+        result.rounds.append(Round(r, teacher, labels.version, student_id, mean, std, pooled, time.perf_counter() - t0))
         if not mean > best + min_gain:
             result.stopped = (f"stopped after round {r}: fold mean {mean:.4f} did not beat {best:.4f} "
                               f"by more than {min_gain:g}")

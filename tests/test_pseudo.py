@@ -130,6 +130,13 @@ def test_pseudo_labels_score_well_against_the_held_back_answers(store: Path, pse
     assert auc > 0.9
 
 
+def test_a_missing_answers_file_is_refused_before_any_work(store: Path, teacher: str) -> None:
+    parts = sorted((store / "parts" / "pseudo_labels").glob("*.parquet"))
+    with pytest.raises(UserInputError, match="nope.csv: answers file not found"):
+        run_pseudo(store, teacher, {"power": 3.0}, answers=store / "nope.csv", say=lambda _: None)
+    assert sorted((store / "parts" / "pseudo_labels").glob("*.parquet")) == parts
+
+
 def test_unknown_teacher_is_refused(store: Path) -> None:
     from pipelines import pseudo as job
 
@@ -284,6 +291,10 @@ def test_selftrain_rounds_reuse_the_labels_and_students_and_stop_when_the_fold_m
     assert config["pseudo"] == {**config["pseudo"], "version": labels.version, "weight": 1.0, "teacher_id": teacher}
     assert config["head"] == "linear" and config["frame"]["features"] == "classical"  # the teacher's configuration
     assert _experiment(store, first.student_id)[1] == "selftrain-r1"
+    with FeatureStore.open(store, read_only=True) as fs:      # the pooled OOF AUC is reported beside the fold mean
+        pooled = fs.first("SELECT oof_auc FROM experiments WHERE head_id = ? ORDER BY created_at DESC LIMIT 1",
+                          [first.student_id])[0]
+    assert first.pooled == pytest.approx(pooled) and "pooled OOF" in result.render()
     teacher_mean, _ = _experiment(store, teacher)
     if first.fold_mean > teacher_mean:
         assert len(result.rounds) == 2 and result.rounds[1].teacher_id == first.student_id
