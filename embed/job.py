@@ -368,7 +368,7 @@ def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple
               shard: str | tuple[int, int] | None = None, sources: list[str] | None = None,
               hop_s: float | None = None, batch_size: int | None = None, threads: int = 1, full_logits: bool = False,
               model: str | os.PathLike | None = None, model_config: str | os.PathLike | dict = "perch_v2",
-              labels_file: str | None = None, cache_dir: str | os.PathLike | None = None,
+              cnn_model: str | os.PathLike | None = None, labels_file: str | None = None, cache_dir: str | os.PathLike | None = None,
               task_seconds: float | None = None, progress: Callable[[float], object] | None = None,
               on_total: Callable[[float], object] | None = None) -> EmbedSummary:
     """Embed every window of the store not yet stored for each extractor version; see the module docstring."""
@@ -383,7 +383,7 @@ def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple
         taxonomy = store.read_table("taxonomy")
         exs = [registry.build(name, taxonomy, hop_s=hop_s, batch_size=batch_size, threads=threads,
                               full_logits=full_logits, model=model, model_config=model_config,
-                              labels_file=labels_file, cache_dir=cache_dir) for name in names]
+                              cnn_model=cnn_model, labels_file=labels_file, cache_dir=cache_dir) for name in names]
         _prepare(store, exs)
         windows = store.sql("SELECT window_id, source, filename, start_s, audio_end_s FROM windows "
                             "ORDER BY source, filename, start_s").to_pylist()

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from embed.birdnet import BirdNet
 from embed.classical import Classical
+from embed.cnn import CnnModel
 from embed.custom import CustomModel, ModelConfig, load_config
 from embed.extractors import Extractor, View
 from featurestore.errors import BundleError, DataError, ModelError, StoreError, UserInputError
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from featurestore.store import FeatureStore
 
 # ---------------------------------------------------------------------------- families and presets
-FAMILIES: dict[str, type[Extractor]] = {cls.family: cls for cls in (BirdNet, Classical, CustomModel)}
+FAMILIES: dict[str, type[Extractor]] = {cls.family: cls for cls in (BirdNet, Classical, CustomModel, CnnModel)}
 NAMES: tuple[str, ...] = tuple(FAMILIES)   # --extractor choices, in help order
 
 
@@ -93,7 +94,7 @@ def _extractor_forms() -> list[str]:
 # ---------------------------------------------------------------------------- building and rebuilding
 def build(name: str, taxonomy: pa.Table | None, **options) -> Extractor:
     """The extractor ``--extractor name`` runs, from the embed job's options (hop_s, full_logits,
-    batch_size, threads, cache_dir, model, model_config, labels_file; each family uses its own)."""
+    batch_size, threads, cache_dir, model, cnn_model, model_config, labels_file; each family uses its own)."""
     cls = FAMILIES.get(name)
     if cls is None:
         raise DataError(f"unknown extractor {name!r}; use {', '.join(NAMES)}")

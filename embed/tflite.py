@@ -100,15 +100,17 @@ def _match_output(details: list[dict], role: str, name: str | None, dim: int | N
 
 
 class TFLiteRunner:
-    """One ai-edge-litert interpreter (XNNPACK) mapping (n, samples) frames to named outputs.
+    """One ai-edge-litert interpreter (XNNPACK) mapping a batch of inputs to named outputs.
 
-    ``outputs`` maps a role (``embedding``, ``logits``) to ``(tensor name or None, last dim or None)``.
-    Batches are formed by resizing the input's batch dimension; a model with a fixed batch of 1 is
-    run frame by frame.
+    The input is (n, samples) audio frames by default (``input_rank=2``: BirdNET, user models) or,
+    e.g., (n, mels, frames, 1) spectrograms (``input_rank=4``: the CNN student); ``item_shape`` is one
+    item's shape. ``outputs`` maps a role (``embedding``, ``logits``) to ``(tensor name or None, last
+    dim or None)``. Batches are formed by resizing the input's batch dimension; a model with a fixed
+    batch of 1 is run item by item.
     """
 
     def __init__(self, model_path: str | os.PathLike, outputs: dict[str, tuple[str | None, int | None]], *,
-                 input_name: str | None = None, threads: int = 1, batch_size: int = 1):
+                 input_name: str | None = None, threads: int = 1, batch_size: int = 1, input_rank: int = 2):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(model_path)
@@ -123,8 +125,10 @@ class TFLiteRunner:
             raise ModelError(f"{self.path}: choose the audio input with input_name (inputs: {names})")
         self.input = chosen[0]
         shape = list(self.input["shape"])
-        if len(shape) != 2:
-            raise ModelError(f"{self.path}: expected an audio input of shape [batch, samples], got {shape}")
+        if len(shape) != input_rank:
+            what = "an audio input of shape [batch, samples]" if input_rank == 2 else f"a rank-{input_rank} input"
+            raise ModelError(f"{self.path}: expected {what}, got {shape}")
+        self.item_shape = [int(d) for d in shape[1:]]
         self.frame_len = int(shape[1])
         self.batch_size = max(1, int(batch_size))
         self._allocated = int(shape[0])
@@ -136,17 +140,17 @@ class TFLiteRunner:
         if batch == self._allocated:
             return
         try:
-            self.interpreter.resize_tensor_input(self.input["index"], [batch, self.frame_len])
+            self.interpreter.resize_tensor_input(self.input["index"], [batch, *self.item_shape])
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError):
-            self.batch_size = 1  # fixed-shape model: run one frame at a time
-            self.interpreter.resize_tensor_input(self.input["index"], [1, self.frame_len])
+            self.batch_size = 1  # fixed-shape model: run one item at a time
+            self.interpreter.resize_tensor_input(self.input["index"], [1, *self.item_shape])
             self.interpreter.allocate_tensors()
             batch = 1
         self._allocated = batch
 
     def run(self, frames: np.ndarray) -> dict[str, np.ndarray]:
-        """Outputs for ``frames`` (n, frame_len) float32: role -> (n, dim) float32."""
+        """Outputs for ``frames`` (n, *item_shape) float32: role -> (n, dim) float32."""
         n = len(frames)
         results: dict[str, list[np.ndarray]] = {role: [] for role in self.outputs}
         i = 0

@@ -32,7 +32,9 @@ from featurestore.store import FeatureStore, utc_now
 
 TABLE = "experiments"
 FULL_MODE = "full"
-MODES = ("full", "fast", "replay")
+# "cnn": a CNN student (pipelines.cnn), fully cross-validated but a .tflite model, not a head bundle:
+# ranked in its own section, never "best head"; use it through --extractor cnn
+MODES = ("full", "fast", "replay", "cnn")
 
 # name -> DuckDB type, in table order (new columns go at the end: older stores get them by ALTER).
 COLUMNS: dict[str, str] = {
@@ -110,7 +112,7 @@ def ranked(store: FeatureStore, flt: BoardFilter = BoardFilter()) -> pa.Table:
         where.append(f"{mode_expr} = ?")
         params.append(flt.mode)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    mode_order = "CASE m.mode WHEN 'full' THEN 0 WHEN 'fast' THEN 1 ELSE 2 END"
+    mode_order = "CASE m.mode WHEN 'full' THEN 0 WHEN 'cnn' THEN 1 WHEN 'fast' THEN 2 ELSE 3 END"
     return store.sql(
         f"SELECT row_number() OVER (PARTITION BY m.mode ORDER BY m.fold_mean DESC NULLS LAST, m.fold_std, "
         f"m.train_seconds) AS rank, m.* FROM (SELECT {mode_expr} AS mode, "

@@ -14,6 +14,8 @@ Extractors (comma-join several; the audio is decoded once per file):
              -> table classical_windows
   custom     your own TFLite/ONNX model: --model path/to/perch_v2.tflite [--model-config perch_v2|file.json]
              [--labels labels.csv] -> table custom_frames (ONNX needs: pip install 'birdclef-stack[onnx]')
+  cnn        a spectrogram CNN made by python -m pipelines.cnn: --model out/cnn.tflite (its cnn.json beside
+             it); embedding + one logit per class -> table cnn_frames (views cnn, cnn_logits)
 
 Only windows not yet stored for an extractor's version are embedded, so re-running is cheap and a
 killed run resumes. Parts are written atomically by the workers (one process and one interpreter
@@ -27,6 +29,7 @@ Examples:
   python -m pipelines.embed --store work/store
   python -m pipelines.embed --store work/store --extractor birdnet --workers 4 --shard 0/2
   python -m pipelines.embed --store work/store --extractor custom --model ~/models/perch_v2.tflite
+  python -m pipelines.embed --store work/store --extractor cnn --model work/cnn/cnn.tflite
 """
 
 
@@ -36,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     add_store(ap)
     ap.add_argument("--extractor", default="birdnet,classical",
                     help=f"comma-joined extractors: {', '.join(EXTRACTORS)} (default birdnet,classical)")
-    ap.add_argument("--model", help="model file for --extractor custom (.tflite or .onnx)")
+    ap.add_argument("--model", help="model file for --extractor custom (.tflite or .onnx) or cnn (.tflite)")
+    ap.add_argument("--cnn-model", help="the CNN's .tflite when custom and cnn run together (default: --model)")
     ap.add_argument("--model-config", default="perch_v2",
                     help="custom model config: a preset (perch_v2) or a JSON file (default perch_v2)")
     ap.add_argument("--labels", help="labels file of the custom model (default: from its config)")
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             args.store, args.extractor, data_dir=args.data, workers=args.workers, shard=args.shard,
             sources=args.sources.split(",") if args.sources else None, hop_s=args.hop,
             batch_size=args.batch_size, threads=args.threads, full_logits=args.full_logits, model=args.model,
-            model_config=args.model_config, labels_file=args.labels, cache_dir=args.cache_dir,
+            cnn_model=args.cnn_model, model_config=args.model_config, labels_file=args.labels, cache_dir=args.cache_dir,
             task_seconds=args.task_seconds, progress=advance, on_total=on_total)
     finally:
         for bar in bars:

@@ -6,7 +6,8 @@ output-defining parameters to change (the test that compares the two lists fails
 Each family is built as the embed job builds it (:func:`embed.registry.build` with the job's
 options): BirdNET with the real bundled model, classical, and a user model (a tiny real TFLite
 file, :func:`embed_helpers.build_tiny_tflite`). Audio: real clips of the shared data, among them
-the 0.29-s one, plus digital silence and an empty file.
+the 0.29-s one, plus digital silence and an empty file. The CNN student is a seeded, untrained model
+exported by :mod:`models.cnn` (TensorFlow, from the ``test`` extra).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ CHANGE: dict[str, Callable[[dict], dict]] = {
     "birdnet": lambda p: {**p, "hop_s": 2.0},
     "classical": lambda p: {**p, "classical": {**p["classical"], "n_mels": 64}},
     "custom": lambda p: {**p, "hop_s": 1.0},
+    "cnn": lambda p: {**p, "logits_mode": "none", "logit_indices": [], "logit_labels": []},
 }
 FAMILIES = list(registry.NAMES)
 
@@ -62,7 +64,21 @@ def options(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (folder / "labels.txt").write_text("\n".join(TINY_LABELS) + "\n")
     (folder / "tiny.json").write_text(json.dumps(TINY_CONFIG))
     return {"cache_dir": birdnet_cache(tmp_path_factory), "model": folder / "tiny.tflite",
-            "model_config": folder / "tiny.json"}
+            "model_config": folder / "tiny.json", "cnn_model": build_tiny_cnn(folder)}
+
+
+def build_tiny_cnn(folder: Path) -> Path:
+    """A real (untrained, seeded) CNN student exported by models.cnn: 32 mels, 3 of the bc2026 classes."""
+    import keras
+
+    from embed.cnn import front_end
+    from models.cnn import build_model, export, make_cnn_params
+
+    keras.utils.set_random_seed(0)
+    fe = front_end({"n_mels": 32, "hop": 1024})
+    classes = ["1161364", "1595929", "244024"]
+    model = build_model(fe, len(classes), 8, make_cnn_params({"channels": [4, 8]}))
+    return export(model, folder, fe, classes, name="tiny_cnn")
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +217,8 @@ def test_version_is_stable_and_follows_the_outputs(family: str, built: dict, out
     changed = registry.from_params(CHANGE[family](ex.params()), **runtime)
     assert changed.version != ex.version
     before, after = _arrays(outputs[family]), _arrays(changed.compute(Audio.open(clip), CLIP_STARTS))
-    assert any(before[k].shape != after[k].shape or not np.array_equal(before[k], after[k]) for k in before)
+    assert before.keys() != after.keys() or any(
+        before[k].shape != after[k].shape or not np.array_equal(before[k], after[k]) for k in before)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

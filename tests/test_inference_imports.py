@@ -11,7 +11,7 @@ FORBIDDEN = ("optuna", "matplotlib", "pytest", "librosa", "pandas", "tensorflow"
              "nbclient")
 STORE_LIBS = ("duckdb", "pyarrow")
 INFERENCE = ("models.predict", "models.heads", "models.submission", "embed.features", "embed.birdnet",
-             "embed.classical", "embed.custom", "embed.audio", "featurestore.windows", "featurestore.errors", "stack.bundle", "stack.predict",
+             "embed.classical", "embed.custom", "embed.cnn", "embed.registry", "embed.audio", "featurestore.windows", "featurestore.errors", "stack.bundle", "stack.predict",
              "stack.post", "submit.runtime")
 
 
