@@ -17,7 +17,6 @@ imports neither TensorFlow nor pyarrow: the Kaggle notebook runs it with ai-edge
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from embed.classical import mel_basis
 from embed.extractors import EMBED_CODE_VERSION, FrameModel, View, file_sha256, one_blas_thread
 from embed.tflite import TFLiteRunner
 from featurestore.errors import DataError, ModelError
-from featurestore.params import params_from
+from featurestore.params import params_from, read_json_object
 from featurestore.windows import WINDOW_SECONDS
 
 if TYPE_CHECKING:
@@ -152,13 +151,7 @@ class Sidecar:
         if not path.is_file():
             raise ModelError(f"{model_path}: no {path.name} beside it; a CNN model is used with the sidecar "
                              "pipelines.cnn wrote next to it (copy both files)")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{path}: invalid JSON ({exc})") from exc
-        if not isinstance(data, dict):
-            raise ModelError(f"{path}: expected a JSON object")
-        side = params_from(cls, data, f"{path.name} sidecar", ModelError)
+        side = params_from(cls, read_json_object(path, "CNN sidecar", ModelError), f"{path.name} sidecar", ModelError)
         if side.format != SIDECAR_FORMAT:
             raise ModelError(f"{path}: sidecar format {side.format}, this toolkit reads {SIDECAR_FORMAT}")
         return side

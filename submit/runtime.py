@@ -163,8 +163,11 @@ def bundle_environment(bundle: Path, cache: Path | None = None):
 
 
 def bundle_runtime(bundle: Path, manifest: dict) -> dict:
-    """Extractor runtime options of a bundle (the shipped custom model's path)."""
-    return {"model_path": str(bundle / manifest["custom_model"])} if manifest.get("custom_model") else {}
+    """Extractor runtime options of a bundle (the shipped custom model's and CNN student's paths)."""
+    runtime = {"model_path": str(bundle / manifest["custom_model"])} if manifest.get("custom_model") else {}
+    if manifest.get("cnn_model"):
+        runtime["cnn_model_path"] = str(bundle / manifest["cnn_model"])
+    return runtime
 
 
 # ---------------------------------------------------------------------------- prediction under a guard

@@ -217,3 +217,89 @@ def test_cli_help_and_errors(cnn_store: Path, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "pipelines.cnn", "--store", str(cnn_store), "--teacher", "classical",
                           "--out", str(tmp_path / "x")], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "error: --teacher 'classical': use birdnet or custom:<name>" in bad.stderr
+
+
+def test_kaggle_bundle_ships_the_cnn_and_its_sidecar(cnn_run, shared_data: Path, tmp_path: Path) -> None:
+    """The export copies the .tflite and its .json into models/cnn/; the notebook's runtime options point the
+    rebuilt extractor at the copies (the originals moved away), and it computes the same outputs."""
+    from embed import registry
+    from submit.export import _copy_models
+    from submit.runtime import bundle_runtime
+
+    _, out, _ = cnn_run
+    ex = CnnModel(out / "cnn.tflite")
+    params = json.loads(json.dumps(ex.params()))
+    work = tmp_path / "bundle"
+    manifest = _copy_models({"cnn": params}, work)
+    assert manifest["cnn_model"] == "models/cnn/cnn.tflite"
+    assert (work / "models" / "cnn" / "cnn.json").is_file()
+    moved = {**params, "model_path": str(tmp_path / "gone" / "cnn.tflite")}
+    rebuilt = registry.from_params(moved, **bundle_runtime(work, manifest))
+    assert rebuilt.version == ex.version and rebuilt.model_path == (work / "models" / "cnn" / "cnn.tflite").resolve()
+    clip = shared_data / "bc2026" / CLIPS[0]
+    a, b = ex.compute(Audio.open(clip), [0.0, 5.0]), rebuilt.compute(Audio.open(clip), [0.0, 5.0])
+    assert np.array_equal(a.logits, b.logits) and np.array_equal(a.embedding, b.embedding)
+
+
+def test_front_end_cache_recomputes_only_rows_not_marked_done(cnn_store: Path) -> None:
+    """The cache holds the extractor's own front end of each window; rows not marked done (a killed build)
+    are recomputed and nothing else is touched."""
+    fe = FrontEnd()
+    with FeatureStore.open(cnn_store, create=False) as store:
+        ids = [r[0] for r in store.rows("SELECT window_id FROM windows WHERE source = 'train_audio' "
+                                        "ORDER BY window_id LIMIT 6")]
+        folder, cache = cnn.build_cache(store, ids, fe, workers=1, say=lambda _: None)
+        first = np.array(cache)
+        done = np.load(folder / "done.npy")
+        done[[1, 4]] = False                                         # as if killed before these were saved
+        np.save(folder / "done.npy", done)
+        rw = np.lib.format.open_memmap(folder / "logmel.npy", mode="r+")
+        rw[[1, 4]] = 0
+        rw[0] = 7                                                    # a done row: must stay as it is
+        rw.flush()
+        del rw
+        said: list[str] = []
+        _, again = cnn.build_cache(store, ids, fe, workers=1, say=said.append)
+        assert "2 of 6 windows to compute" in said[0]
+        assert np.array_equal(again[[1, 4]], first[[1, 4]]) and np.all(again[0] == 7)
+        # the cached row is the extractor's front end of the same window, rounded to float16
+        from featurestore.windows import file_of, start_of
+
+        data_dir = Path(store.first("SELECT data_dir FROM ingest_runs ORDER BY run_at DESC LIMIT 1")[0])
+        path = data_dir / file_of(ids[1])
+        frames = Audio.load(path).at(fe.sample_rate)
+        s0 = start_of(ids[1]) * fe.sample_rate
+        frame = np.zeros(fe.frame_samples, np.float32)
+        chunk = frames[s0: s0 + fe.frame_samples]
+        frame[: len(chunk)] = chunk
+        assert np.array_equal(first[1], fe.logmel(frame[None])[0].astype(np.float16))
+
+
+def test_killed_training_resumes_at_its_last_epoch(cnn_store: Path, store_copy, tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    store = store_copy(cnn_store, "cnn_kill")
+    out = tmp_path / "cnn"
+    params = json.dumps({**TINY, "distill_epochs": 3, "epochs": 3, "steps_per_epoch": 6})
+    cmd = [sys.executable, "-m", "pipelines.cnn", "--store", str(store), "--out", str(out), "--params", params,
+           "--workers", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = out / "work" / "all" / "history.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(json.loads(history.read_text())) >= 2:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(json.loads(history.read_text()))
+    assert 2 <= done_before < 6, "the run finished before it could be killed"
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "all data: resuming after epoch" in run.stdout
+    final = json.loads(history.read_text())
+    assert [(h["stage"], h["epoch"]) for h in final] == [("distill", e) for e in range(3)] + \
+        [("finetune", e) for e in range(3)]
+    assert (out / "cnn.tflite").is_file() and Sidecar.read(out / "cnn.tflite").trained_on == "all"
