@@ -143,7 +143,7 @@ LIBRARIES = ("featurestore", "embed", "models", "stack", "submit", "bench")
 
 
 def test_the_jobs_are_the_documented_ones() -> None:
-    assert JOBS == ["demo", "distill", "dryrun", "embed", "errors", "export", "folds", "ingest", "leaderboard", "plan",
+    assert JOBS == ["cnn", "demo", "distill", "dryrun", "embed", "errors", "export", "folds", "ingest", "leaderboard", "plan",
                     "predict", "pseudo", "report", "selftrain", "sql", "stack", "train", "tune", "validate_submission"]
 
 
