@@ -98,13 +98,16 @@ def mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float |
 
 
 def stft_power(y: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-    """(frames, 1 + n_fft // 2) power spectrogram, centred frames with zero padding, periodic Hann."""
+    """(..., frames, 1 + n_fft // 2) power spectrogram of (..., samples) signals (a batch of equal-length
+    frames is one FFT call), centred frames with zero padding, periodic Hann."""
     pad = n_fft // 2
-    padded = np.pad(np.asarray(y, dtype=np.float32), (pad, pad))
-    if len(padded) < n_fft:
-        padded = np.pad(padded, (0, n_fft - len(padded)))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
-    spec = sp_fft.rfft(frames * get_window("hann", n_fft, fftbins=True).astype(np.float32), axis=1)
+    y = np.asarray(y, dtype=np.float32)
+    lead = [(0, 0)] * (y.ndim - 1)
+    padded = np.pad(y, [*lead, (pad, pad)])
+    if padded.shape[-1] < n_fft:
+        padded = np.pad(padded, [*lead, (0, n_fft - padded.shape[-1])])
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[..., ::hop, :]
+    spec = sp_fft.rfft(frames * get_window("hann", n_fft, fftbins=True).astype(np.float32), axis=-1)
     return np.square(spec.real) + np.square(spec.imag)
 
 

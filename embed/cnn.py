@@ -17,6 +17,7 @@ imports neither TensorFlow nor pyarrow: the Kaggle notebook runs it with ai-edge
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -24,10 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import fft as sp_fft
-from scipy.signal import get_window
 
-from embed.classical import mel_basis
+from embed.classical import mel_basis, power_to_db, stft_power
 from embed.extractors import EMBED_CODE_VERSION, FrameModel, View, file_sha256, one_blas_thread
 from embed.tflite import TFLiteRunner
 from featurestore.errors import DataError, ModelError
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 SIDECAR_FORMAT = 1
-AMIN = 1e-10          # power floor before dB (as librosa.power_to_db): digital silence -> -100 dB
 
 
 @dataclass(frozen=True)
@@ -81,41 +79,26 @@ class FrontEnd:
     def logmel(self, frames: np.ndarray) -> np.ndarray:
         """(n, frame_samples) audio -> (n, n_mels, n_frames) float32 dB.
 
-        Hand-written rather than librosa (tested equal to it) because it runs in the Kaggle notebook
-        and batches frames in one FFT call; the mel product runs on one BLAS thread so results do not
-        depend on the machine's thread count.
+        The classical extractor's STFT, mel basis and dB (equal to librosa, tested), with the frames
+        batched into one FFT call; the mel product runs on one BLAS thread so results do not depend on
+        the machine's thread count.
         """
         frames = np.asarray(frames, dtype=np.float32)
         if frames.ndim != 2 or frames.shape[1] != self.frame_samples:
             raise ValueError(f"expected (n, {self.frame_samples}) frames, got {frames.shape}")
-        pad = self.n_fft // 2
-        padded = np.pad(frames, ((0, 0), (pad, pad)))
-        windows = np.lib.stride_tricks.sliding_window_view(padded, self.n_fft, axis=1)[:, :: self.hop]
-        spec = sp_fft.rfft(windows * _hann(self.n_fft), axis=-1)
-        power = np.square(spec.real) + np.square(spec.imag)           # (n, frames, bins)
+        power = stft_power(frames, self.n_fft, self.hop)               # (n, frames, bins)
         with one_blas_thread():
             mel = power @ _mel(self.sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax).T
-        return np.ascontiguousarray((10.0 * np.log10(np.maximum(AMIN, mel))).transpose(0, 2, 1), dtype=np.float32)
+        return np.ascontiguousarray(power_to_db(mel).transpose(0, 2, 1), dtype=np.float32)
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-_HANN: dict[int, np.ndarray] = {}
-_MEL: dict[tuple, np.ndarray] = {}
-
-
-def _hann(n: int) -> np.ndarray:
-    if n not in _HANN:
-        _HANN[n] = get_window("hann", n, fftbins=True).astype(np.float32)
-    return _HANN[n]
-
-
+@functools.lru_cache(maxsize=8)
 def _mel(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
-    key = (sr, n_fft, n_mels, fmin, fmax)
-    if key not in _MEL:
-        _MEL[key] = mel_basis(sr, n_fft, n_mels, fmin, fmax)
-    return _MEL[key]
+    """The mel basis of a front end, built once per process (never written to)."""
+    return mel_basis(sr, n_fft, n_mels, fmin, fmax)
 
 
 def front_end(overrides: Mapping | None = None) -> FrontEnd:

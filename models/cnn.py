@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit
 
-from featurestore.errors import StoreError, UserInputError
+from featurestore.errors import AudioError, StoreError, UserInputError
 from featurestore.params import params_from
 
 CACHE_DIR = "cnn_cache"
@@ -103,13 +103,13 @@ def _say(text: str) -> None:
 
 # ---------------------------------------------------------------------------- the front-end cache
 def _logmel_rows(job: tuple[str, list[float], dict]) -> np.ndarray:
-    """Worker: the front end of the windows starting at ``starts`` of one file, float16 (n, mels, frames)."""
+    """The front end of the windows starting at ``starts`` of one file, float16 (n, mels, frames)."""
     from embed.audio import Audio
     from embed.cnn import front_end
 
     path, starts, fe = job
     frontend = front_end(fe)
-    signal = Audio.open(path, stream_above_s=float("inf")).at(frontend.sample_rate)
+    signal = Audio.load(path).at(frontend.sample_rate)
     L = frontend.frame_samples
     frames = np.zeros((len(starts), L), np.float32)
     for i, start in enumerate(starts):
@@ -117,6 +117,14 @@ def _logmel_rows(job: tuple[str, list[float], dict]) -> np.ndarray:
         chunk = signal[s0: s0 + L]
         frames[i, : len(chunk)] = chunk
     return frontend.logmel(frames).astype(np.float16)
+
+
+def _logmel_or_error(job: tuple[str, list[float], dict]) -> np.ndarray | AudioError:
+    """Worker: :func:`_logmel_rows`, or the file's decoding error as a value (the other files go on)."""
+    try:
+        return _logmel_rows(job)
+    except AudioError as exc:
+        return exc
 
 
 def window_frames_of(path: str | os.PathLike, starts: list[float], frontend) -> np.ndarray:
@@ -134,7 +142,8 @@ def build_cache(store, window_ids: list[str], frontend, *, workers: int = 1, say
     """The front end of every window in ``window_ids`` (sorted), in a float16 memmap inside the store.
 
     Keyed by the front end and the window list; resumable (rows are marked done only after they are
-    flushed). Undecodable files raise :class:`AudioError` naming the file.
+    flushed). Undecodable files raise one :class:`AudioError` naming the first, after every other file is
+    cached (:func:`load_data` leaves out the files the embed job recorded as undecodable).
     """
     from embed.extractors import single_threaded_children
     from embed.job import data_dir_of
@@ -166,6 +175,7 @@ def build_cache(store, window_ids: list[str], frontend, *, workers: int = 1, say
     t0 = last_save = time.perf_counter()
     jobs = [(str(data_dir / f), [start_of(window_ids[i]) for i in todo[f]], frontend.to_json()) for f in files]
     n_done = 0
+    failed: list[AudioError] = []
 
     def commit() -> None:
         cache.flush()
@@ -173,17 +183,26 @@ def build_cache(store, window_ids: list[str], frontend, *, workers: int = 1, say
 
     import multiprocessing
 
-    with single_threaded_children(workers), ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for f, rows in zip(files, pool.map(_logmel_rows, jobs, chunksize=4), strict=True):
-            cache[todo[f]] = rows
-            done[todo[f]] = True
-            n_done += 1
-            if time.perf_counter() - last_save > 30 or n_done == len(files):
-                commit()
-                last_save = time.perf_counter()
-                say(f"  {n_done}/{len(files)} files ({time.perf_counter() - t0:.0f} s)")
-    commit()
+    try:
+        with single_threaded_children(workers), ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for f, rows in zip(files, pool.map(_logmel_or_error, jobs, chunksize=4), strict=True):
+                if isinstance(rows, AudioError):
+                    failed.append(rows)
+                    continue
+                cache[todo[f]] = rows
+                done[todo[f]] = True
+                n_done += 1
+                if time.perf_counter() - last_save > 30 or n_done == len(files):
+                    commit()
+                    last_save = time.perf_counter()
+                    say(f"  {n_done}/{len(files)} files ({time.perf_counter() - t0:.0f} s)")
+    finally:        # ^C or an error: the files finished so far are kept
+        commit()
+    if failed:
+        raise AudioError(f"{len(failed)} file(s) could not be decoded (first: {failed[0]}); every other file is "
+                         "cached. Fix them, or let python -m pipelines.embed record them in embed_errors: the CNN "
+                         "leaves those out")
     return folder, np.lib.format.open_memmap(data_path, mode="r")
 
 
@@ -192,13 +211,9 @@ def teacher_targets(store, folder: Path, window_ids: list[str], view: str, *, ch
     """The teacher's stored embedding of every window (mean over a window's frames), float16 memmap;
     ``(targets, extractor name, version)``. Every window must have one: a missing window is refused
     with the embed command that fills it."""
-    from embed.features import load_window_features, parse_view
+    from embed.features import load_window_features, parse_view, resolve_version
 
-    spec = parse_view(view)
-    if spec.column != "embedding":
-        raise UserInputError(f"teacher {view!r}: use an embedding view (birdnet, custom:<name>)")
-    from embed.features import resolve_version
-
+    spec = parse_view(view)          # an embedding view: load_data checked it with teacher_view
     version = resolve_version(store, spec.extractor)
     path = folder / f"teacher-{version}.npy"
     if path.exists():
@@ -206,7 +221,7 @@ def teacher_targets(store, folder: Path, window_ids: list[str], view: str, *, ch
     out = None
     for a in range(0, len(window_ids), chunk):
         part = window_ids[a: a + chunk]
-        ids, X, _, used = load_window_features(store, view, "mean", window_ids=part, versions={spec.extractor: version})
+        ids, X, _, _ = load_window_features(store, view, "mean", window_ids=part, versions={spec.extractor: version})
         if len(ids) != len(part):
             missing = sorted(set(part) - set(ids))
             raise StoreError(f"{len(missing)} training window(s) have no {view} embedding (first: {missing[0]}); "
@@ -256,10 +271,11 @@ class CnnData:
 def load_data(store, teacher: str, params: CnnParams, frontend, *, fold_version: str | None = None,
               pseudo: str | None = None, workers: int = 1, say=_say) -> CnnData:
     """Assemble a run's data from the store (computing the front-end cache and teacher targets once)."""
+    from embed.features import parse_view, resolve_version
     from featurestore.ingest import latest_data_version
     from featurestore.windows import SOUNDSCAPE, TEST, file_of
     from models.bundle import FeatureVersions
-    from models.frame import TrainingFrame, class_names_of, label_matrix, window_labels
+    from models.frame import TrainingFrame, class_names_of, failed_files, label_matrix, window_labels
     from models.training import evaluation_rows, fold_assignment
     from stack.pseudo import unlabelled_windows
 
@@ -268,6 +284,13 @@ def load_data(store, teacher: str, params: CnnParams, frontend, *, fold_version:
     ids = [r[0] for r in rows]
     if not ids:
         raise StoreError(f"no training windows in {store.root}; run pipelines.ingest first")
+    extractor = parse_view(view).extractor
+    failed = failed_files(store, {extractor: resolve_version(store, extractor)})
+    if failed:   # undecodable audio (embed_errors): no teacher embedding and no front end, as for the heads
+        kept = [w for w in ids if file_of(w) not in failed]
+        say(f"cnn: {len(ids) - len(kept)} window(s) of {len(failed)} undecodable file(s) left out (see the "
+            "embed_errors table)")
+        ids = kept
     labels = window_labels(store)
     if not labels:
         raise StoreError("no labelled windows in the store (ingest train.csv / soundscape labels first)")
@@ -316,7 +339,7 @@ def _attach_pseudo(store, data: CnnData, version: str, params: CnnParams) -> Non
         keep = [j for j, w in enumerate(ids) if w in position and not data.labelled[position[w]]]
         rows = np.array([position[ids[j]] for j in keep], np.int64)
         data.pseudo[k] = (rows, P[keep][:, order].astype(np.float16))
-        data.pseudo_weight = float(params.pseudo_weight if params.pseudo_weight is not None else stored.weight)
+    data.pseudo_weight = float(params.pseudo_weight if params.pseudo_weight is not None else stored.weight)
     data.pseudo_version = version
 
 
@@ -401,8 +424,8 @@ class _Trainer:
         self.workdir = workdir
         keras.utils.set_random_seed(params.seed + (0 if fold == ALL else 1 + int(fold)))
         self.model = build_model(frontend, len(data.class_names), data.teacher.shape[1], params)
-        n_rows = self.n_rows()
-        steps = {stage: self.steps(stage, n_rows[stage]) for stage in ("distill", "finetune")}
+        self.sets = {"distill": self.distill_set(), "finetune": self.finetune_set()}
+        steps = {stage: self.steps(len(rows)) for stage, (rows, _, _) in self.sets.items()}
 
         def optimiser(lr: float, total: int):
             schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, total))
@@ -430,22 +453,28 @@ class _Trainer:
         ok = ~(d.labelled & (d.folds == -1))
         return np.flatnonzero(ok if self.fold == ALL else ok & (d.folds != self.fold))
 
-    def finetune_set(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """(rows, soft labels of pseudo rows or None, sample weights) of stage 2."""
+    def distill_set(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Stage 1's (rows, sample weights, soft labels of the pseudo rows at the end of ``rows``): every
+        row this model may see, weighted equally, no labels."""
+        rows = self.train_rows()
+        return rows, np.ones(len(rows), np.float32), None
+
+    def finetune_set(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Stage 2's (rows, sample weights, soft labels of the pseudo rows at the end of ``rows``): the
+        labelled rows this model may see, then the pseudo-labelled ones of its teacher fold."""
         d = self.data
         rows = self.train_rows()
         lab = rows[d.labelled[rows]]
-        weights = d.weight[lab]
+        if not len(lab):
+            raise StoreError(f"fold {self.fold}: no labelled training windows outside it")
         key = -1 if self.fold == ALL else int(self.fold)
-        if key in d.pseudo:
-            prow, _ = d.pseudo[key]
-            allowed = np.isin(prow, rows)
-            return (np.concatenate([lab, prow[allowed]]), allowed,
-                    np.concatenate([weights, np.full(int(allowed.sum()), d.pseudo_weight, np.float32)]))
-        return lab, None, weights
-
-    def n_rows(self) -> dict[str, int]:
-        return {"distill": len(self.train_rows()), "finetune": len(self.finetune_set()[0])}
+        if key not in d.pseudo:
+            return lab, d.weight[lab], None
+        prow, labels = d.pseudo[key]
+        allowed = np.isin(prow, rows)
+        return (np.concatenate([lab, prow[allowed]]),
+                np.concatenate([d.weight[lab], np.full(int(allowed.sum()), d.pseudo_weight, np.float32)]),
+                labels[allowed])
 
     def targets(self, rows: np.ndarray) -> np.ndarray:
         """Stage 1's targets: the teacher embeddings as stored. (Centring them on the training mean, so the
@@ -453,7 +482,7 @@ class _Trainer:
         held-out AUC 0.57 vs 0.71 after 8 + 8 epochs; the student over-fitted the residual.)"""
         return np.asarray(self.data.teacher[rows], np.float32)
 
-    def steps(self, stage: str, n: int) -> int:
+    def steps(self, n: int) -> int:
         return int(self.params.steps_per_epoch or max(1, n // self.params.batch_size))
 
     def background_rows(self) -> np.ndarray:
@@ -495,18 +524,11 @@ class _Trainer:
         d, p = self.data, self.params
         rng = np.random.default_rng([p.seed, 0 if self.fold == ALL else 1 + int(self.fold),
                                      0 if stage == "distill" else 1, epoch])
-        if stage == "distill":
-            rows, soft, weights = self.train_rows(), None, np.ones(len(self.train_rows()), np.float32)
-        else:
-            rows, soft, weights = self.finetune_set()
-        n_steps = self.steps(stage, len(rows))
+        rows, weights, pseudo_labels = self.sets[stage]
+        n_steps = self.steps(len(rows))
         picks = np.concatenate([rng.permutation(len(rows)) for _ in range(-(-n_steps * p.batch_size // len(rows)))])
         background = self.background_rows()
-        key = -1 if self.fold == ALL else int(self.fold)
-        pseudo_rows, pseudo_labels = d.pseudo.get(key, (np.zeros(0, np.int64), None))
-        if soft is not None:
-            pseudo_rows, pseudo_labels = pseudo_rows[soft], pseudo_labels[soft]
-        n_lab = len(rows) - len(pseudo_rows)
+        n_lab = len(rows) - (0 if pseudo_labels is None else len(pseudo_labels))
         losses, distills = [], []
         for s in range(n_steps):
             pick = picks[s * p.batch_size: (s + 1) * p.batch_size]
@@ -545,12 +567,13 @@ class _Trainer:
         return frame_rows, d.labelled_rows[frame_rows]
 
     def fold_auc(self, probs: np.ndarray, frame_rows: np.ndarray) -> float:
-        from models.metrics import macro_auc_defined
+        """The held-out fold's metric (:func:`models.training.fold_score`) of ``probs`` of ``frame_rows``."""
+        from models.training import fold_score
 
-        mask = self.data.eval_mask[frame_rows]
-        if not mask.any():
-            return float("nan")
-        return macro_auc_defined(self.data.frame.Y[frame_rows[mask]], probs[mask])[0]
+        d = self.data
+        oof = np.full(d.frame.Y.shape, np.nan, np.float32)
+        oof[frame_rows] = probs
+        return fold_score(d.frame, oof, d.folds[d.labelled_rows], d.eval_mask, self.fold)
 
     def train(self) -> FoldResult:
         p, t0 = self.params, time.perf_counter()
@@ -610,7 +633,7 @@ def convert(model, precision: str = "float32") -> bytes:
         return converter.convert()
 
 
-def _output_names(flatbuffer: bytes, model, frontend) -> tuple[str, str]:
+def _output_names(flatbuffer: bytes, model) -> tuple[str, str]:
     """TFLite names of the (embedding, logits) outputs, matched by width (checked distinct in build_model)."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -631,7 +654,7 @@ def export(model, out_dir: Path, frontend, class_names: list[str], *, name: str 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     flatbuffer = convert(model, precision)
-    emb_name, logits_name = _output_names(flatbuffer, model, frontend)
+    emb_name, logits_name = _output_names(flatbuffer, model)
     path = out_dir / f"{name}.tflite"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(flatbuffer)
@@ -689,8 +712,12 @@ class CnnResult:
     report: object = None
 
     def render(self) -> str:
+        from models.training import NOTHING_SCORABLE, SCORED_ON_TEXT
+
         lines = [f"cnn {self.cnn_id}: fold mean {self.fold_mean:.4f} +/- {self.fold_std:.4f} "
-                 f"(pooled OOF {self.oof_auc:.4f}) on {self.scored_on} windows; {self.seconds:.0f} s"]
+                 f"(pooled OOF {self.oof_auc:.4f}) on {SCORED_ON_TEXT[self.scored_on]}; {self.seconds:.0f} s"]
+        if self.scored_on == "none":
+            lines.append(f"warning: {NOTHING_SCORABLE}")
         if self.compare:
             lines.append(self.compare)
         lines += [f"  {k}: {v}" for k, v in self.exported.items()]
@@ -731,14 +758,15 @@ def train_cnn(store_dir: str | os.PathLike, out_dir: str | os.PathLike, *, teach
     write its OOF file and experiments row; see the module docstring."""
     from embed.cnn import front_end
     from featurestore.store import FeatureStore, write_parquet_atomic
-    from models.experiments import record
-    from models.training import OOF_DIR, oof_table, refresh_oof_view, score_run
+    from models.experiments import metric_columns, record
+    from models.training import OOF_DIR, SCORED_ON_TEXT, oof_table, refresh_oof_view, score_run
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")       # TensorFlow's C++ start-up chatter
     try:
-        import tensorflow  # noqa: F401
+        import tensorflow as tf
     except ImportError as exc:
         raise UserInputError("training the CNN needs TensorFlow: pip install 'birdclef-stack[cnn]'") from exc
+    tf.get_logger().setLevel("ERROR")   # each fold's model traces its own train step: not a retracing problem
     params = params if isinstance(params, CnnParams) else make_cnn_params(params)
     fe = front_end(frontend)
     out = Path(out_dir).expanduser()
@@ -760,7 +788,6 @@ def train_cnn(store_dir: str | os.PathLike, out_dir: str | os.PathLike, *, teach
             f"({data.teacher.shape[1]}-d), {len(data.class_names)} classes, input {list(fe.input_shape)}"
             + (f", pseudo-labels {pseudo}" if pseudo else ""))
 
-        nan = float("nan")
         oof = np.full((len(data.frame.window_ids), len(data.class_names)), np.nan, np.float32)
         fold_ids = data.fold_ids if folds else []
         int8_scores: dict[str, dict[int, float]] = {"float32": {}, "int8": {}}
@@ -789,22 +816,21 @@ def train_cnn(store_dir: str | os.PathLike, out_dir: str | os.PathLike, *, teach
                 int8_scores.setdefault(prec, {})[k] = value
 
         report = None
-        fold_mean = fold_std = pooled = nan
-        fold_scores: dict = {}
         if fold_ids:
             predicted = ~np.isnan(oof).any(axis=1)
             folds_l = data.folds[data.labelled_rows]
             if data.scored_on != "none":
                 report = score_run(store, data.frame, folds_l, oof, data.eval_mask & predicted, params.seed)
-            if report is not None:
-                fold_mean = report.fold_mean if report.fold_mean is not None else nan
-                fold_std = report.fold_std if report.fold_std is not None else nan
-                pooled, fold_scores = report.auc, {str(k): v for k, v in report.fold_scores.items()}
             oof_path = store.root / OOF_DIR / f"{cnn_id}.parquet"
             oof_path.parent.mkdir(parents=True, exist_ok=True)
             write_parquet_atomic(oof_table(data.frame.subset(predicted), folds_l[predicted], oof[predicted], cnn_id),
                                  oof_path)
             refresh_oof_view(store)
+
+        metrics = metric_columns(report)
+        fold_mean, fold_std, pooled = (float("nan") if metrics[c] is None else metrics[c]
+                                       for c in ("fold_mean", "fold_std", "oof_auc"))
+        fold_scores = json.loads(metrics["fold_scores"])
 
         say("  all data: training the model to export")
         full_dir = out / "work" / ALL
@@ -818,8 +844,8 @@ def train_cnn(store_dir: str | os.PathLike, out_dir: str | os.PathLike, *, teach
         for precision, name in (("float32", "cnn"), ("float16", "cnn_f16")):
             exported[precision] = export(trainer.model, out, fe, data.class_names, name=name, precision=precision,
                                          teacher=data.teacher_name, cnn_id=cnn_id, probe=probe)
-        int8_note = _int8_decision(int8_scores)
-        if int8_note.startswith("int8 kept"):
+        keep_int8, int8_note = _int8_decision(int8_scores)
+        if keep_int8:
             exported["int8"] = export(trainer.model, out, fe, data.class_names, name="cnn_int8", precision="int8",
                                       teacher=data.teacher_name, cnn_id=cnn_id)
         elif (out / "cnn_int8.tflite").exists():
@@ -828,37 +854,22 @@ def train_cnn(store_dir: str | os.PathLike, out_dir: str | os.PathLike, *, teach
         compare = compare_line(store, data.teacher_name, data.fold_version, fold_mean) if fold_ids else ""
         seconds = time.perf_counter() - t0
         if fold_ids:
-            ci = report.ci if report is not None and report.ci else (None, None)
             record(store, {
                 "head_id": cnn_id, "head": "cnn", "tag": tag or "cnn",
                 "features": f"audio logmel {fe.n_mels}x{fe.n_frames} (teacher {data.teacher_name})",
                 "params": json.dumps(asdict(params)), "config": json.dumps(config, sort_keys=True, default=str),
                 "fold_version": data.fold_version, "data_version": data.data_version,
                 "feature_versions": json.dumps({data.teacher_name: data.teacher_version}), "seed": params.seed,
-                "eval_rows": data.scored_on, "n_train_windows": int(len(data.window_ids)),
-                "oof_auc": _none(pooled), "fold_mean": _none(fold_mean), "fold_std": _none(fold_std),
-                "ci_low": _none(ci[0]), "ci_high": _none(ci[1]),
-                "per_class": json.dumps(report.per_class.to_pylist(), default=float) if report else None,
-                "slices": json.dumps(report.slices.to_pylist(), default=float) if report else None,
+                "eval_rows": SCORED_ON_TEXT[data.scored_on], "n_train_windows": int(len(data.window_ids)),
                 "train_seconds": train_s, "predict_seconds": 0.0, "training_version": TRAINING_VERSION,
                 "mode": CNN_MODE, "scored_on": data.scored_on, "n_eval_windows": int(data.eval_mask.sum()),
-                "n_folds_scored": sum(v is not None and not np.isnan(v) for v in fold_scores.values()),
-                "fold_scores": json.dumps({k: _none(v) for k, v in fold_scores.items()}),
-                "calibration_gap": _none(pooled - fold_mean),
-                "n_classes_scored": report.n_scored_classes if report else 0,
-                "n_classes_degenerate": report.n_degenerate_classes if report else 0,
-                "degenerate_classes": json.dumps(report.degenerate if report else [])})
-        summary = {"cnn_id": cnn_id, "fold_mean": _none(fold_mean), "fold_std": _none(fold_std),
-                   "oof_auc": _none(pooled), "fold_scores": {k: _none(v) for k, v in fold_scores.items()},
-                   "precision_fold_scores": int8_scores, "int8": int8_note, "compare": compare,
+                **metrics})
+        summary = {"cnn_id": cnn_id, **{c: metrics[c] for c in ("fold_mean", "fold_std", "oof_auc")},
+                   "fold_scores": fold_scores, "precision_fold_scores": int8_scores, "int8": int8_note, "compare": compare,
                    "exported": {k: v.name for k, v in exported.items()}}
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return CnnResult(cnn_id, out, exported["float32"], fold_mean, fold_std, pooled, fold_scores, data.scored_on,
                      exported, int8_note, compare, seconds, report)
-
-
-def _none(value) -> float | None:
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
 
 
 def _precision_scores(trainer: _Trainer, frame_rows: np.ndarray, workdir: Path) -> dict[str, float]:
@@ -873,17 +884,18 @@ def _precision_scores(trainer: _Trainer, frame_rows: np.ndarray, workdir: Path) 
     for precision in ("float32", "int8"):
         path = export(trainer.model, workdir / "export", trainer.frontend, d.class_names, name=f"fold_{precision}",
                       precision=precision, trained_on=f"fold {trainer.fold}")
-        scores[precision] = trainer.fold_auc(tflite_probs(path, logmel), frame_rows[mask]) \
-            if len(rows) else float("nan")
+        scores[precision] = trainer.fold_auc(tflite_probs(path, logmel), frame_rows[mask])
     return scores
 
 
-def _int8_decision(scores: dict[str, dict[int, float]]) -> str:
+def _int8_decision(scores: dict[str, dict[int, float]]) -> tuple[bool, str]:
+    """(export int8?, why): its TFLite fold mean against float32's, on the held-out folds."""
     f32 = [v for v in scores.get("float32", {}).values() if v is not None and not np.isnan(v)]
     i8 = [v for v in scores.get("int8", {}).values() if v is not None and not np.isnan(v)]
     if not f32 or len(f32) != len(i8):
-        return "int8 not exported: no held-out fold scores to judge it by (train with --folds)"
+        return False, ("int8 not exported: no held-out fold score to judge it by (it needs --folds and held-out "
+                       "windows with a scorable class)")
     drop = float(np.mean(f32) - np.mean(i8))
-    verdict = "kept" if drop <= INT8_MAX_DROP else "not exported"
-    return (f"int8 {verdict}: fold mean {np.mean(i8):.4f} vs float32 {np.mean(f32):.4f} as TFLite "
-            f"(drop {drop:+.4f}, limit {INT8_MAX_DROP})")
+    keep = drop <= INT8_MAX_DROP
+    return keep, (f"int8 {'kept' if keep else 'not exported'}: fold mean {np.mean(i8):.4f} vs float32 "
+                  f"{np.mean(f32):.4f} as TFLite (drop {drop:+.4f}, limit {INT8_MAX_DROP})")

@@ -103,7 +103,7 @@ def add_context(X: np.ndarray, window_ids: np.ndarray) -> tuple[np.ndarray, list
     return np.hstack([X, neighbour, file_max]), ["ctx_neighbour", "ctx_filemax"]
 
 
-def _failed_files(store: FeatureStore, versions: dict[str, str]) -> set[str]:
+def failed_files(store: FeatureStore, versions: dict[str, str]) -> set[str]:
     """Files the embed job recorded as impossible to embed (``embed_errors``) for these extractor versions."""
     chosen = list(versions.values())
     if not chosen or not store.part_files("embed_errors"):
@@ -153,7 +153,7 @@ def build_frame(store: FeatureStore, spec: FrameSpec, window_ids: list[str] | No
                          f"pipelines.embed --store {store.root}")
     have = set(ids.tolist())
     missing = [w for w in wanted if w not in have]
-    failed = _failed_files(store, versions) if missing else set()
+    failed = failed_files(store, versions) if missing else set()
     unexplained = [w for w in missing if file_of(w) not in failed]
     coverage = Coverage(len(wanted), len(ids), len(missing) - len(unexplained), len(unexplained))
     if unexplained and not allow_partial:

@@ -28,7 +28,7 @@ from featurestore.errors import MetricError, StoreError
 from featurestore.ingest import latest_data_version
 from featurestore.store import FeatureStore, write_parquet_atomic
 from models.bundle import HEADS_DIR, BundleWriter, FeatureVersions, HeadConfig
-from models.experiments import record
+from models.experiments import metric_columns, record
 from models.frame import SOUNDSCAPE, FrameSpec, TrainingFrame, build_frame
 from models.heads import PARAMS_BY_KIND, make_head, make_params
 from models.metrics import MetricReport, evaluate, macro_auc_defined
@@ -246,6 +246,8 @@ def cross_validate(frame: TrainingFrame, folds: np.ndarray, kind: str, overrides
     return oof, train_s, predict_s
 
 
+NOTHING_SCORABLE = ("no labelled window has a class with both a positive and a negative in any fold; the "
+                    "headline is undefined (ingest more labelled audio, or re-fold)")
 SCORED_ON_TEXT = {"soundscape": "labelled soundscape windows", "focal": "labelled focal windows (no scorable "
                   "soundscape window)", "none": "nothing scorable"}
 
@@ -300,17 +302,6 @@ def oof_table(frame: TrainingFrame, folds: np.ndarray, oof: np.ndarray, head_id:
     for i, name in enumerate(frame.class_names):
         cols[name] = pa.array(oof[:, i], pa.float32())
     return pa.table(cols)
-
-
-def _slice_value(report: MetricReport, slice_name: str, value: str) -> float | None:
-    for r in report.slices.to_pylist():
-        if r["slice"] == slice_name and r["value"] == value and r["n_classes"]:
-            return r["auc"]
-    return None
-
-
-def _nan_to_none(value: float | None) -> float | None:
-    return None if value is None or np.isnan(value) else float(value)
 
 
 @dataclass
@@ -424,8 +415,7 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
         except MetricError as exc:  # e.g. a head that predicted NaN: keep the models, say why
             warnings.append(f"scoring failed: {exc}")
         if scored_on == "none":
-            warnings.append("no labelled window has a class with both a positive and a negative in any fold; "
-                            "the headline is undefined (ingest more labelled audio, or re-fold)")
+            warnings.append(NOTHING_SCORABLE)
         predicted = ~np.isnan(oof).any(axis=1)
         oof_path = store.root / OOF_DIR / f"{head_id}.parquet"
         oof_path.parent.mkdir(parents=True, exist_ok=True)
@@ -433,34 +423,20 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
         refresh_oof_view(store)
         bundle.publish()
 
-        nan = float("nan")
-        fold_mean = report.fold_mean if report and report.fold_mean is not None else nan
-        fold_std = report.fold_std if report and report.fold_std is not None else nan
-        pooled = report.auc if report else nan
-        ci = report.ci if report and report.ci else (None, None)
-        fold_scores = {str(k): _nan_to_none(v) for k, v in report.fold_scores.items()} if report else {}
-        n_scored = report.n_scored_classes if report else 0
-        n_degenerate = report.n_degenerate_classes if report else 0
+        metrics = metric_columns(report)
+        fold_mean, fold_std, pooled = (float("nan") if metrics[c] is None else metrics[c]
+                                       for c in ("fold_mean", "fold_std", "oof_auc"))
         record(store, {
             "head_id": config.head_id, "head": kind, "tag": tag or mode, "features": spec.features,
             "params": json.dumps(asdict(params)), "config": json.dumps(config.to_json(), sort_keys=True),
             "fold_version": plan.fold_version, "data_version": plan.data_version,
             "feature_versions": json.dumps(frame.feature_versions.to_json()), "seed": seed,
             "eval_rows": SCORED_ON_TEXT[plan.scored_on], "n_train_windows": plan.n_train_windows,
-            "oof_auc": _nan_to_none(pooled), "fold_mean": _nan_to_none(fold_mean), "fold_std": _nan_to_none(fold_std),
-            "ci_low": _nan_to_none(ci[0]), "ci_high": _nan_to_none(ci[1]),
-            "rare_auc": _slice_value(report, "frequency", "rare") if report else None,
-            "padded_cmap": report.padded_cmap if report else None,
-            "per_class": json.dumps(report.per_class.to_pylist(), default=float) if report else None,
-            "slices": json.dumps(report.slices.to_pylist(), default=float) if report else None,
             "train_seconds": train_s, "predict_seconds": predict_s, "training_version": TRAINING_VERSION,
-            "mode": mode, "scored_on": plan.scored_on, "n_eval_windows": int(plan.eval_mask.sum()),
-            "n_folds_scored": sum(v is not None for v in fold_scores.values()), "fold_scores": json.dumps(fold_scores),
-            "calibration_gap": _nan_to_none(pooled - fold_mean),
-            "n_classes_scored": n_scored, "n_classes_degenerate": n_degenerate,
-            "degenerate_classes": json.dumps(report.degenerate if report else [])})
+            "mode": mode, "scored_on": plan.scored_on, "n_eval_windows": int(plan.eval_mask.sum()), **metrics})
     return ExperimentResult(head_id, kind, fold_mean, fold_std, pooled, report, train_s, predict_s, oof_path,
-                            SCORED_ON_TEXT[scored_on], scored_on, mode, n_scored, n_degenerate, warnings)
+                            SCORED_ON_TEXT[scored_on], scored_on, mode, metrics["n_classes_scored"],
+                            metrics["n_classes_degenerate"], warnings)
 
 
 def head_params(kind: str, overrides: dict | None, seed: int):

@@ -154,6 +154,7 @@ def experiment_row(store, data: StackInputs, cv: StackCV, config: StackConfig, c
                    seconds: float, tag: str) -> dict:
     """The ``experiments`` row of a stacked run (the full metric report on the scored rows)."""
     from featurestore.errors import MetricError
+    from models.experiments import metric_columns
     from models.metrics import evaluate
     from models.training import SCORED_ON_TEXT
     from stack.inputs import store_labels
@@ -177,18 +178,9 @@ def experiment_row(store, data: StackInputs, cv: StackCV, config: StackConfig, c
         except MetricError:
             report = None
 
-    def num(v):
-        return None if v is None or not np.isfinite(v) else float(v)
-
-    rare = None
-    if report is not None:
-        rare = next((r["auc"] for r in report.slices.to_pylist()
-                     if r["slice"] == "frequency" and r["value"] == "rare" and r["n_classes"]), None)
     feature_versions: dict[str, str] = {}
     for c in configs.values():
         feature_versions.update(c.get("feature_versions", {}))
-    fold_scores = {str(k): num(v) for k, v in score.fold_scores.items()}
-    pooled = report.auc if report else float("nan")
     features = f"{len(config.base_heads)} heads" + (f"+{len(config.zero_shot)} zero-shot" if config.zero_shot else "")
     return {
         "head_id": config.head_id, "head": STACK_KIND, "tag": tag, "features": features,
@@ -196,16 +188,6 @@ def experiment_row(store, data: StackInputs, cv: StackCV, config: StackConfig, c
         "config": json.dumps(config.to_json(), sort_keys=True), "fold_version": config.fold_version,
         "data_version": config.data_version, "feature_versions": json.dumps(feature_versions), "seed": 0,
         "eval_rows": SCORED_ON_TEXT[score.scored_on], "n_train_windows": int(training_rows(data, cv.params, None).sum()),
-        "oof_auc": num(pooled), "fold_mean": num(score.fold_mean), "fold_std": num(score.fold_std),
-        "ci_low": num(report.ci[0]) if report and report.ci else None,
-        "ci_high": num(report.ci[1]) if report and report.ci else None, "rare_auc": num(rare),
-        "padded_cmap": num(report.padded_cmap) if report else None,
-        "per_class": json.dumps(report.per_class.to_pylist(), default=float) if report else None,
-        "slices": json.dumps(report.slices.to_pylist(), default=float) if report else None,
         "train_seconds": seconds, "predict_seconds": 0.0, "training_version": config.stack_version,
         "mode": "full", "scored_on": score.scored_on, "n_eval_windows": int(mask.sum()),
-        "n_folds_scored": sum(v is not None for v in fold_scores.values()), "fold_scores": json.dumps(fold_scores),
-        "calibration_gap": num(pooled - score.fold_mean),
-        "n_classes_scored": report.n_scored_classes if report else 0,
-        "n_classes_degenerate": report.n_degenerate_classes if report else 0,
-        "degenerate_classes": json.dumps(report.degenerate if report else [])}
+        **metric_columns(report, fold_mean=score.fold_mean, fold_std=score.fold_std, fold_scores=score.fold_scores)}

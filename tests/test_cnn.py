@@ -99,21 +99,23 @@ def cnn_run(cnn_store: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_cnn_run_reports_fold_mean_beside_birdnet_linear(cnn_run, cnn_store: Path) -> None:
+    from models.frame import label_matrix, window_labels
+
     result, out, lines = cnn_run
     with FeatureStore.open(cnn_store, read_only=True) as store:
-        row = store.first("SELECT fold_mean, mode, head, fold_version FROM experiments WHERE head_id = ?",
+        row = store.first("SELECT fold_mean, oof_auc, mode, head, padded_cmap FROM experiments WHERE head_id = ?",
                           [result.cnn_id])
         linear = store.first("SELECT head_id, fold_mean FROM experiments WHERE head = 'linear'")
         oof = store.sql(f"SELECT * FROM read_parquet('{store.root}/oof/{result.cnn_id}.parquet')")
         classes = [r[0] for r in store.rows("SELECT primary_label FROM taxonomy ORDER BY class_index")]
-    assert row[1] == "cnn" and row[2] == "cnn" and np.isclose(row[0], result.fold_mean)
+        wl = window_labels(store)
+    # the row carries the headline, the pooled score beside it, and the rest of the metric report
+    assert row[2] == "cnn" and row[3] == "cnn" and np.isclose(row[0], result.fold_mean)
+    assert np.isclose(row[1], result.oof_auc) and row[4] is not None
+    assert f"(pooled OOF {result.oof_auc:.4f})" in result.render()
     # the headline recomputed from the OOF file: one fold at a time, on the scored (soundscape) rows
     assert result.scored_on == "soundscape"
     scape = np.array([s == "train_soundscapes" for s in oof.column("source").to_pylist()])
-    from models.frame import label_matrix, window_labels
-
-    with FeatureStore.open(cnn_store, read_only=True) as store:
-        wl = window_labels(store)
     ids = np.array(oof.column("window_id").to_pylist())[scape]
     Y = label_matrix([wl[w][1] for w in ids], classes)
     P = np.stack([oof.column(c).to_numpy() for c in classes], axis=1)[scape]
@@ -206,8 +208,9 @@ def test_cnn_features_train_a_head_and_predict_without_tensorflow(cnn_run, cnn_s
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = (tmp_path / "sub.csv").read_text().splitlines()
-    assert len(lines) > 1 and len(lines[0].split(",")) == 1 + len(result.fold_scores and
-                                                                    Sidecar.read(out / "cnn.tflite").class_names)
+    with FeatureStore.open(store, read_only=True) as s:
+        n_classes = s.count("taxonomy")
+    assert len(lines) > 1 and len(lines[0].split(",")) == 1 + n_classes
 
 
 def test_cli_help_and_errors(cnn_store: Path, tmp_path: Path) -> None:
@@ -303,3 +306,69 @@ def test_killed_training_resumes_at_its_last_epoch(cnn_store: Path, store_copy, 
     assert [(h["stage"], h["epoch"]) for h in final] == [("distill", e) for e in range(3)] + \
         [("finetune", e) for e in range(3)]
     assert (out / "cnn.tflite").is_file() and Sidecar.read(out / "cnn.tflite").trained_on == "all"
+
+
+def test_undecodable_audio_is_named_and_left_out(cnn_store: Path, store_copy, demo_data: Path, tmp_path: Path) -> None:
+    """A corrupt clip: the cache build names it and caches every other file; once the embed job
+    has recorded it in embed_errors (as it does for a file it cannot decode), the CNN trains without it."""
+    import shutil
+
+    import duckdb
+
+    from embed.job import error_rows, part_path
+    from featurestore.errors import AudioError
+    from featurestore.store import write_parquet_atomic
+    from featurestore.windows import file_of
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    store = store_copy(cnn_store, "cnn_corrupt")
+    with duckdb.connect(str(store / "catalog.duckdb")) as con:
+        con.execute("UPDATE ingest_runs SET data_dir = ?", [str(data)])
+    with FeatureStore.open(store, create=False) as s:
+        ids = [r[0] for r in s.rows("SELECT window_id FROM windows WHERE source = 'train_audio' ORDER BY window_id")]
+    files = sorted({file_of(w) for w in ids})
+    bad = files[2]
+    (data / bad).write_bytes(b"OggS" + bytes(range(256)) * 8)                # not audio any more
+    wanted = [w for w in ids if file_of(w) in files[:3]]
+    with FeatureStore.open(store, create=False) as s, \
+            pytest.raises(AudioError, match=rf"1 file\(s\) could not be decoded \(first: .*{bad.rpartition('/')[2]}"):
+        cnn.build_cache(s, wanted, FrontEnd(), workers=1, say=lambda _: None)
+    folder = next(f for f in (store / cnn.CACHE_DIR).iterdir() if (f / "windows.txt").read_text().split() == wanted)
+    done = np.load(folder / "done.npy")
+    assert done[[file_of(w) in files[:2] for w in wanted]].all()         # the other two files are cached
+    assert not done[[file_of(w) == bad for w in wanted]].any()
+
+    with FeatureStore.open(store, create=False) as s:
+        version = s.first("SELECT extractor_version FROM birdnet_frames LIMIT 1")[0]
+        write_parquet_atomic(error_rows([{"file": bad, "extractor_version": version, "message": "corrupt"}]),
+                             part_path(s.root / "parts", "embed_errors"))
+        s.refresh_part_views()
+        said: list[str] = []
+        loaded = cnn.load_data(s, "birdnet", cnn.make_cnn_params(TINY), FrontEnd(), workers=1, say=said.append)
+    assert not any(file_of(w) == bad for w in loaded.window_ids)
+    n_bad = sum(file_of(w) == bad for w in ids)
+    assert f"cnn: {n_bad} window(s) of 1 undecodable file(s) left out" in said[0]
+
+
+def test_real_shared_files_nothing_scorable(bc2026_store: Path, store_copy, shared_data: Path,
+                                            tmp_path: Path) -> None:
+    """On the store of the real competition files (4 focal clips, the 0.29-s one among them; labelled
+    soundscapes without audio) the CNN trains and exports, and says the headline is undefined instead
+    of inventing one: the experiments row holds NULL, never a score of windows the model saw."""
+    from embed.job import run_embed
+    from featurestore.folds import make_folds
+
+    store = store_copy(bc2026_store, "cnn_real")
+    make_folds(store)
+    assert run_embed(store, "birdnet", workers=1).errors == []
+    result = cnn.train_cnn(store, tmp_path / "cnn", params={**TINY, "batch_size": 4}, folds=True, workers=1,
+                           say=lambda _: None)
+    assert result.scored_on == "none" and np.isnan(result.fold_mean) and np.isnan(result.oof_auc)
+    assert "headline is undefined" in result.render()
+    assert "int8 not exported: no held-out fold score" in result.int8_note
+    with FeatureStore.open(store, read_only=True) as s:
+        assert s.first("SELECT fold_mean, oof_auc, mode FROM experiments WHERE head_id = ?",
+                       [result.cnn_id]) == (None, None, "cnn")
+    out = CnnModel(result.model_path).compute(Audio.open(shared_data / "bc2026" / CLIPS[1]), [0.0])
+    assert out.logits.shape == (1, len(Sidecar.read(result.model_path).class_names)) and np.isfinite(out.logits).all()
