@@ -1,8 +1,8 @@
 """Teacher prediction from stored features at the scale of one pseudo-label round, beside reading them.
 
 One round labels 10,000 unlabelled soundscapes = 120,000 windows x 234 classes (``--windows``,
-``--classes``). :func:`stack.pseudo.run_pseudo` does it in chunks of ``CHUNK_WINDOWS`` (12,000)
-windows, each chunk one :meth:`stack.pseudo.Teacher.predict` call: read the chunk's features from the
+``--classes``). :func:`students.pseudo.run_pseudo` does it in chunks of ``CHUNK_WINDOWS`` (12,000)
+windows, each chunk one :meth:`students.pseudo.Teacher.predict` call: read the chunk's features from the
 store (:func:`embed.features.load_window_features` with the ``window_ids`` subset, the teacher's
 extractor version pinned), then ``predict_proba`` of every fold model, then the mean over folds.
 
@@ -59,11 +59,15 @@ from embed.job import version_row  # noqa: E402
 from embed.registry import PART_TABLES, VERSIONS_TABLE  # noqa: E402
 from featurestore.store import FeatureStore  # noqa: E402
 from featurestore.windows import SOUNDSCAPE, window_id  # noqa: E402
-from models.bundle import HEADS_DIR, BundleWriter, FeatureVersions, HeadConfig  # noqa: E402
-from models.frame import FrameSpec  # noqa: E402
+from models.bundle import HEADS_DIR, BundleWriter, HeadConfig
+from models.frame import (
+    FeatureVersions,
+    FrameSpec,  # noqa: E402
+)
 from models.heads import LGBMHead, make_head, make_params  # noqa: E402
-from models.training import TRAINING_VERSION  # noqa: E402
-from stack.pseudo import CHUNK_WINDOWS, FULL_FOLD, Teacher  # noqa: E402
+from models.pseudo_labels import FULL_FOLD
+from models.training import TRAINING_VERSION
+from students.pseudo import CHUNK_WINDOWS, Teacher
 
 TARGET_S = 120.0
 SIGNAL_FEATURES = 8       # features each synthetic class depends on

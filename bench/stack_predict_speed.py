@@ -5,7 +5,7 @@ Two measurements, alternated so machine load hits both:
 * **embedding** - the real extractors of a stacked head on real soundscapes (default: the demo's
   stack and test soundscapes; run ``python -m pipelines.demo`` first): seconds per 60-s file for
   :func:`embed.features.embed_file_views` over the union of the base heads' extractors, and for
-  :meth:`stack.predict.StackPredictor.predict_file` (the same embedding + every base head);
+  :meth:`submit.stack_predictor.StackPredictor.predict_file` (the same embedding + every base head);
 * **level-2 at competition scale** - the ridge stacker with site/hour priors and three post steps
   (the costliest configuration), fitted on synthetic OOF of 739 windows x 234 classes x ``--heads``
   sources, then applied to 600 files x 12 windows (what :meth:`StackPredictor.finish` does for the
@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack_speed import POST, synthetic_inputs  # noqa: E402
 
 from embed.features import embed_file_views  # noqa: E402
-from models.demo import default_out  # noqa: E402
-from models.predict import list_audio  # noqa: E402
+from featurestore.demo_data import default_out
 from stack.inputs import StackInputs  # noqa: E402
 from stack.post import FileLayout, apply_post  # noqa: E402
-from stack.predict import StackPredictor  # noqa: E402
 from stack.stackers import fit_stacker, make_stack_params, training_rows  # noqa: E402
+from submit.stack_predictor import StackPredictor
+from submit.submission import list_audio
 
 TEST_FILES, WINDOWS_PER_FILE = 600, 12
 

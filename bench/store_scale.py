@@ -13,7 +13,7 @@ code paths:
   is one 5-s frame per window (a Perch-like custom model; raw bytes = windows x dim x 2, the size
   target's yardstick); BirdNET's default 1-s hop stores 3 frames per window (3x the rows and bytes).
 * ``pseudo_labels``: ``--classes`` float32 probabilities per window in the columns and parts of
-  :func:`stack.pseudo.run_pseudo` (``CHUNK_WINDOWS`` windows per part; the full labels,
+  :func:`students.pseudo.run_pseudo` (``CHUNK_WINDOWS`` windows per part; the full labels,
   ``teacher_fold = -1``, only - a 5-fold teacher writes 6 rows per window, ``--teacher-folds 5``).
 
 Measured, store beside plain Parquet (``pyarrow.parquet.write_table`` of the same tables with the
@@ -25,7 +25,7 @@ by repeat so machine load hits both:
 * a full-table aggregate through ``store.sql`` on the part views (the deduplicating views every SQL
   user reads): per-file mean of embedding dimension 1, and count / mean of ``probs[1]`` per teacher fold;
 * a 10%-of-windows feature load: :func:`embed.features.load_window_features` with a ``window_ids``
-  subset and the version pinned (as :class:`stack.pseudo.Teacher` calls it) beside DuckDB reading
+  subset and the version pinned (as :class:`students.pseudo.Teacher` calls it) beside DuckDB reading
   the same rows' embeddings from the plain files into the same float32 matrix.
 
 Printed: seconds, ratios store/plain, and the targets (write <= 2 min, aggregate <= 5 s, on disk <=
@@ -60,9 +60,10 @@ from embed.job import FileTask, frame_rows, plan_tasks, version_row
 from embed.registry import PART_TABLES, VERSIONS_TABLE
 from featurestore.store import FeatureStore, utc_now
 from featurestore.windows import SOUNDSCAPE, SOUNDSCAPE_SECONDS, WINDOW_SECONDS, window_id
-from stack.pseudo import CHUNK_WINDOWS, FULL_FOLD
-from stack.pseudo import KEYS as PSEUDO_KEYS
-from stack.pseudo import TABLE as PSEUDO_TABLE
+from models.pseudo_labels import FULL_FOLD
+from models.pseudo_labels import KEYS as PSEUDO_KEYS
+from models.pseudo_labels import TABLE as PSEUDO_TABLE
+from students.pseudo import CHUNK_WINDOWS
 
 FRAMES = "birdnet_frames"
 SAMPLE_RATE = 48_000
@@ -126,7 +127,7 @@ def frames_part(ex: SyntheticExtractor, chunk: list[tuple[str, list[int]]], rng:
 
 
 def pseudo_part(ids: list[str], classes: int, folds: int, rng: np.random.Generator) -> pa.Table:
-    """One part as :func:`stack.pseudo.run_pseudo` writes it (fold rows, then the full labels)."""
+    """One part as :func:`students.pseudo.run_pseudo` writes it (fold rows, then the full labels)."""
     tables = []
     for k in (*range(folds), FULL_FOLD):
         q = (1.0 / (1.0 + np.exp(-rng.normal(-4.0, 2.0, (len(ids), classes))))).astype(np.float32)

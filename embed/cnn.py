@@ -1,6 +1,6 @@
 """The spectrogram CNN student as an extractor: the toolkit's numpy log-mel front end + a TFLite CNN.
 
-A CNN trained by ``python -m pipelines.cnn`` (:mod:`models.cnn`, TensorFlow) is exported as
+A CNN trained by ``python -m pipelines.cnn`` (:mod:`students.cnn`, TensorFlow) is exported as
 ``<name>.tflite`` with a sidecar ``<name>.json`` beside it that carries everything needed to feed
 and read it: the front-end parameters (:class:`FrontEnd`), the class list of its logits, the names
 and widths of its two outputs (``embedding``: the penultimate layer, distilled from the teacher
@@ -114,7 +114,7 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 
 @dataclass(frozen=True)
 class Sidecar:
-    """What ``<model>.json`` holds (written by :func:`models.cnn.export`)."""
+    """What ``<model>.json`` holds (written by :func:`students.cnn.export`)."""
 
     format: int
     model_sha256: str

@@ -16,6 +16,7 @@ It lives beside the layout it writes: folder names and the window grid come from
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -312,3 +313,8 @@ def _unlabelled(data: Path, out_dir: Path, size: DemoSize, rng: np.random.Genera
         w = csv.writer(fh)
         w.writerow(LABEL_COLUMNS)
         w.writerows(rows)
+
+
+def default_out() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "birdclef-stack" / "demo"

@@ -641,3 +641,10 @@ def load_replay(store: FeatureStore, version: str | None = None) -> set[str]:
         raise StoreError(f"store {store.root} has no {REPLAY_TABLE} table; run python -m pipelines.folds")
     table = store.read_table(REPLAY_TABLE, _physical_version(store, REPLAY_TABLE, version))
     return set(table.column("window_id").to_pylist())
+
+
+def fold_assignment(store: FeatureStore, window_ids: np.ndarray, version: str | None,
+                    kind: str = "folds") -> tuple[np.ndarray, str]:
+    """Fold of each window (-1 where the fold table has none) and the fold version used."""
+    mapping, fold_version = load_folds(store, version=version, kind=kind)
+    return np.array([mapping.get(w, -1) for w in window_ids], dtype=np.int64), fold_version

@@ -29,13 +29,13 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from featurestore.errors import BundleError
-from models.frame import FrameSpec
+from models.frame import FeatureVersions, FrameSpec
 from models.heads import Head, config_hash, load_head
 
 HEADS_DIR = "heads"                      # bundles live in <store>/heads/<head_id>/
@@ -43,7 +43,6 @@ CONFIG_FILE = "config.json"
 EXTRACTORS_FILE = "extractors.json"
 TRAIN_WINDOWS_FILE = "train_windows.parquet"
 HEAD_FILE = "head.json"                  # written by Head.save: marks a complete fold folder
-POOLING_KEY = "pooling"                  # the flat key FeatureVersions.to_json adds beside the versions
 
 
 def fold_dir_name(fold: int) -> str:
@@ -61,28 +60,6 @@ def fold_of_dir(folder: Path) -> int:
 def bundle_dir(store_root: str | os.PathLike, head_id: str) -> Path:
     """Where the bundle of ``head_id`` lives in a store."""
     return Path(store_root) / HEADS_DIR / head_id
-
-
-# ---------------------------------------------------------------------------- config
-@dataclass(frozen=True)
-class FeatureVersions:
-    """The extractor version each feature view was read at, and the frame -> window pooling.
-
-    On disk (``config.json``, the experiments row) it is one flat object,
-    ``{"<extractor>": "<version>", ..., "pooling": "<pooling>"}``, in this order.
-    """
-
-    extractors: dict[str, str] = field(default_factory=dict)   # extractor name -> extractor_version
-    pooling: str = "mean"
-
-    def to_json(self) -> dict[str, str]:
-        return {**self.extractors, POOLING_KEY: self.pooling}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, str], where: str = "feature_versions") -> FeatureVersions:
-        if not isinstance(data, Mapping) or POOLING_KEY not in data:
-            raise BundleError(f"{where}: expected an object of extractor versions with a {POOLING_KEY!r} key")
-        return cls({k: v for k, v in data.items() if k != POOLING_KEY}, data[POOLING_KEY])
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,17 @@ are not training rows. Every row keeps its ``window_id`` so OOF predictions join
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from featurestore.errors import StoreError, UserInputError
+from featurestore.errors import BundleError, StoreError, UserInputError
 from featurestore.windows import SOUNDSCAPE, WINDOW_LABEL_PARTS, file_of, start_of, window_labels_sql
 
 if TYPE_CHECKING:  # the inference path (add_context) loads no store, so no duckdb
     from featurestore.store import FeatureStore
-    from models.bundle import FeatureVersions
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,6 @@ def build_frame(store: FeatureStore, spec: FrameSpec, window_ids: list[str] | No
     ``allow_partial``. ``frame.coverage`` holds the counts.
     """
     from embed.features import load_window_features
-    from models.bundle import FeatureVersions
 
     labelled = window_labels(store)
     if window_ids is not None:
@@ -176,3 +175,27 @@ def build_frame(store: FeatureStore, spec: FrameSpec, window_ids: list[str] | No
     groups = np.array([file_of(w) for w in ids])
     return TrainingFrame(ids, X, Y, weight, groups, sources, classes, list(names),
                          FeatureVersions(dict(versions), spec.pooling), coverage)
+
+
+POOLING_KEY = "pooling"                  # the flat key FeatureVersions.to_json adds beside the versions
+
+
+@dataclass(frozen=True)
+class FeatureVersions:
+    """The extractor version each feature view was read at, and the frame -> window pooling.
+
+    On disk (``config.json``, the experiments row) it is one flat object,
+    ``{"<extractor>": "<version>", ..., "pooling": "<pooling>"}``, in this order.
+    """
+
+    extractors: dict[str, str] = field(default_factory=dict)   # extractor name -> extractor_version
+    pooling: str = "mean"
+
+    def to_json(self) -> dict[str, str]:
+        return {**self.extractors, POOLING_KEY: self.pooling}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, str], where: str = "feature_versions") -> FeatureVersions:
+        if not isinstance(data, Mapping) or POOLING_KEY not in data:
+            raise BundleError(f"{where}: expected an object of extractor versions with a {POOLING_KEY!r} key")
+        return cls({k: v for k, v in data.items() if k != POOLING_KEY}, data[POOLING_KEY])

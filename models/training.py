@@ -25,13 +25,15 @@ import numpy as np
 import pyarrow as pa
 
 from featurestore.errors import MetricError, StoreError
+from featurestore.folds import fold_assignment
 from featurestore.ingest import latest_data_version
 from featurestore.store import FeatureStore, write_parquet_atomic
-from models.bundle import HEADS_DIR, BundleWriter, FeatureVersions, HeadConfig
+from models.bundle import HEADS_DIR, BundleWriter, HeadConfig
 from models.experiments import metric_columns, record
-from models.frame import SOUNDSCAPE, FrameSpec, TrainingFrame, build_frame
+from models.frame import SOUNDSCAPE, FeatureVersions, FrameSpec, TrainingFrame, build_frame
 from models.heads import PARAMS_BY_KIND, make_head, make_params
 from models.metrics import MetricReport, evaluate, macro_auc_defined
+from models.pseudo_labels import PseudoRows, PseudoSpec
 
 __all__ = ["HEADS_DIR", "OOF_DIR", "TRAINING_VERSION", "CVPlan", "ExperimentResult", "PseudoRows", "PseudoSpec",
            "Subsample", "cross_validate",
@@ -107,15 +109,6 @@ def extractor_params(store: FeatureStore, versions: FeatureVersions) -> dict[str
     return stored_params(store, versions.extractors)
 
 
-def fold_assignment(store: FeatureStore, window_ids: np.ndarray, version: str | None,
-                    kind: str = "folds") -> tuple[np.ndarray, str]:
-    """Fold of each window (-1 where the fold table has none) and the fold version used."""
-    from featurestore.folds import load_folds
-
-    mapping, fold_version = load_folds(store, version=version, kind=kind)
-    return np.array([mapping.get(w, -1) for w in window_ids], dtype=np.int64), fold_version
-
-
 def replay_window_ids(store: FeatureStore) -> set[str]:
     if not store.has_table("replay_windows"):
         raise StoreError("no replay_windows table; run pipelines.folds first")
@@ -142,62 +135,6 @@ def focal_cap_mask(frame: TrainingFrame, per_class: int, seed: int) -> np.ndarra
     keep = keep.copy()
     keep[order[chosen]] = True
     return keep
-
-
-@dataclass
-class PseudoRows:
-    """Pseudo-labelled windows a student trains on beside the labelled frame (built by
-    :func:`stack.pseudo.student_rows` from a stored pseudo-label version).
-
-    Fold ``k``'s model trains on the labels of the teacher's fold-``k`` model only (``labels[k]``),
-    which never saw a labelled window of fold ``k``: the student's fold score is not inflated by
-    labels leaking through the teacher. ``extra_*``: unlabelled windows added as rows with soft targets
-    and weight ``weight``. ``blend_rows``: frame rows (labelled windows) the teacher also labelled
-    (a distillation pool); their training targets become ``(1 - alpha) * label + alpha * teacher``
-    (``alpha = 0`` leaves them alone). Scoring always uses the true labels.
-
-    The folds table folds unlabelled soundscapes too, with their site / recording-day group: fold ``k``'s
-    model leaves out the unlabelled windows of fold ``k``'s groups, as it leaves out its labelled ones,
-    so the fold score never rewards adapting to the held-out recordings' own audio.
-    """
-
-    version: str
-    teacher_id: str
-    weight: float
-    alpha: float
-    extra_ids: np.ndarray
-    extra_X: np.ndarray
-    extra_groups: np.ndarray
-    extra_folds: np.ndarray                      # fold of each unlabelled window's group (-1: none)
-    extra_labels: dict[int, np.ndarray]          # teacher fold -> (extra rows, frame classes)
-    blend_rows: np.ndarray                       # frame row indices
-    blend_labels: dict[int, np.ndarray]          # teacher fold -> (blend rows, frame classes)
-
-    def config(self) -> dict:
-        return {"version": self.version, "teacher_id": self.teacher_id, "weight": self.weight,
-                "alpha": self.alpha, "n_windows": len(self.extra_ids), "n_blended": len(self.blend_rows)}
-
-    def training_set(self, frame: TrainingFrame, train: np.ndarray, fold: int):
-        """``(X, Y, weight, groups, window ids, teacher fold per row)`` of fold ``fold``'s model."""
-        if fold not in self.extra_labels:
-            raise StoreError(f"pseudo-labels {self.version} have no teacher fold {fold}; make them with a "
-                             "teacher trained on this fold version")
-        rows = np.flatnonzero(train)
-        Y = frame.Y[rows]                                  # a copy: blending never touches the frame
-        blended = train[self.blend_rows]                   # blend rows (empty when alpha is 0) this fold trains on
-        at = np.searchsorted(rows, self.blend_rows[blended])
-        Y[at] = (1 - self.alpha) * Y[at] + self.alpha * self.blend_labels[fold][blended]
-        labelled_fold = np.full(len(rows), -1)
-        labelled_fold[at] = fold
-        keep = self.extra_folds != fold
-        n = int(keep.sum())
-        teacher_fold = np.concatenate([labelled_fold, np.full(n, fold)])
-        return (np.concatenate([frame.X[rows], self.extra_X[keep]]),
-                np.concatenate([Y, self.extra_labels[fold][keep]]),
-                np.concatenate([frame.weight[train], np.full(n, self.weight)]),
-                np.concatenate([frame.groups[train], self.extra_groups[keep]]),
-                np.concatenate([frame.window_ids[train], self.extra_ids[keep]]),
-                [None if t < 0 else int(t) for t in teacher_fold])
 
 
 def cross_validate(frame: TrainingFrame, folds: np.ndarray, kind: str, overrides: dict,
@@ -337,16 +274,6 @@ class CVPlan:
         return replace(config, pseudo=self.pseudo.config()) if self.pseudo is not None else config
 
 
-@dataclass(frozen=True)
-class PseudoSpec:
-    """Which stored pseudo-labels a student trains on: the version, their sample weight (None: the
-    weight stored with them) and the blend ``alpha`` for labelled windows the teacher also labelled."""
-
-    version: str
-    weight: float | None = None
-    alpha: float = 0.0
-
-
 def plan_cv(store: FeatureStore, spec: FrameSpec, *, fold_version: str | None = None, replay: bool = False,
             subsample: Subsample | None = None, seed: int = 0, allow_partial: bool = False,
             pseudo: PseudoSpec | None = None) -> CVPlan:
@@ -364,7 +291,7 @@ def plan_cv(store: FeatureStore, spec: FrameSpec, *, fold_version: str | None = 
     eval_mask, scored_on = evaluation_rows(frame, folds, run_folds)
     rows = None
     if pseudo is not None:
-        from stack.pseudo import student_rows  # the pseudo-label tables' one reader
+        from models.pseudo_labels import student_rows
 
         fold_ids = sorted(set(run_folds or folds.tolist()) - {-1})
         rows = student_rows(store, pseudo, frame, spec, fold_ids, fold_version)

@@ -5,7 +5,7 @@ cosine loss; stage 2 fine-tunes on the labels (+ stored pseudo-labels with --pse
 gain and background mixing. With --folds one model per fold gives OOF predictions, the fold-mean
 headline (an experiments row, mode "cnn") and the int8 accuracy check; then one model on all data is
 exported into --out as cnn.tflite + cnn.json (float32), cnn_f16.* and, when int8 holds, cnn_int8.*.
-Re-running the same command resumes at the last finished epoch. The library: models/cnn.py.
+Re-running the same command resumes at the last finished epoch. The library: students/cnn.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from models.cnn import make_cnn_params, train_cnn
 from pipelines._cli import add_seed, add_store, add_workers, parser, run_main
+from students.cnn import make_cnn_params, train_cnn
 
 EPILOG = """
 Needs TensorFlow: pip install -e '.[cnn]'. The exported model runs without it (ai-edge-litert).
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 6)")
     ap.add_argument("--distill-epochs", type=int, default=None, help="distillation epochs (default 4)")
     ap.add_argument("--pseudo", help="pseudo-label version (pipelines.pseudo) for the unlabelled windows")
-    ap.add_argument("--params", default="{}", help="JSON object of CNN parameters (models/cnn.py CnnParams)")
+    ap.add_argument("--params", default="{}", help="JSON object of CNN parameters (students/cnn.py CnnParams)")
     ap.add_argument("--frontend", default="{}", help="JSON object of front-end parameters (embed/cnn.py FrontEnd)")
     ap.add_argument("--fold-version", help="fold version to use (default: the latest)")
     ap.add_argument("--tag", help="experiments tag (default cnn)")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.demo import default_out, run_demo
+from featurestore.demo_data import default_out
 from pipelines._cli import parser, run_main
+from pipelines._demo import run_demo
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 cheaper feature set. The teacher labels every stored window fold by fold; the student is
 cross-validated on those soft labels (labelled windows: ``(1 - alpha) * label + alpha * teacher``),
 scored on the true labels, and its fold mean and predict cost per 60-s file are printed beside the
-teacher's, measured in one run on the same audio. The library: stack/distill.py.
+teacher's, measured in one run on the same audio. The library: students/distill.py.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from models.heads import PARAMS_BY_KIND
+from models.pseudo_labels import PseudoParams, make_params
 from pipelines._cli import add_pseudo_params, add_seed, add_store, parser, pseudo_overrides, run_main
-from stack.distill import run_distill
-from stack.pseudo import PseudoParams, make_params
+from students.distill import run_distill
 
 EPILOG = """
 Example:

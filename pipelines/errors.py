@@ -6,13 +6,13 @@ worst classes the top false positives and missed positives as mel-spectrogram th
 audio player of each 5-s window; which other class outscores the true one on missed windows
 (confusion pairs); slices by fold, site, hour, overlap-heavy windows, taxon group and frequency; the
 head-diversity matrix. Audio is read from the data folder ingest recorded (``--data`` overrides it).
-The library: stack/errors.py.
+The library: reports/error_page.py.
 """
 
 from __future__ import annotations
 
 from pipelines._cli import add_store, parser, run_main
-from stack.errors import ErrorPageParams, summary_line, write_error_page
+from reports.error_page import ErrorPageParams, summary_line, write_error_page
 
 EPILOG = """
 Example:

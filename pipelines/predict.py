@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from models.predict import predict_submission
 from pipelines._cli import add_quiet, add_store, add_workers, parser, progress, run_main
+from submit.predict import predict_submission
 
 EPILOG = """
 Example:

@@ -1,15 +1,16 @@
 """``python -m pipelines.pseudo``: pseudo-label every unlabelled train soundscape window with a teacher
 head (or stacked head) from stored features - fold by fold, so fold k's student only ever sees labels
 from the teacher's fold-k model - into the versioned ``pseudo_labels`` table. No re-embedding. The
-library: stack/pseudo.py.
+library: students/pseudo.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from models.pseudo_labels import PseudoParams, make_params
 from pipelines._cli import add_pseudo_params, add_store, parser, pseudo_overrides, run_main
-from stack.pseudo import PseudoParams, make_params, run_pseudo
+from students.pseudo import run_pseudo
 
 EPILOG = """
 Example:

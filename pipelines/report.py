@@ -5,13 +5,13 @@ site x hour, label co-occurrence, metadata, audio QA outliers, leakage (exact an
 sessions and soundscape files across folds), the fold audit and a short risk list. The memo builds at
 any stage: sections whose input table is missing (no folds yet, no embeddings yet) say which command
 makes it. Most numbers come from the SQL files in sql/eda and sql/leakage, so every table in the memo
-can be re-run in the DuckDB CLI (the library: embed/memo.py).
+can be re-run in the DuckDB CLI (the library: reports/data_memo.py).
 """
 
 from __future__ import annotations
 
-from embed.memo import write_memo
 from pipelines._cli import add_store, parser, run_main
+from reports.data_memo import write_memo
 
 EPILOG = """
 Example:

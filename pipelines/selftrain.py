@@ -2,14 +2,14 @@
 train soundscape window (fold by fold), a student with the teacher's configuration re-trains on them,
 and the student becomes the next teacher; one experiment row per round (tag ``selftrain-r<N>``),
 stopping early when the fold mean stops improving. A stacked teacher gives a stacked student (every
-base head re-trained, then re-stacked). No re-embedding. The library: stack/selftrain.py.
+base head re-trained, then re-stacked). No re-embedding. The library: students/selftrain.py.
 """
 
 from __future__ import annotations
 
+from models.pseudo_labels import PseudoParams, make_params
 from pipelines._cli import add_pseudo_params, add_store, parser, pseudo_overrides, run_main
-from stack.pseudo import PseudoParams, make_params
-from stack.selftrain import run_selftrain
+from students.selftrain import run_selftrain
 
 EPILOG = """
 Example:

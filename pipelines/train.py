@@ -6,7 +6,8 @@ import json
 
 from models.frame import FrameSpec
 from models.heads import PARAMS_BY_KIND
-from models.training import PseudoSpec, train_head
+from models.pseudo_labels import PseudoSpec
+from models.training import train_head
 from pipelines._cli import add_seed, add_store, parser, run_main
 
 EPILOG = """

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.predict import expected_ids_for_audio
-from models.submission import validate_submission
 from pipelines._cli import parser, run_main
+from submit.submission import expected_ids_for_audio, validate_submission
 
 EPILOG = """
 Example:

@@ -7,7 +7,7 @@
 * :mod:`stack.bundle` — the stacked head's folder (one writer, one reader; no store needed to load it).
 * :mod:`stack.run` — :func:`run_stack`: level-2 CV, the stacked bundle, its OOF table and experiments row.
 * :mod:`stack.tuning` — Optuna over a stacker's and its post steps' parameters (``pipelines.stack --trials``).
-* :mod:`stack.predict` — predicting through a stacked head (used by ``pipelines.predict``).
+* :mod:`stack.apply` — a stacked head's level-2 model and post steps on its base heads' outputs.
 """
 
 from __future__ import annotations

@@ -142,8 +142,8 @@ def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | 
             budget_min: float | None = None, n_files: int = 600, cpus: int = 4, sample: str | os.PathLike | None = None,
             timeout_s: int = 3600, allow_network: bool = False, say=print) -> DryRun:
     """Run the bundle's notebook offline on ``audio`` (see the module doc)."""
-    from models.predict import list_audio, predict_audio
-    from models.submission import write_submission
+    from submit.predict import predict_audio
+    from submit.submission import list_audio, write_submission
 
     bundle, audio = Path(bundle).expanduser().resolve(), Path(audio).expanduser().resolve()
     manifest = verify_bundle(bundle)

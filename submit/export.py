@@ -288,7 +288,7 @@ def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.Path
 def _measure_files(store, measure: str | os.PathLike | None, n: int) -> list[Path]:
     from embed.job import data_dir_of
     from featurestore.errors import StoreError
-    from models.predict import list_audio
+    from submit.submission import list_audio
 
     if measure:
         files = list_audio(measure)

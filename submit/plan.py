@@ -101,7 +101,8 @@ def _measure(bundle: Path, manifest: dict, files: list[Path], runtime: dict, tar
     from embed.audio import Audio
     from embed.features import build_views
     from featurestore.windows import window_starts
-    from models.predict import file_window_ids, load_predictor
+    from submit.predict import load_predictor
+    from submit.submission import file_window_ids
 
     levels: list[LevelCost] = []
     predictors = {}
@@ -180,7 +181,7 @@ def _measure_scaling(head_dir: Path, files: list[Path], workers: int, runtime: d
     import os
 
     from embed.extractors import single_threaded_children
-    from models.predict import _init_worker, _predict_one
+    from submit.predict import _init_worker, _predict_one
 
     batch = [str(f) for f in (list(files) * (1 + (n or 2 * workers) // max(1, len(files))))[: n or 2 * workers]]
     ctx = multiprocessing.get_context("spawn")
@@ -249,8 +250,8 @@ def plan_bundle(bundle: str | Path, audio: str | Path | None, *, n_files: int = 
                 budget_min: float = 90.0, measure_files: int = 3) -> tuple[Costs, str]:
     """Measure (on ``measure_files`` files of ``audio``, else the costs stored at export) and render."""
     from featurestore.errors import UserInputError
-    from models.predict import list_audio
     from submit.runtime import verify_bundle
+    from submit.submission import list_audio
 
     bundle = Path(bundle)
     manifest = verify_bundle(bundle)

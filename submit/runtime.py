@@ -219,7 +219,8 @@ def predict_with_guard(heads_dir: Path, levels: Sequence[str], files: list[Path]
     level whenever the projected total passes ``guard * budget_s``; the last level is always the class
     prior. Returns row ids, probabilities in ``columns`` order, warnings, files per level, guard events;
     ``timeline`` (a list) receives the ``perf_counter`` time of each file's completion."""
-    from models.predict import file_window_ids, iter_predictions, load_predictor
+    from submit.predict import iter_predictions, load_predictor
+    from submit.submission import file_window_ids
 
     if not levels:
         raise BundleError("no head to predict with: the bundle's manifest lists no levels")
@@ -278,7 +279,7 @@ def predict_with_guard(heads_dir: Path, levels: Sequence[str], files: list[Path]
 
 def _assemble(files: list[Path], chain: list[str], done: dict[str, Level], predictors: dict,
               columns: list[str]) -> tuple[list[str], np.ndarray]:
-    from models.predict import expected_row_ids
+    from submit.submission import expected_row_ids
 
     by_row: dict[str, np.ndarray] = {}
     for name in chain:
@@ -306,8 +307,7 @@ def run(bundle: str | os.PathLike | None = None, competition: str | os.PathLike 
         out: str | os.PathLike | None = None, *, budget_min: float | None = None, workers: int | None = None,
         audio_subdir: str = "test_soundscapes", say: Callable[[str], object] = print) -> RunReport:
     """The notebook's whole job (see the module doc)."""
-    from models.predict import list_audio
-    from models.submission import read_header, validate_submission, write_submission
+    from submit.submission import list_audio, read_header, validate_submission, write_submission
 
     start = time.perf_counter()
     stages: dict[str, float] = {}
@@ -360,7 +360,7 @@ def run(bundle: str | os.PathLike | None = None, competition: str | os.PathLike 
 def _sample_rows(sample: Path, head_dir: Path, columns: list[str], runtime: dict) -> tuple[list[str], np.ndarray]:
     import csv
 
-    from models.predict import load_predictor
+    from submit.predict import load_predictor
 
     with open(sample, newline="", encoding="utf-8") as f:
         ids = [row[0] for row in list(csv.reader(f))[1:] if row]

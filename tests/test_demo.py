@@ -14,8 +14,7 @@ import soundfile as sf
 
 from featurestore.competition import read_soundscape_labels, read_taxonomy, read_train_csv
 from featurestore.demo_data import DEMO_CLASSES, SMALL, generate_demo_dataset
-from models.predict import expected_ids_for_audio
-from models.submission import validate_submission
+from submit.submission import expected_ids_for_audio, validate_submission
 
 REPO = Path(__file__).resolve().parents[1]
 

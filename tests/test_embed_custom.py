@@ -34,11 +34,12 @@ from embed.registry import PRESETS, from_params, model_config
 from embed.tflite import ModelError
 from featurestore.folds import make_folds
 from featurestore.store import FeatureStore
+from models.bundle import HEADS_DIR
 from models.frame import FrameSpec, class_names_of
 from models.metrics import competition_score
-from models.predict import expected_ids_for_audio, predict_audio
-from models.submission import read_header, validate_submission, write_submission
-from models.training import HEADS_DIR, train_head
+from models.training import train_head
+from submit.predict import predict_audio
+from submit.submission import expected_ids_for_audio, read_header, validate_submission, write_submission
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The error-analysis page (stack/errors.py, pipelines.errors) on real heads trained on the demo store:
+"""The error-analysis page (reports/error_page.py, pipelines.errors) on real heads trained on the demo store:
 sections, decodable images, audio that is the window it claims to be, numbers checked against sklearn,
 and the pure parts on hand-worked cases."""
 
@@ -22,7 +22,7 @@ from featurestore.windows import parse_window_id
 from models.frame import FrameSpec
 from models.training import OOF_DIR, train_head
 from pipelines import errors as errors_job
-from stack.errors import (
+from reports.error_page import (
     SECTIONS,
     ErrorPageParams,
     confusion_pairs,

@@ -7,7 +7,7 @@ Each family is built as the embed job builds it (:func:`embed.registry.build` wi
 options): BirdNET with the real bundled model, classical, and a user model (a tiny real TFLite
 file, :func:`embed_helpers.build_tiny_tflite`). Audio: real clips of the shared data, among them
 the 0.29-s one, plus digital silence and an empty file. The CNN student is a seeded, untrained model
-exported by :mod:`models.cnn` (TensorFlow, from the ``test`` extra).
+exported by :mod:`students.cnn` (TensorFlow, from the ``test`` extra).
 """
 
 from __future__ import annotations
@@ -68,11 +68,11 @@ def options(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def build_tiny_cnn(folder: Path) -> Path:
-    """A real (untrained, seeded) CNN student exported by models.cnn: 32 mels, 3 of the bc2026 classes."""
+    """A real (untrained, seeded) CNN student exported by students.cnn: 32 mels, 3 of the bc2026 classes."""
     import keras
 
     from embed.cnn import front_end
-    from models.cnn import build_model, export, make_cnn_params
+    from students.cnn import build_model, export, make_cnn_params
 
     keras.utils.set_random_seed(0)
     fe = front_end({"n_mels": 32, "hop": 1024})

@@ -19,10 +19,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from featurestore.errors import HeadError
+from featurestore.folds import fold_assignment
 from featurestore.store import FeatureStore
 from models.frame import FrameSpec, build_frame
 from models.heads import HEAD_CLASSES, PARAMS_BY_KIND, Head, load_head, make_head, make_params
-from models.training import fold_assignment
 
 # BirdNET embeddings + its logits: every kind finds what it needs (zeroshot reads the logit columns)
 FEATURES = "birdnet,birdnet_logits"

@@ -10,9 +10,10 @@ REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("optuna", "matplotlib", "pytest", "librosa", "pandas", "tensorflow", "torch", "tqdm", "nbformat",
              "nbclient")
 STORE_LIBS = ("duckdb", "pyarrow")
-INFERENCE = ("models.predict", "models.heads", "models.submission", "embed.features", "embed.birdnet",
-             "embed.classical", "embed.custom", "embed.cnn", "embed.registry", "embed.audio", "featurestore.windows", "featurestore.errors", "stack.bundle", "stack.predict",
-             "stack.post", "submit.runtime")
+INFERENCE = ("submit.predict", "submit.head_predictor", "submit.stack_predictor", "submit.submission", "models.heads",
+             "models.bundle", "embed.features", "embed.birdnet", "embed.classical", "embed.custom", "embed.cnn",
+             "embed.registry", "embed.audio", "featurestore.windows", "featurestore.errors", "stack.bundle",
+             "stack.apply", "stack.post", "submit.runtime")
 
 
 def _loaded(modules: tuple[str, ...], watch: tuple[str, ...]) -> list[str]:

@@ -14,13 +14,14 @@ import pyarrow.csv as pacsv
 import pytest
 import soundfile as sf
 
-from featurestore.errors import BundleError
+from featurestore.errors import BundleError, SubmissionError
 from models.bundle import HEADS_DIR, class_prior, load_bundle
 from models.frame import FrameSpec
 from models.metrics import competition_score
-from models.predict import build_extractors, expected_ids_for_audio, predict_file, predict_soundscape
-from models.submission import SubmissionError, validate_submission, write_submission
 from models.training import train_head
+from submit.head_predictor import build_extractors, predict_file
+from submit.predict import predict_soundscape
+from submit.submission import expected_ids_for_audio, validate_submission, write_submission
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -241,7 +242,7 @@ def test_inference_path_loads_no_store_libraries(trained: tuple[Path, str], demo
     clip = sorted((demo_data / "test_soundscapes").glob("*.ogg"))[0]
     out = tmp_path / "probs.npy"
     code = ("import sys\nimport numpy as np\nfrom pathlib import Path\n"
-            "from models.predict import build_extractors, load_bundle, predict_file\n"
+            "from models.bundle import load_bundle\nfrom submit.head_predictor import build_extractors, predict_file\n"
             f"bundle = load_bundle({str(head_dir)!r})\n"
             f"rows, probs = predict_file(Path({str(clip)!r}), bundle, build_extractors(bundle))\n"
             f"np.save({str(out)!r}, probs)\n"

@@ -1,4 +1,4 @@
-"""Pseudo-labels (stack/pseudo.py) on real heads trained on the demo store: fold consistency (no
+"""Pseudo-labels (students/pseudo.py) on real heads trained on the demo store: fold consistency (no
 teacher fold model saw a labelled window of its fold), numbers recomputed from the fold models,
 determinism and resumption, quality against the demo's held-back answers, the transform by hand."""
 
@@ -18,8 +18,9 @@ from featurestore.errors import UserInputError
 from featurestore.store import FeatureStore
 from featurestore.windows import SOUNDSCAPE, window_id
 from models.frame import FrameSpec
+from models.pseudo_labels import FULL_FOLD, PseudoParams, load_pseudo, make_params
 from models.training import train_head
-from stack.pseudo import FULL_FOLD, PseudoParams, load_pseudo, make_params, run_pseudo, transform
+from students.pseudo import run_pseudo, transform
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +151,8 @@ def test_a_stacked_teacher_labels_fold_k_with_its_fold_k_level2_model(store: Pat
     from embed.features import load_window_features
     from models.bundle import load_bundle
     from models.heads import load_head
+    from stack.apply import unlabelled_inputs
     from stack.bundle import load_stack
-    from stack.predict import unlabelled_inputs
     from stack.run import run_stack
 
     other = classical_teacher
@@ -185,7 +186,7 @@ def test_a_stacked_teacher_labels_fold_k_with_its_fold_k_level2_model(store: Pat
 # ---------------------------------------------------------------------------- students (soft-target training)
 @pytest.fixture(scope="module")
 def student(store: Path, teacher: str, pseudo):
-    from models.training import PseudoSpec
+    from models.pseudo_labels import PseudoSpec
 
     with threadpool_limits(1, user_api="blas"):
         return train_head(store, "linear", FrameSpec("birdnet"), pseudo=PseudoSpec(pseudo.version, weight=0.5))
@@ -205,9 +206,9 @@ def test_student_fold_k_learns_only_labels_of_the_teacher_fold_k_model(store: Pa
     import json
 
     from embed.features import load_window_features
+    from featurestore.folds import fold_assignment
     from models.frame import build_frame
     from models.heads import load_head, make_head
-    from models.training import fold_assignment
 
     config = json.loads((store / "heads" / student.head_id / "config.json").read_text())
     assert config["pseudo"]["version"] == pseudo.version and config["pseudo"]["weight"] == 0.5
@@ -255,8 +256,7 @@ def test_one_round_student_scores_within_half_a_point_of_its_teacher(store: Path
 
 def test_labels_from_a_teacher_on_other_folds_are_refused(store: Path, pseudo) -> None:
     from models.frame import build_frame
-    from models.training import PseudoSpec
-    from stack.pseudo import student_rows
+    from models.pseudo_labels import PseudoSpec, student_rows
 
     with FeatureStore.open(store, read_only=True) as fs:
         frame = build_frame(fs, FrameSpec("birdnet"))
@@ -278,7 +278,7 @@ def test_selftrain_rounds_reuse_the_labels_and_students_and_stop_when_the_fold_m
         store: Path, classical_teacher: str) -> None:
     import json
 
-    from stack.selftrain import run_selftrain
+    from students.selftrain import run_selftrain
 
     teacher = classical_teacher
     labels = run_pseudo(store, teacher, {"min_prob": 0.2}, say=lambda _m: None)
@@ -313,7 +313,7 @@ def test_distilled_classical_student_learns_the_teacher_on_every_window_and_is_c
         store: Path, teacher: str, demo_data: Path) -> None:
     import json
 
-    from stack.distill import run_distill
+    from students.distill import run_distill
 
     audio = sorted((demo_data / "test_soundscapes").glob("*.ogg"))[:1]
     with threadpool_limits(1, user_api="blas"):

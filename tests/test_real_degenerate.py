@@ -24,12 +24,13 @@ from embed.job import run_embed
 from featurestore.folds import make_folds
 from featurestore.ingest import run_ingest
 from featurestore.store import FeatureStore
+from models.bundle import HEADS_DIR
 from models.experiments import ranked
 from models.frame import FrameSpec, class_names_of
 from models.metrics import MetricError, competition_auc
-from models.predict import expected_ids_for_audio, predict_audio
-from models.submission import validate_submission, write_submission
-from models.training import HEADS_DIR, train_head
+from models.training import train_head
+from submit.predict import predict_audio
+from submit.submission import expected_ids_for_audio, validate_submission, write_submission
 
 REPO = Path(__file__).resolve().parents[1]
 LABELLED = "BC2026_Train_0014_S13_20220228_214500.ogg"

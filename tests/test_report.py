@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from embed.memo import (
+from embed.near_duplicates import file_means, near_duplicate_pairs
+from featurestore.folds import make_folds
+from featurestore.store import FeatureStore
+from reports.data_memo import (
     RARE_EXAMPLES,
     SECTIONS,
     Memo,
@@ -27,9 +30,6 @@ from embed.memo import (
     soundscape_durations,
     write_memo,
 )
-from embed.near_duplicates import file_means, near_duplicate_pairs
-from featurestore.folds import make_folds
-from featurestore.store import FeatureStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -22,13 +22,14 @@ from models.bundle import HEADS_DIR
 from models.experiments import BoardFilter, ranked
 from models.frame import FrameSpec
 from models.metrics import competition_score
-from models.predict import expected_ids_for_audio, list_audio, predict_audio
 from models.training import OOF_DIR, train_head
 from stack.bundle import FULL_DIR, is_stack_dir, load_stack
 from stack.inputs import StackInputs, load_inputs
 from stack.post import FileLayout, apply_post, sigmoid
 from stack.run import run_stack
 from stack.stackers import score_oof
+from submit.predict import predict_audio
+from submit.submission import expected_ids_for_audio, list_audio
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_DATA_LGBM = {"inner_valid_fraction": 0.0, "n_estimators": 60, "learning_rate": 0.05, "num_leaves": 7,
@@ -170,7 +171,7 @@ def _offline(store: Path, stack_dir: Path, audio: Path) -> tuple[list[str], np.n
     """The stacker applied offline: each base head predicted on its own (predict_audio of the head),
     BirdNET's zero-shot logits embedded separately, then the full-data model and the post chain."""
     from embed.features import embed_file_with_names, extractors_from_store
-    from models.predict import file_window_ids
+    from submit.submission import file_window_ids
 
     bundle = load_stack(stack_dir)
     classes = bundle.class_names
@@ -280,7 +281,8 @@ def test_rows_without_audio_get_the_stacks_own_prior_and_leave_the_other_rows_al
     assert len(t_ids) == 12
     decodable = [r for r in t_ids if int(r.rsplit("_", 1)[1]) <= 20]         # windows ending at 5..20 s hold audio
     assert len(decodable) == 4
-    from stack.predict import StackPredictor, apply_stack, unlabelled_inputs, window_ids_of
+    from stack.apply import apply_stack, unlabelled_inputs
+    from submit.stack_predictor import StackPredictor, window_ids_of
 
     predictor = StackPredictor(stacked.bundle_dir)
     ids4, block = predictor.predict_file(truncated)

@@ -15,13 +15,13 @@ from threadpoolctl import threadpool_limits
 
 from featurestore.errors import BundleError, DataError
 from models.frame import FrameSpec
-from models.predict import expected_ids_for_audio, list_audio, load_predictor, predict_audio
-from models.submission import validate_submission
 from models.training import train_head
 from stack.run import run_stack
 from submit import runtime
 from submit.plan import Costs, LevelCost, project
+from submit.predict import load_predictor, predict_audio
 from submit.runtime import BUNDLE_KIND, MANIFEST, file_entries, predict_with_guard, verify_bundle
+from submit.submission import expected_ids_for_audio, list_audio, validate_submission
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ def test_time_guard_moves_files_down_the_levels_and_the_submission_stays_exact(s
 
 
 def expected_ids_for_audio_of(path: Path) -> list[str]:
-    from models.predict import expected_row_ids
+    from submit.submission import expected_row_ids
 
     return expected_row_ids(path)
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from featurestore.store import FeatureStore, StoreError
+from models.bundle import HEADS_DIR
 from models.experiments import ranked
 from models.frame import FrameSpec, build_frame
-from models.training import HEADS_DIR, train_head
+from models.training import train_head
 
 REPO = Path(__file__).resolve().parents[1]
 

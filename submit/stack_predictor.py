@@ -5,10 +5,10 @@ Per file (:meth:`StackPredictor.predict_file`, run in predict's worker processes
 decoded and embedded once by the union of the base heads' extractors (and the zero-shot views'),
 each base bundle reads its own view and pooling from that pass, and the file's rows come out as
 ``(windows, sources x classes)`` probabilities in the stack's class order. After the last file
-(:meth:`StackPredictor.finish`): :func:`unlabelled_inputs` assembles them into
-:class:`~stack.inputs.StackInputs` and :func:`apply_stack` applies the stacker and the post steps.
-Offline (the consistency test) the same :func:`apply_stack` on the base heads' own predictions gives
-the same numbers.
+(:meth:`StackPredictor.finish`): :func:`stack.apply.unlabelled_inputs` assembles them into
+:class:`~stack.inputs.StackInputs` and :func:`stack.apply.apply_stack` applies the stacker and the post
+steps. Offline (the consistency test) the same :func:`~stack.apply.apply_stack` on the base heads' own
+predictions gives the same numbers.
 
 Imports neither pyarrow nor duckdb (the Kaggle inference path).
 """
@@ -21,49 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from featurestore.errors import BundleError, DataError
-from featurestore.windows import WINDOW_SECONDS, file_of, parse_soundscape_name
-from stack.bundle import StackBundle, base_head_dirs, load_stack
-from stack.inputs import StackInputs
-from stack.post import FileLayout, apply_post, sigmoid
-
-ZERO_SHOT_FALLBACK = 0.5     # a zero-shot source's value where a file has no usable audio
-
-
-def unlabelled_inputs(bundle: StackBundle, window_ids: Sequence[str], P: np.ndarray) -> StackInputs:
-    """Level-2 inputs of unlabelled windows: ``P`` (sources, windows, classes) in the bundle's source
-    and class order; site and hour parsed from soundscape names (unknown when a name does not parse)."""
-    ids = np.asarray([str(w) for w in window_ids], dtype=str)
-    layout = bundle.layout
-    P = np.asarray(P, dtype=np.float32)
-    if P.shape != (len(layout.sources), len(ids), len(layout.class_names)):
-        raise BundleError(f"stacked head {bundle.head_id}: inputs {P.shape} for {len(layout.sources)} sources x "
-                          f"{len(ids)} windows x {len(layout.class_names)} classes")
-    sites, hours = [], []
-    for w in ids.tolist():
-        try:
-            name = parse_soundscape_name(file_of(w).rpartition("/")[2])
-            sites.append(name.site)
-            hours.append(name.hour)
-        except DataError:
-            sites.append(None)
-            hours.append(-1)
-    n, C = len(ids), len(layout.class_names)
-    return StackInputs(ids, tuple(layout.sources), list(layout.class_names),
-                       np.asarray(layout.class_groups, dtype=object), P, np.asarray(layout.available, bool),
-                       np.zeros((n, C), np.float32), np.full(n, -1, np.int64),
-                       np.array([file_of(w).partition("/")[0] for w in ids.tolist()], dtype=object),
-                       np.array(sites, dtype=object), np.asarray(hours, dtype=np.int64))
-
-
-def apply_stack(bundle: StackBundle, data: StackInputs, model=None) -> np.ndarray:
-    """A level-2 model (default: the full-data one; a fold's for pseudo-labels) then the post steps (file
-    blocks from the window ids): (windows, classes)."""
-    p = (bundle.full if model is None else model).predict(data)
-    steps = bundle.config.steps()
-    if steps:
-        p = apply_post(p, steps, FileLayout(data.window_ids), data.class_groups)
-    return np.clip(p, 0.0, 1.0)
+from featurestore.errors import BundleError
+from featurestore.windows import WINDOW_SECONDS
+from models.bundle import class_prior, load_bundle
+from stack.apply import ZERO_SHOT_FALLBACK, apply_stack, unlabelled_inputs
+from stack.bundle import base_head_dirs, load_stack
+from stack.post import sigmoid
+from submit.head_predictor import head_rows
+from submit.submission import file_window_ids
 
 
 class StackPredictor:
@@ -71,7 +36,6 @@ class StackPredictor:
 
     def __init__(self, head_dir: str | os.PathLike, **runtime):
         from embed.registry import rebuild
-        from models.bundle import class_prior, load_bundle
 
         self.bundle = load_stack(head_dir)
         self.head_id = self.bundle.head_id
@@ -103,9 +67,7 @@ class StackPredictor:
 
     def rows_from_features(self, path: Path, feats: dict) -> tuple[list[str], np.ndarray]:
         """:meth:`predict_file` given the file's views (the extractors already run): every base head
-        (``models.predict.head_rows``) and zero-shot view, side by side."""
-        from models.predict import head_rows
-
+        (``submit.head_predictor.head_rows``) and zero-shot view, side by side."""
         blocks = []
         row_ids: list[str] = []
         for base in self.bases:
@@ -157,7 +119,5 @@ class StackPredictor:
 
 def window_ids_of(path: Path, n: int) -> list[str]:
     """Window ids of the first ``n`` 5-s windows of a test soundscape (what the stack's file blocks use)."""
-    from models.predict import file_window_ids
-
     return file_window_ids(path, np.arange(n) * WINDOW_SECONDS)[0] if n else []
 

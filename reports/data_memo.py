@@ -29,10 +29,10 @@ import pyarrow as pa
 
 from embed.near_duplicates import NEAR_DUPLICATE_COSINE, load_file_embeddings, near_duplicate_pairs
 from featurestore.folds import stored_version
-from featurestore.htmlpage import html_table, img, png, pyplot, render_page, write_page
 from featurestore.ingest import latest_data_version
 from featurestore.sqlfiles import run_sql_file
 from featurestore.store import FeatureStore
+from reports.htmlpage import html_table, img, png, pyplot, render_page, write_page
 
 SECTIONS = (
     ("key-numbers", "Key numbers"), ("inventory", "Inventory"), ("class-imbalance", "Class imbalance"),

@@ -1,6 +1,6 @@
 """Self-training rounds on the unlabelled soundscapes (the library behind ``python -m pipelines.selftrain``).
 
-One round: the teacher labels every unlabelled soundscape window fold by fold (:func:`stack.pseudo.run_pseudo`),
+One round: the teacher labels every unlabelled soundscape window fold by fold (:func:`students.pseudo.run_pseudo`),
 then a student with the *original* teacher's configuration is re-trained with those soft labels (fold
 ``k``'s model on the teacher's fold-``k`` labels, :class:`models.training.PseudoRows`). The student
 becomes the next round's teacher. No audio is re-embedded: teacher and students read stored features.
@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featurestore.errors import UserInputError
-from stack.pseudo import PseudoParams, make_params, run_pseudo
+from models.pseudo_labels import PseudoParams, make_params
+from students.pseudo import run_pseudo
 
 TAG = "selftrain-r{round}"
 
@@ -111,7 +112,8 @@ class Student:
 
     def train(self, version: str, round_: int, say) -> str:
         """The student's head id (a stacked one for a stacked teacher)."""
-        from models.training import PseudoSpec, train_head
+        from models.pseudo_labels import PseudoSpec
+        from models.training import train_head
 
         spec = PseudoSpec(version)                      # at the weight stored with the labels
         tag = TAG.format(round=round_)

@@ -272,12 +272,19 @@ def load_data(store, teacher: str, params: CnnParams, frontend, *, fold_version:
               pseudo: str | None = None, workers: int = 1, say=_say) -> CnnData:
     """Assemble a run's data from the store (computing the front-end cache and teacher targets once)."""
     from embed.features import parse_view, resolve_version
+    from featurestore.folds import fold_assignment
     from featurestore.ingest import latest_data_version
     from featurestore.windows import SOUNDSCAPE, TEST, file_of
-    from models.bundle import FeatureVersions
-    from models.frame import TrainingFrame, class_names_of, failed_files, label_matrix, window_labels
-    from models.training import evaluation_rows, fold_assignment
-    from stack.pseudo import unlabelled_windows
+    from models.frame import (
+        FeatureVersions,
+        TrainingFrame,
+        class_names_of,
+        failed_files,
+        label_matrix,
+        window_labels,
+    )
+    from models.pseudo_labels import unlabelled_windows
+    from models.training import evaluation_rows
 
     view = teacher_view(teacher)
     rows = store.rows("SELECT window_id FROM windows WHERE source <> ? ORDER BY window_id", [TEST])
@@ -321,7 +328,7 @@ def load_data(store, teacher: str, params: CnnParams, frontend, *, fold_version:
 
 def _attach_pseudo(store, data: CnnData, version: str, params: CnnParams) -> None:
     """Soft labels of unlabelled windows from a stored pseudo-label version, per teacher fold (and all)."""
-    from stack.pseudo import FULL_FOLD, load_pseudo
+    from models.pseudo_labels import FULL_FOLD, load_pseudo
 
     row = store.first("SELECT fold_version FROM pseudo_runs WHERE pseudo_version = ?", [version]) \
         if store.has_table("pseudo_runs") else None

@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.errors import DataError, UserInputError
-from featurestore.htmlpage import audio_ogg, audio_tag, html_table, img, png, pyplot, render_page, write_page
 from featurestore.windows import SOUNDSCAPE, WINDOW_SECONDS, parse_window_id
 from models.metrics import evaluate, fast_auc, frequency_bucket
+from reports.htmlpage import audio_ogg, audio_tag, html_table, img, png, pyplot, render_page, write_page
 from stack.inputs import Diversity, StackInputs, available_heads, head_correlation, load_inputs
 
 SECTIONS = (("summary", "Summary"), ("per-class", "Per-class AUC, worst first"),

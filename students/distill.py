@@ -1,7 +1,7 @@
 """Distillation into a cheap head (the library behind ``python -m pipelines.distill``).
 
 The teacher - typically the stacked ensemble - labels *every* stored window fold by fold
-(:func:`stack.pseudo.run_pseudo` with pool ``all``); a student head on a cheaper feature set (e.g.
+(:func:`students.pseudo.run_pseudo` with pool ``all``); a student head on a cheaper feature set (e.g.
 classical statistics only, or one embedding instead of several) is cross-validated on those soft
 labels: fold ``k``'s student learns, on the windows outside fold ``k``, ``(1 - alpha) * label + alpha *
 teacher`` for labelled windows and the teacher's soft label for unlabelled soundscape windows, all
@@ -20,8 +20,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from featurestore.errors import UserInputError
-from stack.pseudo import PseudoParams, make_params, run_pseudo
-from stack.selftrain import fold_mean_of
+from models.pseudo_labels import PseudoParams, make_params
+from students.pseudo import run_pseudo
+from students.selftrain import fold_mean_of
 
 TAG = "distill"
 
@@ -111,7 +112,8 @@ def run_distill(store_dir: str | os.PathLike, teacher_id: str, kind: str = "line
     on the labels alone (it costs what the student's features cost)."""
     from featurestore.store import FeatureStore
     from models.frame import FrameSpec
-    from models.training import PseudoSpec, train_head
+    from models.pseudo_labels import PseudoSpec
+    from models.training import train_head
 
     # the teacher's soft predictions as they are (no threshold) unless asked otherwise
     params = params if isinstance(params, PseudoParams) else make_params({"min_prob": 0.0, **(params or {})})

@@ -1,17 +1,11 @@
-"""Inference: audio files → a bundle's extractors → fold-averaged probabilities → submission rows.
+"""Predict any head, single or stacked: audio files -> the head's predictor -> validated submission rows.
 
-Everything needed comes from the bundle (``heads/<head_id>/``, :mod:`models.bundle`): its config
-(feature views, pooling, context), ``extractors.json`` (the exact extractor parameters the
-features were made with) and the fold Heads. An extractor that would now produce a different
-version (another model file, other code) is refused rather than silently mixed. Only numpy,
-scipy, soundfile, ai-edge-litert, lightgbm and scikit-learn are imported on this path.
-
-A stacked head's folder (:mod:`stack.bundle`) is predicted through :class:`stack.predict.StackPredictor`
-(:func:`load_predictor` picks it): one embedding pass per file feeds every base head, and the level-2
-model and post steps run over all rows once every file is predicted.
-
-The expected rows of a soundscape are defined once, here (:func:`expected_row_ids`): predict
-writes exactly them and the validator (:func:`expected_ids_for_audio`) checks exactly them.
+:func:`open_predictor` picks the predictor of a head folder: :class:`submit.head_predictor.HeadPredictor`
+for one head bundle, :class:`submit.stack_predictor.StackPredictor` for a stacked head (one embedding pass
+per file feeds every base head; the level-2 model and post steps run over all rows once every file is
+predicted). Both answer the :class:`Predictor` protocol. Every file gets exactly its expected rows
+(:func:`submit.submission.expected_row_ids`); a bad file gets the prior where it has no usable audio.
+Only numpy, scipy, soundfile, ai-edge-litert, lightgbm and scikit-learn are imported on this path.
 """
 
 from __future__ import annotations
@@ -23,131 +17,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from embed.extractors import Extractor, single_threaded_children
+from embed.extractors import single_threaded_children
 from featurestore.errors import BundleError, DataError
-from featurestore.windows import SOUNDSCAPE_SECONDS, TEST, WINDOW_SECONDS, is_audio, row_ids, window_id
-from models.bundle import HeadBundle, class_prior, load_bundle
-from models.frame import add_context
-
-
-def build_extractors(bundle: HeadBundle, **runtime) -> list[Extractor]:
-    """Rebuild the bundle's extractors from ``extractors.json``; BundleError for any whose version
-    differs from the one its features were trained on (``runtime``: threads, batch_size, cache_dir)."""
-    from embed.registry import rebuild
-
-    return rebuild(bundle.extractor_params, bundle.config.feature_versions.extractors,
-                   owner=f"head {bundle.head_id}", **runtime)
-
-
-def file_window_ids(path: Path, starts: np.ndarray) -> tuple[list[str], list[str]]:
-    """(window ids for context features, competition row ids) of a soundscape's windows."""
-    return [window_id(TEST, path.name, s) for s in starts], row_ids(path.name, starts)
-
-
-def header_seconds(path: Path) -> float | None:
-    """Duration the file's header states, or None when the header cannot be read."""
-    try:
-        info = sf.info(str(path))
-        return info.frames / float(info.samplerate) if info.samplerate > 0 and info.frames >= 0 else None
-    except Exception:  # soundfile raises several types for unreadable input; a missing file too
-        return None
-
-
-def expected_window_count(path: Path, min_seconds: float = SOUNDSCAPE_SECONDS) -> int:
-    """Rows a soundscape must have in the submission: its 5-s windows over the expected duration.
-
-    The expected duration is the competition's ``min_seconds`` (60 s) or the header's duration
-    when the header is readable and says more; the count is ``round(seconds / 5)`` (a 59.99-s or
-    60.02-s file gives 12), as the store's window grid counts soundscape windows. Never raises:
-    predict and the validator both use it, so their row sets are the same by construction.
-    """
-    seconds = max(header_seconds(path) or 0.0, float(min_seconds))
-    return max(1, int(round(seconds / WINDOW_SECONDS)))
-
-
-def expected_row_ids(path: Path, min_seconds: float = SOUNDSCAPE_SECONDS) -> list[str]:
-    """Competition row ids of every expected window of one soundscape (see :func:`expected_window_count`)."""
-    return file_window_ids(path, np.arange(expected_window_count(path, min_seconds)) * WINDOW_SECONDS)[1]
-
-
-def predict_file(path: Path, bundle: HeadBundle, extractors: list) -> tuple[list[str], np.ndarray]:
-    """Row ids and fold-averaged probabilities (windows × head classes) of the decodable windows of one file.
-
-    The windows follow the store's soundscape grid over the decoded audio (``round(seconds / 5)``
-    windows); raises :class:`embed.audio.AudioError` naming the file when it cannot be decoded
-    (empty, corrupt, NaN or inf samples).
-    """
-    from embed.features import embed_file_views
-
-    frame = bundle.config.frame
-    return head_rows(path, bundle, embed_file_views(path, extractors, [(frame.features, frame.pooling)],
-                                                    soundscape=True))
-
-
-def head_rows(path: Path, bundle: HeadBundle, feats: dict) -> tuple[list[str], np.ndarray]:
-    """:func:`predict_file` given the file's views (``embed.features.embed_file_views``): the head's
-    view and pooling, neighbour context when it was trained with it, the mean over fold models."""
-    frame = bundle.config.frame
-    starts, X, _ = feats[(frame.features, frame.pooling)]
-    ids, row_ids = file_window_ids(path, starts)
-    if frame.context:
-        X, _ = add_context(X, np.asarray(ids))
-    probs = np.mean([head.predict_proba(X) for head in bundle.folds], axis=0)
-    return row_ids, probs.astype(np.float32)
-
-
-class HeadPredictor:
-    """predict's per-file interface for one head bundle: ``predict_file`` per file (in the workers),
-    ``finish`` over all rows (the identity; a stacked head applies its stacker there, see
-    :class:`stack.predict.StackPredictor`), ``prior`` for rows without usable audio."""
-
-    def __init__(self, bundle: HeadBundle, extractors: list):
-        self.bundle, self.extractors = bundle, extractors
-        self.head_id = bundle.head_id
-        self.class_names = bundle.class_names
-        self.prior = class_prior(bundle)
-
-    @property
-    def requests(self) -> list[tuple[str, str]]:
-        """The ``(view, pooling)`` the head reads from a file's embedding."""
-        return [(self.bundle.config.frame.features, self.bundle.config.frame.pooling)]
-
-    def predict_file(self, path: Path) -> tuple[list[str], np.ndarray]:
-        return predict_file(path, self.bundle, self.extractors)
-
-    def rows_from_features(self, path: Path, feats: dict) -> tuple[list[str], np.ndarray]:
-        """:meth:`predict_file` given the file's views (the extractors already run)."""
-        return head_rows(path, self.bundle, feats)
-
-    def finish(self, window_ids: list[str], rows: np.ndarray, usable: np.ndarray | None = None) -> np.ndarray:
-        return rows
-
-    @property
-    def output_prior(self) -> np.ndarray:
-        """What a row with no prediction at all gets in the final output (the class prior)."""
-        return self.prior
+from featurestore.windows import WINDOW_SECONDS
+from models.bundle import HeadBundle, load_bundle
+from submit.head_predictor import HeadPredictor, build_extractors
+from submit.submission import (
+    expected_ids_for_audio,
+    expected_window_count,
+    file_window_ids,
+    header_seconds,
+    list_audio,
+    read_header,
+    write_submission,
+)
 
 
 def load_predictor(head_dir: str | os.PathLike, **runtime):
     """The predictor of a head folder: :class:`HeadPredictor`, or a stacked head's
-    :class:`stack.predict.StackPredictor`. Rebuilds the extractors (BundleError on a version mismatch)."""
+    :class:`submit.stack_predictor.StackPredictor`. Rebuilds the extractors (BundleError on a version mismatch)."""
     from stack.bundle import is_stack_dir
 
     if is_stack_dir(head_dir):
-        from stack.predict import StackPredictor
+        from submit.stack_predictor import StackPredictor
 
         return StackPredictor(head_dir, **runtime)
     bundle = load_bundle(head_dir)
     return HeadPredictor(bundle, build_extractors(bundle, **runtime))
-
-
-def prior_rows(path: Path, bundle: HeadBundle, n_windows: int | None = None) -> tuple[list[str], np.ndarray]:
-    """Fallback for an undecodable file: every expected row gets the class prior, so the submission stays complete."""
-    n = expected_window_count(path) if n_windows is None else n_windows
-    _, row_ids = file_window_ids(path, np.arange(n) * WINDOW_SECONDS)
-    return row_ids, np.tile(class_prior(bundle), (n, 1))
 
 
 def predict_soundscape(path: Path, bundle: HeadBundle, extractors: list) -> tuple[list[str], np.ndarray, str | None]:
@@ -237,22 +134,6 @@ def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: d
         yield from pool.imap(_predict_one, map(str, files), chunksize=1)
 
 
-def list_audio(audio_dir: str | os.PathLike) -> list[Path]:
-    audio_dir = Path(audio_dir)
-    if not audio_dir.is_dir():
-        raise DataError(f"audio folder {audio_dir} not found")
-    return sorted(p for p in audio_dir.iterdir() if is_audio(p) and p.is_file())
-
-
-def expected_ids_for_audio(audio_dir: str | os.PathLike) -> list[str]:
-    """row_ids of every expected 5-s window of every audio file in a folder (never raises for a bad file).
-
-    Each file is a competition soundscape: 60 s, or what its header says when it is readable and
-    says more (:func:`expected_row_ids`, the rows predict writes for it).
-    """
-    return [rid for path in list_audio(audio_dir) for rid in expected_row_ids(path)]
-
-
 def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, columns: list[str], *,
                   workers: int = 1, runtime: dict | None = None,
                   progress: Callable[[int], object] | None = None,
@@ -324,7 +205,6 @@ def predict_submission(store_dir: str | os.PathLike, audio_dir: str | os.PathLik
     from models.bundle import bundle_dir
     from models.experiments import best_head_id
     from models.frame import class_names_of
-    from models.submission import read_header, write_submission
 
     with FeatureStore.open(store_dir, create=False, read_only=True) as store:
         head_id = best_head_id(store) if head_id == "best" else head_id

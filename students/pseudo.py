@@ -33,41 +33,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from featurestore.errors import DataError, UserInputError
-from featurestore.params import params_from
+from models.pseudo_labels import (
+    FULL_FOLD,
+    KEYS,
+    RUNS_TABLE,
+    TABLE,
+    PseudoParams,
+    load_pseudo,
+    make_params,
+    pool_windows,
+)
 
 if TYPE_CHECKING:
     from models.bundle import HeadBundle
 
-TABLE, RUNS_TABLE = "pseudo_labels", "pseudo_runs"
-KEYS = ["pseudo_version", "teacher_fold", "window_id"]
-FULL_FOLD = -1
 CHUNK_WINDOWS = 12_000          # windows predicted and written per part (one atomic step of a resumable run)
-POOLS = ("unlabelled", "all")
-
-
-@dataclass(frozen=True)
-class PseudoParams:
-    power: float = 1.0
-    # 0.5: on the full demo a stacked teacher's round-1 stacked student scored -0.025 (0), +0.002 (0.3) and
-    # +0.008 (0.5) against the teacher's fold mean: the teacher's small probabilities on true negatives
-    # (median 0.08) add up over the classes and teach false positives (2025 6th place kept p >= 0.55)
-    min_prob: float = 0.5
-    cap: float | None = None        # maximum label sum per window (None: no cap)
-    weight: float = 1.0             # students' sample weight for pseudo-labelled windows
-    pool: str = "unlabelled"        # unlabelled: windows of unlabelled soundscapes; all: every window (distillation)
-
-    def check(self) -> PseudoParams:
-        if self.power <= 0 or not 0.0 <= self.min_prob < 1.0 or self.weight < 0:
-            raise UserInputError("pseudo: power must be > 0, 0 <= min_prob < 1, weight >= 0")
-        if self.pool not in POOLS:
-            raise UserInputError(f"pseudo: unknown pool {self.pool!r}; use one of {', '.join(POOLS)}")
-        if self.cap is not None and self.cap <= 0:
-            raise UserInputError("pseudo: cap must be > 0 (or omitted)")
-        return self
-
-
-def make_params(overrides: dict | None = None) -> PseudoParams:
-    return params_from(PseudoParams, overrides or {}, "pseudo").check()
 
 
 def transform(P: np.ndarray, params: PseudoParams) -> np.ndarray:
@@ -136,7 +116,7 @@ class Teacher:
         return out
 
     def _stack_probs(self, window_ids: list[str]) -> dict[int, np.ndarray]:
-        from stack.predict import apply_stack, unlabelled_inputs
+        from stack.apply import apply_stack, unlabelled_inputs
 
         base = [self._base_probs(b, window_ids) for b in self.bases]
         names = list(self.stack.class_names)
@@ -148,29 +128,6 @@ class Teacher:
             p = apply_stack(self.stack, unlabelled_inputs(self.stack, window_ids, P), self.stack.folds[k])
             out[k] = p[:, cols].astype(np.float32)
         return out
-
-
-# ---------------------------------------------------------------------------- the job
-def pool_windows(store, pool: str) -> list[str]:
-    """The windows a run labels, sorted: :func:`unlabelled_windows`, or every training window (``all``: the
-    distillation pool - focal, labelled and unlabelled train soundscape windows; never test soundscapes)."""
-    if pool == "all":
-        from featurestore.windows import TEST
-
-        return [r[0] for r in store.rows("SELECT window_id FROM windows WHERE source <> ? ORDER BY window_id", [TEST])]
-    return unlabelled_windows(store)
-
-
-def unlabelled_windows(store) -> list[str]:
-    """Windows of the train soundscape files that have no label row at all, sorted (the pseudo-labelling
-    pool). A labelled file's windows without a row are left out: they belong to the expert-labelled
-    files, whose folds and scoring already cover them."""
-    from featurestore.windows import SOUNDSCAPE
-
-    labelled = {r[0] for r in store.rows("SELECT DISTINCT filename FROM soundscape_labels")} \
-        if store.has_table("soundscape_labels") else set()
-    rows = store.rows("SELECT window_id, filename FROM windows WHERE source = ? ORDER BY window_id", [SOUNDSCAPE])
-    return [w for w, f in rows if f not in labelled]
 
 
 @dataclass
@@ -272,90 +229,6 @@ def run_pseudo(store_dir: str | os.PathLike, teacher_id: str, params: PseudoPara
         scored = score_against(store, version, answers) if answers is not None else None
     return PseudoResult(version, teacher_id, len(ids), len(teacher.fold_ids), written, time.perf_counter() - t0, params,
                         scored)
-
-
-def load_pseudo(store, version: str, fold: int) -> tuple[list[str], np.ndarray, list[str], PseudoParams]:
-    """``(window_ids, soft labels (windows, classes), class names, params)`` of one teacher fold of a
-    stored pseudo-label version (``fold = -1``: the full labels)."""
-    if not store.has_table(RUNS_TABLE):
-        raise UserInputError("no pseudo-labels in this store; run python -m pipelines.pseudo first")
-    row = store.first("SELECT class_names, params FROM pseudo_runs WHERE pseudo_version = ?", [version])
-    if row is None:
-        known = [r[0] for r in store.rows("SELECT pseudo_version FROM pseudo_runs")]
-        raise UserInputError(f"unknown pseudo-label version {version!r}; stored: {known}")
-    classes, params = json.loads(row[0]), make_params(json.loads(row[1]))
-    glob = store.part_glob(TABLE).replace("'", "''")
-    table = store.sql(f"SELECT window_id, probs FROM read_parquet('{glob}') WHERE pseudo_version = ? AND "
-                      "teacher_fold = ? ORDER BY window_id", [version, fold])
-    ids = table.column("window_id").to_pylist()
-    flat = table.column("probs").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return ids, flat.reshape(len(ids), len(classes)).astype(np.float32), classes, params
-
-
-def student_rows(store, spec, frame, frame_spec, fold_ids: list[int], fold_version: str):
-    """The :class:`models.training.PseudoRows` of a student run: the stored pseudo-labels of
-    ``spec.version`` (a :class:`models.training.PseudoSpec`) for folds ``fold_ids``, with the student's
-    own features (``frame_spec``, at the frame's extractor versions) for the unlabelled windows.
-
-    Refused with a clear error: labels made on another fold version (fold ``k``'s labels would not come
-    from a model blind to the student's fold ``k``), a fold the teacher lacks, a class the labels lack,
-    or unlabelled windows without the student's features."""
-    from embed.features import load_window_features
-    from featurestore.windows import file_of
-    from models.frame import add_context
-    from models.training import PseudoRows, fold_assignment
-
-    if not 0.0 <= spec.alpha <= 1.0 or (spec.weight is not None and spec.weight < 0):
-        raise UserInputError("--distill (alpha) must be in [0, 1] and --pseudo-weight >= 0")
-    row = store.first("SELECT teacher_id, fold_version, teacher_folds FROM pseudo_runs WHERE pseudo_version = ?",
-                      [spec.version]) if store.has_table(RUNS_TABLE) else None
-    if row is None:
-        load_pseudo(store, spec.version, FULL_FOLD)      # the error naming the stored versions
-    teacher_id, made_on, teacher_folds = row[0], row[1], json.loads(row[2])
-    if made_on != fold_version:
-        raise UserInputError(f"pseudo-labels {spec.version} come from teacher {teacher_id} trained on fold version "
-                             f"{made_on}, but this run uses {fold_version}: fold k's labels must come from a model "
-                             "that never saw fold k; re-train the teacher on these folds and re-run pipelines.pseudo")
-    lacking = sorted(set(fold_ids) - set(teacher_folds))
-    if lacking:
-        raise UserInputError(f"pseudo-labels {spec.version}: teacher {teacher_id} has no fold model for fold(s) "
-                             f"{lacking}")
-    labels: dict[int, np.ndarray] = {}
-    ids: list[str] = []
-    params = None
-    for k in fold_ids:
-        ids_k, Q, classes, params = load_pseudo(store, spec.version, k)
-        if ids and ids_k != ids:
-            raise DataError(f"pseudo-labels {spec.version}: fold {k} labels other windows than fold {fold_ids[0]}")
-        missing = [c for c in frame.class_names if c not in classes]
-        if missing:
-            raise DataError(f"pseudo-labels {spec.version} lack {len(missing)} class(es) of the taxonomy "
-                            f"(e.g. {missing[0]}); re-run pipelines.pseudo")
-        ids, labels[k] = ids_k, Q[:, [classes.index(c) for c in frame.class_names]]
-    in_frame = {w: i for i, w in enumerate(frame.window_ids.tolist())}
-    extra = np.array([w not in in_frame for w in ids], bool)
-    # labelled windows the teacher also labelled (pool "all"): blended into their targets when alpha > 0,
-    # never added as second rows
-    blend = ~extra if spec.alpha > 0 else np.zeros(len(ids), bool)
-    extra_ids = [w for w, e in zip(ids, extra, strict=True) if e]
-    X = np.zeros((0, frame.X.shape[1]), np.float32)
-    if extra_ids:
-        got, X, _, _ = load_window_features(store, frame_spec.features, frame_spec.pooling, window_ids=extra_ids,
-                                            versions=dict(frame.feature_versions.extractors))
-        if list(got) != extra_ids:
-            absent = sorted(set(extra_ids) - set(got))
-            raise DataError(f"{len(absent)} pseudo-labelled window(s) have no {frame_spec.features} features at the "
-                            f"student's extractor versions (e.g. {absent[0]}); run pipelines.embed")
-        X = np.asarray(X, np.float32)
-        if frame_spec.context:
-            X, _ = add_context(X, np.asarray(extra_ids))
-    weight = params.weight if spec.weight is None else spec.weight
-    extra_folds, _ = fold_assignment(store, np.array(extra_ids, dtype=str), fold_version)
-    return PseudoRows(spec.version, teacher_id, float(weight), float(spec.alpha), np.array(extra_ids, dtype=str), X,
-                      np.array([file_of(w) for w in extra_ids], dtype=str), extra_folds,
-                      {k: v[extra] for k, v in labels.items()},
-                      np.array([in_frame[w] for w, b in zip(ids, blend, strict=True) if b], np.int64),
-                      {k: v[blend] for k, v in labels.items()})
 
 
 def score_against(store, version: str, answers: str | os.PathLike) -> tuple[float, int, int]:

@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
-from featurestore.errors import SubmissionError
+from featurestore.errors import DataError, SubmissionError
+from featurestore.windows import SOUNDSCAPE_SECONDS, TEST, WINDOW_SECONDS, is_audio, row_ids, window_id
 
 
 def _not_utf8(path: Path) -> SubmissionError:
@@ -130,3 +132,55 @@ def _check_row(path: Path, line: int, row: list[str], header: list[str], seen: d
             raise SubmissionError(f"{path} line {line} ({rid}), column {col}: NaN")
         if not 0.0 <= value <= 1.0:
             raise SubmissionError(f"{path} line {line} ({rid}), column {col}: {value} is outside [0, 1]")
+
+
+def file_window_ids(path: Path, starts: np.ndarray) -> tuple[list[str], list[str]]:
+    """(window ids for context features, competition row ids) of a soundscape's windows."""
+    return [window_id(TEST, path.name, s) for s in starts], row_ids(path.name, starts)
+
+
+
+def header_seconds(path: Path) -> float | None:
+    """Duration the file's header states, or None when the header cannot be read."""
+    try:
+        info = sf.info(str(path))
+        return info.frames / float(info.samplerate) if info.samplerate > 0 and info.frames >= 0 else None
+    except Exception:  # soundfile raises several types for unreadable input; a missing file too
+        return None
+
+
+
+def expected_window_count(path: Path, min_seconds: float = SOUNDSCAPE_SECONDS) -> int:
+    """Rows a soundscape must have in the submission: its 5-s windows over the expected duration.
+
+    The expected duration is the competition's ``min_seconds`` (60 s) or the header's duration
+    when the header is readable and says more; the count is ``round(seconds / 5)`` (a 59.99-s or
+    60.02-s file gives 12), as the store's window grid counts soundscape windows. Never raises:
+    predict and the validator both use it, so their row sets are the same by construction.
+    """
+    seconds = max(header_seconds(path) or 0.0, float(min_seconds))
+    return max(1, int(round(seconds / WINDOW_SECONDS)))
+
+
+
+def expected_row_ids(path: Path, min_seconds: float = SOUNDSCAPE_SECONDS) -> list[str]:
+    """Competition row ids of every expected window of one soundscape (see :func:`expected_window_count`)."""
+    return file_window_ids(path, np.arange(expected_window_count(path, min_seconds)) * WINDOW_SECONDS)[1]
+
+
+
+def list_audio(audio_dir: str | os.PathLike) -> list[Path]:
+    audio_dir = Path(audio_dir)
+    if not audio_dir.is_dir():
+        raise DataError(f"audio folder {audio_dir} not found")
+    return sorted(p for p in audio_dir.iterdir() if is_audio(p) and p.is_file())
+
+
+
+def expected_ids_for_audio(audio_dir: str | os.PathLike) -> list[str]:
+    """row_ids of every expected 5-s window of every audio file in a folder (never raises for a bad file).
+
+    Each file is a competition soundscape: 60 s, or what its header says when it is readable and
+    says more (:func:`expected_row_ids`, the rows predict writes for it).
+    """
+    return [rid for path in list_audio(audio_dir) for rid in expected_row_ids(path)]

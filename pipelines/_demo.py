@@ -13,7 +13,6 @@ the best head. Re-running re-uses everything already computed.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from embed.job import run_embed
-from embed.memo import write_memo
 from featurestore.demo_data import ANSWERS_FILE, FULL, SMALL, generate_demo_dataset
 from featurestore.folds import make_folds
 from featurestore.ingest import run_ingest
@@ -31,19 +29,15 @@ from models.experiments import best_head_id, ranked
 from models.experiments import render as render_board
 from models.frame import FrameSpec, class_names_of
 from models.metrics import competition_score
-from models.predict import expected_ids_for_audio, predict_audio
-from models.submission import validate_submission, write_submission
 from models.training import train_head
-from stack.errors import summary_line, write_error_page
-from stack.pseudo import run_pseudo
+from reports.data_memo import write_memo
+from reports.error_page import summary_line, write_error_page
 from stack.run import run_stack
+from students.pseudo import run_pseudo
+from submit.predict import predict_audio
+from submit.submission import expected_ids_for_audio, validate_submission, write_submission
 
 MARKER = "demo.json"
-
-
-def default_out() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "birdclef-stack" / "demo"
 
 
 def ensure_dataset(out: Path, small: bool, seed: int) -> Path:
