@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from embed.audio import Audio, cut_frames, frame_grid
-from embed.birdnet import FRAME_SECONDS, SAMPLE_RATE, _runner, patched_model
+from embed.birdnet import FRAME_SECONDS, SAMPLE_RATE, make_runner, patched_model
 from embed.extractors import OVERLAP_ENV, environ_set
 from embed.job import run_embed
 from featurestore.ingest import run_ingest
@@ -78,13 +78,13 @@ def ceiling(files: list[Path], hop: float, cache: Path | None) -> tuple[float, f
     best, best_batch = float("inf"), 1
     probe = frames[: min(len(frames), 48)]
     for batch in (1, 2, 4, 8):
-        runner = _runner(model, batch_size=batch)
+        runner = make_runner(model, batch_size=batch)
         runner.run(probe[:batch])                       # warm-up (allocation, XNNPACK packing)
         t0 = time.perf_counter()
         runner.run(probe)
         if (elapsed := time.perf_counter() - t0) < best:
             best, best_batch = elapsed, batch
-    runner = _runner(model, batch_size=best_batch)
+    runner = make_runner(model, batch_size=best_batch)
     runner.run(frames[:best_batch])
     t0, c0 = time.perf_counter(), time.process_time()
     runner.run(frames)
@@ -94,7 +94,7 @@ def ceiling(files: list[Path], hop: float, cache: Path | None) -> tuple[float, f
 def _ceiling_worker(args: tuple[str, int, str | None]) -> float:
     frames_file, batch, cache = args
     frames = np.load(frames_file)
-    runner = _runner(patched_model(cache), batch_size=batch)
+    runner = make_runner(patched_model(cache), batch_size=batch)
     runner.run(frames[:batch])
     t0 = time.perf_counter()
     runner.run(frames)
@@ -127,13 +127,13 @@ def pool_start_up(workers: int, cache: Path | None, work: Path) -> float:
 
     from embed import registry
     from embed.extractors import single_threaded_children
-    from embed.job import _init_worker
+    from embed.job import init_worker
 
     params = [registry.build(n, None).params() for n in ("birdnet", "classical")]
     t0 = time.perf_counter()
     with single_threaded_children(workers):
         pool = multiprocessing.get_context("spawn").Pool(
-            workers, initializer=_init_worker, initargs=(params, {"cache_dir": cache}, str(work / "parts")))
+            workers, initializer=init_worker, initargs=(params, {"cache_dir": cache}, str(work / "parts")))
     with pool:
         pool.map(_ping, range(workers), chunksize=1)
         return time.perf_counter() - t0

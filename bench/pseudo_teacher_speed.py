@@ -178,7 +178,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
     minutes = {}
     with FeatureStore.open(root, read_only=True) as store:
         for kind in kinds:
-            teacher = Teacher(store, store.root / HEADS_DIR, heads[kind], class_names)
+            teacher = Teacher(store, heads[kind], class_names)
             bundle = teacher.bases[0][0]
             fold_models = bundle.folds
             X = load_window_features(store, "birdnet", "mean", window_ids=chunk,

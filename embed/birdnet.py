@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embed.extractors import EMBED_CODE_VERSION, FrameModel, View, file_sha256
+from embed.extractors import EMBED_CODE_VERSION, FrameModel, View
 from embed.tflite import TFLiteRunner, dense_after, with_extra_outputs
 from featurestore.errors import ModelError
+from featurestore.files import file_sha256
 
 if TYPE_CHECKING:  # taxonomy tables come from a store; predicting from a head folder needs no pyarrow
     import pyarrow as pa
@@ -140,7 +141,7 @@ def class_layer(source_buf: bytes | None = None) -> tuple[np.ndarray, np.ndarray
 def verify_patched(model: PatchedModel, source_buf: bytes) -> float:
     """Check logits == embedding @ W.T + b on two test frames; returns the max abs error."""
     W, b = class_layer(source_buf)
-    runner = _runner(model, batch_size=2)
+    runner = make_runner(model, batch_size=2)
     t = np.arange(int(FRAME_SECONDS * SAMPLE_RATE)) / SAMPLE_RATE
     chirp = 0.3 * np.sin(2 * np.pi * (2000 + 800 * t) * t)
     noise = 0.05 * np.random.default_rng(0).standard_normal(t.size)
@@ -153,7 +154,8 @@ def verify_patched(model: PatchedModel, source_buf: bytes) -> float:
     return error
 
 
-def _runner(model: PatchedModel, batch_size: int = 1, threads: int = 1) -> TFLiteRunner:
+def make_runner(model: PatchedModel, batch_size: int = 1, threads: int = 1) -> TFLiteRunner:
+    """A TFLite runner of the patched model with its embedding and logits outputs."""
     outputs = {"embedding": (model.embedding_output, EMBEDDING_DIM), "logits": (model.logits_output, N_CLASSES)}
     return TFLiteRunner(model.path, outputs, threads=threads, batch_size=batch_size)
 
@@ -304,7 +306,7 @@ class BirdNet(FrameModel):
     @property
     def runner(self) -> TFLiteRunner:
         if self._runner is None:
-            self._runner = _runner(patched_model(self.cache_dir), self.batch_size, self.threads)
+            self._runner = make_runner(patched_model(self.cache_dir), self.batch_size, self.threads)
         return self._runner
 
     def _run(self, frames: np.ndarray) -> dict[str, np.ndarray]:

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embed.classical import mel_basis, power_to_db, stft_power
-from embed.extractors import EMBED_CODE_VERSION, FrameModel, View, file_sha256, one_blas_thread
+from embed.extractors import EMBED_CODE_VERSION, FrameModel, View, one_blas_thread
 from embed.tflite import TFLiteRunner
 from featurestore.errors import DataError, ModelError
+from featurestore.files import file_sha256
 from featurestore.params import params_from, read_json_object
 from featurestore.windows import WINDOW_SECONDS
 

@@ -45,9 +45,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embed.extractors import EMBED_CODE_VERSION, FrameModel, View, file_sha256
+from embed.extractors import EMBED_CODE_VERSION, FrameModel, View
 from embed.tflite import TFLiteRunner
 from featurestore.errors import DataError, ModelError
+from featurestore.files import file_sha256
 from featurestore.params import read_json_object
 
 if TYPE_CHECKING:  # taxonomy tables come from a store; predicting from a head folder needs no pyarrow
@@ -232,8 +233,8 @@ class OnnxRunner:
         self.batch_size = max(1, int(batch_size)) if not isinstance(shape[0], int) else int(shape[0])
         details = [{"name": o.name, "shape": [d if isinstance(d, int) else -1 for d in o.shape], "index": i}
                    for i, o in enumerate(self.session.get_outputs())]
-        from embed.tflite import _match_output
-        self.outputs = {role: _match_output(details, role, n, d, str(model_path)) for role, (n, d) in outputs.items()}
+        from embed.tflite import match_output
+        self.outputs = {role: match_output(details, role, n, d, str(model_path)) for role, (n, d) in outputs.items()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, frames: np.ndarray) -> dict[str, np.ndarray]:

@@ -22,7 +22,6 @@ extractor family; :mod:`embed.registry` does, and is the one list of them.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -103,11 +102,15 @@ def environ_set(updates: Mapping[str, str | None]):
                 os.environ[n] = v
 
 
+# one BLAS/OpenMP thread per process: the toolkit parallelises by process (job workers, the test session)
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def single_threaded_children(workers: int | None = None):
     """Processes spawned inside read one BLAS/OpenMP thread each from the environment (we parallelise by
     process), and - when ``workers`` fill every core - no extractor overlap (:func:`compute_all`: with
     no spare core it only adds switching). This process's own environment is restored on exit."""
-    updates: dict[str, str | None] = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
+    updates: dict[str, str | None] = dict(ONE_THREAD_ENV)
     if workers is not None and workers >= (os.cpu_count() or 1):
         updates[OVERLAP_ENV] = "0"
     return environ_set(updates)
@@ -148,21 +151,6 @@ def one_blas_thread():
 def params_hash(params: dict) -> str:
     text = json.dumps(params, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def file_sha256(path) -> str:
-    """sha256 of a file, computed once per process for an unchanged file (same size and mtime)."""
-    stat = os.stat(path)
-    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256_of(path: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

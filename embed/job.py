@@ -217,7 +217,8 @@ def run_task(extractors: list[Extractor], task: list[FileTask], parts_root: Path
 _WORKER: dict = {}
 
 
-def _init_worker(params: list[dict], runtime: dict, parts_root: str) -> None:
+def init_worker(params: list[dict], runtime: dict, parts_root: str) -> None:
+    """An embed worker process's initializer: rebuild the extractors once, exit with the parent."""
     _WORKER["parent"] = os.getppid()
     threading.Thread(target=_exit_with_parent, args=(_WORKER["parent"],), daemon=True).start()
     _WORKER["extractors"] = [registry.from_params(p, **runtime) for p in params]
@@ -246,7 +247,7 @@ def execute(extractors: list[Extractor], tasks: list[list[FileTask]], parts_root
     ctx = multiprocessing.get_context("spawn")  # never fork a DuckDB connection or an interpreter
     params = [ex.params() for ex in extractors]
     with single_threaded_children(min(workers, len(tasks))):
-        pool = ctx.Pool(min(workers, len(tasks)), initializer=_init_worker,
+        pool = ctx.Pool(min(workers, len(tasks)), initializer=init_worker,
                         initargs=(params, runtime, str(parts_root)))
     with pool:
         yield from pool.imap_unordered(_worker_task, tasks, chunksize=1)

@@ -82,7 +82,7 @@ def dense_after(buf: bytes, tensor_name: str, subgraph: int = 0) -> tuple[np.nda
     raise ModelError(f"no FULLY_CONNECTED layer reads {tensor_name!r}")
 
 
-def _match_output(details: list[dict], role: str, name: str | None, dim: int | None, where: str) -> int:
+def match_output(details: list[dict], role: str, name: str | None, dim: int | None, where: str) -> int:
     """Index of the output tensor called ``name`` (exact, then substring) or with last dimension ``dim``."""
     if name:
         exact = [d for d in details if d["name"] == name]
@@ -134,7 +134,7 @@ class TFLiteRunner:
         self._allocated = int(shape[0])
         self.interpreter.allocate_tensors()
         details = self.interpreter.get_output_details()
-        self.outputs = {role: _match_output(details, role, n, d, str(self.path)) for role, (n, d) in outputs.items()}
+        self.outputs = {role: match_output(details, role, n, d, str(self.path)) for role, (n, d) in outputs.items()}
 
     def _resize(self, batch: int) -> None:
         if batch == self._allocated:

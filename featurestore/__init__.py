@@ -1,7 +1,7 @@
 """DuckDB + Parquet feature store and competition ingest for birdclef-stack.
 
-Nothing is imported eagerly: ``featurestore.errors`` and ``featurestore.windows`` serve the
-inference path, which must not load duckdb unless it reads a store.
+Nothing is imported eagerly: ``featurestore.errors``, ``featurestore.windows`` and ``featurestore.files``
+serve the inference path, which must not load duckdb unless it reads a store.
 """
 
 from __future__ import annotations

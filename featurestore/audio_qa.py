@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from featurestore.files import file_sha256
+
 QA_FRAME_SECONDS = 0.05
 SILENT_DBFS = -60.0
 CLIP_LEVEL = 0.999
@@ -27,14 +29,6 @@ INVENTORY_FIELDS = (
     "sample_rate", "channels", "frames", "duration_s", "peak", "rms_dbfs", "clipped_fraction",
     "silent_frame_fraction", "snr_db", "error", "warning",
 )
-
-
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ogg_has_end_of_stream(path: Path) -> bool:
@@ -147,7 +141,7 @@ def inspect_audio(path: str | os.PathLike, source: str, filename: str) -> dict:
     try:
         stat = path.stat()
         row.update(size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
-        row["sha256_bytes"] = file_digest(path)
+        row["sha256_bytes"] = file_sha256(path)
         if stat.st_size == 0:
             row["error"] = f"{path}: empty file (0 bytes)"
             return row

@@ -26,8 +26,6 @@ from featurestore.windows import (  # noqa: F401  (the soundscape-name parser li
 
 TAXONOMY_COLUMNS = ("primary_label", "inat_taxon_id", "scientific_name", "common_name", "class_name")
 TRAIN_COLUMNS = ("primary_label", "secondary_labels", "filename")
-TRAIN_OPTIONAL = ("type", "latitude", "longitude", "scientific_name", "common_name", "class_name",
-                  "author", "license", "rating", "url", "collection")
 LABEL_COLUMNS = ("filename", "start", "end", "primary_label")
 
 def read_text(path: Path) -> str:

@@ -38,6 +38,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time, timedelta
 
@@ -45,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from featurestore.competition import parse_soundscape_name
-from featurestore.errors import DataError, StoreError
+from featurestore.errors import DataError, StoreError, UserInputError
 from featurestore.store import FeatureStore, utc_now
 from featurestore.windows import window_id
 
@@ -648,3 +649,24 @@ def fold_assignment(store: FeatureStore, window_ids: np.ndarray, version: str | 
     """Fold of each window (-1 where the fold table has none) and the fold version used."""
     mapping, fold_version = load_folds(store, version=version, kind=kind)
     return np.array([mapping.get(w, -1) for w in window_ids], dtype=np.int64), fold_version
+
+
+def folds_to_run(folds: np.ndarray, run_folds: Sequence[int] | None = None) -> list[int]:
+    """The held-out folds a cross-validation runs, ascending: every fold in ``folds`` (one per row; -1 is
+    no fold), or only ``run_folds`` when given (the tuner's fast mode); StoreError naming a fold in
+    ``run_folds`` that ``folds`` lacks. Training, the stackers and the CNN all run these."""
+    fold_ids = sorted(set(np.asarray(folds).tolist()) - {TEST_FOLD})
+    if not run_folds:
+        return fold_ids
+    unknown = sorted(set(run_folds) - set(fold_ids))
+    if unknown:
+        raise StoreError(f"fold(s) {unknown} do not exist; the fold table has {fold_ids}")
+    return sorted(set(run_folds))
+
+
+def require_same_fold_version(what: str, got: str, expected: str, fix: str) -> None:
+    """UserInputError unless ``what`` (a teacher's labels, a base head) was trained on fold version
+    ``expected``, the one this run uses: fold k must be held out by every model whose output it is
+    scored or trained on. ``fix`` says what to re-run."""
+    if got != expected:
+        raise UserInputError(f"{what} trained on fold version {got}, but this run uses {expected}: {fix}")

@@ -1,8 +1,9 @@
 """The ``experiments`` table: one row per cross-validated head, and the leaderboard ranking over it.
 
-This module owns the table's schema, how a row is written (by named columns), how rows are ranked
-and how the ranking is rendered; training, tuning, the leaderboard job and predict's "best head"
-all go through it.
+This module owns the table's schema, how a row is written (by named columns), how rows are read
+(:func:`latest_row`, :func:`fold_means`, :func:`rows_with_tag`, :func:`heads_on_fold_version`,
+:func:`best_on`), how rows are ranked and how the ranking is rendered; training, tuning, the stack,
+the students, the reports, the leaderboard job and predict's "best head" all go through it.
 
 Guarantees:
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -33,6 +35,7 @@ from featurestore.store import FeatureStore, utc_now
 
 TABLE = "experiments"
 FULL_MODE = "full"
+BEST = "best"                    # the --head-id that names the leaderboard's best full-CV head
 # "cnn": a CNN student (pipelines.cnn), fully cross-validated but a .tflite model, not a head bundle:
 # ranked in its own section, never "best head"; use it through --extractor cnn
 MODES = ("full", "fast", "replay", "cnn")
@@ -168,6 +171,56 @@ def best_head_id(store: FeatureStore) -> str:
     if board.num_rows == 0:
         raise StoreError(f"no fully cross-validated experiment in {store.root}; run pipelines.train first")
     return board.column("head_id")[0].as_py()
+
+
+def resolve_head_id(store: FeatureStore, head_id: str) -> str:
+    """A ``--head-id`` as given, with ``best`` read as :func:`best_head_id` (predict, export)."""
+    return best_head_id(store) if head_id == BEST else head_id
+
+
+# ---------------------------------------------------------------------------- reading rows
+def latest_row(store: FeatureStore, head_id: str) -> dict:
+    """Every column of the head's row (the latest one recorded), or {} when it has none."""
+    if not store.has_table(TABLE):
+        return {}
+    rows = store.sql(f"SELECT * FROM {TABLE} WHERE head_id = ? ORDER BY created_at DESC LIMIT 1", [head_id]).to_pylist()
+    return rows[0] if rows else {}
+
+
+def fold_means(store: FeatureStore, head_ids: Sequence[str]) -> dict[str, float | None]:
+    """head id -> recorded fold mean (None: nothing was scorable) of those of ``head_ids`` that have a row."""
+    if not store.has_table(TABLE) or not head_ids:
+        return {}
+    return dict(store.rows(f"SELECT head_id, fold_mean FROM {TABLE} WHERE head_id IN "
+                           f"({', '.join('?' * len(head_ids))})", list(head_ids)))
+
+
+def rows_with_tag(store: FeatureStore, tag: str) -> list[dict]:
+    """``{head_id, fold_mean, config}`` (``config`` as JSON text) of every row with ``tag``, newest first."""
+    if not store.has_table(TABLE):
+        return []
+    rows = store.rows(f"SELECT head_id, fold_mean, config FROM {TABLE} WHERE tag = ? ORDER BY created_at DESC",
+                      [tag])
+    return [{"head_id": h, "fold_mean": m, "config": c} for h, m, c in rows]
+
+
+def heads_on_fold_version(store: FeatureStore, fold_version: str) -> list[str]:
+    """Head ids recorded on ``fold_version``, best fold mean first (unscored last, ties by id)."""
+    if not store.has_table(TABLE):
+        return []
+    return [h for (h,) in store.rows(f"SELECT head_id FROM {TABLE} WHERE fold_version = ? "
+                                     "ORDER BY fold_mean DESC NULLS LAST, head_id", [fold_version])]
+
+
+def best_on(store: FeatureStore, *, head: str, features: str, fold_version: str,
+            mode: str = FULL_MODE) -> tuple[str, float] | None:
+    """``(head id, fold mean)`` of the best scored ``head`` run on ``features`` and ``fold_version``, or None."""
+    if not store.has_table(TABLE):
+        return None
+    row = store.first(f"SELECT head_id, fold_mean FROM {TABLE} WHERE head = ? AND fold_version = ? AND mode = ? "
+                      "AND features = ? AND fold_mean IS NOT NULL ORDER BY fold_mean DESC LIMIT 1",
+                      [head, fold_version, mode, features])
+    return (row[0], row[1]) if row else None
 
 
 # ---------------------------------------------------------------------------- rendering

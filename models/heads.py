@@ -135,6 +135,11 @@ class Head:
 
     kind: ClassVar[str] = ""
     params_type: ClassVar[type]           # the frozen parameter dataclass of the kind
+    # capability tags, read by the contract suite (tests/models/test_head_contract.py) and anyone who must
+    # know what a kind does by design: "learns" (a mapping from the features: must beat the class prior on
+    # held-out windows), "constant" (the class prior whatever the features), "zero_shot" (the sigmoid of a
+    # pretrained model's own logit, read from the feature named ZERO_SHOT_PREFIX + class; the prior elsewhere)
+    tags: ClassVar[frozenset[str]] = frozenset({"learns"})
 
     def __init__(self, params, class_names: list[str], feature_names: list[str]):
         self.params = params
@@ -170,6 +175,7 @@ class PriorHead(Head):
 
     kind = "prior"
     params_type = PriorParams
+    tags = frozenset({"constant"})
 
     def fit(self, X, Y, sample_weight=None, groups=None):
         _check_xy(X, Y, len(self.class_names), len(self.feature_names))
@@ -189,6 +195,7 @@ class ZeroShotHead(Head):
 
     kind = "zeroshot"
     params_type = ZeroShotParams
+    tags = frozenset({"zero_shot"})
 
     def fit(self, X, Y, sample_weight=None, groups=None):
         _check_xy(X, Y, len(self.class_names), len(self.feature_names))

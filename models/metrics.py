@@ -331,13 +331,6 @@ class MetricReport:
     def n_degenerate_classes(self) -> int:
         return len(self.degenerate)
 
-    @property
-    def headline(self) -> float:
-        """The fold mean where folds were given and scorable, else the pooled AUC."""
-        if self.fold_mean is not None and not np.isnan(self.fold_mean):
-            return self.fold_mean
-        return self.auc
-
     def render(self) -> str:
         lines = [f"pooled AUC {self.auc:.4f} over {self.n_scored_classes} classes, {self.n_windows} windows; "
                  f"padded cmAP {self.padded_cmap:.4f}"]

@@ -26,6 +26,8 @@ TABLE, RUNS_TABLE = "pseudo_labels", "pseudo_runs"
 KEYS = ["pseudo_version", "teacher_fold", "window_id"]
 FULL_FOLD = -1
 POOLS = ("unlabelled", "all")
+PSEUDO_FOLDS_FIX = ("fold k's labels must come from a model that never saw fold k; re-train the teacher on these "
+                    "folds and re-run pipelines.pseudo")
 
 
 @dataclass(frozen=True)
@@ -76,22 +78,44 @@ def unlabelled_windows(store) -> list[str]:
     return [w for w, f in rows if f not in labelled]
 
 
+@dataclass(frozen=True)
+class PseudoRun:
+    """One ``pseudo_runs`` row: how a stored pseudo-label version was made."""
+
+    version: str
+    teacher_id: str
+    fold_version: str                 # the teacher's folds: fold k's labels come from its fold-k model
+    teacher_folds: tuple[int, ...]    # the teacher's fold models (labels exist for each, and for FULL_FOLD)
+    class_names: tuple[str, ...]      # the order of the ``probs`` columns
+    params: PseudoParams
+
+
+def pseudo_run(store, version: str) -> PseudoRun:
+    """The ``pseudo_runs`` row of ``version``; UserInputError when the store has no pseudo-labels or not
+    this version (naming the stored ones)."""
+    if not store.has_table(RUNS_TABLE):
+        raise UserInputError("no pseudo-labels in this store; run python -m pipelines.pseudo first")
+    row = store.first(f"SELECT teacher_id, fold_version, teacher_folds, class_names, params FROM {RUNS_TABLE} "
+                      "WHERE pseudo_version = ?", [version])
+    if row is None:
+        known = [r[0] for r in store.rows(f"SELECT pseudo_version FROM {RUNS_TABLE}")]
+        raise UserInputError(f"unknown pseudo-label version {version!r}; stored: {known}")
+    teacher_id, fold_version, teacher_folds, class_names, params = row
+    return PseudoRun(version, teacher_id, fold_version, tuple(json.loads(teacher_folds)),
+                     tuple(json.loads(class_names)), make_params(json.loads(params)))
+
+
 def load_pseudo(store, version: str, fold: int) -> tuple[list[str], np.ndarray, list[str], PseudoParams]:
     """``(window_ids, soft labels (windows, classes), class names, params)`` of one teacher fold of a
     stored pseudo-label version (``fold = -1``: the full labels)."""
-    if not store.has_table(RUNS_TABLE):
-        raise UserInputError("no pseudo-labels in this store; run python -m pipelines.pseudo first")
-    row = store.first("SELECT class_names, params FROM pseudo_runs WHERE pseudo_version = ?", [version])
-    if row is None:
-        known = [r[0] for r in store.rows("SELECT pseudo_version FROM pseudo_runs")]
-        raise UserInputError(f"unknown pseudo-label version {version!r}; stored: {known}")
-    classes, params = json.loads(row[0]), make_params(json.loads(row[1]))
+    run = pseudo_run(store, version)
+    classes = list(run.class_names)
     glob = store.part_glob(TABLE).replace("'", "''")
     table = store.sql(f"SELECT window_id, probs FROM read_parquet('{glob}') WHERE pseudo_version = ? AND "
                       "teacher_fold = ? ORDER BY window_id", [version, fold])
     ids = table.column("window_id").to_pylist()
     flat = table.column("probs").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return ids, flat.reshape(len(ids), len(classes)).astype(np.float32), classes, params
+    return ids, flat.reshape(len(ids), len(classes)).astype(np.float32), classes, run.params
 
 
 def student_rows(store, spec, frame, frame_spec, fold_ids: list[int], fold_version: str):
@@ -103,22 +127,17 @@ def student_rows(store, spec, frame, frame_spec, fold_ids: list[int], fold_versi
     from a model blind to the student's fold ``k``), a fold the teacher lacks, a class the labels lack,
     or unlabelled windows without the student's features."""
     from embed.features import load_window_features
-    from featurestore.folds import fold_assignment
+    from featurestore.folds import fold_assignment, require_same_fold_version
     from featurestore.windows import file_of
     from models.frame import add_context
 
     if not 0.0 <= spec.alpha <= 1.0 or (spec.weight is not None and spec.weight < 0):
         raise UserInputError("--distill (alpha) must be in [0, 1] and --pseudo-weight >= 0")
-    row = store.first("SELECT teacher_id, fold_version, teacher_folds FROM pseudo_runs WHERE pseudo_version = ?",
-                      [spec.version]) if store.has_table(RUNS_TABLE) else None
-    if row is None:
-        load_pseudo(store, spec.version, FULL_FOLD)      # the error naming the stored versions
-    teacher_id, made_on, teacher_folds = row[0], row[1], json.loads(row[2])
-    if made_on != fold_version:
-        raise UserInputError(f"pseudo-labels {spec.version} come from teacher {teacher_id} trained on fold version "
-                             f"{made_on}, but this run uses {fold_version}: fold k's labels must come from a model "
-                             "that never saw fold k; re-train the teacher on these folds and re-run pipelines.pseudo")
-    lacking = sorted(set(fold_ids) - set(teacher_folds))
+    run = pseudo_run(store, spec.version)
+    teacher_id = run.teacher_id
+    require_same_fold_version(f"pseudo-labels {spec.version} come from teacher {teacher_id}", run.fold_version,
+                              fold_version, PSEUDO_FOLDS_FIX)
+    lacking = sorted(set(fold_ids) - set(run.teacher_folds))
     if lacking:
         raise UserInputError(f"pseudo-labels {spec.version}: teacher {teacher_id} has no fold model for fold(s) "
                              f"{lacking}")

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from featurestore.errors import MetricError, StoreError
-from featurestore.folds import fold_assignment
+from featurestore.folds import fold_assignment, folds_to_run
 from featurestore.ingest import latest_data_version
 from featurestore.store import FeatureStore, write_parquet_atomic
 from models.bundle import HEADS_DIR, BundleWriter, HeadConfig
@@ -151,12 +151,7 @@ def cross_validate(frame: TrainingFrame, folds: np.ndarray, kind: str, overrides
     """
     oof = np.full(frame.Y.shape, np.nan, dtype=np.float32)
     train_s = predict_s = 0.0
-    fold_ids = sorted(set(folds.tolist()) - {-1})
-    if run_folds:
-        unknown = sorted(set(run_folds) - set(fold_ids))
-        if unknown:
-            raise StoreError(f"fold(s) {unknown} do not exist; the fold table has {fold_ids}")
-        fold_ids = sorted(run_folds)
+    fold_ids = folds_to_run(folds, run_folds)
     usable = np.ones(len(folds), bool) if train_mask is None else train_mask
     for f in fold_ids:
         held = folds == f
@@ -293,8 +288,7 @@ def plan_cv(store: FeatureStore, spec: FrameSpec, *, fold_version: str | None = 
     if pseudo is not None:
         from models.pseudo_labels import student_rows
 
-        fold_ids = sorted(set(run_folds or folds.tolist()) - {-1})
-        rows = student_rows(store, pseudo, frame, spec, fold_ids, fold_version)
+        rows = student_rows(store, pseudo, frame, spec, folds_to_run(folds, run_folds), fold_version)
     return CVPlan(frame, folds, fold_version, latest_data_version(store), train_mask, run_folds, eval_mask,
                   scored_on, rows)
 

@@ -9,12 +9,16 @@
   (predict); ``--fold-version`` a stored fold version, ``--k`` a number of folds.
 * :func:`progress` is a tqdm bar on a terminal and a periodic one-line status otherwise (a log
   file gets a few readable lines, not hundreds of carriage returns). Jobs create it only after
-  their inputs are validated, so an error never lands on a half-drawn bar.
+  their inputs are validated, so an error never lands on a half-drawn bar (:class:`PlannedProgress`:
+  once the library reports its total); :func:`say` prints a progress line at once.
+* ``--params``-style options parse with ``type=`` :func:`json_object` (:func:`json_list`): one error
+  message for every job.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -91,6 +95,27 @@ def add_quiet(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def json_object(text: str) -> dict:
+    """argparse ``type=`` of a JSON-object option (``--params``, ``--frontend``): bad JSON or another JSON
+    value is one ``error: argument --params: ...`` line (exit 2)."""
+    return _json_of(text, dict, "a JSON object, e.g. '{\"C\": 0.05}'")
+
+
+def json_list(text: str) -> list:
+    """argparse ``type=`` of a JSON-list option (``--post-json``), as :func:`json_object`."""
+    return _json_of(text, list, "a JSON list, e.g. '[[\"smooth\", {}]]'")
+
+
+def _json_of(text: str, kind: type, what: str):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}); expected {what}") from None
+    if not isinstance(value, kind):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {type(value).__name__} {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -163,3 +188,34 @@ def progress(total: float, desc: str, unit: str = "file", *, quiet: bool = False
 
         return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
     return LineProgress(total, desc, unit, every=every)
+
+
+class PlannedProgress:
+    """A :func:`progress` bar for a job whose total is known only once its work is planned: pass
+    :meth:`start` as the library's ``on_total`` and :meth:`update` as its ``progress``; the bar appears
+    at ``start`` (so an input error never lands on a half-drawn bar) and ``with`` closes it."""
+
+    def __init__(self, desc: str, unit: str = "file", *, quiet: bool = False):
+        self.desc, self.unit, self.quiet = desc, unit, quiet
+        self.bar = None
+
+    def start(self, total: float) -> None:
+        self.bar = progress(total, self.desc, self.unit, quiet=self.quiet)
+
+    def update(self, n: float = 1) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> PlannedProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def say(message: str) -> None:
+    """A job's progress line, printed at once (a log file shows it as it happens)."""
+    print(message, flush=True)

@@ -10,10 +10,9 @@ Re-running the same command resumes at the last finished epoch. The library: stu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from pipelines._cli import add_seed, add_store, add_workers, parser, run_main
+from pipelines._cli import add_seed, add_store, add_workers, json_object, parser, run_main
 from students.cnn import make_cnn_params, train_cnn
 
 EPILOG = """
@@ -39,19 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 6)")
     ap.add_argument("--distill-epochs", type=int, default=None, help="distillation epochs (default 4)")
     ap.add_argument("--pseudo", help="pseudo-label version (pipelines.pseudo) for the unlabelled windows")
-    ap.add_argument("--params", default="{}", help="JSON object of CNN parameters (students/cnn.py CnnParams)")
-    ap.add_argument("--frontend", default="{}", help="JSON object of front-end parameters (embed/cnn.py FrontEnd)")
+    ap.add_argument("--params", type=json_object, default="{}",
+                    help="JSON object of CNN parameters (students/cnn.py CnnParams)")
+    ap.add_argument("--frontend", type=json_object, default="{}",
+                    help="JSON object of front-end parameters (embed/cnn.py FrontEnd)")
     ap.add_argument("--fold-version", help="fold version to use (default: the latest)")
     ap.add_argument("--tag", help="experiments tag (default cnn)")
     add_workers(ap, "worker processes for the front-end cache")
     add_seed(ap)
     args = ap.parse_args(argv)
-    try:
-        overrides, frontend = json.loads(args.params), json.loads(args.frontend)
-    except json.JSONDecodeError as exc:
-        ap.error(f"--params / --frontend is not valid JSON: {exc}")
-    if not isinstance(overrides, dict) or not isinstance(frontend, dict):
-        ap.error("--params and --frontend must be JSON objects")
+    overrides, frontend = args.params, args.frontend
     for key, value in (("epochs", args.epochs), ("distill_epochs", args.distill_epochs)):
         if value is not None:
             if value < 0:

@@ -7,13 +7,21 @@ teacher's, measured in one run on the same audio. The library: students/distill.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from models.heads import PARAMS_BY_KIND
 from models.pseudo_labels import PseudoParams, make_params
-from pipelines._cli import add_pseudo_params, add_seed, add_store, parser, pseudo_overrides, run_main
+from pipelines._cli import (
+    add_pseudo_params,
+    add_seed,
+    add_store,
+    json_object,
+    parser,
+    pseudo_overrides,
+    run_main,
+    say,
+)
 from students.distill import run_distill
 
 EPILOG = """
@@ -31,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-kind", default="linear", help=f"student head kind: {', '.join(PARAMS_BY_KIND)} "
                     "(default linear)")
     ap.add_argument("--features", default="classical", help="student feature view(s), comma-joined (default classical)")
-    ap.add_argument("--params", default="{}", help="JSON object of student head parameters to override")
+    ap.add_argument("--params", type=json_object, default="{}", help="JSON object of student head parameters to override")
     ap.add_argument("--alpha", type=float, default=1.0,
                     help="labelled windows learn (1 - alpha) * label + alpha * teacher (default 1: the teacher)")
     add_pseudo_params(ap, d)
@@ -42,15 +50,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip training the student's head on the labels alone (the comparison row)")
     add_seed(ap)
     args = ap.parse_args(argv)
-    try:
-        overrides = json.loads(args.params)
-    except json.JSONDecodeError as exc:
-        ap.error(f"--params is not valid JSON: {exc}")
     params = make_params({**pseudo_overrides(args), "pool": "all"})
     result = run_distill(args.store, args.teacher, args.head_kind, args.features, alpha=args.alpha, params=params,
-                         overrides=overrides, audio=args.audio, n_cost_files=args.cost_files, seed=args.seed,
-                         baseline=not args.no_baseline,
-                         say=lambda m: print(m, flush=True))
+                         overrides=args.params, audio=args.audio, n_cost_files=args.cost_files, seed=args.seed,
+                         baseline=not args.no_baseline, say=say)
     print(result.render())
     return 0
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from embed.job import EXTRACTORS, run_embed
-from pipelines._cli import add_quiet, add_store, add_workers, parser, progress, run_main
+from pipelines._cli import PlannedProgress, add_quiet, add_store, add_workers, parser, run_main
 
 EPILOG = """
 Extractors (comma-join several; the audio is decoded once per file):
@@ -67,24 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.hop is not None and args.hop <= 0:
         ap.error("--hop must be > 0")
 
-    bars: list = []
-
-    def on_total(seconds: float) -> None:  # the bar appears once the work is planned
-        bars.append(progress(seconds, "embed", "audio-s", quiet=args.quiet))
-
-    def advance(seconds: float) -> None:
-        bars[0].update(seconds)
-
-    try:
+    with PlannedProgress("embed", "audio-s", quiet=args.quiet) as bar:   # appears once the work is planned
         summary = run_embed(
             args.store, args.extractor, data_dir=args.data, workers=args.workers, shard=args.shard,
             sources=args.sources.split(",") if args.sources else None, hop_s=args.hop,
             batch_size=args.batch_size, threads=args.threads, full_logits=args.full_logits, model=args.model,
             cnn_model=args.cnn_model, model_config=args.model_config, labels_file=args.labels, cache_dir=args.cache_dir,
-            task_seconds=args.task_seconds, progress=advance, on_total=on_total)
-    finally:
-        for bar in bars:
-            bar.close()
+            task_seconds=args.task_seconds, progress=bar.update, on_total=bar.start)
     print(summary.render())
     return 0
 

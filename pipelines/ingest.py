@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from featurestore.ingest import run_ingest
-from pipelines._cli import add_quiet, add_store, add_workers, parser, progress, run_main
+from pipelines._cli import PlannedProgress, add_quiet, add_store, add_workers, parser, run_main
 
 EPILOG = """
 The data folder is the unzipped competition: taxonomy.csv, train.csv, train_soundscapes_labels.csv,
@@ -34,17 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         ap.error("--batch-size must be >= 1")
 
-    bars: list = []
-
-    def on_total(n: int) -> None:  # called once the CSVs are parsed and the audio pass is planned
-        bars.append(progress(n, "audio QA", "file", quiet=args.quiet))
-
-    try:
+    with PlannedProgress("audio QA", "file", quiet=args.quiet) as bar:   # once the CSVs are parsed and planned
         summary = run_ingest(args.data, args.store, workers=args.workers, batch_size=args.batch_size,
-                             progress=lambda n=1: bars[0].update(n), on_total=on_total)
-    finally:
-        for bar in bars:
-            bar.close()
+                             progress=bar.update, on_total=bar.start)
     print(summary.render())
     return 0
 

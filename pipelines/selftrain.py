@@ -8,7 +8,7 @@ base head re-trained, then re-stacked). No re-embedding. The library: students/s
 from __future__ import annotations
 
 from models.pseudo_labels import PseudoParams, make_params
-from pipelines._cli import add_pseudo_params, add_store, parser, pseudo_overrides, run_main
+from pipelines._cli import add_pseudo_params, add_store, parser, pseudo_overrides, run_main, say
 from students.selftrain import run_selftrain
 
 EPILOG = """
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     params = make_params(pseudo_overrides(args))
     result = run_selftrain(args.store, args.teacher, args.rounds, params, min_gain=args.min_gain,
-                           say=lambda m: print(m, flush=True))
+                           say=say)
     print(result.render())
     return 0
 

@@ -11,9 +11,7 @@ post steps' parameters; the best is recorded as a ``tuned`` stacked head.
 
 from __future__ import annotations
 
-import json
-
-from pipelines._cli import add_seed, add_store, parser, run_main
+from pipelines._cli import add_seed, add_store, json_list, json_object, parser, run_main
 from stack.post import POST_OPS
 from stack.stackers import PARAMS_BY_KIND
 
@@ -37,9 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     add_store(ap)
     ap.add_argument("--heads", required=True, help="base head ids, comma-joined (from pipelines.leaderboard)")
     ap.add_argument("--method", required=True, choices=sorted(PARAMS_BY_KIND), help="level-2 model")
-    ap.add_argument("--params", default="{}", help="JSON object of stacker parameters (held fixed with --trials)")
+    ap.add_argument("--params", type=json_object, default="{}",
+                    help="JSON object of stacker parameters (held fixed with --trials)")
     ap.add_argument("--post", default="", help=f"post ops with default parameters, comma-joined: {', '.join(POST_OPS)}")
-    ap.add_argument("--post-json", default=None, help="post chain as JSON [[op, {params}], ...] (not searched)")
+    ap.add_argument("--post-json", type=json_list, default=None,
+                    help="post chain as JSON [[op, {params}], ...] (not searched)")
     ap.add_argument("--zero-shot", default="", help="stored zero-shot logit views to add as sources, e.g. birdnet_logits")
     ap.add_argument("--zero-shot-pooling", default="mean", help="frame->window pooling of those views (default mean)")
     ap.add_argument("--trials", type=int, default=0, help="Optuna trials to add to --study (default 0: one run)")
@@ -49,21 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     zero_shot = tuple(v.strip() for v in args.zero_shot.split(",") if v.strip())
-    try:
-        params = json.loads(args.params)
-        post_json = json.loads(args.post_json) if args.post_json else None
-    except json.JSONDecodeError as exc:
-        ap.error(f"--params and --post-json must be valid JSON: {exc}")
-    if not isinstance(params, dict) or not isinstance(post_json, list | None):
-        ap.error("--params must be a JSON object and --post-json a JSON list of [op, {params}] steps")
-    if args.post and args.post_json:
+    params, post_json = args.params, args.post_json
+    if args.post and post_json is not None:
         ap.error("give --post or --post-json, not both")
     if args.trials:
         from stack.tuning import StackTuneSpec, post_names, tune_stack
 
         if not args.study:
             ap.error("--trials needs --study NAME")
-        if args.post_json:
+        if post_json is not None:
             ap.error("--trials searches the ops named by --post; --post-json is a fixed chain (use it without --trials)")
         spec = StackTuneSpec(tuple(heads), args.method, post_names(args.post), params, zero_shot, args.seed)
         print(tune_stack(args.store, spec, args.trials, args.study, zero_shot_pooling=args.zero_shot_pooling).render())

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from models.frame import FrameSpec
 from models.heads import PARAMS_BY_KIND
 from models.pseudo_labels import PseudoSpec
 from models.training import train_head
-from pipelines._cli import add_seed, add_store, parser, run_main
+from pipelines._cli import add_seed, add_store, json_object, parser, run_main, say
 
 EPILOG = """
 Heads: prior (class base rate), zeroshot (BirdNET's own logits; use --features birdnet_logits),
@@ -37,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", default="birdnet", help="feature view(s), comma-joined (default birdnet)")
     ap.add_argument("--pooling", default="mean", help="frame->window pooling: mean, max, meanmax (default mean)")
     ap.add_argument("--context", action="store_true", help="add neighbour-window mean and file max features")
-    ap.add_argument("--params", default="{}", help="JSON object of head parameters to override")
+    ap.add_argument("--params", type=json_object, default="{}", help="JSON object of head parameters to override")
     ap.add_argument("--fold-version", default=None, help="fold version to use (default: the current folds table)")
     ap.add_argument("--replay", action="store_true",
                     help="train and score on the replay subset only (fast triage; ranked apart from full runs)")
@@ -56,20 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-partial", action="store_true",
                     help="train even if some labelled windows have no features yet (recorded in the experiment)")
     args = ap.parse_args(argv)
-    try:
-        overrides = json.loads(args.params)
-    except json.JSONDecodeError as exc:
-        ap.error(f"--params is not valid JSON: {exc}")
-    if not isinstance(overrides, dict):
-        ap.error("--params must be a JSON object")
     spec = FrameSpec(features=args.features, pooling=args.pooling, context=args.context,
                      soundscape_weight=args.soundscape_weight)
     if args.pseudo is None and (args.pseudo_weight is not None or args.distill):
         ap.error("--pseudo-weight and --distill need --pseudo VERSION")
     pseudo = PseudoSpec(args.pseudo, args.pseudo_weight, args.distill) if args.pseudo else None
-    result = train_head(args.store, args.head_kind, spec, overrides=overrides, fold_version=args.fold_version,
+    result = train_head(args.store, args.head_kind, spec, overrides=args.params, fold_version=args.fold_version,
                         replay=args.replay, seed=args.seed, tag=args.tag, allow_partial=args.allow_partial,
-                        pseudo=pseudo, progress=lambda f: print(f"  fold {f} done", flush=True))
+                        pseudo=pseudo, progress=lambda f: say(f"  fold {f} done"))
     print(result.render())
     return 0
 

@@ -9,12 +9,10 @@ parameters are re-trained with full cross-validation and recorded as a ``tuned``
 
 from __future__ import annotations
 
-import json
-
 from models.frame import FrameSpec
 from models.training import Subsample
 from models.tuning import DEFAULT_FAST, MODES, SEARCH_SPACES, TuneSpec, run_tune, storage_url
-from pipelines._cli import add_seed, add_store, parser, run_main
+from pipelines._cli import add_seed, add_store, json_object, parser, run_main
 
 EPILOG = f"""
 Modes:
@@ -43,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", action="store_true", help="add neighbour-window mean and file max features")
     ap.add_argument("--soundscape-weight", type=float, default=2.0,
                     help="sample weight of labelled soundscape windows (default 2.0)")
-    ap.add_argument("--params", default="{}", help="JSON object of head parameters to hold fixed")
+    ap.add_argument("--params", type=json_object, default="{}", help="JSON object of head parameters to hold fixed")
     ap.add_argument("--fold-version", default=None, help="fold version (default: the current folds table)")
     ap.add_argument("--mode", choices=MODES, default="full", help="full or fast (see below; default full)")
     ap.add_argument("--focal-per-class", type=int, default=DEFAULT_FAST.focal_per_class,
@@ -53,15 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     add_seed(ap)
     args = ap.parse_args(argv)
     try:
-        fixed = json.loads(args.params)
         folds = tuple(int(f) for f in args.tune_folds.split(",") if f.strip())
-    except (json.JSONDecodeError, ValueError) as exc:
-        ap.error(f"--params must be a JSON object and --tune-folds comma-joined numbers: {exc}")
-    if not isinstance(fixed, dict):
-        ap.error("--params must be a JSON object")
+    except ValueError as exc:
+        ap.error(f"--tune-folds must be comma-joined numbers: {exc}")
     spec = TuneSpec(args.head_kind, FrameSpec(args.features, args.pooling, soundscape_weight=args.soundscape_weight,
                                               context=args.context),
-                    fixed=fixed, fold_version=args.fold_version, mode=args.mode,
+                    fixed=args.params, fold_version=args.fold_version, mode=args.mode,
                     subsample=Subsample(args.focal_per_class, folds), seed=args.seed)
     result = run_tune(args.store, spec, args.trials, args.study)
     print(result.render())

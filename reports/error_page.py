@@ -99,7 +99,6 @@ class ErrorReport:
     confusions: list[dict]
     examples: dict[str, list[Example]] = field(default_factory=dict)
     diversity: Diversity | None = None
-    diversity_labels: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -200,14 +199,6 @@ def attach_media(examples: list[Example], data_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- gathering
-def _experiment(store, head_id: str) -> dict:
-    if not store.has_table("experiments"):
-        return {}
-    rel = store.sql("SELECT * FROM experiments WHERE head_id = ? ORDER BY created_at DESC LIMIT 1", [head_id])
-    rows = rel.to_pylist()
-    return rows[0] if rows else {}
-
-
 def _class_meta(store) -> dict[str, dict]:
     from featurestore.sqlfiles import run_sql_file
 
@@ -223,20 +214,20 @@ def _common_names(store) -> dict[str, str]:
 
 
 def diversity_heads(store, store_dir: Path, head_id: str, experiment: dict, limit: int) -> list[str]:
-    """This head, its base heads when it is a stack, then the best other heads on the same fold version."""
+    """This head, its base heads when it is a stack, then the best other heads on the same fold version
+    (a head without a bundle, such as a CNN student's OOF table, has no base heads)."""
     from models.bundle import bundle_dir
-    from stack.bundle import is_stack_dir, load_stack
+    from models.experiments import heads_on_fold_version
+    from stack.bundle import StackConfig, head_config
 
     heads = [head_id]
-    head_dir = bundle_dir(store_dir, head_id)
-    if is_stack_dir(head_dir):
-        heads += [h for h in load_stack(head_dir).config.base_heads if h not in heads]
+    config = head_config(store_dir, head_id) if bundle_dir(store_dir, head_id).is_dir() else None
+    if isinstance(config, StackConfig):
+        heads += [h for h in config.base_heads if h not in heads]
     present = set(available_heads(store_dir))
-    if store.has_table("experiments") and experiment.get("fold_version"):
-        others = store.rows("SELECT head_id FROM experiments WHERE fold_version = ? "
-                            "ORDER BY fold_mean DESC NULLS LAST, head_id", [experiment["fold_version"]])
-        extra = [h for (h,) in others if h not in heads and h in present][:limit]
-        heads += extra
+    if experiment.get("fold_version"):
+        others = heads_on_fold_version(store, experiment["fold_version"])
+        heads += [h for h in others if h not in heads and h in present][:limit]
     return [h for h in heads if h in present]
 
 
@@ -245,6 +236,7 @@ def gather(store_dir: str | os.PathLike, head_id: str, params: ErrorPageParams =
     """Everything the page shows, computed from the store (read-only) and the audio."""
     from embed.job import data_dir_of
     from featurestore.store import FeatureStore
+    from models.experiments import latest_row
 
     params.check()
     root = Path(store_dir).expanduser().resolve()
@@ -253,7 +245,7 @@ def gather(store_dir: str | os.PathLike, head_id: str, params: ErrorPageParams =
         if head_id not in present:
             raise UserInputError(f"no OOF table for head {head_id!r} in {root / 'oof'}; heads present: {present} "
                                  "(python -m pipelines.leaderboard --store DIR lists them)")
-        experiment = _experiment(store, head_id)
+        experiment = latest_row(store, head_id)
         meta = _class_meta(store)
         common = _common_names(store)
         candidates = diversity_heads(store, root, head_id, experiment, params.diversity_heads)
@@ -273,7 +265,7 @@ def gather(store_dir: str | os.PathLike, head_id: str, params: ErrorPageParams =
     missing = sum(ex.note is not None for ex in all_examples)
     if missing:
         report.notes.append(f"{missing} of {len(all_examples)} example windows have no audio (see their notes)")
-    report.diversity, report.diversity_labels = _diversity(root, candidates, report)
+    report.diversity = _diversity(root, candidates, report)
     return report
 
 
@@ -315,21 +307,21 @@ def _report(data: StackInputs, head_id: str, experiment: dict, scored_on: str, m
     return report
 
 
-def _diversity(root: Path, heads: list[str], report: ErrorReport) -> tuple[Diversity | None, list[str]]:
+def _diversity(root: Path, heads: list[str], report: ErrorReport) -> Diversity | None:
     """The diversity matrix over the same windows the page analyses (labelled soundscape windows in a
     fold, or the focal ones when the page fell back to them)."""
     if len(heads) < 2:
         report.notes.append("head diversity needs a second head on the same folds; train one with pipelines.train")
-        return None, []
+        return None
     try:
         data = load_inputs(root, heads, focal=report.scored_on == "focal")
     except DataError as exc:
         report.notes.append(f"head diversity left out: the heads' OOF tables do not align ({exc})")
-        return None, []
+        return None
     rows = data.folds >= 0
     if report.scored_on != "focal":
         rows &= data.source == SOUNDSCAPE
-    return head_correlation(data, rows), list(heads)
+    return head_correlation(data, rows)
 
 
 # ---------------------------------------------------------------------------- HTML

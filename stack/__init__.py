@@ -4,7 +4,8 @@
   site/hour priors learnt inside training folds; head diversity.
 * :mod:`stack.stackers` — ridge and blend stackers, honest level-2 cross-validation scored like a head.
 * :mod:`stack.post` — named, ordered post-processing ops (smoothing, file top-k scaling, power, temperature).
-* :mod:`stack.bundle` — the stacked head's folder (one writer, one reader; no store needed to load it).
+* :mod:`stack.bundle` — the stacked head's folder (one writer, one reader; no store needed to load it),
+  and :func:`~stack.bundle.open_head`: any trained head of a store, single or stacked.
 * :mod:`stack.run` — :func:`run_stack`: level-2 CV, the stacked bundle, its OOF table and experiments row.
 * :mod:`stack.tuning` — Optuna over a stacker's and its post steps' parameters (``pipelines.stack --trials``).
 * :mod:`stack.apply` — a stacked head's level-2 model and post steps on its base heads' outputs.

@@ -15,6 +15,10 @@ A stacked head is one more head kind (``stack``); its bundle ``<store>/heads/sta
 The base heads' own bundles are not copied: they sit beside it in ``heads/`` (copy ``heads/`` to
 predict elsewhere). :func:`load_stack` needs neither the store nor pyarrow/duckdb (inference path).
 The bundle is assembled under a hidden name and renamed into place (``models.bundle.BundleWriter``).
+
+Any head of a store, single or stacked, is found here (the lowest floor that knows both kinds):
+:func:`open_head` loads it (a :class:`~models.bundle.HeadBundle` or a :class:`StackBundle`),
+:func:`head_config` reads only its config, and both refuse an unknown head id with one message.
 """
 
 from __future__ import annotations
@@ -27,8 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
-from featurestore.errors import BundleError
-from models.bundle import CONFIG_FILE, EXTRACTORS_FILE, BundleWriter, fold_dir_name, fold_of_dir
+from featurestore.errors import BundleError, UserInputError
+from models.bundle import (
+    CONFIG_FILE,
+    EXTRACTORS_FILE,
+    BundleWriter,
+    HeadBundle,
+    HeadConfig,
+    bundle_dir,
+    fold_dir_name,
+    fold_of_dir,
+    load_bundle,
+)
 from models.heads import config_hash
 from stack.inputs import PriorTable
 from stack.post import PostStep, parse_post
@@ -211,6 +225,43 @@ def load_stack(head_dir: str | os.PathLike) -> StackBundle:
     folds = {fold_of_dir(p): load_stacker(p) for p in sorted(head_dir.glob("fold_*"), key=fold_of_dir)}
     return StackBundle(head_dir.name, head_dir, config, layout, extractor_params, folds,
                        load_stacker(head_dir / FULL_DIR))
+
+
+# ---------------------------------------------------------------------------- any head of a store
+def head_folder(store_root: str | os.PathLike, head_id: str) -> Path:
+    """The folder of trained (or stacked) head ``head_id`` in a store (or a Kaggle bundle: both keep
+    heads in ``heads/``); UserInputError when there is none."""
+    folder = bundle_dir(store_root, head_id)
+    if not folder.is_dir():
+        raise UserInputError(f"no trained head {head_id!r} in {store_root}; pick one from "
+                             "python -m pipelines.leaderboard")
+    return folder
+
+
+def load_head_dir(head_dir: str | os.PathLike) -> HeadBundle | StackBundle:
+    """The head in ``head_dir``: a stacked head (:func:`load_stack`) or one head bundle
+    (:func:`models.bundle.load_bundle`); BundleError naming the folder when it is incomplete."""
+    return load_stack(head_dir) if is_stack_dir(head_dir) else load_bundle(head_dir)
+
+
+def open_head(store_root: str | os.PathLike, head_id: str) -> HeadBundle | StackBundle:
+    """Trained head ``head_id`` of a store, single or stacked (:func:`head_folder`, :func:`load_head_dir`)."""
+    return load_head_dir(head_folder(store_root, head_id))
+
+
+def head_config(store_root: str | os.PathLike, head_id: str) -> HeadConfig | StackConfig:
+    """Only the ``config.json`` of :func:`open_head` (no fold model is loaded): a
+    :class:`~models.bundle.HeadConfig`, or a :class:`StackConfig` for a stacked head."""
+    path = head_folder(store_root, head_id) / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path.parent}: not a trained head folder (missing {CONFIG_FILE})") from None
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path.parent}: unreadable JSON ({exc})") from None
+    if isinstance(data, Mapping) and data.get("head") == STACK_KIND:
+        return StackConfig.from_json(data, str(path))
+    return HeadConfig.from_json(data, str(path))
 
 
 def base_head_dirs(bundle: StackBundle) -> list[Path]:

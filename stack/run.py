@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,9 +27,10 @@ from types import SimpleNamespace
 import numpy as np
 
 from featurestore.errors import DataError, UserInputError
+from featurestore.folds import require_same_fold_version
 from featurestore.windows import FOCAL, file_of
-from models.bundle import CONFIG_FILE, HEADS_DIR, bundle_dir
-from stack.bundle import STACK_KIND, StackConfig, StackLayout, steps_json, write_stack
+from models.bundle import HEADS_DIR, HeadConfig
+from stack.bundle import STACK_KIND, StackConfig, StackLayout, head_config, steps_json, write_stack
 from stack.inputs import StackInputs, load_inputs
 from stack.post import parse_post
 from stack.stackers import StackCV, cross_validate_stack, fit_stacker, make_stack_params, training_rows
@@ -63,19 +64,26 @@ class StackResult:
                 f"bundle {self.bundle_dir}\nOOF {self.oof_path}")
 
 
-def base_configs(store_dir: str | Path, heads: Sequence[str]) -> dict[str, dict]:
-    """Each base head's ``config.json``; UserInputError for a missing or stacked one."""
+def base_configs(store_dir: str | Path, heads: Sequence[str]) -> dict[str, HeadConfig]:
+    """Each base head's config; UserInputError for a missing or stacked one."""
     out = {}
     for h in heads:
-        path = bundle_dir(store_dir, h) / CONFIG_FILE
-        if not path.exists():
-            raise UserInputError(f"no trained head {h!r} in {Path(store_dir) / HEADS_DIR}; pick base heads from "
-                                 "pipelines.leaderboard")
-        config = json.loads(path.read_text())
-        if config.get("head") == STACK_KIND:
+        config = head_config(store_dir, h)
+        if isinstance(config, StackConfig):
             raise UserInputError(f"{h} is a stacked head; stack base heads only")
         out[h] = config
     return out
+
+
+def base_fold_version(configs: Mapping[str, HeadConfig]) -> str:
+    """The one fold version the base heads were trained on (UserInputError naming a head on another)."""
+    if not configs:
+        raise UserInputError("no heads to stack: give at least one head id")
+    (first, config), *rest = configs.items()
+    for h, c in rest:
+        require_same_fold_version(f"base head {h}", c.fold_version, config.fold_version,
+                                  f"retrain the base heads on one fold version (that of {first})")
+    return config.fold_version
 
 
 def stack_params(method: str, params):
@@ -103,11 +111,8 @@ def run_stack(store_dir: str | Path, heads: Sequence[str], method: str, params=N
     params = stack_params(method, params)
     steps = parse_post(post)
     configs = base_configs(store_dir, heads)
-    fold_versions = {c["fold_version"] for c in configs.values()}
-    if len(fold_versions) != 1:
-        raise DataError(f"the base heads were trained on different fold versions {sorted(fold_versions)}; "
-                        "retrain them on one")
-    data_versions = sorted({str(c.get("data_version")) for c in configs.values()})
+    fold_version = base_fold_version(configs)
+    data_versions = sorted({str(c.data_version) for c in configs.values()})
     if len(data_versions) > 1:
         raise DataError(f"the base heads were trained on different data versions {data_versions}; retrain them on one")
     if data is None:
@@ -118,7 +123,7 @@ def run_stack(store_dir: str | Path, heads: Sequence[str], method: str, params=N
     cv = cross_validate_stack(data, method, params, steps)
     full = fit_stacker(data, method, params, training_rows(data, params, None))
     config = StackConfig(tuple(heads), tuple(zero_shot), zero_shot_pooling, method, asdict(params), steps_json(steps),
-                         fold_versions.pop(), configs[heads[0]].get("data_version"))
+                         fold_version, configs[heads[0]].data_version)
     head_id = config.head_id
     with FeatureStore.open(store_dir, create=False) as store:
         zs_versions, zs_params = zero_shot_extractors(store, zero_shot)
@@ -150,7 +155,7 @@ def zero_shot_extractors(store, views: Sequence[str]) -> tuple[dict[str, str], d
     return versions, stored_params(store, versions)
 
 
-def experiment_row(store, data: StackInputs, cv: StackCV, config: StackConfig, configs: dict[str, dict],
+def experiment_row(store, data: StackInputs, cv: StackCV, config: StackConfig, configs: Mapping[str, HeadConfig],
                    seconds: float, tag: str) -> dict:
     """The ``experiments`` row of a stacked run (the full metric report on the scored rows)."""
     from featurestore.errors import MetricError
@@ -179,8 +184,8 @@ def experiment_row(store, data: StackInputs, cv: StackCV, config: StackConfig, c
             report = None
 
     feature_versions: dict[str, str] = {}
-    for c in configs.values():
-        feature_versions.update(c.get("feature_versions", {}))
+    for c in configs.values():   # in config.json's (sorted) key order
+        feature_versions.update(sorted(c.feature_versions.to_json().items()))
     features = f"{len(config.base_heads)} heads" + (f"+{len(config.zero_shot)} zero-shot" if config.zero_shot else "")
     return {
         "head_id": config.head_id, "head": STACK_KIND, "tag": tag, "features": features,

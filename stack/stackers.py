@@ -490,15 +490,12 @@ def cross_validate_stack(data: StackInputs, kind: str, params: RidgeParams | Ble
 
     ``params`` may be a dict of overrides. ``run_folds`` restricts the folds (as the tuner's fast mode).
     """
+    from featurestore.folds import folds_to_run  # imports the store: only when cross-validating
+
     if params is None or isinstance(params, dict):
         params = make_stack_params(kind, params)
     steps = parse_post(post)
-    fold_ids = sorted(set(data.folds.tolist()) - {-1})
-    if run_folds:
-        unknown = sorted(set(run_folds) - set(fold_ids))
-        if unknown:
-            raise StoreError(f"fold(s) {unknown} do not exist; the inputs have folds {fold_ids}")
-        fold_ids = sorted(run_folds)
+    fold_ids = folds_to_run(data.folds, run_folds)
     if data.n == 0:
         raise StoreError("the heads' OOF tables hold no labelled train_soundscapes window, where level-2 models "
                          "learn and are scored: embed the labelled soundscapes (pipelines.embed) and retrain, or "

@@ -124,19 +124,16 @@ def tune_stack(store_dir: str | Path, spec: StackTuneSpec, trials: int, study_na
     """Add ``trials`` trials to the study (made or resumed), then record the best as a stacked head."""
     import optuna
 
-    from stack.run import base_configs, run_stack
+    from stack.run import base_configs, base_fold_version, run_stack
 
     spec.check()
     if trials < 0:
         raise UserInputError("--trials must be >= 0")
-    configs = base_configs(store_dir, spec.heads)
-    fold_versions = sorted({c["fold_version"] for c in configs.values()})
-    if len(fold_versions) != 1:
-        raise StoreError(f"the base heads were trained on different fold versions {fold_versions}")
+    fold_version = base_fold_version(base_configs(store_dir, spec.heads))
     focal = bool((spec.fixed or {}).get("use_focal", False))
     data = load_inputs(store_dir, list(spec.heads), zero_shot=spec.zero_shot, zero_shot_pooling=zero_shot_pooling,
                        focal=focal)
-    attrs = json.loads(json.dumps(spec.attributes(fold_versions[0])))
+    attrs = json.loads(json.dumps(spec.attributes(fold_version)))
 
     study, n_before = open_study(store_dir, study_name, attrs, spec.seed, say)
     space = spec.space()
@@ -167,7 +164,7 @@ def tune_stack(store_dir: str | Path, spec: StackTuneSpec, trials: int, study_na
 
     report = trial_reporter(say, ".2f")   # stack trials take hundredths of a second
     say(f"study {study_name}: {spec.method} over {len(data.heads)} sources, post {list(spec.post_ops) or 'none'}, "
-        f"fold version {fold_versions[0]}, {n_before} earlier trial(s)")
+        f"fold version {fold_version}, {n_before} earlier trial(s)")
     study.optimize(objective, n_trials=trials, callbacks=[report], catch=())
     states = [t.state for t in study.trials]
     S = optuna.trial.TrialState

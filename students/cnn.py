@@ -265,7 +265,9 @@ class CnnData:
 
     @property
     def fold_ids(self) -> list[int]:
-        return sorted(set(self.folds[self.labelled].tolist()) - {-1})
+        from featurestore.folds import folds_to_run
+
+        return folds_to_run(self.folds[self.labelled])
 
 
 def load_data(store, teacher: str, params: CnnParams, frontend, *, fold_version: str | None = None,
@@ -328,15 +330,12 @@ def load_data(store, teacher: str, params: CnnParams, frontend, *, fold_version:
 
 def _attach_pseudo(store, data: CnnData, version: str, params: CnnParams) -> None:
     """Soft labels of unlabelled windows from a stored pseudo-label version, per teacher fold (and all)."""
-    from models.pseudo_labels import FULL_FOLD, load_pseudo
+    from featurestore.folds import require_same_fold_version
+    from models.pseudo_labels import FULL_FOLD, PSEUDO_FOLDS_FIX, load_pseudo, pseudo_run
 
-    row = store.first("SELECT fold_version FROM pseudo_runs WHERE pseudo_version = ?", [version]) \
-        if store.has_table("pseudo_runs") else None
-    if row is None:
-        raise UserInputError(f"unknown pseudo-label version {version!r}; make one with python -m pipelines.pseudo")
-    if row[0] != data.fold_version:
-        raise StoreError(f"pseudo-labels {version} were made on fold version {row[0]}, this run uses "
-                         f"{data.fold_version}: fold k's labels would come from a teacher that saw fold k")
+    run = pseudo_run(store, version)
+    require_same_fold_version(f"pseudo-labels {version} come from teacher {run.teacher_id}", run.fold_version,
+                              data.fold_version, PSEUDO_FOLDS_FIX)
     position = {w: i for i, w in enumerate(data.window_ids.tolist())}
     for k in (*data.fold_ids, FULL_FOLD):
         ids, P, classes, stored = load_pseudo(store, version, k)
@@ -743,13 +742,11 @@ def run_config(teacher: str, params: CnnParams, frontend, data: CnnData, folds: 
 
 def compare_line(store, teacher_name: str, fold_version: str, fold_mean: float) -> str:
     """The CNN's fold mean next to the best linear head on the teacher's embedding (same folds)."""
-    from models.experiments import TABLE
+    from models.experiments import TABLE, best_on
 
     if not store.has_table(TABLE):
         return ""
-    row = store.first(f"SELECT head_id, fold_mean, features FROM {TABLE} WHERE head = 'linear' AND "
-                      "fold_version = ? AND mode = 'full' AND features = ? AND fold_mean IS NOT NULL "
-                      "ORDER BY fold_mean DESC LIMIT 1", [fold_version, teacher_name.split(":")[0]])
+    row = best_on(store, head="linear", features=teacher_name.split(":")[0], fold_version=fold_version)
     if row is None:
         return (f"no full-CV linear head on {teacher_name} features with these folds to compare with "
                 f"(python -m pipelines.train --head-kind linear --features {teacher_name})")

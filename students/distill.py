@@ -91,15 +91,12 @@ def _side(store, head_id: str, features: str, costs, level: int) -> Side:
 
 
 def _features_of(store_dir: Path, head_id: str) -> str:
-    import json
+    from stack.bundle import StackConfig, head_config
 
-    from models.bundle import CONFIG_FILE, bundle_dir
-    from stack.bundle import STACK_KIND
-
-    config = json.loads((bundle_dir(store_dir, head_id) / CONFIG_FILE).read_text())
-    if config.get("head") == STACK_KIND:
-        return "stack: " + " + ".join(_features_of(store_dir, h) for h in config["base_heads"])
-    return config["frame"]["features"]
+    config = head_config(store_dir, head_id)
+    if isinstance(config, StackConfig):
+        return "stack: " + " + ".join(_features_of(store_dir, h) for h in config.base_heads)
+    return config.frame.features
 
 
 def run_distill(store_dir: str | os.PathLike, teacher_id: str, kind: str = "linear", features: str = "classical",
@@ -112,7 +109,7 @@ def run_distill(store_dir: str | os.PathLike, teacher_id: str, kind: str = "line
     on the labels alone (it costs what the student's features cost)."""
     from featurestore.store import FeatureStore
     from models.frame import FrameSpec
-    from models.pseudo_labels import PseudoSpec
+    from models.pseudo_labels import PseudoSpec, pseudo_run
     from models.training import train_head
 
     # the teacher's soft predictions as they are (no threshold) unless asked otherwise
@@ -123,8 +120,7 @@ def run_distill(store_dir: str | os.PathLike, teacher_id: str, kind: str = "line
     labels = run_pseudo(root, teacher_id, replace(params, pool="all"), say=lambda _m: None)
     say(labels.render())
     with FeatureStore.open(root, read_only=True) as store:
-        fold_version = store.first(
-            "SELECT fold_version FROM pseudo_runs WHERE pseudo_version = ?", [labels.version])[0]
+        fold_version = pseudo_run(store, labels.version).fold_version
     student = train_head(root, kind, FrameSpec(features), overrides=overrides, fold_version=fold_version, seed=seed,
                          tag=TAG, pseudo=PseudoSpec(labels.version, alpha=alpha))
     say(f"student {student.head_id}: fold mean {student.fold_mean:.4f}")

@@ -64,29 +64,24 @@ def transform(P: np.ndarray, params: PseudoParams) -> np.ndarray:
 class Teacher:
     """Per-fold probabilities of a trained head or stacked head on stored windows (in ``class_names`` order)."""
 
-    def __init__(self, store, heads_dir: Path, head_id: str, class_names: list[str]):
-        from stack.bundle import is_stack_dir
+    def __init__(self, store, head_id: str, class_names: list[str]):
+        """UserInputError when the store has no trained head ``head_id``."""
+        from stack.bundle import StackBundle, open_head
 
-        self.store, self.heads_dir, self.head_id, self.class_names = store, heads_dir, head_id, class_names
-        self.is_stack = is_stack_dir(heads_dir / head_id)
+        self.store, self.head_id, self.class_names = store, head_id, class_names
+        head = open_head(store.root, head_id)
+        self.is_stack = isinstance(head, StackBundle)
         if self.is_stack:
-            from stack.bundle import load_stack
-
-            self.stack = load_stack(heads_dir / head_id)
-            self.bases = [self._base(h) for h in self.stack.config.base_heads]
+            self.stack = head
+            self.bases = [open_head(store.root, h) for h in self.stack.config.base_heads]
             if self.stack.config.zero_shot:
                 raise UserInputError(f"teacher {head_id}: stacks with zero-shot views are not supported as teachers yet")
             self.fold_ids = sorted(self.stack.folds)
             self.fold_version = self.stack.config.fold_version
         else:
-            self.bases = [self._base(head_id)]
-            self.fold_ids = self.bases[0].fold_ids
-            self.fold_version = self.bases[0].config.fold_version
-
-    def _base(self, head_id: str):
-        from models.bundle import load_bundle
-
-        return load_bundle(self.heads_dir / head_id)
+            self.bases = [head]
+            self.fold_ids = head.fold_ids
+            self.fold_version = head.config.fold_version
 
     def _base_probs(self, base: HeadBundle, window_ids: list[str]) -> dict[int, np.ndarray]:
         from embed.features import load_window_features
@@ -171,7 +166,6 @@ def run_pseudo(store_dir: str | os.PathLike, teacher_id: str, params: PseudoPara
     import pyarrow as pa
 
     from featurestore.store import FeatureStore, utc_now
-    from models.bundle import HEADS_DIR
     from models.frame import class_names_of
 
     params = params if isinstance(params, PseudoParams) else make_params(params)
@@ -180,17 +174,13 @@ def run_pseudo(store_dir: str | os.PathLike, teacher_id: str, params: PseudoPara
     t0 = time.perf_counter()
     root = Path(store_dir)
     with FeatureStore.open(root, create=False) as store:
-        heads_dir = store.root / HEADS_DIR
-        if not (heads_dir / teacher_id).is_dir():
-            present = sorted(p.name for p in heads_dir.iterdir() if p.is_dir()) if heads_dir.is_dir() else []
-            raise UserInputError(f"no trained head {teacher_id!r} in {heads_dir}; heads present: {present}")
         classes = class_names_of(store)
+        teacher = Teacher(store, teacher_id, classes)        # an unknown teacher is refused before any work
         ids = pool_windows(store, params.pool)
         if not ids:
             raise DataError(f"{root}: no unlabelled train soundscape windows to pseudo-label (ingest "
                             "train_soundscapes, or use --pool all to distil on every window)")
         version = pseudo_version(teacher_id, params, classes, ids)
-        teacher = Teacher(store, heads_dir, teacher_id, classes)
         store.register_part_table(TABLE, KEYS)
         done: set[str] = set()
         if store.part_files(TABLE):

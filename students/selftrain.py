@@ -66,28 +66,24 @@ class SelfTrainResult:
 
 def fold_mean_of(store, head_id: str) -> tuple[float, float, float]:
     """The recorded (fold mean, fold std, pooled OOF AUC) of a head's latest run; NaN when nothing was scorable."""
-    row = store.first("SELECT fold_mean, fold_std, oof_auc FROM experiments WHERE head_id = ? ORDER BY created_at DESC "
-                      "LIMIT 1", [head_id]) if store.has_table("experiments") else None
-    if row is None:
+    from models.experiments import latest_row
+
+    row = latest_row(store, head_id)
+    if not row:
         raise UserInputError(f"head {head_id} has no experiment row; train it with pipelines.train first")
-    return tuple(float("nan") if v is None else float(v) for v in row)
+    return tuple(float("nan") if row[c] is None else float(row[c]) for c in ("fold_mean", "fold_std", "oof_auc"))
 
 
 class Student:
     """How a round re-trains the original teacher's configuration with a pseudo-label version."""
 
     def __init__(self, store_dir: Path, teacher_id: str):
-        from models.bundle import CONFIG_FILE, HeadConfig, bundle_dir
-        from stack.bundle import is_stack_dir, load_stack
+        from stack.bundle import StackConfig, head_config
 
-        folder = bundle_dir(store_dir, teacher_id)
-        if not folder.is_dir():
-            raise UserInputError(f"no trained head {teacher_id!r} in {folder.parent}")
         self.store_dir = store_dir
-        self.stack = load_stack(folder).config if is_stack_dir(folder) else None
-        bases = self.stack.base_heads if self.stack else (teacher_id,)
-        self.bases = [HeadConfig.from_json(json.loads((bundle_dir(store_dir, h) / CONFIG_FILE).read_text()))
-                      for h in bases]
+        config = head_config(store_dir, teacher_id)
+        self.stack = config if isinstance(config, StackConfig) else None
+        self.bases = [head_config(store_dir, h) for h in self.stack.base_heads] if self.stack else [config]
         for c in self.bases:
             if c.replay or c.subsample:
                 raise UserInputError(f"{c.head_id} is a {'replay' if c.replay else 'fast'} run; self-train a fully "
@@ -98,13 +94,13 @@ class Student:
         (same kind, frame, parameters, folds and seed, these labels) and its bundle both exist."""
         from featurestore.store import FeatureStore
         from models.bundle import bundle_dir
+        from models.experiments import rows_with_tag
 
         want = base.to_json()
         with FeatureStore.open(self.store_dir, read_only=True) as store:
-            rows = store.rows("SELECT head_id, fold_mean, config FROM experiments WHERE tag = ? "
-                              "ORDER BY created_at DESC", [tag]) if store.has_table("experiments") else []
-        for head_id, mean, config in rows:
-            got = json.loads(config)
+            rows = rows_with_tag(store, tag)
+        for row in rows:
+            head_id, mean, got = row["head_id"], row["fold_mean"], json.loads(row["config"])
             same = all(got.get(k) == want.get(k) for k in ("head", "params", "frame", "fold_version", "seed"))
             if same and (got.get("pseudo") or {}).get("version") == version and bundle_dir(self.store_dir, head_id).is_dir():
                 return head_id, float("nan") if mean is None else float(mean)

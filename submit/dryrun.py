@@ -201,7 +201,7 @@ def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | 
     write_submission(reference, row_ids, probs, columns)
     _max_abs_diff(submission, reference)                 # same columns and row ids, else BundleError
     diff = float(np.abs(np.load(working / PROBS_FILE).astype(np.float64) - probs).max()) if len(probs) else 0.0
-    projected, planner = _project(report, manifest, n_files, cpus, wall, _windows_per_file(list_audio(audio)))
+    projected, planner = project_dry_run(report, manifest, n_files, cpus, wall, _windows_per_file(list_audio(audio)))
     return DryRun(work, submission, reference, diff, len(row_ids), network, report,
                   {k: v for k, v in modules.items() if k in ("ai_edge_litert", "submit")}, projected / 60.0,
                   budget_min, planner, notes)
@@ -237,8 +237,8 @@ def _windows_per_file(files: list[Path]) -> float:
     return float(np.mean(counts)) if counts else 0.0
 
 
-def _project(report: dict, manifest: dict, n_files: int, cpus: int, wall: float,
-             windows_per_file: float) -> tuple[float, float | None]:
+def project_dry_run(report: dict, manifest: dict, n_files: int, cpus: int, wall: float,
+                    windows_per_file: float) -> tuple[float, float | None]:
     """Kaggle seconds: what the notebook paid once here (kernel start, install, verify, predictor loads,
     writing) + ``n_files`` x its steady per-file wall time, scaled to 60-s files (x 12 /
     ``windows_per_file`` of the audio given) and from the workers used here to ``cpus`` with the

@@ -34,7 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from featurestore.errors import BundleError, UserInputError
-from submit.runtime import BUNDLE_KIND, COMPETITION_SLUG, MANIFEST, file_entries, sha256_file
+from featurestore.files import file_sha256
+from submit.runtime import BUNDLE_KIND, COMPETITION_SLUG, MANIFEST, file_entries
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "birdclef_stack_inference.ipynb"
@@ -165,17 +166,12 @@ class ExportResult:
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
-def _heads_needed(heads_dir: Path, head_id: str) -> list[str]:
-    from stack.bundle import is_stack_dir, load_stack
+def _heads_needed(store_dir: Path, head_id: str) -> list[str]:
+    """The head and, for a stacked head, its base heads (UserInputError for an unknown head)."""
+    from stack.bundle import StackConfig, head_config
 
-    folder = heads_dir / head_id
-    if not folder.is_dir():
-        present = sorted(p.name for p in heads_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if heads_dir.is_dir() else []
-        raise UserInputError(f"no trained head {head_id!r} in {heads_dir}; heads present: {present}")
-    if is_stack_dir(folder):
-        return [head_id, *load_stack(folder).config.base_heads]
-    return [head_id]
+    config = head_config(store_dir, head_id)
+    return [head_id, *config.base_heads] if isinstance(config, StackConfig) else [head_id]
 
 
 def _extractor_params(heads_dir: Path, heads: list[str]) -> dict[str, dict]:
@@ -189,15 +185,18 @@ def _extractor_params(heads_dir: Path, heads: list[str]) -> dict[str, dict]:
     return params
 
 
-def auto_fallback(store, head_id: str, heads_dir: Path) -> str | None:
+def auto_fallback(store, head_id: str) -> str | None:
     """For a stacked head: its best base head (fold mean) among those needing the fewest extractors."""
-    from stack.bundle import is_stack_dir, load_stack
+    from models.bundle import HEADS_DIR
+    from models.experiments import fold_means
+    from stack.bundle import StackConfig, head_config
 
-    if not is_stack_dir(heads_dir / head_id):
+    config = head_config(store.root, head_id)
+    if not isinstance(config, StackConfig):
         return None
-    bases = list(load_stack(heads_dir / head_id).config.base_heads)
-    score = dict(store.rows("SELECT head_id, fold_mean FROM experiments WHERE head_id IN "
-                            f"({', '.join('?' * len(bases))})", bases)) if store.has_table("experiments") else {}
+    bases = list(config.base_heads)
+    score = fold_means(store, bases)
+    heads_dir = store.root / HEADS_DIR
     return min(bases, key=lambda h: (len(_extractor_params(heads_dir, [h])), -(score.get(h) or 0.0), h))
 
 
@@ -216,7 +215,7 @@ def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.Path
     the store's test, else train soundscapes)."""
     from featurestore.store import FeatureStore
     from models.bundle import HEADS_DIR
-    from models.experiments import best_head_id
+    from models.experiments import resolve_head_id
     from models.frame import class_names_of
 
     store_dir = Path(store_dir).expanduser().resolve()
@@ -225,15 +224,15 @@ def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.Path
         raise UserInputError(f"{out} exists and is not empty; choose a new --out folder")
     heads_dir = store_dir / HEADS_DIR
     with FeatureStore.open(store_dir, create=False, read_only=True) as store:
-        head_id = best_head_id(store) if head_id == "best" else head_id
-        needed = _heads_needed(heads_dir, head_id)
+        head_id = resolve_head_id(store, head_id)
+        needed = _heads_needed(store_dir, head_id)
         if fallback == "auto":
-            fallback = auto_fallback(store, head_id, heads_dir)
+            fallback = auto_fallback(store, head_id)
         columns = class_names_of(store)
         measure_audio = _measure_files(store, measure, measure_files)
     levels = [head_id]
     if fallback and fallback != head_id:
-        needed += [h for h in _heads_needed(heads_dir, fallback) if h not in needed]
+        needed += [h for h in _heads_needed(store_dir, fallback) if h not in needed]
         levels.append(fallback)
     params = _extractor_params(heads_dir, needed)
     work = out.with_name(f".{out.name}.partial")
@@ -243,7 +242,7 @@ def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.Path
     try:
         for h in needed:
             _copy_head(heads_dir / h, work / "heads" / h)
-        manifest_extra = _copy_models(params, work)
+        manifest_extra = copy_models(params, work)
         packages = dict(RUNTIME_PACKAGES)
         if manifest_extra.get("custom_model", "").endswith(".onnx"):
             packages.update(ONNX_PACKAGES)
@@ -312,7 +311,9 @@ def _maybe_version(dist: str) -> str | None:
         return None
 
 
-def _copy_models(params: dict[str, dict], work: Path) -> dict:
+def copy_models(params: dict[str, dict], work: Path) -> dict:
+    """Copy the model files the extractors ``params`` need into the bundle folder ``work`` (BirdNET, a custom
+    model, the CNN student); returns the manifest entries naming them."""
     extra: dict = {}
     kinds = {name: p.get("kind", name) for name, p in params.items()}
     if "birdnet" in kinds.values():
@@ -345,7 +346,7 @@ def _ship_model(name: str, p: dict, dst: Path, companions: list[str], required: 
     src = Path(p["model_path"])
     if not src.is_file():
         raise BundleError(f"extractor {name}: model file {src} not found; the export copies it into the bundle")
-    if sha256_file(src) != p.get("model_sha256"):
+    if file_sha256(src) != p.get("model_sha256"):
         raise BundleError(f"extractor {name}: {src} is not the model the head was trained with (sha256 differs)")
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src, dst / src.name)

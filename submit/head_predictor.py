@@ -79,7 +79,12 @@ class HeadPredictor:
         return head_rows(path, self.bundle, feats)
 
     def finish(self, window_ids: list[str], rows: np.ndarray, usable: np.ndarray | None = None) -> np.ndarray:
-        return rows
+        """Fold-averaged rows are final; rows not in ``usable`` (no usable audio) get :attr:`output_prior`."""
+        if usable is None or np.all(usable):
+            return rows
+        out = np.array(rows, copy=True)
+        out[~np.asarray(usable, bool)] = self.output_prior
+        return out
 
     @property
     def output_prior(self) -> np.ndarray:

@@ -101,14 +101,14 @@ def _measure(bundle: Path, manifest: dict, files: list[Path], runtime: dict, tar
     from embed.audio import Audio
     from embed.features import build_views
     from featurestore.windows import window_starts
-    from submit.predict import load_predictor
+    from submit.predict import open_predictor
     from submit.submission import file_window_ids
 
     levels: list[LevelCost] = []
     predictors = {}
     for head in manifest["levels"]:
         t = time.perf_counter()
-        predictors[head] = load_predictor(bundle / "heads" / head, **runtime)
+        predictors[head] = open_predictor(bundle / "heads" / head, **runtime)
         levels.append(LevelCost(head, time.perf_counter() - t, [], 0.0, 0.0))
     # one extractor per version (two levels may share one); labelled by name unless two versions share it
     extractors = {e.version: e for p in predictors.values() for e in p.extractors}
@@ -181,18 +181,18 @@ def _measure_scaling(head_dir: Path, files: list[Path], workers: int, runtime: d
     import os
 
     from embed.extractors import single_threaded_children
-    from submit.predict import _init_worker, _predict_one
+    from submit.predict import init_worker, predict_one
 
     batch = [str(f) for f in (list(files) * (1 + (n or 2 * workers) // max(1, len(files))))[: n or 2 * workers]]
     ctx = multiprocessing.get_context("spawn")
     times = {}
     for w in (1, workers):
         with single_threaded_children(os.cpu_count()):   # serial extractors, as in a pool that fills the cores
-            pool = ctx.Pool(w, initializer=_init_worker, initargs=(str(head_dir), runtime))
+            pool = ctx.Pool(w, initializer=init_worker, initargs=(str(head_dir), runtime))
         with pool:
-            list(pool.imap(_predict_one, batch[:w], chunksize=1))          # warm each worker
+            list(pool.imap(predict_one, batch[:w], chunksize=1))          # warm each worker
             t = time.perf_counter()
-            list(pool.imap(_predict_one, batch, chunksize=1))
+            list(pool.imap(predict_one, batch, chunksize=1))
             times[w] = time.perf_counter() - t
     return times[1] / times[workers]
 

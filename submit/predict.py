@@ -15,13 +15,14 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from embed.extractors import single_threaded_children
 from featurestore.errors import BundleError, DataError
 from featurestore.windows import WINDOW_SECONDS
-from models.bundle import HeadBundle, load_bundle
+from models.bundle import HeadBundle
 from submit.head_predictor import HeadPredictor, build_extractors
 from submit.submission import (
     expected_ids_for_audio,
@@ -34,17 +35,43 @@ from submit.submission import (
 )
 
 
-def load_predictor(head_dir: str | os.PathLike, **runtime):
-    """The predictor of a head folder: :class:`HeadPredictor`, or a stacked head's
-    :class:`submit.stack_predictor.StackPredictor`. Rebuilds the extractors (BundleError on a version mismatch)."""
-    from stack.bundle import is_stack_dir
+@runtime_checkable
+class Predictor(Protocol):
+    """What predict needs of a head, single (:class:`HeadPredictor`) or stacked
+    (:class:`submit.stack_predictor.StackPredictor`)."""
 
-    if is_stack_dir(head_dir):
+    head_id: str
+    class_names: list[str]
+    extractors: list
+    prior: np.ndarray                  # what ``predict_file`` rows fall back to (the columns of its rows)
+    requests: list[tuple[str, str]]    # the (feature view, pooling) pairs it reads from a file's embedding
+
+    def predict_file(self, path: Path) -> tuple[list[str], np.ndarray]:
+        """Row ids and probabilities of one file's decodable windows (raises on an undecodable file)."""
+
+    def rows_from_features(self, path: Path, feats: dict) -> tuple[list[str], np.ndarray]:
+        """:meth:`predict_file` given the file's embedded views."""
+
+    def finish(self, window_ids: list[str], rows: np.ndarray, usable: np.ndarray | None = None) -> np.ndarray:
+        """All files' rows -> (windows, classes) probabilities in :attr:`class_names` order."""
+
+    @property
+    def output_prior(self) -> np.ndarray:
+        """What a row with no prediction at all gets in the final output."""
+
+
+def open_predictor(head_dir: str | os.PathLike, **runtime) -> Predictor:
+    """The predictor of a head folder (:func:`stack.bundle.load_head_dir`): :class:`HeadPredictor`, or a
+    stacked head's :class:`submit.stack_predictor.StackPredictor`. Rebuilds the extractors (BundleError on
+    a version mismatch; ``runtime``: threads, batch_size, cache_dir, model paths)."""
+    from stack.bundle import StackBundle, load_head_dir
+
+    head = load_head_dir(head_dir)
+    if isinstance(head, StackBundle):
         from submit.stack_predictor import StackPredictor
 
-        return StackPredictor(head_dir, **runtime)
-    bundle = load_bundle(head_dir)
-    return HeadPredictor(bundle, build_extractors(bundle, **runtime))
+        return StackPredictor(head, **runtime)
+    return HeadPredictor(head, build_extractors(head, **runtime))
 
 
 def predict_soundscape(path: Path, bundle: HeadBundle, extractors: list) -> tuple[list[str], np.ndarray, str | None]:
@@ -108,11 +135,13 @@ def file_rows(path: Path, predictor) -> tuple[list[str], np.ndarray, str | None,
 _WORKER: dict = {}
 
 
-def _init_worker(head_dir: str, runtime: dict) -> None:
-    _WORKER.update(predictor=load_predictor(head_dir, **runtime))
+def init_worker(head_dir: str, runtime: dict) -> None:
+    """A predict worker process's initializer: open the head's predictor once (:func:`predict_one` uses it)."""
+    _WORKER.update(predictor=open_predictor(head_dir, **runtime))
 
 
-def _predict_one(path: str) -> tuple[str, list[str], np.ndarray, str | None, np.ndarray]:
+def predict_one(path: str) -> tuple[str, list[str], np.ndarray, str | None, np.ndarray]:
+    """``(path, *file_rows)`` of one file with the worker's predictor (:func:`init_worker`)."""
     return (path, *file_rows(Path(path), _WORKER["predictor"]))
 
 
@@ -124,14 +153,14 @@ def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: d
         if predictor is not None:
             _WORKER.update(predictor=predictor)
         else:
-            _init_worker(str(head_dir), runtime)
-        yield from map(_predict_one, map(str, files))
+            init_worker(str(head_dir), runtime)
+        yield from map(predict_one, map(str, files))
         return
     ctx = multiprocessing.get_context("spawn")
     with single_threaded_children(min(workers, len(files))):  # the workers start here, one BLAS thread each
-        pool = ctx.Pool(min(workers, len(files)), initializer=_init_worker, initargs=(str(head_dir), runtime))
+        pool = ctx.Pool(min(workers, len(files)), initializer=init_worker, initargs=(str(head_dir), runtime))
     with pool:
-        yield from pool.imap(_predict_one, map(str, files), chunksize=1)
+        yield from pool.imap(predict_one, map(str, files), chunksize=1)
 
 
 def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, columns: list[str], *,
@@ -146,7 +175,7 @@ def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, col
     ``on_start(n_files)`` is called once every input is checked, before any file is decoded.
     """
     head_dir = Path(head_dir)
-    predictor = load_predictor(head_dir, **(runtime or {}))  # fails fast on a version mismatch, before any work
+    predictor = open_predictor(head_dir, **(runtime or {}))  # fails fast on a version mismatch, before any work
     missing = [c for c in columns if c not in predictor.class_names]
     if missing:
         raise BundleError(f"submission columns {missing[:5]} are not classes of head {predictor.head_id}")
@@ -200,18 +229,15 @@ def predict_submission(store_dir: str | os.PathLike, audio_dir: str | os.PathLik
     input is checked. Per-file problems (see :func:`predict_soundscape`) go to ``on_warning`` as
     soon as every file is predicted, before the file is written, and are returned too.
     """
-    from featurestore.errors import StoreError
     from featurestore.store import FeatureStore
-    from models.bundle import bundle_dir
-    from models.experiments import best_head_id
+    from models.experiments import resolve_head_id
     from models.frame import class_names_of
+    from stack.bundle import head_folder
 
     with FeatureStore.open(store_dir, create=False, read_only=True) as store:
-        head_id = best_head_id(store) if head_id == "best" else head_id
+        head_id = resolve_head_id(store, head_id)
         columns = read_header(Path(sample))[1:] if sample else class_names_of(store)
-        head_dir = bundle_dir(store.root, head_id)
-    if not head_dir.is_dir():
-        raise StoreError(f"no trained head {head_id!r} in {store_dir}; pick one from pipelines.leaderboard")
+        head_dir = head_folder(store.root, head_id)
     bars: list = []
 
     def on_start(n_files: int) -> None:

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from embed.extractors import environ_set, file_sha256
+from embed.extractors import environ_set
 from featurestore.errors import BundleError, DataError
+from featurestore.files import file_sha256
 from featurestore.windows import WINDOW_SECONDS
 
 MANIFEST = "manifest.json"
@@ -114,14 +115,10 @@ def find_bundle(root: str | os.PathLike | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------- manifest
-def sha256_file(path: Path) -> str:
-    return file_sha256(path)
-
-
 def file_entries(folder: Path) -> list[dict]:
     """``{path, bytes, sha256}`` of every file below ``folder`` except the manifest, sorted by path."""
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != MANIFEST)
-    return [{"path": p.relative_to(folder).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    return [{"path": p.relative_to(folder).as_posix(), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
             for p in files]
 
 
@@ -144,7 +141,7 @@ def verify_bundle(bundle: str | os.PathLike) -> dict:
         if not path.is_file():
             raise BundleError(f"bundle file {entry['path']} is missing from {bundle}; re-export with "
                               "pipelines.export and upload the whole folder")
-        if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+        if path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
             raise BundleError(f"bundle file {entry['path']} does not match manifest.json (sha256 or size differ): "
                               "the bundle was modified or truncated; re-export with pipelines.export and re-upload")
     return manifest
@@ -219,7 +216,7 @@ def predict_with_guard(heads_dir: Path, levels: Sequence[str], files: list[Path]
     level whenever the projected total passes ``guard * budget_s``; the last level is always the class
     prior. Returns row ids, probabilities in ``columns`` order, warnings, files per level, guard events;
     ``timeline`` (a list) receives the ``perf_counter`` time of each file's completion."""
-    from submit.predict import iter_predictions, load_predictor
+    from submit.predict import iter_predictions, open_predictor
     from submit.submission import file_window_ids
 
     if not levels:
@@ -240,7 +237,7 @@ def predict_with_guard(heads_dir: Path, levels: Sequence[str], files: list[Path]
             done[name].files = pending
             pending = []
             break
-        predictors[name] = load_predictor(heads_dir / name, **runtime)
+        predictors[name] = open_predictor(heads_dir / name, **runtime)
         level_times: list[float] = []
         gen = iter_predictions(heads_dir / name, pending, workers, runtime, predictors[name] if workers <= 1 else None)
         taken = 0
@@ -360,10 +357,10 @@ def run(bundle: str | os.PathLike | None = None, competition: str | os.PathLike 
 def _sample_rows(sample: Path, head_dir: Path, columns: list[str], runtime: dict) -> tuple[list[str], np.ndarray]:
     import csv
 
-    from submit.predict import load_predictor
+    from submit.predict import open_predictor
 
     with open(sample, newline="", encoding="utf-8") as f:
         ids = [row[0] for row in list(csv.reader(f))[1:] if row]
-    pred = load_predictor(head_dir, **runtime)
+    pred = open_predictor(head_dir, **runtime)
     prior = np.asarray(pred.output_prior)[[pred.class_names.index(c) for c in columns]]
     return ids, np.tile(prior, (len(ids), 1))

@@ -25,7 +25,7 @@ from featurestore.errors import BundleError
 from featurestore.windows import WINDOW_SECONDS
 from models.bundle import class_prior, load_bundle
 from stack.apply import ZERO_SHOT_FALLBACK, apply_stack, unlabelled_inputs
-from stack.bundle import base_head_dirs, load_stack
+from stack.bundle import StackBundle, base_head_dirs, load_stack
 from stack.post import sigmoid
 from submit.head_predictor import head_rows
 from submit.submission import file_window_ids
@@ -34,10 +34,11 @@ from submit.submission import file_window_ids
 class StackPredictor:
     """predict's per-file interface for a stacked head (see the module doc)."""
 
-    def __init__(self, head_dir: str | os.PathLike, **runtime):
+    def __init__(self, head: str | os.PathLike | StackBundle, **runtime):
+        """``head``: the stacked head's folder, or its bundle already loaded (:func:`stack.bundle.load_stack`)."""
         from embed.registry import rebuild
 
-        self.bundle = load_stack(head_dir)
+        self.bundle = head if isinstance(head, StackBundle) else load_stack(head)
         self.head_id = self.bundle.head_id
         self.class_names = self.bundle.class_names
         self.bases = [load_bundle(d) for d in base_head_dirs(self.bundle)]

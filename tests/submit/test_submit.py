@@ -1,0 +1,226 @@
+"""The Kaggle last mile (submit/): input probing, the manifest check, the time guard on real heads, the
+planner's arithmetic on measured costs, and (slow) export -> offline dry run of the real notebook."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurestore.errors import BundleError, DataError
+from submit import runtime
+from submit.plan import Costs, LevelCost, project
+from submit.predict import open_predictor, predict_audio
+from submit.runtime import BUNDLE_KIND, MANIFEST, file_entries, predict_with_guard, verify_bundle
+from submit.submission import expected_ids_for_audio, list_audio, validate_submission
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------------------- probing + manifest
+def _tiny_bundle(folder: Path) -> Path:
+    (folder / "heads" / "h").mkdir(parents=True)
+    (folder / "heads" / "h" / "config.json").write_text('{"a": 1}')
+    (folder / "wheels").mkdir()
+    (folder / "wheels" / "x-1.0-py3-none-any.whl").write_bytes(b"PK" + bytes(100))
+    manifest = {"kind": BUNDLE_KIND, "files": file_entries(folder), "head_id": "h"}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder
+
+
+def test_inputs_are_found_in_every_kaggle_mount_layout(tmp_path: Path, monkeypatch) -> None:
+    for var in (runtime.ENV_INPUT, runtime.ENV_BUNDLE, runtime.ENV_COMPETITION):
+        monkeypatch.delenv(var, raising=False)
+    layouts = {"2026": ("competitions/birdclef-2026", "datasets/someone/my-bundle"),
+               "classic": ("birdclef-2026", "my-bundle"),
+               "renamed": ("comp-copy/inner", "x/y/z/bundle")}
+    for name, (comp, bundle) in layouts.items():
+        root = tmp_path / name
+        (root / comp / "test_soundscapes").mkdir(parents=True)
+        (root / comp / "sample_submission.csv").write_text("row_id,a\n")
+        (root / "decoy").mkdir()
+        (root / "decoy" / MANIFEST).write_text('{"kind": "something-else"}')     # not ours: skipped
+        _tiny_bundle(root / bundle)
+        assert runtime.find_competition(root) == root / comp
+        assert runtime.find_bundle(root) == root / bundle
+    monkeypatch.setenv(runtime.ENV_INPUT, str(tmp_path / "2026"))
+    assert runtime.find_bundle() == tmp_path / "2026" / "datasets/someone/my-bundle"
+    monkeypatch.setenv(runtime.ENV_BUNDLE, str(tmp_path / "elsewhere"))
+    assert runtime.find_bundle() == tmp_path / "elsewhere"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no competition folder under"):
+        runtime.find_competition(tmp_path / "empty")
+    monkeypatch.delenv(runtime.ENV_BUNDLE)
+    with pytest.raises(BundleError, match="no birdclef-stack bundle"):
+        runtime.find_bundle(tmp_path / "empty")
+
+
+def test_a_tampered_truncated_or_missing_bundle_file_fails_the_manifest_check(tmp_path: Path) -> None:
+    bundle = _tiny_bundle(tmp_path / "b")
+    assert verify_bundle(bundle)["head_id"] == "h"
+    cfg = bundle / "heads" / "h" / "config.json"
+    cfg.write_text('{"a": 2}')                                   # same size, different bytes
+    with pytest.raises(BundleError, match=r"bundle file heads/h/config.json does not match manifest.json"):
+        verify_bundle(bundle)
+    cfg.write_text('{"a": 1}')
+    wheel = bundle / "wheels" / "x-1.0-py3-none-any.whl"
+    wheel.write_bytes(wheel.read_bytes()[:50])                   # truncated
+    with pytest.raises(BundleError, match="wheels/x-1.0-py3-none-any.whl does not match"):
+        verify_bundle(bundle)
+    wheel.unlink()
+    with pytest.raises(BundleError, match="is missing from"):
+        verify_bundle(bundle)
+
+
+# ---------------------------------------------------------------------------- time guard on real heads
+@pytest.fixture(scope="module")
+def store(demo_trained, store_copy) -> Path:
+    """A writable copy of the session's trained demo store."""
+    return store_copy(demo_trained.store, "submit")
+
+
+@pytest.fixture(scope="module")
+def heads(demo_trained) -> dict[str, str]:
+    """A ridge stack over linear heads on BirdNET and on classical statistics; the BirdNET one is the fallback."""
+    return {"stack": demo_trained.stack_linear.head_id, "fallback": demo_trained.head("linear")}
+
+
+def test_time_guard_moves_files_down_the_levels_and_the_submission_stays_exact(store: Path, heads: dict,
+                                                                               demo_data: Path, tmp_path: Path) -> None:
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    src = list_audio(demo_data / "test_soundscapes")
+    for i in range(6):                                          # 6 files: 2 per level
+        shutil.copy(src[i % len(src)], audio / src[i % len(src)].name.replace("_Test_0", f"_Test_{i}"))
+    files = list_audio(audio)
+    predictor = open_predictor(store / "heads" / heads["stack"])
+    columns = predictor.class_names
+    import time
+
+    messages: list[str] = []
+    row_ids, probs, warnings, levels, events = predict_with_guard(
+        store / "heads", [heads["stack"], heads["fallback"]], files, columns, workers=1, budget_s=1e-3,
+        start=time.perf_counter(), say=messages.append)
+    assert levels == {heads["stack"]: 2, heads["fallback"]: 2, "prior": 2} and not warnings
+    assert len(events) == 2 and "fallback head " + heads["fallback"] in events[0] and "class prior" in events[1]
+    assert any(m.startswith("time guard:") for m in messages)
+    assert row_ids == [r for f in files for r in expected_ids_for_audio_of(f)]
+    rows = dict(zip(row_ids, probs, strict=True))
+    for level, chunk in ((heads["stack"], files[:2]), (heads["fallback"], files[2:4])):
+        part = tmp_path / level
+        part.mkdir()
+        for f in chunk:
+            shutil.copy(f, part / f.name)
+        ids, expected, _ = predict_audio(store / "heads" / level, part, columns, workers=1)
+        np.testing.assert_allclose(np.stack([rows[r] for r in ids]), expected, rtol=0, atol=1e-6)
+    prior = predictor.output_prior
+    np.testing.assert_allclose(prior, open_predictor(store / "heads" / heads["stack"]).stack_prior)
+    for f in files[4:]:
+        for r in expected_ids_for_audio_of(f):
+            np.testing.assert_allclose(rows[r], prior, atol=0)
+
+
+def expected_ids_for_audio_of(path: Path) -> list[str]:
+    from submit.submission import expected_row_ids
+
+    return expected_row_ids(path)
+
+
+def test_no_guard_event_within_budget(store: Path, heads: dict, demo_data: Path) -> None:
+    import time
+
+    files = list_audio(demo_data / "test_soundscapes")[:2]
+    predictor = open_predictor(store / "heads" / heads["fallback"])
+    _, _, _, levels, events = predict_with_guard(store / "heads", [heads["fallback"]], files, predictor.class_names,
+                                                 workers=1, budget_s=3600, start=time.perf_counter(), say=lambda _: None)
+    assert events == [] and levels == {heads["fallback"]: 2, "prior": 0}
+
+
+# ---------------------------------------------------------------------------- planner arithmetic
+def test_projection_is_the_stated_model_of_the_measured_costs() -> None:
+    costs = Costs(files=3, audio_s=60.0, decode_s=0.05, resample_s={"48000": 0.07},
+                  extractor_s={"birdnet": 2.0, "classical": 0.25}, extractor_rate={"birdnet": 48000, "classical": 32000},
+                  levels=[LevelCost("stack-x", 0.5, ["birdnet", "classical"], 0.3, 2e-4),
+                          LevelCost("lin", 0.1, ["birdnet"], 0.01, 0.0)],
+                  workers_measured=2, speedup_measured=1.6)
+    e = 0.8                                                       # S(2) / 2
+    assert costs.efficiency == pytest.approx(e)
+    s4 = 4 * e ** 2
+    assert costs.speedup(4) == pytest.approx(s4)
+    stack, lin = project(costs, n_files=600, cpus=4)
+    assert stack.seconds["birdnet"] == pytest.approx(600 * 2.0 / s4)
+    assert stack.seconds["stack/finish"] == pytest.approx(600 * 12 * 2e-4)
+    assert stack.total_s == pytest.approx(0.5 + 600 * (0.05 + 0.07 + 2.0 + 0.25 + 0.3) / s4 + 600 * 12 * 2e-4)
+    assert lin.total_s == pytest.approx(0.1 + 600 * (0.05 + 0.07 + 2.0 + 0.01) / s4)
+    assert "classical" not in lin.seconds
+
+
+# ---------------------------------------------------------------------------- export + dry run (slow)
+@pytest.mark.slow
+def test_export_plan_and_offline_dry_run_of_the_notebook(store: Path, heads: dict, demo_data: Path,
+                                                         tmp_path: Path) -> None:
+    from submit.dryrun import dry_run
+    from submit.export import export_bundle
+    from submit.plan import plan_bundle
+
+    bundle = tmp_path / "bundle"
+    result = export_bundle(store, heads["stack"], bundle, measure=demo_data / "test_soundscapes", measure_files=2,
+                           say=lambda _: None)
+    manifest = verify_bundle(bundle)
+    from featurestore.store import FeatureStore
+
+    with FeatureStore.open(store, read_only=True) as fs:        # auto fallback: the best one-extractor base head
+        best_base = fs.rows("SELECT head_id FROM experiments WHERE head = 'linear' ORDER BY fold_mean DESC")[0][0]
+    assert result.levels == [heads["stack"], best_base] == manifest["levels"]
+    names = {f["path"] for f in manifest["files"]}
+    assert {"birdclef_stack_inference.ipynb", "dataset-metadata.json", "kernel-metadata.json",
+            "models/birdnet/BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"} <= names
+    assert any(n.startswith("wheels/ai_edge_litert-") and "cp311" in n for n in names)
+    assert any(n.startswith("wheels/ai_edge_litert-") and "cp312" in n for n in names)
+    assert manifest["toolkit_wheel"] in names and not any(n.endswith("train_windows.parquet") for n in names)
+    kernel = json.loads((bundle / "kernel-metadata.json").read_text())
+    assert kernel["enable_internet"] is False and kernel["competition_sources"] == ["birdclef-2026"]
+    costs = Costs.from_json(manifest["stage_costs"])
+    assert costs.extractor_s["birdnet"] > costs.extractor_s["classical"] > 0 and costs.decode_s > 0
+    _, text = plan_bundle(bundle, None)
+    assert "scaling model: S(n) = n * e^log2(n)" in text and best_base in text
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for f in list_audio(demo_data / "test_soundscapes")[:3]:
+        shutil.copy(f, audio / f.name)
+    corrupt = audio / "BC2026_Test_9999_S01_20240101_000000.ogg"
+    corrupt.write_bytes(b"OggS" + bytes(300))
+    run = dry_run(bundle, audio, work=tmp_path / "dry", allow_network=True, say=lambda _: None)
+    assert run.network.startswith("off") or "unshare" in run.network
+    assert all(str(tmp_path / "dry" / "venv") in p for p in run.modules.values())
+    assert run.max_abs_diff <= 1e-6
+    assert validate_submission(run.submission, demo_data / "sample_submission.csv",
+                               expected_ids_for_audio(audio)) == 4 * 12
+    assert any(corrupt.name in w for w in run.run_report["warnings"])
+    assert 0 < run.projected_min < 1e4 and run.render().splitlines()[-1].startswith("projected Kaggle minutes: ")
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle, tampered)
+    cfg = tampered / "heads" / best_base / "config.json"
+    cfg.write_text(cfg.read_text().replace('"linear"', '"lineaR"'))
+    cli = subprocess.run([sys.executable, "-m", "pipelines.dryrun", "--bundle", str(tampered), "--audio", str(audio)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert cli.returncode == 2
+    assert f"error: bundle file heads/{best_base}/config.json does not match manifest.json" in cli.stderr
+
+
+def test_dry_run_projection_by_hand() -> None:
+    """Steady per-file rate after the pool's start-up, scaled to 60-s files and from 2 workers to 4."""
+    from submit.dryrun import project_dry_run
+
+    report = {"workers": 2, "file_done_s": [10.0, 10.5, 12.5, 13.0], "stage_seconds": {"predict": 13.2}}
+    # per file (13.0 - 10.5) / 2 = 1.25 s; start-up 10.5 - 2 x 1.25 = 8; once = (20 - 13.2) + 8 + (13.2 - 13.0)
+    # = 15; files of 6 windows -> x2 for 60 s; S(n) = n without measured costs -> x 2/4
+    projected, planner = project_dry_run(report, {}, n_files=600, cpus=4, wall=20.0, windows_per_file=6.0)
+    assert projected == pytest.approx(15 + 600 * 1.25 * 2 * 0.5) and planner is None
