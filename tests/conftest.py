@@ -5,8 +5,10 @@ One BLAS/OpenMP thread for the whole session, set here and nowhere else in the t
 2 shared cores, where BLAS threads only contend (a linear head measured 36 s unlimited vs 1.8 s on one
 thread), and subprocess jobs inherit the same environment (:data:`embed.extractors.ONE_THREAD_ENV`).
 
-Trained artefacts are made once per session (:func:`demo_trained`): a module that writes to a store copies
-it first (:func:`store_copy`); no module trains a head the session fixture already has.
+Trained artefacts are made once per test run (:func:`demo_trained`): a module that writes to a store copies
+it first (:func:`store_copy`); no module trains a head the session fixture already has. The suite runs in
+two pytest-xdist workers (``-n 2 --dist loadfile`` in pyproject.toml: every test of a file on one worker);
+the session fixtures are built once for both, under a file lock (:func:`built_once`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ from embed.extractors import ONE_THREAD_ENV
 
 os.environ.update(ONE_THREAD_ENV)       # before numpy/scipy/lightgbm start their thread pools
 
+import pickle  # noqa: E402
+import shutil  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from featurestore.demo_data import SMALL, generate_demo_dataset  # noqa: E402
@@ -37,6 +43,23 @@ STACK_POST = [("smooth", {"kernel": [1, 2, 1]}), ("filescale", {"a": 0.5, "top_k
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder ``name``, made by ``build(folder)`` once per test run: shared by the xdist workers (the
+    first to take the lock builds, the others wait and re-use), or per session without xdist. A build that
+    failed half-way is redone (``.done`` marks a finished one)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent              # the run's base folder, above every worker's own
+    folder = root / f"shared-{name}"
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            (folder / ".done").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "bc2026" / "taxonomy.csv").exists():
@@ -47,44 +70,39 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def bc2026_store(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store with the real competition files in ../shared ingested (treat as read-only)."""
-    store = tmp_path_factory.mktemp("bc2026") / "store"
-    run_ingest(shared_data / "bc2026", store, workers=1)
-    return store
+    return built_once(tmp_path_factory, "bc2026", lambda f: run_ingest(shared_data / "bc2026", f / "store",
+                                                                        workers=1)) / "store"
 
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small synthetic demo dataset in competition layout (treat as read-only)."""
-    return generate_demo_dataset(tmp_path_factory.mktemp("demo"), SMALL, seed=7)
+    return built_once(tmp_path_factory, "demo", lambda f: generate_demo_dataset(f, SMALL, seed=7)) / "data"
 
 
 @pytest.fixture(scope="session")
 def demo_store(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small demo ingested into a store (treat as read-only; copy it before writing)."""
-    store = tmp_path_factory.mktemp("demo_store") / "store"
-    run_ingest(demo_data, store, workers=2)
-    return store
+    return built_once(tmp_path_factory, "demo_store", lambda f: run_ingest(demo_data, f / "store", workers=2)) / "store"
 
 
 @pytest.fixture(scope="session")
 def demo_embedded_store(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small demo with folds and BirdNET + classical features (copy it before writing)."""
-    import shutil
-
     from embed.job import run_embed
     from featurestore.folds import make_folds
 
-    store = tmp_path_factory.mktemp("demo_embedded") / "store"
-    shutil.copytree(demo_store, store)
-    make_folds(store)
-    run_embed(store, ("birdnet", "classical"), workers=2)
-    return store
+    def build(folder: Path) -> None:
+        shutil.copytree(demo_store, folder / "store")
+        make_folds(folder / "store")
+        run_embed(folder / "store", ("birdnet", "classical"), workers=2)
+
+    return built_once(tmp_path_factory, "demo_embedded", build) / "store"
 
 
 @pytest.fixture(scope="session")
 def store_copy(tmp_path_factory: pytest.TempPathFactory):
     """``store_copy(source, name)``: a private, writable copy of a shared fixture store."""
-    import shutil
 
     def make(source: Path, name: str) -> Path:
         target = tmp_path_factory.mktemp(name) / "store"
@@ -114,27 +132,30 @@ class TrainedDemo:
 @pytest.fixture(scope="session")
 def demo_trained(demo_embedded_store: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedDemo:
     """prior, zeroshot (BirdNET logits), linear on classical, linear on BirdNET, LightGBM on BirdNET max
-    (:data:`SMALL_DATA_LGBM`) and two ridge stacks, trained once for the whole session."""
-    import shutil
-
+    (:data:`SMALL_DATA_LGBM`) and two ridge stacks, trained once for the whole test run."""
     from models.frame import FrameSpec
     from models.training import train_head
     from stack.run import run_stack
 
-    store = tmp_path_factory.mktemp("demo_trained") / "store"
-    shutil.copytree(demo_embedded_store, store)
-    results = {
-        "prior": train_head(store, "prior", FrameSpec("birdnet")),
-        "zeroshot": train_head(store, "zeroshot", FrameSpec("birdnet_logits")),
-        "classical": train_head(store, "linear", FrameSpec("classical")),
-        "linear": train_head(store, "linear", FrameSpec("birdnet")),
-        "lgbm": train_head(store, "lgbm", FrameSpec("birdnet", pooling="max"), overrides=SMALL_DATA_LGBM),
-    }
-    stack = run_stack(store, [results["linear"].head_id, results["lgbm"].head_id], "ridge", STACK_RIDGE, STACK_POST,
-                      zero_shot=("birdnet_logits",))
-    stack_linear = run_stack(store, [results["linear"].head_id, results["classical"].head_id], "ridge",
-                             {"min_positives": 3})
-    return TrainedDemo(store, results, stack, stack_linear)
+    def build(folder: Path) -> None:
+        store = folder / "store"
+        shutil.copytree(demo_embedded_store, store)
+        results = {
+            "prior": train_head(store, "prior", FrameSpec("birdnet")),
+            "zeroshot": train_head(store, "zeroshot", FrameSpec("birdnet_logits")),
+            "classical": train_head(store, "linear", FrameSpec("classical")),
+            "linear": train_head(store, "linear", FrameSpec("birdnet")),
+            "lgbm": train_head(store, "lgbm", FrameSpec("birdnet", pooling="max"), overrides=SMALL_DATA_LGBM),
+        }
+        stack = run_stack(store, [results["linear"].head_id, results["lgbm"].head_id], "ridge", STACK_RIDGE,
+                          STACK_POST, zero_shot=("birdnet_logits",))
+        stack_linear = run_stack(store, [results["linear"].head_id, results["classical"].head_id], "ridge",
+                                 {"min_positives": 3})
+        # the other worker needs the result objects too (scores, reports, paths): a test-only cache
+        (folder / "trained.pkl").write_bytes(pickle.dumps(TrainedDemo(store, results, stack, stack_linear)))
+
+    folder = built_once(tmp_path_factory, "demo_trained", build)
+    return pickle.loads((folder / "trained.pkl").read_bytes())
 
 
 @pytest.fixture(scope="session")
@@ -142,13 +163,12 @@ def synthetic_store(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) 
     """The small demo, ingested and folded, with synthetic BirdNET-table features (32-d, class signal) written
     through the store's own writers (:mod:`embed.synthetic`): heads and stacks train on it with no audio
     decoded or embedded. Read-only: ``store_copy`` it before writing."""
-    import shutil
-
     from embed.synthetic import SyntheticParams, write_synthetic_features
     from featurestore.folds import make_folds
 
-    store = tmp_path_factory.mktemp("synthetic") / "store"
-    shutil.copytree(demo_store, store)
-    make_folds(store)
-    write_synthetic_features(store, SyntheticParams(dim=32, frames_per_window=3, seed=11))
-    return store
+    def build(folder: Path) -> None:
+        shutil.copytree(demo_store, folder / "store")
+        make_folds(folder / "store")
+        write_synthetic_features(folder / "store", SyntheticParams(dim=32, frames_per_window=3, seed=11))
+
+    return built_once(tmp_path_factory, "synthetic", build) / "store"

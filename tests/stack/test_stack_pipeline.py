@@ -291,11 +291,12 @@ def test_rows_without_audio_get_the_stacks_own_prior_and_leave_the_other_rows_al
 
 
 def test_stack_over_a_context_head_learning_from_focal_windows_predicts_like_offline(
-        store: Path, heads: list[str], demo_data: Path) -> None:
+        store: Path, heads: list[str], demo_data: Path, tmp_path: Path) -> None:
     """A base head with neighbour context features (predict must add them per file) and a level-2 model
     that also learns from focal windows (``use_focal``): fold models still never see their fold, the
     headline is still scored on soundscape windows, and predict equals the stacker applied offline."""
-    ctx = train_head(store, "linear", FrameSpec("birdnet", context=True)).head_id
+    # context on the classical statistics: the same per-file context path as on BirdNET, at a tenth of the width
+    ctx = train_head(store, "linear", FrameSpec("classical", context=True)).head_id
     run = run_stack(store, [ctx, heads[0]], "ridge", {"use_focal": True, "focal_weight": 0.5, "min_positives": 3},
                     POST, zero_shot=("birdnet_logits",))
     bundle = load_stack(run.bundle_dir)
@@ -310,7 +311,10 @@ def test_stack_over_a_context_head_learning_from_focal_windows_predicts_like_off
     assert run.cv.score.scored_on == "soundscape" and scored_on == [("soundscape",)]
     assert run.cv.score.eval_mask.sum() < len(full)          # focal rows train, never score
 
-    audio = demo_data / "test_soundscapes"
+    audio = tmp_path / "audio"                            # two test files: context is per file
+    audio.mkdir()
+    for f in list_audio(demo_data / "test_soundscapes")[:2]:
+        (audio / f.name).symlink_to(f)
     row_ids, probs, warnings = predict_audio(run.bundle_dir, audio, bundle.class_names, workers=1)
     assert not warnings
     off_ids, offline = _offline(store, run.bundle_dir, audio)
