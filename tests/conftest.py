@@ -172,3 +172,29 @@ def synthetic_store(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) 
         write_synthetic_features(folder / "store", SyntheticParams(dim=32, frames_per_window=3, seed=11))
 
     return built_once(tmp_path_factory, "synthetic", build) / "store"
+
+
+DEMO_CHAIN = ("demo_data", "demo_store", "demo_embedded_store", "demo_trained", "synthetic_store")
+LONGEST_FILES = ("test_demo.py", "test_cnn.py", "test_submit.py", "test_stack_pipeline.py")   # --durations
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """Order the files so the shared fixtures build while the other worker has work: first one file that
+    builds the whole demo chain (embedding + the trained heads), then every file that needs none of it, then
+    the longest files (so no long one is left for the end), then the rest (collection order kept inside each
+    group, and inside every file)."""
+    def needs_chain(item) -> bool:
+        return any(name in DEMO_CHAIN for name in getattr(item, "fixturenames", ()))
+
+    by_file: dict[str, list] = {}
+    for item in items:
+        by_file.setdefault(str(item.path), []).append(item)
+
+    def rank(path: str) -> int:
+        if path.endswith("test_training.py"):
+            return 0                                   # trains on demo_trained: builds the whole chain
+        if not any(needs_chain(i) for i in by_file[path]):
+            return 1
+        return 2 if path.endswith(LONGEST_FILES) else 3
+
+    items[:] = [i for path in sorted(by_file, key=rank) for i in by_file[path]]
