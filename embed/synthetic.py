@@ -16,6 +16,7 @@ already stored for the version are skipped (a re-run writes nothing).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -89,8 +90,9 @@ def class_directions(class_names: list[str], dim: int, signal: float, seed: int)
 def window_embedding(window: str, labels: list[str], directions: dict[str, np.ndarray], p: SyntheticParams
                      ) -> np.ndarray:
     """(frames_per_window, dim) float32 of one window: its labels' directions + noise seeded by the window id."""
-    rng = np.random.default_rng([p.seed, int.from_bytes(window.encode()[-8:].rjust(8, b"\0"), "little"),
-                                 len(window)])
+    # seeded by a hash of the whole id: windows at the same second of different files share id suffixes
+    key = int.from_bytes(hashlib.blake2b(window.encode(), digest_size=8).digest(), "little")
+    rng = np.random.default_rng([p.seed, key])
     signal = np.sum([directions[c] for c in labels if c in directions], axis=0) if labels else np.zeros(p.dim)
     return (signal[None, :] + rng.standard_normal((p.frames_per_window, p.dim))).astype(np.float32)
 

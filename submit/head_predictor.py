@@ -56,8 +56,9 @@ def head_rows(path: Path, bundle: HeadBundle, feats: dict) -> tuple[list[str], n
 
 
 class HeadPredictor:
-    """predict's per-file interface for one head bundle: ``predict_file`` per file (in the workers),
-    ``finish`` over all rows (the identity; a stacked head applies its stacker there, see
+    """predict's per-file interface for one head bundle (:class:`submit.predict.Predictor`): ``predict_file``
+    per file (in the workers), ``finish`` over all rows (the fold-averaged rows as they are, the prior on rows
+    without usable audio; a stacked head applies its stacker there, see
     :class:`submit.stack_predictor.StackPredictor`), ``prior`` for rows without usable audio."""
 
     def __init__(self, bundle: HeadBundle, extractors: list):
