@@ -41,6 +41,9 @@ from embed.extractors import OVERLAP_ENV, environ_set
 from embed.job import run_embed
 from featurestore.ingest import run_ingest
 from featurestore.store import FeatureStore
+from featurestore.windows import is_audio
+
+LABELS_CSV = "train_soundscapes_labels.csv"
 
 
 def cpu_seconds() -> float:
@@ -50,19 +53,41 @@ def cpu_seconds() -> float:
 
 
 def prepare(data: Path | None, work: Path, sources: list[str], n_files: int) -> tuple[Path, list[Path], float]:
-    """An ingested store restricted to ``n_files`` files of ``sources``; returns (store, files, audio seconds)."""
+    """A store ingested from a copy of ``data`` that holds only the first ``n_files`` audio files of ``sources``
+    (links; the labels CSV cut to them), so every stage below embeds exactly the files it counts.
+    Returns (store, files, audio seconds)."""
     if data is None:
         from featurestore.demo_data import SMALL, generate_demo_dataset
         data = generate_demo_dataset(work / "demo", SMALL, seed=11)
+    files = [p for src in sources if (data / src).is_dir()
+             for p in sorted(x for x in (data / src).iterdir() if x.is_file() and is_audio(x))][:n_files]
+    if not files:
+        raise SystemExit(f"no audio files in {sources} under {data}")
+    subset = work / "subset"
+    for src in sources:
+        (subset / src).mkdir(parents=True)
+    for item in data.iterdir():
+        if item.name not in sources and item.name != LABELS_CSV:
+            (subset / item.name).symlink_to(item.resolve())
+    for f in files:
+        (subset / f.parent.name / f.name).symlink_to(f.resolve())
+    if (data / LABELS_CSV).exists():
+        import csv
+        keep = {f.name for f in files}
+        with open(data / LABELS_CSV, newline="") as src_f, open(subset / LABELS_CSV, "w", newline="") as dst:
+            rows = csv.reader(src_f)
+            out = csv.writer(dst)
+            out.writerow(next(rows))
+            out.writerows(r for r in rows if r and r[0] in keep)
     store = work / "store"
-    run_ingest(data, store, workers=os.cpu_count())
+    run_ingest(subset, store, workers=os.cpu_count())
     with FeatureStore.open(store, read_only=True) as s:
         rows = s.sql("SELECT source, filename, max(audio_end_s) AS d FROM windows GROUP BY 1, 2 ORDER BY 1, 2"
                      ).to_pylist()
-    rows = [r for r in rows if r["source"] in sources][:n_files]
-    if not rows:
-        raise SystemExit(f"no audio files in {sources} under {data}")
-    return store, [data / r["source"] / r["filename"] for r in rows], sum(r["d"] for r in rows)
+    stored = sorted((r["source"], r["filename"]) for r in rows if r["source"] in sources)
+    counted = sorted((f.parent.name, f.name) for f in files)
+    assert stored == counted, f"the store holds {len(stored)} files of {sources}, the bench counts {len(counted)}"
+    return store, files, sum(r["d"] for r in rows if r["source"] in sources)
 
 
 def ceiling(files: list[Path], hop: float, cache: Path | None) -> tuple[float, float, int, int]:
@@ -103,16 +128,12 @@ def _ceiling_worker(args: tuple[str, int, str | None]) -> float:
 
 def two_process_ceiling(frames: np.ndarray, batch: int, cache: Path | None, work: Path) -> float:
     """Wall seconds for two processes each running BirdNET alone on ``frames`` at the same time."""
-    import multiprocessing
-
-    from embed.extractors import single_threaded_children
+    from featurestore.workers import worker_pool
 
     path = work / "frames.npy"
     np.save(path, frames)
     args = (str(path), batch, str(cache) if cache else None)
-    with single_threaded_children(2):
-        pool = multiprocessing.get_context("spawn").Pool(2)
-    with pool:
+    with worker_pool(2) as pool:
         return max(pool.map(_ceiling_worker, [args, args]))
 
 
@@ -123,24 +144,19 @@ def _ping(_: int) -> int:
 def pool_start_up(workers: int, cache: Path | None, work: Path) -> float:
     """Seconds until ``workers`` spawned embed workers are ready (imports + extractors built): the fixed
     cost a multi-worker job pays once, large beside a 12-file run, nothing beside a 10,000-file one."""
-    import multiprocessing
-
     from embed import registry
-    from embed.extractors import single_threaded_children
     from embed.job import init_worker
+    from featurestore.workers import worker_pool
 
     params = [registry.build(n, None).params() for n in ("birdnet", "classical")]
     t0 = time.perf_counter()
-    with single_threaded_children(workers):
-        pool = multiprocessing.get_context("spawn").Pool(
-            workers, initializer=init_worker, initargs=(params, {"cache_dir": cache}, str(work / "parts")))
-    with pool:
+    with worker_pool(workers, init_worker, (params, {"cache_dir": cache}, str(work / "parts"))) as pool:   # as the job
         pool.map(_ping, range(workers), chunksize=1)
         return time.perf_counter() - t0
 
 
 def job(store: Path, work: Path, workers: int, sources: list[str], hop: float, cache: Path | None,
-        overlap: bool = True) -> tuple[float, float]:
+        n_files: int, audio_s: float, overlap: bool = True) -> tuple[float, float]:
     copy = work / f"store-{workers}-{overlap}"
     shutil.copytree(store, copy)
     t0, c0 = time.perf_counter(), cpu_seconds()
@@ -149,6 +165,9 @@ def job(store: Path, work: Path, workers: int, sources: list[str], hop: float, c
                             cache_dir=cache)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     assert not summary.errors, summary.render()
+    # what was timed is what is counted: the job embedded exactly the bench's files and audio
+    assert summary.files == n_files and abs(summary.audio_s - audio_s) < 1e-3 * max(1.0, audio_s), (
+        f"the job embedded {summary.files} file(s), {summary.audio_s:.1f} s; the bench counts {n_files}, {audio_s:.1f} s")
     return wall, cpu
 
 
@@ -166,7 +185,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="embed-bench-") as tmp:
         work = Path(tmp)
         store, files, audio_s = prepare(args.data, work, sources, args.files)
-        print(f"{len(files)} file(s), {audio_s:.1f} s of audio, hop {args.hop:g} s")
+        sources = sorted({f.parent.name for f in files})      # the sources the counted files come from
+        print(f"{len(files)} file(s) of {', '.join(sources)}, {audio_s:.1f} s of audio, hop {args.hop:g} s")
         rates = {}
         wall, cpu, batch, frames = ceiling(files, args.hop, args.cache_dir)
         n_frames = len(frames)
@@ -174,7 +194,7 @@ def main() -> None:
         print(f"(a) BirdNET ceiling, {n_frames} frames, batch {batch}: {audio_s / wall:7.1f} audio-s/wall-s "
               f"{audio_s / cpu:7.1f} audio-s/CPU-s ({1000 * wall / n_frames:.1f} ms/frame)")
         for key, workers, overlap in (("b", 1, False), ("b'", 1, True), ("c", 2, False)):
-            wall, cpu = job(store, work, workers, sources, args.hop, args.cache_dir, overlap)
+            wall, cpu = job(store, work, workers, sources, args.hop, args.cache_dir, len(files), audio_s, overlap)
             rates[key] = audio_s / wall
             if key == "c":
                 start_up = pool_start_up(workers, args.cache_dir, work)

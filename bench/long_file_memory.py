@@ -98,6 +98,8 @@ def child(stage: str, path: str, hop: float, birdnet_minutes: float) -> None:
             starts = head + [s for s in starts if s >= duration - 60 and s not in head]
         out = embed_file(path, [extractor], window_starts=starts)
         (_, X), = out.values()
+        # what was measured is what is counted: every requested window of the file
+        assert X.shape[0] == len(starts), f"{stage}: {X.shape[0]} windows embedded, {len(starts)} requested"
         check = f"{X.shape[0]} windows x {X.shape[1]}, mean {float(np.mean(X)):.6g}"
     print(json.dumps({"peak_mb": vm_hwm_mb(), "seconds": time.perf_counter() - t0, "check": check}))
 

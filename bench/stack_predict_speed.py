@@ -104,6 +104,15 @@ def main() -> None:
     }
     for run in runs.values():              # warm-up: interpreters, imports, model loads
         run()
+    # what is timed is what is counted: every window of the files, every test window x class
+    for f in files:
+        views = embed_file_views(f, predictor.extractors, predictor.requests, soundscape=True)
+        n_views = {len(starts) for starts, _, _ in views.values()}
+        rows = len(predictor.predict_file(f)[0])
+        assert len(n_views) == 1 and rows == n_views.pop() > 0, f"{f}: {rows} predicted rows, view windows {n_views}"
+    for fitted in (ridge, blend):
+        shape = level2(fitted, steps, test.subset(np.ones(test.n, bool))).shape
+        assert shape == (TEST_FILES * WINDOWS_PER_FILE, len(train.class_names)), shape
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.repeats):
         for name, run in runs.items():

@@ -72,6 +72,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     data = synthetic_inputs(args.windows, args.classes, args.heads)
+    # what is timed is what is printed: the requested windows, classes and heads
+    assert (data.n, len(data.class_names), len(data.heads)) == (args.windows, args.classes, args.heads), (
+        data.n, len(data.class_names), len(data.heads))
+    cv = cross_validate_stack(data, "ridge", {})
+    assert cv.oof.shape == (data.n, args.classes) and sum(len(w) for w in cv.predicted_windows.values()) == data.n, (
+        "the level-2 CV did not predict every window once")
     print(f"{data.n} windows x {len(data.class_names)} classes x {len(data.heads)} heads, "
           f"{len(set(data.folds.tolist()))} folds")
     configs = {

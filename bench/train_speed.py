@@ -68,6 +68,8 @@ def five_fold(kind: str, X, Y, groups, overrides: dict, folds_to_run: int = 5,
         head.fit(X[train], Y[train], groups=groups[train])
         proba = head.predict_proba(X[~train])
         elapsed = time.perf_counter() - t0
+        # what was timed is what is counted: every held-out window x every class
+        assert proba.shape == (int((~train).sum()), Y.shape[1]), (proba.shape, int((~train).sum()), Y.shape[1])
         split = getattr(head, "fit_seconds_", None)
         seconds += elapsed if split is None else elapsed + split["classes"] * (class_scale - 1.0)
         aucs += [roc_auc_score(Y[~train, c], proba[:, c]) for c in range(Y.shape[1]) if 0 < Y[~train, c].sum() < (~train).sum()]

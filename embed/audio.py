@@ -10,6 +10,10 @@ only block by block (``BLOCK_SECONDS``), and extractors read any file through
 :meth:`Audio.stream`, a forward-only :class:`SignalStream` at their rate. Streaming resamples with
 :class:`StreamResampler`, which evaluates the very sums ``resample_poly`` does (same filter, same
 taps, same order), so a streamed file gives the same samples as a decoded one.
+
+A file that cannot be opened or decoded raises :class:`AudioError` with the words ingest and predict
+use too (:func:`featurestore.audio_qa.unreadable_audio`: not found, empty file (0 bytes), or cannot
+decode audio), naming the path once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import firwin, resample_poly, upfirdn
 
+from featurestore.audio_qa import unreadable_audio
 from featurestore.errors import AudioError
 from featurestore.windows import WINDOW_SECONDS
 
@@ -44,7 +49,7 @@ def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     try:
         samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types for unreadable input
-        raise AudioError(f"{path}: cannot decode audio ({type(exc).__name__}: {exc})") from exc
+        raise unreadable_audio(path, exc) from exc
     if samples.shape[0] == 0:
         raise AudioError(f"{path}: decoded to 0 audio frames")
     mono = _mono(samples)
@@ -63,7 +68,7 @@ def decode_blocks(path: str | os.PathLike, block_frames: int) -> Iterator[np.nda
                 try:
                     block = fh.read(block_frames, dtype="float32", always_2d=True)
                 except Exception as exc:  # soundfile raises several types for unreadable input
-                    raise AudioError(f"{path}: cannot decode audio ({type(exc).__name__}: {exc})") from exc
+                    raise unreadable_audio(path, exc) from exc
                 if block.shape[0] == 0:
                     break
                 mono = _mono(block)
@@ -74,7 +79,7 @@ def decode_blocks(path: str | os.PathLike, block_frames: int) -> Iterator[np.nda
     except AudioError:
         raise
     except Exception as exc:  # opening failed
-        raise AudioError(f"{path}: cannot decode audio ({type(exc).__name__}: {exc})") from exc
+        raise unreadable_audio(path, exc) from exc
     if n == 0:
         raise AudioError(f"{path}: decoded to 0 audio frames")
 
@@ -253,7 +258,7 @@ class Audio:
         try:
             info = sf.info(str(path))
         except Exception as exc:  # soundfile raises several types for unreadable input
-            raise AudioError(f"{path}: cannot decode audio ({type(exc).__name__}: {exc})") from exc
+            raise unreadable_audio(path, exc) from exc
         if info.frames <= stream_above_s * info.samplerate:
             return cls.load(path)
         return cls(path, None, int(info.samplerate), int(info.frames))

@@ -36,6 +36,7 @@ import numpy as np
 from embed.audio import Audio, FrameGrid, frame_grid, frame_offsets
 from featurestore.errors import ModelError
 from featurestore.windows import WINDOW_SECONDS
+from featurestore.workers import ONE_THREAD_ENV, environ_set  # noqa: F401 - re-exported (submit, tests, benches)
 
 if TYPE_CHECKING:  # side tables and taxonomies are Arrow tables; the inference path never builds one
     import pyarrow as pa
@@ -83,27 +84,6 @@ def compute_all(audio: Audio, work: Sequence[tuple[Extractor, list[float]]]) -> 
     return results
 
 
-@contextlib.contextmanager
-def environ_set(updates: Mapping[str, str | None]):
-    """Set (a value) or remove (None) environment variables for the duration; restores them after."""
-    saved = {n: os.environ.get(n) for n in updates}
-    try:
-        for n, v in updates.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
-        yield
-    finally:
-        for n, v in saved.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
-
-
-# one BLAS/OpenMP thread per process: the toolkit parallelises by process (job workers, the test session)
-ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def single_threaded_children(workers: int | None = None):

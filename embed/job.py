@@ -16,15 +16,17 @@ Tables (all part tables, so shards and machines can fill one store; the views de
 Work is planned per file (all of a file's windows in one atomic part), split over shards by a
 hash of the file path and over worker processes (one single-threaded interpreter each). Parts are
 written atomically, so a run killed with ``kill -9`` and re-run ends with every window exactly once.
+A part of these tables that is not whole Parquet (truncated or overwritten by a disk fault) is
+moved to ``quarantine/`` in the store when a run starts (under the writer lock; said on stderr,
+never deleted), so its windows count as not stored and are embedded again, bit-identical.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
-import threading
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -46,6 +48,7 @@ from featurestore.store import (
     utc_now,
     write_parquet_atomic,
 )
+from featurestore.workers import worker_pool
 
 PART_TABLES = {**registry.PART_TABLES, "embed_errors": ["file", "extractor_version"]}
 EXTRACTORS = registry.NAMES   # --extractor names
@@ -194,8 +197,9 @@ def run_task(extractors: list[Extractor], task: list[FileTask], parts_root: Path
         outputs = compute_all(audio, [(ex, [s for _, s in todo]) for ex, todo in wanted])
         for (ex, todo), out in zip(wanted, outputs, strict=True):
             ids = [w for w, _ in todo]
-            if isinstance(out, DataError):
-                result.errors.append({"file": f.key, "extractor_version": ex.version, "message": f"{f.path}: {out}"})
+            if isinstance(out, DataError):   # an AudioError names the file already (a streamed file's decode)
+                message = str(out) if isinstance(out, AudioError) else f"{f.path}: {out}"
+                result.errors.append({"file": f.key, "extractor_version": ex.version, "message": message})
                 continue
             if isinstance(out, BaseException):
                 raise out
@@ -218,18 +222,11 @@ _WORKER: dict = {}
 
 
 def init_worker(params: list[dict], runtime: dict, parts_root: str) -> None:
-    """An embed worker process's initializer: rebuild the extractors once, exit with the parent."""
+    """An embed worker process's initializer: rebuild the extractors once (the pool,
+    :func:`featurestore.workers.worker_pool`, makes the worker exit with its parent)."""
     _WORKER["parent"] = os.getppid()
-    threading.Thread(target=_exit_with_parent, args=(_WORKER["parent"],), daemon=True).start()
     _WORKER["extractors"] = [registry.from_params(p, **runtime) for p in params]
     _WORKER["parts_root"] = Path(parts_root)
-
-
-def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
-    """Pool workers hold both ends of their task pipe, so a killed parent would leave them waiting forever."""
-    while os.getppid() == parent:
-        time.sleep(every_s)
-    os._exit(1)
 
 
 def _worker_task(task: list[FileTask]) -> TaskResult:
@@ -244,11 +241,9 @@ def execute(extractors: list[Extractor], tasks: list[list[FileTask]], parts_root
         for task in tasks:
             yield run_task(extractors, task, parts_root)
         return
-    ctx = multiprocessing.get_context("spawn")  # never fork a DuckDB connection or an interpreter
     params = [ex.params() for ex in extractors]
     with single_threaded_children(min(workers, len(tasks))):
-        pool = ctx.Pool(min(workers, len(tasks)), initializer=init_worker,
-                        initargs=(params, runtime, str(parts_root)))
+        pool = worker_pool(min(workers, len(tasks)), init_worker, (params, runtime, str(parts_root)))
     with pool:
         yield from pool.imap_unordered(_worker_task, tasks, chunksize=1)
 
@@ -315,9 +310,38 @@ def _done_windows(store: FeatureStore, table: str, version: str) -> set[str]:
     return {r[0] for r in rows}
 
 
+_NEEDS_MODEL = ("custom", "cnn")   # families whose --extractor needs --model
+
+
+def recreate_command(table: str) -> str:
+    """The embed command that re-creates the rows of part table ``table`` (``{store}``: the store folder);
+    recorded in the table's ``parts/<table>.json``, so an error about a damaged part of it names this command."""
+    families = [cls for cls in registry.FAMILIES.values() if cls.table == table]
+    words = ["python -m pipelines.embed --store {store}"]
+    if families:
+        words.append(f"--extractor {','.join(cls.family for cls in families)}")
+        if any(cls.family in _NEEDS_MODEL for cls in families):
+            words.append("--model MODEL")
+    return " ".join(words)
+
+
+def _quarantine_damaged(store: FeatureStore, extractors: list[str]) -> None:
+    """Move damaged parts of the embed tables to quarantine/ (the caller holds the writer lock), saying so at
+    once on stderr: their windows then count as not stored, so this run (or the one named) embeds them again."""
+    families = [registry.FAMILIES.get(name.partition(":")[0]) for name in extractors]
+    ours = {cls.table for cls in families if cls is not None} | {"embed_errors"}
+    for part, target in store.quarantine_parts(PART_TABLES):
+        command = recreate_command(part.table).replace("{store}", str(store.root))
+        then = ("this run embeds its windows again" if part.table in ours else
+                "this run records its extractors' versions again (others' when they next run)"
+                if part.table == VERSIONS_TABLE else f"run {command} to embed its windows again")
+        print(f"warning: moved damaged part {part.path.relative_to(store.root)} ({part.reason}) to "
+              f"{target.relative_to(store.root)}; {then}", file=sys.stderr, flush=True)
+
+
 def _prepare(store: FeatureStore, extractors: list[Extractor]) -> None:
     for name, keys in PART_TABLES.items():
-        store.register_part_table(name, keys)
+        store.register_part_table(name, keys, recreate=recreate_command(name))
     known = set()
     if store.part_files(VERSIONS_TABLE):
         glob = store.part_glob(VERSIONS_TABLE).replace("'", "''")
@@ -378,6 +402,7 @@ def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple
     shard = parse_shard(shard)
     workers = max(1, workers or os.cpu_count() or 1)
     with open_store(store_dir) as store:
+        _quarantine_damaged(store, names)
         data = Path(data_dir).expanduser().resolve() if data_dir else data_dir_of(store)
         if not data.is_dir():
             raise DataError(f"audio folder {data} not found (from ingest_runs; pass --data to override)")

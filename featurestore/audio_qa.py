@@ -4,6 +4,10 @@ One call decodes one file and returns a flat dict: duration, rate, channels, lev
 hashes of the bytes and of the decoded PCM, and a decode error or warning. It never raises for
 bad audio: a file that is missing or cannot be decoded becomes a row whose ``error`` says why;
 a truncated file, an all-zero one or one below 32 kHz gets a ``warning``.
+
+Two messages have their one home here, so ingest, embed and predict say the same words:
+:func:`unreadable_audio` (a missing, empty or undecodable file, naming its path once) and
+:func:`low_rate_warning` (audio below the competition's 32 kHz).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from featurestore.errors import AudioError
 from featurestore.files import file_sha256
 
 QA_FRAME_SECONDS = 0.05
@@ -29,6 +34,31 @@ INVENTORY_FIELDS = (
     "sample_rate", "channels", "frames", "duration_s", "peak", "rms_dbfs", "clipped_fraction",
     "silent_frame_fraction", "snr_db", "error", "warning",
 )
+
+
+def unreadable_audio(path: str | os.PathLike, exc: BaseException | None = None) -> AudioError:
+    """The one error for an audio file that cannot be opened or decoded (``exc``: what the decoder raised).
+
+    ``file not found: <path>``, ``<path>: empty file (0 bytes)``, or ``<path>: cannot decode audio
+    (<error type>: <why>)``: the path once (libsndfile's own message repeats it; only its reason is kept).
+    """
+    path = Path(path)
+    if not path.exists():
+        return AudioError(f"file not found: {path}")
+    if path.is_file() and path.stat().st_size == 0:
+        return AudioError(f"{path}: empty file (0 bytes)")
+    if exc is None:
+        return AudioError(f"{path}: cannot decode audio")
+    why = exc.error_string if isinstance(exc, sf.LibsndfileError) else str(exc).replace(str(path), path.name)
+    return AudioError(f"{path}: cannot decode audio ({type(exc).__name__}: {why})")
+
+
+def low_rate_warning(sample_rate: int) -> str | None:
+    """The warning for audio below the competition's rate, or None (the inventory and predict say it alike)."""
+    if sample_rate >= MIN_SAMPLE_RATE:
+        return None
+    return (f"sample rate {sample_rate} Hz is below {MIN_SAMPLE_RATE} Hz (a low-rate or wrong file: the models see "
+            f"it upsampled, with nothing above {sample_rate / 2000:g} kHz)")
 
 
 def ogg_has_end_of_stream(path: Path) -> bool:
@@ -136,24 +166,20 @@ def inspect_audio(path: str | os.PathLike, source: str, filename: str) -> dict:
     row: dict = dict.fromkeys(INVENTORY_FIELDS)
     row.update(path=f"{source}/{filename}", source=source, filename=filename)
     if not path.exists():
-        row["error"] = f"file not found: {path}"
+        row["error"] = str(unreadable_audio(path))
         return row
     try:
         stat = path.stat()
         row.update(size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
         row["sha256_bytes"] = file_sha256(path)
         if stat.st_size == 0:
-            row["error"] = f"{path}: empty file (0 bytes)"
+            row["error"] = str(unreadable_audio(path))
             return row
         info = sf.info(str(path))
         scan = scan_audio(path)   # streamed in blocks: memory does not grow with the file's length
         sample_rate = scan.sample_rate
-    except FileNotFoundError:
-        row["error"] = f"file not found: {path}"
-        return row
-    except Exception as exc:  # soundfile raises several types for unreadable input
-        gone = not path.exists()  # deleted while being read: libsndfile only says "System error."
-        row["error"] = f"file not found: {path}" if gone else f"{path}: cannot decode audio ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # soundfile raises several types for unreadable input; deleted while read: not found
+        row["error"] = str(unreadable_audio(path, exc))
         return row
     row.update(format=info.format, subtype=info.subtype, sample_rate=int(sample_rate),
                channels=scan.channels, frames=scan.frames, duration_s=scan.frames / float(sample_rate))
@@ -168,10 +194,8 @@ def inspect_audio(path: str | os.PathLike, source: str, filename: str) -> dict:
     warnings = []
     if row["peak"] == 0.0:
         warnings.append("every sample is zero (digital silence: a dead channel or a failed recording)")
-    if sample_rate < MIN_SAMPLE_RATE:
-        warnings.append(f"sample rate {sample_rate} Hz is below {MIN_SAMPLE_RATE} Hz (a low-rate or wrong file: "
-                        "the models see it upsampled, with nothing above "
-                        f"{sample_rate / 2000:g} kHz)")
+    if (low_rate := low_rate_warning(sample_rate)) is not None:
+        warnings.append(low_rate)
     if info.format == "OGG" and not ogg_has_end_of_stream(path):
         warnings.append(f"truncated ogg (no end-of-stream page); kept the {row['duration_s']:.2f} s that decode")
     if info.frames != scan.frames:

@@ -2,6 +2,11 @@
 
 All readers are strict: a missing column, a label absent from the taxonomy or a name that does
 not parse raises :class:`DataError` naming the file and the row (1-based line number in the CSV).
+A label time past :data:`~featurestore.windows.MAX_AUDIO_SECONDS` (24 h, longer than any recording)
+is refused the same way, so a typo such as ``99999999:00:00`` can never expand into billions of
+windows. Label windows past the end of a file whose duration is known are dropped by
+:func:`drop_labels_past_end` with one warning (count and first line), not refused: the label file
+is the organisers', the windows hold no audio to train on, and the rest of the file is good.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import ast
 import csv
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +23,13 @@ import pyarrow as pa
 
 from featurestore.errors import DataError
 from featurestore.windows import (  # noqa: F401  (the soundscape-name parser lives with the ids)
+    MAX_AUDIO_SECONDS,
     SOUNDSCAPE_NAME_RE,
     WINDOW_SECONDS,
     SoundscapeName,
     parse_soundscape_name,
     row_id,
+    window_starts,
 )
 
 TAXONOMY_COLUMNS = ("primary_label", "inat_taxon_id", "scientific_name", "common_name", "class_name")
@@ -195,6 +203,15 @@ def snap_to_windows(start: float, end: float, window_s: int = WINDOW_SECONDS) ->
     return chosen or [float(math.floor((start + end) / 2 / window_s) * window_s)]
 
 
+def _describe_windows(filename: str, windows: list[float]) -> str:
+    """``00:00:15-00:00:20 (row_id x_20), ...``; a long list shows its count, first two and last (one short line)."""
+    def span(w: float) -> str:
+        return f"{format_clock(w)}-{format_clock(w + WINDOW_SECONDS)} (row_id {row_id(filename, w + WINDOW_SECONDS)})"
+    if len(windows) <= 3:
+        return ", ".join(map(span, windows))
+    return f"{len(windows)} windows {span(windows[0])}, {span(windows[1])}, ... {span(windows[-1])}"
+
+
 @dataclass(frozen=True)
 class RowWarning:
     """A row that was read but changed or is suspicious; ``file`` and ``row`` (1-based line) locate it."""
@@ -218,7 +235,9 @@ def read_soundscape_labels(path: Path, known_labels: set[str]) -> tuple[pa.Table
 
     The real file lists every window twice; identical repeats are dropped. Repeats with a
     different label set are reported in ``LabelReport.conflicts`` and kept as the union with
-    ``conflict = true`` so nothing is silently merged.
+    ``conflict = true`` so nothing is silently merged. A time past 24 h is a DataError naming the
+    line (before the segment is expanded); windows past a file's end are left to
+    :func:`drop_labels_past_end`, which needs the audio's durations.
     """
     rows = read_csv_rows(path, LABEL_COLUMNS)
     segments: dict[tuple[str, float, float], dict] = {}
@@ -236,14 +255,16 @@ def read_soundscape_labels(path: Path, known_labels: set[str]) -> tuple[pa.Table
         end = parse_clock(row["end"], where)
         if end <= start:
             raise DataError(f"{where}: end {row['end']!r} is not after start {row['start']!r}")
+        if end > MAX_AUDIO_SECONDS:  # checked before the segment is expanded into its windows
+            raise DataError(f"{where}: end {row['end'].strip()!r} is past 24 h, longer than any recording; "
+                            "correct the time in that row and re-run")
         labels = [t.strip() for t in row["primary_label"].split(";") if t.strip()]
         unknown = [t for t in labels if t not in known_labels]
         if unknown:
             raise DataError(f"{where}: label(s) {unknown} not in the taxonomy")
         windows = snap_to_windows(start, end)
         if windows != [start] or end != start + WINDOW_SECONDS:
-            snapped = ", ".join(f"{format_clock(w)}-{format_clock(w + WINDOW_SECONDS)} "
-                                f"(row_id {row_id(filename, w + WINDOW_SECONDS)})" for w in windows)
+            snapped = _describe_windows(filename, windows)
             warnings.append(RowWarning(str(path), line, "label_off_grid",
                                        f"{where}: segment {row['start'].strip()}-{row['end'].strip()} of {filename} "
                                        f"is not a {WINDOW_SECONDS}-s window of the grid; snapped to {snapped}"))
@@ -276,6 +297,34 @@ def read_soundscape_labels(path: Path, known_labels: set[str]) -> tuple[pa.Table
         }
     )
     return table, LabelReport(len(rows), duplicates, conflicts, warnings)
+
+
+def drop_labels_past_end(labels: pa.Table, durations: Mapping[str, float],
+                         path: Path | str) -> tuple[pa.Table, RowWarning | None]:
+    """``labels`` (from :func:`read_soundscape_labels`) without the windows past the end of their file.
+
+    ``durations`` maps a soundscape filename to its decoded length in seconds; a file has the windows
+    :func:`~featurestore.windows.window_starts` gives it (12 for 59.98-60.02 s), and a label window
+    that is not one of them is dropped. Files not in ``durations`` (audio missing or undecodable,
+    reported elsewhere) keep their rows. Returns the kept rows and one warning naming ``path``, the
+    count and the first dropped window with its line, or None when nothing was dropped.
+    """
+    if labels.num_rows == 0:
+        return labels, None
+    grid = {name: len(window_starts(d, soundscape=True)) * WINDOW_SECONDS for name, d in durations.items()}
+    rows = labels.select(["filename", "start_s", "end_s", "source_row"]).to_pylist()
+    keep = [r["filename"] not in grid or r["start_s"] < grid[r["filename"]] - 1e-9 for r in rows]
+    dropped = [r for r, k in zip(rows, keep, strict=True) if not k]
+    if not dropped:
+        return labels, None
+    first = min(dropped, key=lambda r: (r["source_row"], r["filename"], r["start_s"]))
+    name = first["filename"]
+    message = (f"{path}: {len(dropped)} label window(s) of {len({r['filename'] for r in dropped})} file(s) lie past "
+               f"the end of the audio and were dropped; first: line {first['source_row']}, {name} "
+               f"{format_clock(first['start_s'])}-{format_clock(first['end_s'])} but the file is "
+               f"{durations[name]:.2f} s long (its last window ends at {format_clock(grid[name])})")
+    return (labels.filter(pa.array(keep, pa.bool_())),
+            RowWarning(str(path), first["source_row"], "label_past_end", message))
 
 
 def read_submission_columns(path: Path) -> list[str]:

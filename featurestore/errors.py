@@ -59,13 +59,13 @@ class StoreBusyError(StoreError):
 class DiskFullError(StoreError):
     """No space left while writing into the store; the message names the file and the folder to free."""
 
-    def __init__(self, path: str | os.PathLike, directory: str | os.PathLike | None = None):
-        self.path, self.directory = str(path), str(directory or Path(path).parent)
-        super().__init__(f"disk full while writing {self.path}: free space in {self.directory} and re-run; "
-                         "finished parts are kept")
+    def __init__(self, path: str | os.PathLike, directory: str | os.PathLike | None = None,
+                 kept: str = "finished parts are kept"):
+        self.path, self.directory, self.kept = str(path), str(directory or Path(path).parent), kept
+        super().__init__(f"disk full while writing {self.path}: free space in {self.directory} and re-run; {kept}")
 
     def __reduce__(self):  # picklable across worker processes
-        return DiskFullError, (self.path, self.directory)
+        return DiskFullError, (self.path, self.directory, self.kept)
 
 
 class BundleError(StackError, RuntimeError):

@@ -17,7 +17,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=4096)   # a stack and its base heads: hundreds of files, each hashed once
 def _sha256_of(path: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -1,7 +1,9 @@
 """Competition ingest: CSVs, soundscape names and an audio QA pass into the feature store.
 
-CSV problems (missing columns, unknown labels, bad names in the label file) stop the run
-before anything is written. Audio problems never stop it: a file that cannot be decoded
+CSV problems (missing columns, unknown labels, bad names in the label file, a label time past
+24 h) stop the run before anything is written. Label windows past the end of their soundscape
+(once the audio pass knows its duration) are not stored: one ``label_past_end`` warning gives
+their count and the first line. Audio problems never stop it: a file that cannot be decoded
 becomes an ``audio_inventory`` row with ``error`` set and an ``ingest_problems`` row.
 The audio pass writes atomic Parquet parts every ``batch_size`` files, so a killed run
 resumes where it stopped; unchanged files (same size and mtime) are never re-read.
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import pyarrow as pa
 from featurestore.audio_qa import INVENTORY_FIELDS, inspect_audio
 from featurestore.competition import (
     DataError,
+    drop_labels_past_end,
     parse_soundscape_name,
     read_soundscape_labels,
     read_submission_columns,
@@ -38,6 +40,7 @@ from featurestore.windows import (
     is_audio,
     window_labels_sql,
 )
+from featurestore.workers import worker_pool
 
 INGEST_VERSION = "ingest-1"
 SNAPSHOT_TABLES = ("taxonomy", "recordings", "soundscape_labels", "soundscapes", "windows", "ingest_problems")
@@ -110,8 +113,7 @@ def iter_inspections(todo: list[AudioFile], workers: int) -> Iterator[dict]:
     if workers <= 1 or len(todo) <= 1:
         yield from map(_inspect, todo)
         return
-    ctx = multiprocessing.get_context("spawn")  # no fork of the parent's DuckDB connection
-    with ctx.Pool(min(workers, len(todo))) as pool:
+    with worker_pool(min(workers, len(todo))) as pool:   # spawned: no fork of the parent's DuckDB connection
         yield from pool.imap_unordered(_inspect, todo, chunksize=1)
 
 
@@ -238,6 +240,15 @@ def run_ingest(data_dir: str | os.PathLike, store_dir: str | os.PathLike, *, wor
             if r["warning"]:
                 problems.append(_problem("warning", "audio_decode", r["path"], None, r["warning"]))
         problems += _cross_checks(csvs, files)
+        labels = csvs["soundscape_labels"]
+        if labels is not None:
+            durations = {r["filename"]: r["duration_s"] for r in inventory.select(
+                ["source", "filename", "duration_s", "error"]).to_pylist()
+                if r["source"] == "train_soundscapes" and r["error"] is None and r["duration_s"] is not None}
+            labels, past_end = drop_labels_past_end(labels, durations, data_dir / "train_soundscapes_labels.csv")
+            if past_end is not None:
+                problems.append(_problem("warning", past_end.kind, "train_soundscapes_labels.csv", past_end.row,
+                                         past_end.message))
 
         tables = {
             "taxonomy": with_provenance(csvs["taxonomy"]),
@@ -247,7 +258,7 @@ def run_ingest(data_dir: str | os.PathLike, store_dir: str | os.PathLike, *, wor
         if csvs["recordings"] is not None:
             tables["recordings"] = with_provenance(csvs["recordings"], "train.csv")
         if csvs["soundscape_labels"] is not None:
-            tables["soundscape_labels"] = with_provenance(csvs["soundscape_labels"], "train_soundscapes_labels.csv")
+            tables["soundscape_labels"] = with_provenance(labels, "train_soundscapes_labels.csv")
         tables["ingest_problems"] = with_provenance(problems_table(problems))
 
         before = {name: _current_or_none(store, name) for name in tables}

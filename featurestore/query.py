@@ -1,7 +1,8 @@
 """Ad-hoc SQL against a store (the library behind ``python -m pipelines.sql``): a ``.sql`` file or a
 shipped one by name, run statement by statement; the last result rendered as a plain text table
 or written whole to CSV / Parquet. Errors name the file (:class:`StoreError`) or the bad output
-path (:class:`UserInputError`).
+path (:class:`UserInputError`); a damaged part or catalog is named with the command that mends it
+(:meth:`featurestore.store.FeatureStore.reading`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ def run_sql(store: FeatureStore, text: str, label: str) -> pa.Table:
     if not statements:
         raise StoreError(f"{label} has no SQL statement")
     try:
-        for statement in statements[:-1]:
-            store.con.execute(statement)
-        return query_arrow(store.con, statements[-1])
+        with store.reading():            # a damaged part or catalog: named, with the command that mends it
+            for statement in statements[:-1]:
+                store.con.execute(statement)
+            return query_arrow(store.con, statements[-1])
     except duckdb.Error as exc:
         raise StoreError(f"{label}: {' '.join(str(exc).split())}") from exc
 

@@ -35,14 +35,30 @@ Stages talk only through this store. Guarantees:
   fails at once with a :class:`StoreError` naming the holder (or waits ``wait_s`` seconds,
   saying so on stderr); the lock is released on close, at normal exit and by the OS when the
   process dies, so a ``kill -9`` leaves a stale record that the next open takes over with a
-  warning. Read-only opens take no lock and write nothing. Worker processes (embed, ingest)
-  write Parquet parts without opening the catalog, so shards and workers still fill one store.
+  warning. A ``writer.lock`` deleted while its writer runs does not let a second writer in (DuckDB's
+  own lock on the catalog refuses it) nor hide the first: the error names the process DuckDB says
+  holds the catalog, and says its lock file was deleted. Read-only opens take no lock and write
+  nothing. Worker processes (embed, ingest) write Parquet parts without opening the catalog, so
+  shards and workers still fill one store.
 * **Opening writes nothing when nothing changed**: views are rewritten only when their
   definition differs and an unchanged snapshot table or part-table key is not re-written, so a
   store on a full disk still opens and reads.
 * **Disk full is one error.** ENOSPC while writing a part or a table becomes a
   :class:`DiskFullError` (a :class:`StoreError`) naming the file and the folder to free;
   finished parts are kept and a re-run resumes.
+* **A damaged part is named, never read around.** A read (:meth:`FeatureStore.rows`,
+  :meth:`~FeatureStore.sql`, ...) that DuckDB fails on a part which is not whole Parquet
+  (:func:`parquet_damage`: truncated, overwritten, unreadable footer) raises one
+  :class:`StoreError` naming the part and the command that re-creates its rows. Readers move
+  nothing; the job that writes a table (embed for its tables) or ``python -m pipelines.repair``
+  moves damaged parts to ``quarantine/`` inside the store, under the writer lock, keeping their
+  relative path (:meth:`FeatureStore.quarantine_parts`; never deleted), and the writer re-creates
+  their rows.
+* **Part tables describe themselves.** :meth:`FeatureStore.register_part_table` also writes
+  ``parts/<name>.json`` beside its folder (key columns, order column, the command that re-creates
+  the rows), so a part table's view can be rebuilt without the catalog.
+* **A damaged catalog is one error** naming ``catalog.duckdb`` and ``python -m pipelines.repair``,
+  which rebuilds it from what is readable plus the parts (:mod:`featurestore.repair`).
 """
 
 from __future__ import annotations
@@ -74,6 +90,8 @@ from featurestore.errors import DiskFullError, StoreBusyError, StoreError
 
 CATALOG_FILE = "catalog.duckdb"
 PARTS_DIR = "parts"
+QUARANTINE_DIR = "quarantine"   # damaged parts, moved here with their relative path (never deleted)
+REPAIR_COMMAND = "python -m pipelines.repair --store {store}"
 LOCK_FILE = "writer.lock"
 STORAGE_VERSION = "v1.1.0"  # DuckDB storage format of new catalogs: pyproject's oldest duckdb (>=1.1) reads it
 VOLATILE_COLUMNS = frozenset({"ingested_at", "written_at", "created_at"})
@@ -188,8 +206,73 @@ def _write_record(fd: int, record: dict) -> None:
 def describe_holder(record: dict | None) -> str:
     if not record:
         return "another process (it has not recorded itself yet)"
+    waiting = f" (not writing yet: {record['waiting_for']})" if record.get("waiting_for") else ""
     return (f"pid {record.get('pid')} on host {record.get('host')} ({record.get('command', '?')}) "
-            f"since {record.get('started_at', '?')}")
+            f"since {record.get('started_at', '?')}{waiting}")
+
+
+_DUCKDB_HOLDER_RE = re.compile(r"\(PID (\d+)\)")   # DuckDB names the process holding a catalog's file lock
+
+
+def _process_command(pid: int) -> str:
+    """A local process's command line (from ``/proc``; ``?`` where unreadable), the interpreter shortened."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").rstrip("\0").split("\0")
+    except OSError:
+        return "?"
+    if words and Path(words[0]).name.startswith("python"):
+        words[0] = "python"
+    return shlex.join(words)[:400] if words != [""] else "?"
+
+
+def _removed_lock_record(pid: int, lock_path: Path) -> dict | None:
+    """The record of a deleted ``lock_path`` that local process ``pid`` still has open (``{}`` if it cannot be
+    read); None when it has none open or ``/proc`` does not say (another user's process, not Linux)."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for name in names:
+        link = f"/proc/{pid}/fd/{name}"
+        try:
+            if os.readlink(link) != f"{lock_path} (deleted)":
+                continue
+            fd = os.open(link, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            return _read_record(fd) or {}
+        finally:
+            os.close(fd)
+    return None
+
+
+def catalog_holder(root: Path, duckdb_message: str) -> str:
+    """Who has ``root``'s catalog open, for the error when DuckDB refuses to open it (never this process).
+
+    The writer ``writer.lock`` names, when that is the process DuckDB names. Otherwise (the lock file
+    was deleted while a writer ran, so a later open made a new one; or a program opened the catalog
+    without the lock) the process DuckDB names, with the record of its deleted lock file if it
+    still has one open.
+    """
+    lock = StoreLock(root)
+    record = lock.holder()
+    match = _DUCKDB_HOLDER_RE.search(duckdb_message)
+    pid = int(match.group(1)) if match else None
+    host = socket.gethostname()
+    mine = bool(record) and record.get("pid") == os.getpid() and record.get("host") == host
+    if record and record.get("state") == "held" and not mine and (pid is None or record.get("pid") == pid):
+        return f"it is being written by {describe_holder(record)}"
+    if pid is None or pid == os.getpid():
+        return "another process has the catalog open"
+    removed = _removed_lock_record(pid, lock.path)
+    if removed is not None:
+        who = describe_holder(removed) if removed.get("pid") == pid else f"pid {pid} on host {host} " \
+            f"({_process_command(pid)})"
+        return (f"it is being written by {who}, whose {lock.path} was deleted while it ran (never delete "
+                "that file: the OS releases it when the writer exits)")
+    return (f"it is open in pid {pid} on host {host} ({_process_command(pid)}), which does not hold {lock.path} "
+            "(that file was deleted or replaced while it ran, or it opened the catalog without the store)")
 
 
 class StoreLock:
@@ -242,8 +325,8 @@ class StoreLock:
 
     def _busy_message(self, record: dict | None) -> str:
         return (f"store {self.root} is being written by {describe_holder(record)}; wait for it to finish "
-                "or stop that process, then re-run (its lock is released when it exits, even after kill -9; "
-                f"if that process is gone and this repeats, delete {self.path})")
+                "or stop that process, then re-run (the OS releases its lock when it exits, even after kill -9: "
+                f"never delete {self.path}, that only hides the writer)")
 
     def _try_acquire(self) -> dict | None:
         """None when taken; otherwise the holder's record (or {} when it has not written one yet)."""
@@ -297,6 +380,21 @@ class StoreLock:
                     raise
             _HELD[self._key] = _Held(pid, fd, 1)
             return None
+
+    def note(self, **fields: str | None) -> None:
+        """Set (``None``: drop) fields of the record while this process holds the lock; else nothing."""
+        with _HELD_GUARD:
+            held = _HELD.get(self._key)
+            if held is None or held.pid != os.getpid():
+                return
+            record = _read_record(held.fd) or {}
+            for key, value in fields.items():
+                if value is None:
+                    record.pop(key, None)
+                else:
+                    record[key] = value
+            with contextlib.suppress(OSError):
+                _write_record(held.fd, record)
 
     def release(self) -> None:
         if not self._holding:
@@ -431,6 +529,9 @@ class FeatureStore:
         catalog = root / CATALOG_FILE
         if not catalog.exists():
             if not create or read_only:
+                if (root / PARTS_DIR).is_dir():   # a store that lost its catalog: rebuild it, do not start over
+                    raise StoreError(f"store {root} has {PARTS_DIR}/ but no {CATALOG_FILE}; run "
+                                     f"{REPAIR_COMMAND.format(store=root)} to rebuild the catalog from the parts")
                 raise StoreError(f"no feature store at {root} (missing {CATALOG_FILE}); run pipelines.ingest first")
             try:
                 root.mkdir(parents=True, exist_ok=True)
@@ -455,9 +556,12 @@ class FeatureStore:
             if not read_only:
                 store._init_meta()
             store.refresh_part_views()
-        except BaseException:
+        except BaseException as exc:
             store.close()
-            raise
+            problem = store.explain(exc) if isinstance(exc, duckdb.Error) else None
+            if problem is None:
+                raise
+            raise problem from exc
         return store
 
     @staticmethod
@@ -465,22 +569,29 @@ class FeatureStore:
         announced = False
         while True:
             try:
-                return _connect(catalog, read_only)
-            except duckdb.IOException as exc:
+                con = _connect(catalog, read_only)
+                if announced and not read_only:
+                    StoreLock(root).note(waiting_for=None)
+                return con
+            except duckdb.Error as exc:
                 text = str(exc)
                 if is_disk_full(exc):
                     raise DiskFullError(catalog) from exc
+                if is_catalog_damage(exc):
+                    raise StoreError(catalog_damage_message(root, exc)) from exc
+                if not isinstance(exc, duckdb.IOException):
+                    raise
                 if "lock" not in text.lower():
                     raise StoreError(f"cannot open {catalog}: {text}") from exc
-                if time.monotonic() >= deadline:
-                    record = StoreLock(root).holder()
-                    who = (f"it is being written by {describe_holder(record)}" if record and
-                           record.get("state") == "held" else "another process has the catalog open")
-                    raise StoreBusyError(f"cannot open {catalog}: {who}; wait for that job to finish and re-run "
-                                     f"(DuckDB: {text.splitlines()[0]})") from exc
-                if not announced:
-                    print(f"waiting up to {deadline - time.monotonic():.0f} s for another process to close {catalog}",
-                          file=sys.stderr, flush=True)
+                if not announced or time.monotonic() >= deadline:  # who holds it: asked once, or at the end
+                    who = catalog_holder(root, text)
+                    if time.monotonic() >= deadline:
+                        raise StoreBusyError(f"cannot open {catalog}: {who}; wait for that job to finish and "
+                                             f"re-run (DuckDB: {text.splitlines()[0]})") from exc
+                    print(f"waiting up to {deadline - time.monotonic():.0f} s for another process to close {catalog} "
+                          f"({who})", file=sys.stderr, flush=True)
+                    if not read_only:  # we hold writer.lock: a writer refused meanwhile learns who really writes
+                        StoreLock(root).note(waiting_for=f"the catalog is open elsewhere, {who}")
                     announced = True
                 time.sleep(0.5)
 
@@ -576,9 +687,9 @@ class FeatureStore:
         if version is None:
             if not self.has_table(name):
                 raise StoreError(f"table {name!r} is not in the store {self.root}; run the stage that writes it")
-            return query_arrow(self.con, f'SELECT * FROM "{name}"')
+            return self.sql(f'SELECT * FROM "{name}"')
         info = self.version_info(name, version)
-        return query_arrow(self.con, f'SELECT * FROM "{name}__{info.version}"')
+        return self.sql(f'SELECT * FROM "{name}__{info.version}"')
 
     def has_table(self, name: str) -> bool:
         """True if ``name`` can be read: a snapshot or part table (a view) or an append-only table
@@ -626,16 +737,32 @@ class FeatureStore:
     def parts_dir(self, name: str) -> Path:
         return self.root / PARTS_DIR / _check_name(name)
 
-    def register_part_table(self, name: str, key_columns: list[str], order_column: str = "written_at") -> None:
-        """Declare a part table's key: the view keeps the latest row (by ``order_column``) per key."""
+    def register_part_table(self, name: str, key_columns: list[str], order_column: str = "written_at", *,
+                            recreate: str | None = None) -> None:
+        """Declare a part table's key: the view keeps the latest row (by ``order_column``) per key.
+
+        The key is also written beside the parts (``parts/<name>.json``, only when it differs), with
+        ``recreate``: the command that re-creates the table's rows (``{store}`` stands for the store
+        folder), which errors about a damaged part of the table name.
+        """
         _check_name(name)
         row = self.first("SELECT key_columns, order_column FROM _part_tables WHERE table_name = ?", [name])
         if row is None or list(row[0]) != list(key_columns) or row[1] != order_column:
             with self.writing(CATALOG_FILE):
                 self.con.execute("INSERT OR REPLACE INTO _part_tables VALUES (?, ?, ?)",
                                  [name, key_columns, order_column])
-        with self.writing(PARTS_DIR):
-            self.parts_dir(name).mkdir(parents=True, exist_ok=True)
+        directory = self.parts_dir(name)
+        with self.writing(directory):
+            directory.mkdir(parents=True, exist_ok=True)
+        old = read_table_file(self.root, name) or {}
+        spec = {"table": name, "key_columns": list(key_columns), "order_column": order_column,
+                "recreate": recreate or old.get("recreate")}
+        if spec != old:
+            try:
+                write_json_atomic(table_file(self.root, name), spec)
+            except OSError as exc:   # a full disk: the catalog still has the key; the next writer records it
+                if not is_disk_full(exc):
+                    raise
         self.refresh_part_views()
 
     def append_part(self, name: str, table: pa.Table, *, prefix: str = "part") -> Path | None:
@@ -726,10 +853,67 @@ class FeatureStore:
         self.refresh_part_views()
         return kept.num_rows
 
+    # ------------------------------------------------------------------ damaged parts
+    def damaged_parts(self, names: Iterable[str] | None = None) -> list[DamagedPart]:
+        """The parts of ``names`` (default: every part table) that are not whole Parquet (:func:`parquet_damage`)."""
+        return damaged_parts(self.root, names)
+
+    def recreate_command(self, name: str) -> str:
+        """The command that re-creates the rows of part table ``name`` (its ``parts/<name>.json``), else the repair."""
+        return recreate_command(self.root, name) or REPAIR_COMMAND.format(store=self.root)
+
+    def damaged_part_message(self, damaged: list[DamagedPart]) -> str:
+        """One line: the first damaged part, why, and the command that moves it aside and re-creates its rows."""
+        part = damaged[0]
+        command = self.recreate_command(part.table)
+        then = ("it moves the part to quarantine/ in the store and names the job that re-creates its rows"
+                if command.startswith(REPAIR_COMMAND.split(" --", 1)[0]) else
+                "it moves the part to quarantine/ in the store and re-creates its rows")
+        more = f" ({len(damaged) - 1} more damaged part(s) too)" if len(damaged) > 1 else ""
+        return (f"part {part.path.relative_to(self.root)} of table {part.table} in store {self.root} is damaged "
+                f"({part.reason}){more}; run {command}: {then}")
+
+    def quarantine_parts(self, names: Iterable[str] | None = None) -> list[tuple[DamagedPart, Path]]:
+        """Move every damaged part of ``names`` (default: every part table) to ``quarantine/`` in the store,
+        keeping its relative path (a name already taken there gets a ``.N`` suffix; nothing is deleted or
+        overwritten), and refresh the views. Read-write stores only: the caller holds the writer lock.
+        Returns ``(part, where it went)`` pairs."""
+        if self.read_only:
+            raise StoreError(f"store {self.root} is open read-only; cannot move damaged parts")
+        moved = quarantine_parts(self.root, names)
+        if moved:
+            self.refresh_part_views()
+        return moved
+
+    def explain(self, exc: BaseException) -> StoreError | None:
+        """The one-line :class:`StoreError` for a DuckDB error a damaged catalog or part caused, else None."""
+        if is_catalog_damage(exc):
+            return StoreError(catalog_damage_message(self.root, exc))
+        text = str(exc)
+        if "parquet" not in text.lower():
+            return None
+        damaged = self.damaged_parts()
+        named = [d for d in damaged if str(d.path) in text or d.path.name in text]
+        damaged = named + [d for d in damaged if d not in named]
+        return StoreError(self.damaged_part_message(damaged)) if damaged else None
+
+    @contextlib.contextmanager
+    def reading(self):
+        """``with`` block turning a DuckDB error caused by a damaged part or catalog into one
+        :class:`StoreError` that names it (:meth:`explain`); other errors pass unchanged."""
+        try:
+            yield
+        except duckdb.Error as exc:
+            problem = self.explain(exc)
+            if problem is None:
+                raise
+            raise problem from exc
+
     # ------------------------------------------------------------------ queries
     def rows(self, query: str, params: list | None = None) -> list[tuple]:
         """All rows of a query as tuples (fully fetched, so the connection is free afterwards)."""
-        return self.con.execute(query, params or []).fetchall()
+        with self.reading():
+            return self.con.execute(query, params or []).fetchall()
 
     def first(self, query: str, params: list | None = None) -> tuple | None:
         rows = self.rows(query, params)
@@ -737,7 +921,8 @@ class FeatureStore:
 
     def sql(self, query: str, params: list | dict | None = None) -> pa.Table:
         """Run a query against the catalog and return an Arrow table."""
-        return query_arrow(self.con, query, params)
+        with self.reading():
+            return query_arrow(self.con, query, params)
 
     def count(self, name: str) -> int:
         if not self.has_table(name):
@@ -793,3 +978,144 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- damaged files
+@dataclass(frozen=True)
+class DamagedPart:
+    """A part file that is not whole Parquet."""
+
+    table: str
+    path: Path
+    reason: str
+
+
+_PARQUET_MAGIC = b"PAR1"
+_CHECKED: dict[tuple[str, int, int], str | None] = {}
+
+
+def parquet_damage(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a whole Parquet file (e.g. ``"83,152 bytes, no Parquet footer: truncated or
+    overwritten"``), or None when it is. Checks the magic bytes at both ends, the footer length and that the
+    footer parses - a few small reads, cached per (path, size, mtime), so every part of a store can be checked
+    on each open of a job. Damage inside a data page with an intact footer is not detected here."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None                     # gone since it was listed (compacted): not damage
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _CHECKED:
+        if len(_CHECKED) > 200_000:
+            _CHECKED.clear()
+        _CHECKED[key] = _parquet_damage(path, st.st_size)
+    return _CHECKED[key]
+
+
+def _parquet_damage(path: Path, size: int) -> str | None:
+    if size < 12:
+        return f"{size} bytes: too small to be Parquet"
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        fh.seek(size - 8)
+        tail = fh.read(8)
+    if tail[4:] != _PARQUET_MAGIC:
+        return f"{size:,} bytes, no Parquet footer: truncated or overwritten"
+    if head != _PARQUET_MAGIC:
+        return f"{size:,} bytes, no Parquet header: overwritten"
+    footer = int.from_bytes(tail[:4], "little")
+    if footer + 12 > size:
+        return f"{size:,} bytes, footer of {footer:,} bytes: truncated or overwritten"
+    try:
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowException) as exc:
+        return f"unreadable Parquet footer: {' '.join(str(exc).split())[:200]}"
+    return None
+
+
+def part_table_names(root: Path) -> list[str]:
+    """Every table folder under ``parts/`` of the store at ``root`` (registered in the catalog or not), sorted."""
+    directory = Path(root) / PARTS_DIR
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+
+
+def damaged_parts(root: Path, names: Iterable[str] | None = None) -> list[DamagedPart]:
+    """The parts of ``names`` (default: every part table) in the store at ``root`` that are not whole Parquet."""
+    found = []
+    for name in part_table_names(root) if names is None else names:
+        directory = Path(root) / PARTS_DIR / _check_name(name)
+        for path in sorted(directory.glob("*.parquet")) if directory.is_dir() else []:
+            reason = parquet_damage(path)
+            if reason is not None:
+                found.append(DamagedPart(name, path, reason))
+    return found
+
+
+def quarantine_parts(root: Path, names: Iterable[str] | None = None) -> list[tuple[DamagedPart, Path]]:
+    """Move the damaged parts of ``names`` (default: every part table) to ``quarantine/`` in the store; the
+    caller holds the writer lock (:meth:`FeatureStore.quarantine_parts` also refreshes the views)."""
+    root = Path(root)
+    moved = []
+    for part in damaged_parts(root, names):
+        target = quarantine_path(root, part.path)
+        with DiskFullGuard(target, target.parent):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(part.path, target)
+        moved.append((part, target))
+    return moved
+
+
+def quarantine_path(root: Path, path: Path) -> Path:
+    """Where a damaged file of the store goes: ``quarantine/<its path in the store>``, never an existing file."""
+    target = root / QUARANTINE_DIR / path.relative_to(root)
+    n = 1
+    while target.exists():
+        target = target.with_name(f"{path.name}.{n}")
+        n += 1
+    return target
+
+
+def recreate_command(root: Path, name: str) -> str | None:
+    """The command recorded in part table ``name``'s ``parts/<name>.json`` that re-creates its rows, or None."""
+    spec = read_table_file(root, name) or {}
+    return spec["recreate"].replace("{store}", str(root)) if spec.get("recreate") else None
+
+
+def table_file(root: Path, name: str) -> Path:
+    """``parts/<name>.json``: what part table ``name`` is (beside its folder, so the folder holds parts only)."""
+    return Path(root) / PARTS_DIR / f"{_check_name(name)}.json"
+
+
+def read_table_file(root: Path, name: str) -> dict | None:
+    """A part table's ``parts/<name>.json`` (key columns, order column, re-create command), or None."""
+    try:
+        spec = json.loads(table_file(root, name).read_text())
+    except (OSError, ValueError):
+        return None
+    return spec if isinstance(spec, dict) else None
+
+
+def write_json_atomic(path: Path, value: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_CATALOG_DAMAGE = ("corrupt database file", "not a valid duckdb database file")
+
+
+def is_catalog_damage(exc: BaseException) -> bool:
+    """True for DuckDB's words for a damaged database file (a block checksum, a bad header)."""
+    return isinstance(exc, duckdb.Error) and any(w in str(exc).lower() for w in _CATALOG_DAMAGE)
+
+
+def catalog_damage_message(root: Path, exc: BaseException) -> str:
+    detail = " ".join(str(exc).split())[:200]
+    return (f"catalog {Path(root) / CATALOG_FILE} is damaged (DuckDB: {detail}); run "
+            f"{REPAIR_COMMAND.format(store=root)} to rebuild it from the parts and what is still readable "
+            "(the damaged file is kept beside it)")

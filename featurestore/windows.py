@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 WINDOW_SECONDS = 5
 SOUNDSCAPE_SECONDS = 60            # every competition soundscape covers at least this long
 MIN_TAIL_SECONDS = 1.0
+MAX_AUDIO_SECONDS = 24 * 3600     # no recording lasts longer: a label time past it is a typo, refused
 AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
 FOCAL = "train_audio"              # source folders of the competition layout
 SOUNDSCAPE = "train_soundscapes"

@@ -8,16 +8,32 @@ Words: a *head kind* is a model family (``prior``, ``linear``, ...); a *Head*
     extractors.json      the stored parameters of every extractor the features came from
     fold_<k>/            one saved Head per fold (models.heads.Head.save) and
     fold_<k>/train_windows.parquet   the window ids that fold model was trained on
+    record.json          written last: the fold ids and the size + sha256 of every other file
 
 Guarantees:
 
 * The JSON on disk is exactly what earlier versions wrote (same keys, ``config.json`` with sorted
   keys, ``feature_versions`` with a flat ``"pooling"`` key beside the extractor versions), so a
-  head id - the hash of :meth:`HeadConfig.to_json` - names the same run as before and existing
-  bundles keep loading. :meth:`HeadConfig.from_json` is the exact inverse of ``to_json``.
+  head id - the hash of :meth:`HeadConfig.to_json` - names the same run as before.
+  :meth:`HeadConfig.from_json` is the exact inverse of ``to_json``.
 * :class:`BundleWriter` assembles a bundle under a hidden temporary name and renames it into place
-  only after its last fold (:meth:`BundleWriter.publish`): no reader ever sees half a bundle.
-* :func:`load_bundle` refuses an incomplete or malformed folder with :class:`BundleError` naming it.
+  only after its last fold (:meth:`BundleWriter.publish`): no reader ever sees half a bundle. The
+  writer is a context manager: any error inside it (a full disk: one
+  :class:`~featurestore.errors.DiskFullError` naming the file being written) removes the partial
+  folder ``heads/.partial-<head_id>-<pid>``.
+* **A head folder is whole or refused.** :meth:`BundleWriter.publish` writes ``record.json`` (the
+  folds written and the size + sha256 of every file) before the rename; every reader
+  (:func:`load_bundle`, and for stacked heads :func:`stack.bundle.load_stack`) first checks the
+  folder against it (:func:`verify_head_dir`): the ``fold_<k>`` folders are exactly the recorded
+  folds, every recorded file is there with the same size and sha256, and nothing else is (no extra
+  file or folder, no symlink). A missing fold, a changed byte or an added file is one
+  :class:`BundleError` line naming the folder and the first difference. Nothing writes into a head
+  folder after it is published. The record guards against a lost fold or a bad copy; it is not a
+  signature (a bundle from a stranger is checked against the Kaggle bundle's manifest too).
+* ``train_windows.parquet`` (training provenance, not needed to predict) is recorded as optional:
+  a copy may leave it out (``submit.export`` does), and it is checked when present.
+* A head folder written before the record existed (no ``record.json``) is refused with one line
+  saying so: re-running the same train/stack command writes it again under the same head id.
 
 Only numpy and the head code are imported here (the Kaggle inference path loads bundles without
 pyarrow or duckdb; writing ``train_windows.parquet`` imports pyarrow when it happens).
@@ -25,16 +41,18 @@ pyarrow or duckdb; writing ``train_windows.parquet`` imports pyarrow when it hap
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from featurestore.errors import BundleError
+from featurestore.errors import BundleError, DiskFullError
+from featurestore.files import file_sha256
 from models.frame import FeatureVersions, FrameSpec
 from models.heads import Head, config_hash, load_head
 
@@ -43,6 +61,9 @@ CONFIG_FILE = "config.json"
 EXTRACTORS_FILE = "extractors.json"
 TRAIN_WINDOWS_FILE = "train_windows.parquet"
 HEAD_FILE = "head.json"                  # written by Head.save: marks a complete fold folder
+RECORD_FILE = "record.json"              # the fold ids and every file's size + sha256, written by publish
+RECORD_FORMAT = 1
+OPTIONAL_FILES = frozenset({TRAIN_WINDOWS_FILE})   # provenance: a copy may leave these out
 
 
 def fold_dir_name(fold: int) -> str:
@@ -129,8 +150,10 @@ class BundleWriter:
     """Writes one bundle: config and extractor parameters, then the fold Heads, then :meth:`publish`.
 
     Everything goes to ``heads/.partial-<head_id>-<pid>/``; partial folders a killed run left for
-    the same head id are removed when a new writer starts. :meth:`publish` renames the folder to
-    ``heads/<head_id>`` (replacing an older copy), so a bundle appears complete or not at all.
+    the same head id are removed when a new writer starts. :meth:`publish` writes ``record.json``
+    and renames the folder to ``heads/<head_id>`` (replacing an older copy), so a bundle appears
+    complete or not at all. Use it as a context manager: an error before :meth:`publish` removes the
+    partial folder, and a full disk is one :class:`DiskFullError` naming the file being written.
     """
 
     def __init__(self, heads_dir: str | os.PathLike, config: HeadConfig, extractor_params: Mapping[str, dict]):
@@ -138,11 +161,57 @@ class BundleWriter:
         self.head_id = config.head_id
         self.final_dir = heads_dir / self.head_id
         self.work_dir = heads_dir / f".partial-{self.head_id}-{os.getpid()}"
+        self.fold_ids: list[int] = []
         for stale in heads_dir.glob(f".partial-{self.head_id}-*"):  # left by a killed run
             shutil.rmtree(stale, ignore_errors=True)
-        self.work_dir.mkdir(parents=True)
-        (self.work_dir / CONFIG_FILE).write_text(json.dumps(config.to_json(), indent=1, sort_keys=True))
-        (self.work_dir / EXTRACTORS_FILE).write_text(json.dumps(dict(extractor_params), indent=1))
+        try:
+            with self.writing(self.work_dir):
+                self.work_dir.mkdir(parents=True)
+            self.write_text(CONFIG_FILE, json.dumps(config.to_json(), indent=1, sort_keys=True))
+            self.write_text(EXTRACTORS_FILE, json.dumps(dict(extractor_params), indent=1))
+        except BaseException:
+            self.discard()
+            raise
+
+    def __enter__(self) -> BundleWriter:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if exc is not None:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the partial folder (nothing to do once published)."""
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def writing(self, path: Path) -> Iterator[None]:
+        """Turn a full disk inside the block into one :class:`DiskFullError` naming the file being
+        written (the OS's file name when it gives one, else ``path``); the partial folder is removed."""
+        try:
+            yield
+        except Exception as exc:
+            from featurestore.store import is_disk_full  # pyarrow/duckdb: not on the inference path
+
+            if isinstance(exc, DiskFullError) or not is_disk_full(exc):
+                raise
+            self.discard()
+            raise DiskFullError(getattr(exc, "filename", None) or path, self.final_dir.parent,
+                                kept=f"the partial head folder was removed (no {self.head_id} was written)") from exc
+
+    def write_text(self, relative: str, text: str) -> Path:
+        """Write one text file of the bundle (``relative`` to its folder)."""
+        path = self.work_dir / relative
+        with self.writing(path):
+            path.write_text(text)
+        return path
+
+    def fold_folder(self, fold: int) -> Path:
+        """The folder fold ``fold``'s model is written to (it is recorded as one of the bundle's folds)."""
+        if fold in self.fold_ids:
+            raise BundleError(f"{self.work_dir}: fold {fold} written twice")
+        self.fold_ids.append(int(fold))
+        return self.work_dir / fold_dir_name(fold)
 
     def add_fold(self, fold: int, head: Head, train_window_ids: Sequence[str] | np.ndarray,
                  pseudo_teacher_fold: Sequence[int | None] | None = None) -> Path:
@@ -152,15 +221,21 @@ class BundleWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        folder = head.save(self.work_dir / fold_dir_name(fold))
+        folder = self.fold_folder(fold)
+        with self.writing(folder):
+            head.save(folder)
         columns = {"window_id": pa.array(list(train_window_ids), pa.string())}
         if pseudo_teacher_fold is not None:
             columns["pseudo_teacher_fold"] = pa.array(list(pseudo_teacher_fold), pa.int32())
-        pq.write_table(pa.table(columns), folder / TRAIN_WINDOWS_FILE, compression="zstd")
+        with self.writing(folder / TRAIN_WINDOWS_FILE):
+            pq.write_table(pa.table(columns), folder / TRAIN_WINDOWS_FILE, compression="zstd")
         return folder
 
     def publish(self) -> Path:
-        """Make the fully written bundle visible under its final name (an older copy is replaced)."""
+        """Record the folds and every file's checksum (``record.json``), then make the fully written
+        bundle visible under its final name (an older copy is replaced)."""
+        with self.writing(self.work_dir / RECORD_FILE):
+            write_record(self.work_dir, self.head_id, self.fold_ids)
         if self.final_dir.exists():
             trash = self.final_dir.with_name(f".old-{self.final_dir.name}-{os.getpid()}")
             self.final_dir.rename(trash)
@@ -169,6 +244,141 @@ class BundleWriter:
         else:
             self.work_dir.rename(self.final_dir)
         return self.final_dir
+
+
+# ---------------------------------------------------------------------------- the record
+@dataclass(frozen=True)
+class HeadRecord:
+    """``record.json``: the head id, the folds written and every file's size and sha256."""
+
+    head_id: str
+    folds: tuple[int, ...]
+    files: dict[str, dict]        # path relative to the head folder (posix) -> {"size", "sha256"[, "optional"]}
+
+
+def _entries(folder: Path) -> tuple[dict[str, int], list[str], list[str]]:
+    """({regular file: size}, folders, anything else incl. symlinks) under ``folder``, as relative
+    posix paths, without following symlinks (os.scandir: loading stays fast)."""
+    files: dict[str, int] = {}
+    dirs: list[str] = []
+    other: list[str] = []
+    pending = [("", os.fspath(folder))]
+    while pending:
+        prefix, path = pending.pop()
+        with os.scandir(path) as it:
+            for entry in it:
+                rel = prefix + entry.name
+                if entry.is_symlink():
+                    other.append(rel)
+                elif entry.is_dir(follow_symlinks=False):
+                    dirs.append(rel)
+                    pending.append((rel + "/", entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    files[rel] = entry.stat(follow_symlinks=False).st_size
+                else:
+                    other.append(rel)
+    return dict(sorted(files.items())), sorted(dirs), sorted(other)
+
+
+def write_record(folder: str | os.PathLike, head_id: str, fold_ids: Sequence[int]) -> Path:
+    """Write ``record.json`` for a fully written head folder: the folds and the size + sha256 of every
+    other file (:data:`OPTIONAL_FILES` marked optional). Called by :meth:`BundleWriter.publish`."""
+    folder = Path(folder)
+    files, _dirs, other = _entries(folder)
+    if other:
+        raise BundleError(f"{folder}: {other[0]} is not a regular file; a head folder holds only plain files")
+    folds = sorted(int(k) for k in fold_ids)
+    present = sorted(p.name for p in folder.glob("fold_*"))
+    if present != sorted(fold_dir_name(k) for k in folds):
+        raise BundleError(f"{folder}: fold folders {present} are not the folds written {folds}")
+    entries: dict[str, dict] = {}
+    for rel, size in files.items():
+        if rel == RECORD_FILE:
+            continue
+        entries[rel] = {"size": size, "sha256": file_sha256(folder / rel)}
+        if rel.rpartition("/")[2] in OPTIONAL_FILES:
+            entries[rel]["optional"] = True
+    record = {"format": RECORD_FORMAT, "head_id": head_id, "folds": folds, "files": entries}
+    path = folder / RECORD_FILE
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def _rerun(head_id: str, copy: bool = True) -> str:
+    job = "pipelines.stack" if head_id.startswith("stack-") else "pipelines.train"
+    return ("re-copy the whole folder from where it was made, or " if copy else "") + (
+        f"re-run the python -m {job} command that made it (the same arguments give the same head id {head_id})")
+
+
+def read_record(head_dir: Path) -> HeadRecord:
+    """``record.json`` of a head folder; BundleError when it is missing (an older version's folder) or
+    malformed."""
+    path = head_dir / RECORD_FILE
+    if not path.is_file() or path.is_symlink():
+        raise BundleError(f"{head_dir}: written by an older birdclef-stack (no {RECORD_FILE}: its folds and file "
+                          f"checksums were never recorded, so it cannot be checked); {_rerun(head_dir.name, copy=False)}")
+    try:
+        data = json.loads(path.read_text())
+        record = HeadRecord(str(data["head_id"]), tuple(int(k) for k in data["folds"]),
+                            {str(k): dict(v) for k, v in data["files"].items()})
+        if data["format"] != RECORD_FORMAT:
+            raise ValueError(f"format {data['format']!r}, this version reads {RECORD_FORMAT}")
+        for rel, entry in record.files.items():
+            if not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
+                raise ValueError(f"entry {rel!r} lacks size or sha256")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BundleError(f"{path}: malformed ({exc}); {_rerun(head_dir.name)}") from None
+    return record
+
+
+def verify_head_dir(head_dir: str | os.PathLike) -> HeadRecord:
+    """Check a head folder against its ``record.json`` (see the module doc) and return the record;
+    one BundleError line naming the folder and the first difference otherwise."""
+    head_dir = Path(head_dir)
+    record = read_record(head_dir)
+    recorded_folds = {fold_dir_name(k) for k in record.folds}
+    present_folds = {p.name for p in head_dir.glob("fold_*")}
+    listed = ",".join(map(str, record.folds)) or "none"
+    missing_folds = sorted(recorded_folds - present_folds, key=_fold_order)
+    extra_folds = sorted(present_folds - recorded_folds, key=_fold_order)
+    problems = [f"{name} is missing (recorded folds {listed})" for name in missing_folds]
+    problems += [f"{name} is not a recorded fold (recorded folds {listed})" for name in extra_folds]
+
+    def under(rel: str, tops: list[str]) -> bool:
+        return rel.split("/", 1)[0] in tops
+
+    files, dirs, other = _entries(head_dir)
+    problems += [f"{rel} is a symlink or not a regular file (a head folder holds only the files training "
+                 "wrote)" for rel in other if not under(rel, extra_folds)]
+    recorded_dirs = set()
+    for rel in record.files:
+        while "/" in rel:
+            rel = rel.rpartition("/")[0]
+            recorded_dirs.add(rel)
+    problems += [f"{rel}/ is not in {RECORD_FILE} (added after training)" for rel in dirs
+                 if rel not in recorded_dirs and not under(rel, extra_folds)]
+    problems += [f"{rel} is not in {RECORD_FILE} (added after training)" for rel in files
+                 if rel != RECORD_FILE and rel not in record.files and not under(rel, extra_folds)]
+    for rel, entry in sorted(record.files.items()):
+        size = files.get(rel)
+        if size is None:
+            if not entry.get("optional") and not under(rel, missing_folds):
+                problems.append(f"{rel} is missing")
+            continue
+        if size != entry["size"]:
+            problems.append(f"{rel} changed since training ({size} bytes, recorded {entry['size']})")
+        elif (digest := file_sha256(head_dir / rel)) != entry["sha256"]:
+            problems.append(f"{rel} changed since training (sha256 {digest[:12]}..., recorded "
+                            f"{entry['sha256'][:12]}...)")
+    if problems:
+        more = f" (and {len(problems) - 1} more difference(s))" if len(problems) > 1 else ""
+        raise BundleError(f"{head_dir}: {problems[0]}{more}; {_rerun(record.head_id)}")
+    return record
+
+
+def _fold_order(name: str) -> tuple[int, str]:
+    tail = name.removeprefix("fold_")
+    return (int(tail), "") if tail.isdigit() else (1 << 30, tail)
 
 
 # ---------------------------------------------------------------------------- reader
@@ -188,22 +398,23 @@ class HeadBundle:
 
 
 def load_bundle(head_dir: str | os.PathLike) -> HeadBundle:
-    """Load the bundle in ``head_dir``; BundleError naming the folder when it is incomplete or malformed."""
+    """Load the bundle in ``head_dir`` after checking it against its record (:func:`verify_head_dir`);
+    BundleError naming the folder when it is incomplete, changed or malformed."""
     head_dir = Path(head_dir)
     for required in (CONFIG_FILE, EXTRACTORS_FILE):
         if not (head_dir / required).exists():
             raise BundleError(f"{head_dir}: not a trained head folder (missing {required})")
-    fold_dirs = sorted((p for p in head_dir.glob("fold_*") if (p / HEAD_FILE).exists()), key=fold_of_dir)
-    folds = [load_head(p) for p in fold_dirs]
-    if not folds:
+    record = verify_head_dir(head_dir)
+    if not record.folds:
         raise BundleError(f"{head_dir}: no fold models")
+    folds = [load_head(head_dir / fold_dir_name(k)) for k in record.folds]
     try:
         config_json = json.loads((head_dir / CONFIG_FILE).read_text())
         extractor_params = json.loads((head_dir / EXTRACTORS_FILE).read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(f"{head_dir}: unreadable JSON ({exc})") from None
     config = HeadConfig.from_json(config_json, str(head_dir / CONFIG_FILE))
-    return HeadBundle(head_dir.name, config, extractor_params, folds, [fold_of_dir(p) for p in fold_dirs])
+    return HeadBundle(head_dir.name, config, extractor_params, folds, list(record.folds))
 
 
 def class_prior(bundle: HeadBundle) -> np.ndarray:

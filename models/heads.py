@@ -19,9 +19,11 @@ prior), per-class logistic regression (standardised, optional PCA), per-class Li
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -129,6 +131,18 @@ def class_prior(Y: np.ndarray, sample_weight: np.ndarray | None, pseudocount: fl
     return (pos + pseudocount) / (w.sum() + 2.0 * pseudocount)
 
 
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError while writing ``path`` that names no file (a failed write or close: e.g. disk full)
+    is re-raised naming it, so the caller's message can say which file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+
+
 class Head:
     """One fitted model of a head kind. The base class stores class and feature names and implements
     save/load of the common part."""
@@ -165,8 +179,10 @@ class Head:
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"kind": self.kind, "params": asdict(self.params), "class_names": self.class_names,
                 "feature_names": self.feature_names}
-        np.savez(folder / "arrays.npz", **{k: v for k, v in self._arrays().items() if v is not None})
-        (folder / "head.json").write_text(json.dumps(meta, indent=1))
+        with naming(folder / "arrays.npz"):
+            np.savez(folder / "arrays.npz", **{k: v for k, v in self._arrays().items() if v is not None})
+        with naming(folder / "head.json"):
+            (folder / "head.json").write_text(json.dumps(meta, indent=1))
         return folder
 
 
@@ -580,8 +596,10 @@ class LGBMHead(Head):
         models = folder / "lgbm"
         models.mkdir(exist_ok=True)
         for c, text in self.models_.items():
-            (models / f"class_{c:04d}.txt").write_text(text)
-        (folder / "constant_classes.json").write_text(json.dumps(self.constant_classes_))
+            with naming(models / f"class_{c:04d}.txt"):
+                (models / f"class_{c:04d}.txt").write_text(text)
+        with naming(folder / "constant_classes.json"):
+            (folder / "constant_classes.json").write_text(json.dumps(self.constant_classes_))
         return folder
 
 

@@ -3,7 +3,8 @@
 Artifacts land in plain folders inside the store:
 
 * the bundle ``heads/<head_id>/`` (:mod:`models.bundle`: ``config.json``, ``extractors.json`` and
-  one saved Head per fold, plus the window ids it was trained on, so leakage can be audited);
+  one saved Head per fold, plus the window ids it was trained on, so leakage can be audited, and
+  ``record.json``: the folds and every file's checksum, which every reader checks);
 * ``oof/<head_id>.parquet``: one row per training window (window_id, head_id, fold, source and one
   float32 column per class), byte-identical for the same configuration and seed;
 * a row in the DuckDB table ``experiments`` (:mod:`models.experiments`).
@@ -303,7 +304,9 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
     set with a class positive in every window drops that class (counted as degenerate); with no
     scorable soundscape window the focal windows are scored (``scored_on``); with nothing
     scorable the headline is NaN and a warning says why. The bundle is assembled under a
-    temporary name and renamed into place after its last fold, so no reader sees half a bundle.
+    temporary name and renamed into place after its last fold (with its ``record.json``), so no
+    reader sees half a bundle; a run that fails before that (a full disk: one DiskFullError naming
+    the file being written) removes its partial folder.
     """
     params = head_params(kind, overrides, seed)
     spec.check()
@@ -320,29 +323,29 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
             config = replace(config, feature_coverage=frame.coverage.as_dict(),  # a partial frame is another head
                              allow_partial=allow_partial)
         head_id = config.head_id
-        bundle = BundleWriter(store.root / HEADS_DIR, config, extractor_params(store, frame.feature_versions))
-        oof, train_s, predict_s = plan.run(kind, params, bundle, progress and (lambda f, _oof: progress(f)))
-        eval_mask, scored_on = plan.eval_mask, plan.scored_on
-        warnings: list[str] = []
-        if frame.coverage and frame.coverage.unexplained:
-            warnings.append(f"--allow-partial: trained on {frame.coverage.present} of {frame.coverage.wanted} "
-                            "labelled windows")
-        if frame.coverage and frame.coverage.failed:
-            warnings.append(f"{frame.coverage.failed} labelled window(s) left out: their audio could not be "
-                            "embedded (see the embed_errors table)")
-        report = None
-        try:
-            report = score_run(store, frame, folds, oof, eval_mask, seed) if scored_on != "none" else None
-        except MetricError as exc:  # e.g. a head that predicted NaN: keep the models, say why
-            warnings.append(f"scoring failed: {exc}")
-        if scored_on == "none":
-            warnings.append(NOTHING_SCORABLE)
-        predicted = ~np.isnan(oof).any(axis=1)
-        oof_path = store.root / OOF_DIR / f"{head_id}.parquet"
-        oof_path.parent.mkdir(parents=True, exist_ok=True)
-        write_parquet_atomic(oof_table(frame.subset(predicted), folds[predicted], oof[predicted], head_id), oof_path)
-        refresh_oof_view(store)
-        bundle.publish()
+        with BundleWriter(store.root / HEADS_DIR, config, extractor_params(store, frame.feature_versions)) as bundle:
+            oof, train_s, predict_s = plan.run(kind, params, bundle, progress and (lambda f, _oof: progress(f)))
+            eval_mask, scored_on = plan.eval_mask, plan.scored_on
+            warnings: list[str] = []
+            if frame.coverage and frame.coverage.unexplained:
+                warnings.append(f"--allow-partial: trained on {frame.coverage.present} of {frame.coverage.wanted} "
+                                "labelled windows")
+            if frame.coverage and frame.coverage.failed:
+                warnings.append(f"{frame.coverage.failed} labelled window(s) left out: their audio could not be "
+                                "embedded (see the embed_errors table)")
+            report = None
+            try:
+                report = score_run(store, frame, folds, oof, eval_mask, seed) if scored_on != "none" else None
+            except MetricError as exc:  # e.g. a head that predicted NaN: keep the models, say why
+                warnings.append(f"scoring failed: {exc}")
+            if scored_on == "none":
+                warnings.append(NOTHING_SCORABLE)
+            predicted = ~np.isnan(oof).any(axis=1)
+            oof_path = store.root / OOF_DIR / f"{head_id}.parquet"
+            oof_path.parent.mkdir(parents=True, exist_ok=True)
+            write_parquet_atomic(oof_table(frame.subset(predicted), folds[predicted], oof[predicted], head_id), oof_path)
+            refresh_oof_view(store)
+            bundle.publish()
 
         metrics = metric_columns(report)
         fold_mean, fold_std, pooled = (float("nan") if metrics[c] is None else metrics[c]

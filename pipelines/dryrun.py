@@ -2,16 +2,23 @@
 a fresh venv into which the notebook installs the bundle's wheels with ``--no-index``, the audio laid
 out under a fake ``/kaggle/input``, the notebook executed headless (nbclient) inside a network
 namespace (``unshare -n``) - then compare its submission with ``pipelines.predict`` on the same files.
-Prints ``projected Kaggle minutes: X (budget B)`` last and exits 1 above budget. The library:
-submit/dryrun.py.
+Prints ``projected Kaggle minutes: X (budget B)`` last and exits 1 above budget, or when the notebook's
+probabilities differ from pipelines.predict's by more than 1e-4 (one ``error:`` line naming the row;
+a good bundle differs by ~1e-7, float32 rounding). The work folder must be new, empty or one a dry
+run made: a re-run clears only what a dry run writes there. The library: submit/dryrun.py.
 """
 
 from __future__ import annotations
 
-from pipelines._cli import parser, run_main
-from submit.dryrun import dry_run
+import sys
 
-EPILOG = """
+from pipelines._cli import parser, run_main
+from submit.dryrun import TOLERANCE, WORK_MARKER, dry_run
+
+EPILOG = f"""
+Exit status: 0 when the notebook ran, agrees with pipelines.predict within {TOLERANCE:g} (max |difference| of
+the unrounded probabilities) and fits the budget; 1 above the budget or the tolerance; 2 on an error.
+
 Example:
   python -m pipelines.dryrun --bundle bundle --audio data/test_soundscapes
 """
@@ -21,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser("dryrun", __doc__, EPILOG)
     ap.add_argument("--bundle", required=True, help="bundle folder written by pipelines.export")
     ap.add_argument("--audio", required=True, help="soundscapes to predict (laid out as test_soundscapes)")
-    ap.add_argument("--work", default=None, help="work folder (default: .<bundle>-dryrun beside the bundle)")
+    ap.add_argument("--work", default=None,
+                    help=f"work folder: new, empty, or one a dry run made (it holds {WORK_MARKER}); a non-empty "
+                         "folder without it is refused (default: .<bundle>-dryrun beside the bundle)")
     ap.add_argument("--sample", default=None, help="sample_submission.csv (default: header from the bundle)")
     ap.add_argument("--files", type=int, default=600, help="test files to project for (default 600)")
     ap.add_argument("--cpus", type=int, default=4, help="Kaggle CPUs (default 4)")
@@ -32,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     result = dry_run(args.bundle, args.audio, work=args.work, budget_min=args.budget_min, n_files=args.files,
                      cpus=args.cpus, sample=args.sample, allow_network=args.allow_network)
     print(result.render())
+    if not result.agrees:                     # above TOLERANCE: the notebook is not predicting what was checked
+        print(f"error: {result.disagreement()}", file=sys.stderr)
+        return 1
     return 0 if result.within_budget else 1
+
 
 
 if __name__ == "__main__":

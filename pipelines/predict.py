@@ -4,7 +4,10 @@ Embeds the audio with exactly the extractor versions the head was trained on (a 
 refused), applies every fold model and averages them, and writes row_id + one column per class in
 sample_submission.csv's order, validated before it replaces ``--out`` (temp file + rename). A bad
 file (undecodable, empty, NaN/inf, truncated or shorter than 60 s) gets the class prior on every
-row it has no usable audio for, with one warning, so the submission stays complete.
+row it has no usable audio for, with one warning, so the submission stays complete. A file below
+32 kHz is predicted with ingest's warning; files not named as competition soundscapes get one warning
+for the run. Two files with the same stem (``x.ogg``, ``x.flac``) would write the same row ids: they
+are refused at once, naming both, before anything is predicted.
 
 A stacked head (``stack-<hash>``, from ``pipelines.stack``) embeds each file once for the union of its
 base heads' extractors, runs every base head, then its level-2 model and post-processing steps.

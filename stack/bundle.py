@@ -14,7 +14,11 @@ A stacked head is one more head kind (``stack``); its bundle ``<store>/heads/sta
 
 The base heads' own bundles are not copied: they sit beside it in ``heads/`` (copy ``heads/`` to
 predict elsewhere). :func:`load_stack` needs neither the store nor pyarrow/duckdb (inference path).
-The bundle is assembled under a hidden name and renamed into place (``models.bundle.BundleWriter``).
+The bundle is assembled under a hidden name and renamed into place (``models.bundle.BundleWriter``:
+a failed or disk-full write leaves no partial folder) with a ``record.json`` of its folds and every
+file's checksum. :func:`load_stack` checks the stacked head's folder and each base head's folder
+against their records (:func:`models.bundle.verify_head_dir`) before loading anything: a missing
+base head, a lost fold or a changed file in any of them is one :class:`BundleError` line naming it.
 
 Any head of a store, single or stacked, is found here (the lowest floor that knows both kinds):
 :func:`open_head` loads it (a :class:`~models.bundle.HeadBundle` or a :class:`StackBundle`),
@@ -40,10 +44,10 @@ from models.bundle import (
     HeadConfig,
     bundle_dir,
     fold_dir_name,
-    fold_of_dir,
     load_bundle,
+    verify_head_dir,
 )
-from models.heads import config_hash
+from models.heads import config_hash, naming
 from stack.inputs import PriorTable
 from stack.post import PostStep, parse_post
 from stack.stackers import FittedStacker, RidgeStacker, make_stack_params
@@ -145,8 +149,10 @@ def save_stacker(fitted: FittedStacker, folder: Path) -> Path:
     for i, table in enumerate(fitted.priors):
         meta["priors"].append({"key": table.key, "values": list(table.values)})
         arrays[f"prior_{i}"] = np.asarray(table.logits, dtype=np.float64)
-    (folder / MODEL_JSON).write_text(json.dumps(meta, indent=1))
-    np.savez(folder / MODEL_NPZ, **arrays)
+    with naming(folder / MODEL_JSON):
+        (folder / MODEL_JSON).write_text(json.dumps(meta, indent=1))
+    with naming(folder / MODEL_NPZ):
+        np.savez(folder / MODEL_NPZ, **arrays)
     return folder
 
 
@@ -172,13 +178,17 @@ def load_stacker(folder: Path) -> FittedStacker:
 def write_stack(heads_dir: str | os.PathLike, config: StackConfig, layout: StackLayout,
                 extractor_params: Mapping[str, dict], fold_models: Mapping[int, FittedStacker],
                 full: FittedStacker) -> Path:
-    """Write and publish a stacked head's folder (see the module doc); returns its final path."""
-    writer = BundleWriter(heads_dir, config, extractor_params)
-    (writer.work_dir / INPUTS_FILE).write_text(json.dumps(layout.to_json(), indent=1))
-    for k, fitted in sorted(fold_models.items()):
-        save_stacker(fitted, writer.work_dir / fold_dir_name(k))
-    save_stacker(full, writer.work_dir / FULL_DIR)
-    return writer.publish()
+    """Write and publish a stacked head's folder (see the module doc); returns its final path. A full
+    disk is one DiskFullError naming the file being written, and no partial folder is left."""
+    with BundleWriter(heads_dir, config, extractor_params) as writer:
+        writer.write_text(INPUTS_FILE, json.dumps(layout.to_json(), indent=1))
+        for k, fitted in sorted(fold_models.items()):
+            folder = writer.fold_folder(k)
+            with writer.writing(folder):
+                save_stacker(fitted, folder)
+        with writer.writing(writer.work_dir / FULL_DIR):
+            save_stacker(full, writer.work_dir / FULL_DIR)
+        return writer.publish()
 
 
 @dataclass
@@ -208,11 +218,14 @@ def is_stack_dir(head_dir: str | os.PathLike) -> bool:
 
 
 def load_stack(head_dir: str | os.PathLike) -> StackBundle:
-    """Load a stacked head's folder; BundleError naming it when incomplete or malformed."""
+    """Load a stacked head's folder after checking it and its base heads' folders against their
+    records; BundleError naming the folder (a base head's: which one) when incomplete, changed or
+    malformed."""
     head_dir = Path(head_dir)
     for required in (CONFIG_FILE, INPUTS_FILE, EXTRACTORS_FILE, FULL_DIR):
         if not (head_dir / required).exists():
             raise BundleError(f"{head_dir}: not a stacked head folder (missing {required})")
+    record = verify_head_dir(head_dir)
     try:
         config = StackConfig.from_json(json.loads((head_dir / CONFIG_FILE).read_text()), str(head_dir / CONFIG_FILE))
         layout = StackLayout.from_json(json.loads((head_dir / INPUTS_FILE).read_text()), str(head_dir / INPUTS_FILE))
@@ -222,9 +235,15 @@ def load_stack(head_dir: str | os.PathLike) -> StackBundle:
     if layout.sources != (*config.base_heads, *config.zero_shot):
         raise BundleError(f"{head_dir}: {INPUTS_FILE} sources {list(layout.sources)} do not match the config's "
                           f"base heads and zero-shot views")
-    folds = {fold_of_dir(p): load_stacker(p) for p in sorted(head_dir.glob("fold_*"), key=fold_of_dir)}
-    return StackBundle(head_dir.name, head_dir, config, layout, extractor_params, folds,
-                       load_stacker(head_dir / FULL_DIR))
+    bundle = StackBundle(head_dir.name, head_dir, config, layout, extractor_params,
+                         {k: load_stacker(head_dir / fold_dir_name(k)) for k in record.folds},
+                         load_stacker(head_dir / FULL_DIR))
+    for base in base_head_dirs(bundle):
+        try:
+            verify_head_dir(base)
+        except BundleError as exc:
+            raise BundleError(f"stacked head {bundle.head_id}: base head {base.name} is not whole: {exc}") from None
+    return bundle
 
 
 # ---------------------------------------------------------------------------- any head of a store

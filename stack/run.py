@@ -12,7 +12,9 @@ Guarantees:
 * the OOF table ``oof/<stack id>.parquet`` has a head's layout (``window_id, head_id, fold, source``
   and one float32 column per class) and holds the post-processed level-2 OOF predictions;
 * the bundle (:mod:`stack.bundle`) holds each fold's level-2 model and the full-data one (what
-  ``pipelines.predict`` applies); base heads must all be head bundles trained on one fold version.
+  ``pipelines.predict`` applies) and a ``record.json`` of its folds and file checksums (checked, with
+  the base heads' own records, by every reader); a failed or disk-full write leaves no partial
+  folder; base heads must all be head bundles trained on one fold version.
 """
 
 from __future__ import annotations

@@ -17,24 +17,35 @@ model on all data is exported (:func:`export`) as ``cnn.tflite`` + ``cnn.json`` 
 Use it with ``pipelines.embed --extractor cnn --model OUT/cnn.tflite`` (:mod:`embed.cnn`, no TensorFlow).
 
 Data: the front end (:class:`embed.cnn.FrontEnd`) of every window is computed once, streaming the
-audio file by file in worker processes, into a float16 memory-mapped cache inside the store
-(``cnn_cache/<key>/``; resumable: a ``done`` mask is saved after the rows it marks are flushed).
-Teacher embeddings go to a float16 memmap beside it. Training reads batches from the memmaps, so
-memory stays flat in the number of windows. Every epoch is checkpointed (model, optimiser, stage and
-epoch in one ``tf.train.Checkpoint``); a killed run resumes at its next epoch with the same batches
-(each epoch's order and augmentation are seeded by (seed, fold, stage, epoch)). TensorFlow is imported
-only inside the functions that need it (extra ``[cnn]``); this module's import needs numpy only.
+audio file by file in worker processes (:func:`featurestore.workers.worker_pool`: they exit with this
+process, even after a ``kill -9``), into a float16 ``.npy`` cache inside the store (``cnn_cache/<key>/``;
+resumable: a ``done`` mask is saved after the rows it marks are flushed). Teacher embeddings go to a
+float16 ``.npy`` beside it. Both are written with plain file writes into files whose blocks are reserved
+first, never through a memory map: a full disk is one :class:`~featurestore.errors.DiskFullError`
+naming the file (a page of a memory map written on a full disk kills the process with SIGBUS, no
+message). Training reads batches from them memory-mapped, so memory stays flat in the number of windows.
+Every epoch is checkpointed (model, optimiser, stage and epoch in one ``tf.train.Checkpoint``); a killed
+run resumes at its next epoch.
+
+Reproducible: one id (``cnn-<hash of the whole configuration>``) gives the same bytes (``.tflite``,
+``.json``, fold scores, the int8 decision), run straight through or killed and resumed. Each epoch's
+order, augmentation and dropout masks are seeded by (seed, fold, stage, epoch) (the dropout layers'
+random state is reset at every epoch, so a resumed epoch draws what it would have drawn), and
+TensorFlow runs with op determinism on a fixed number of intra-op threads, ``CnnParams.threads`` (by
+default the cores this process may use) recorded in the id: a sum split over n threads is added in
+an order that depends on n (one thread and two gave different weights on the demo). TensorFlow is
+imported only inside the functions that need it (extra ``[cnn]``); this module's import needs numpy only.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +55,7 @@ from featurestore.errors import AudioError, StoreError, UserInputError
 from featurestore.params import params_from
 
 CACHE_DIR = "cnn_cache"
-TRAINING_VERSION = "cnn-1"
+TRAINING_VERSION = "cnn-2"        # cnn-2: dropout re-seeded every epoch, op determinism, threads in the id
 CNN_MODE = "cnn"                 # the experiments row's mode: a CNN student, not a head bundle
 INT8_MAX_DROP = 0.005            # int8 is exported when its fold mean is within this of float32's
 EXPORT_TOLERANCE = {"float32": 1e-3, "float16": 5e-2}   # max |TFLite - Keras| logit, relative to the logit range
@@ -73,6 +84,7 @@ class CnnParams:
     mix_db: tuple[float, float] = (-12.0, 0.0)   # its level relative to the window, in dB
     steps_per_epoch: int | None = None   # None: one pass over the rows; set for a fixed budget (tests)
     seed: int = 0
+    threads: int | None = None        # TensorFlow intra-op threads (None: the cores this process may use); in the id
 
     def __post_init__(self):
         if not self.channels or any(int(c) <= 0 for c in self.channels):
@@ -83,6 +95,8 @@ class CnnParams:
             raise UserInputError("CNN batch_size must be >= 2")
         if not 0 <= self.mix_prob <= 1 or not 0 <= self.dropout < 1:
             raise UserInputError("mix_prob must be in [0, 1] and dropout in [0, 1)")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise UserInputError(f"CNN threads must be a positive integer (or null: every core), got {self.threads!r}")
 
 
 def make_cnn_params(overrides: dict | None = None) -> CnnParams:
@@ -133,9 +147,82 @@ def window_frames_of(path: str | os.PathLike, starts: list[float], frontend) -> 
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
+    """``np.save`` seen whole or not at all; a full disk is one :class:`DiskFullError` naming ``path``."""
+    from featurestore.store import DiskFullGuard
+
     tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    try:
+        with DiskFullGuard(path, path.parent):
+            np.save(tmp, array)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _allocate(path: Path, name: Path) -> None:
+    """Reserve every block of the file at ``path`` now (where the OS and filesystem can), so that a full disk
+    fails at once, as one :class:`DiskFullError` naming ``name``, not after hours of work."""
+    from featurestore.store import DiskFullGuard
+
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with DiskFullGuard(name, name.parent), open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+
+
+def _new_npy(path: Path, shape: tuple[int, ...], name: Path) -> None:
+    """A float16 ``.npy`` of zeros at ``path``, its blocks reserved (:func:`_allocate`); removed again on a
+    full disk (one :class:`DiskFullError` naming ``name``)."""
+    from featurestore.store import DiskFullGuard
+
+    try:
+        with DiskFullGuard(name, name.parent):
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape).flush()
+        _allocate(path, name)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+class _NpyRows:
+    """Rows written into an existing ``.npy`` with plain file writes. (A memory map's page written on a full
+    disk kills the process with SIGBUS - "Bus error", exit 135, no message; a write returns ENOSPC, which
+    becomes one :class:`DiskFullError` naming ``name``.) Read the file with ``np.load(mmap_mode="r")``."""
+
+    def __init__(self, path: Path, name: Path | None = None):
+        view = np.lib.format.open_memmap(path, mode="r")
+        self.shape, self.dtype, self.offset = view.shape, view.dtype, int(view.offset)
+        self.row_bytes = int(np.prod(view.shape[1:], dtype=np.int64)) * view.dtype.itemsize
+        del view
+        self.name = name or path
+        self.fh = open(path, "r+b", buffering=0)   # noqa: SIM115 - closed by close()
+
+    def write(self, rows, values: np.ndarray) -> None:
+        """``file[rows] = values`` for ascending row indices (each run of consecutive rows is one write)."""
+        from featurestore.store import DiskFullGuard
+
+        rows = np.asarray(rows, np.int64)
+        values = np.ascontiguousarray(values, self.dtype)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        with DiskFullGuard(self.name, self.name.parent):
+            for run, block in zip(np.split(rows, breaks), np.split(values, breaks), strict=True):
+                data = memoryview(block.tobytes())
+                self.fh.seek(self.offset + int(run[0]) * self.row_bytes)
+                while data:
+                    data = data[self.fh.write(data):]
+
+    def flush(self) -> None:
+        from featurestore.store import DiskFullGuard
+
+        with DiskFullGuard(self.name, self.name.parent):
+            os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 def build_cache(store, window_ids: list[str], frontend, *, workers: int = 1, say=_say) -> tuple[Path, np.memmap]:
@@ -148,6 +235,7 @@ def build_cache(store, window_ids: list[str], frontend, *, workers: int = 1, say
     from embed.extractors import single_threaded_children
     from embed.job import data_dir_of
     from featurestore.windows import file_of, start_of
+    from featurestore.workers import worker_pool
 
     key = _hash({"frontend": frontend.to_json(), "windows": _hash(window_ids)})
     folder = store.root / CACHE_DIR / key
@@ -156,18 +244,21 @@ def build_cache(store, window_ids: list[str], frontend, *, workers: int = 1, say
     data_path, done_path = folder / "logmel.npy", folder / "done.npy"
     if not data_path.exists():
         tmp = folder / "logmel.tmp.npy"
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape).flush()
+        _new_npy(tmp, shape, data_path)
         os.replace(tmp, data_path)
         (folder / "windows.txt").write_text("\n".join(window_ids) + "\n")
-    cache = np.lib.format.open_memmap(data_path, mode="r+")
+    cache = _NpyRows(data_path)
     if cache.shape != shape:
+        cache.close()
         raise StoreError(f"{data_path}: shape {cache.shape} != {shape}; delete {folder} and re-run")
     done = np.load(done_path) if done_path.exists() else np.zeros(len(window_ids), bool)
     todo: dict[str, list[int]] = {}
     for i in np.flatnonzero(~done).tolist():
         todo.setdefault(file_of(window_ids[i]), []).append(i)
     if not todo:
+        cache.close()
         return folder, np.lib.format.open_memmap(data_path, mode="r")
+    _allocate(data_path, data_path)    # the blocks still to write (a cache begun before they were reserved)
     data_dir = data_dir_of(store)
     files = sorted(todo)
     say(f"cnn front end: {len(np.flatnonzero(~done))} of {len(window_ids)} windows to compute "
@@ -181,16 +272,15 @@ def build_cache(store, window_ids: list[str], frontend, *, workers: int = 1, say
         cache.flush()
         _save_atomic(done_path, done)
 
-    import multiprocessing
-
     try:
-        with single_threaded_children(workers), ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for f, rows in zip(files, pool.map(_logmel_or_error, jobs, chunksize=4), strict=True):
+        with single_threaded_children(workers):
+            pool = worker_pool(workers)
+        with pool:
+            for f, rows in zip(files, pool.imap(_logmel_or_error, jobs, chunksize=4), strict=True):
                 if isinstance(rows, AudioError):
                     failed.append(rows)
                     continue
-                cache[todo[f]] = rows
+                cache.write(todo[f], rows)
                 done[todo[f]] = True
                 n_done += 1
                 if time.perf_counter() - last_save > 30 or n_done == len(files):
@@ -198,7 +288,10 @@ def build_cache(store, window_ids: list[str], frontend, *, workers: int = 1, say
                     last_save = time.perf_counter()
                     say(f"  {n_done}/{len(files)} files ({time.perf_counter() - t0:.0f} s)")
     finally:        # ^C or an error: the files finished so far are kept
-        commit()
+        try:
+            commit()
+        finally:
+            cache.close()
     if failed:
         raise AudioError(f"{len(failed)} file(s) could not be decoded (first: {failed[0]}); every other file is "
                          "cached. Fix them, or let python -m pipelines.embed record them in embed_errors: the CNN "
@@ -218,22 +311,27 @@ def teacher_targets(store, folder: Path, window_ids: list[str], view: str, *, ch
     path = folder / f"teacher-{version}.npy"
     if path.exists():
         return np.lib.format.open_memmap(path, mode="r"), spec.extractor, version
+    tmp = folder / f"teacher-{version}.tmp.npy"
     out = None
-    for a in range(0, len(window_ids), chunk):
-        part = window_ids[a: a + chunk]
-        ids, X, _, _ = load_window_features(store, view, "mean", window_ids=part, versions={spec.extractor: version})
-        if len(ids) != len(part):
-            missing = sorted(set(part) - set(ids))
-            raise StoreError(f"{len(missing)} training window(s) have no {view} embedding (first: {missing[0]}); "
-                             f"embed them first: python -m pipelines.embed --store {store.root} --extractor "
-                             f"{spec.extractor.split(':')[0]}")
-        if out is None:
-            tmp = folder / f"teacher-{version}.tmp.npy"
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(window_ids), X.shape[1]))
-        out[a: a + len(part)] = X.astype(np.float16)
-    out.flush()
-    del out
-    os.replace(folder / f"teacher-{version}.tmp.npy", path)
+    try:
+        for a in range(0, len(window_ids), chunk):
+            part = window_ids[a: a + chunk]
+            ids, X, _, _ = load_window_features(store, view, "mean", window_ids=part,
+                                                versions={spec.extractor: version})
+            if len(ids) != len(part):
+                missing = sorted(set(part) - set(ids))
+                raise StoreError(f"{len(missing)} training window(s) have no {view} embedding (first: "
+                                 f"{missing[0]}); embed them first: python -m pipelines.embed --store {store.root} "
+                                 f"--extractor {spec.extractor.split(':')[0]}")
+            if out is None:
+                _new_npy(tmp, (len(window_ids), X.shape[1]), path)
+                out = _NpyRows(tmp, path)
+            out.write(np.arange(a, a + len(part)), X)
+        out.flush()
+    finally:
+        if out is not None:
+            out.close()
+    os.replace(tmp, path)
     return np.lib.format.open_memmap(path, mode="r"), spec.extractor, version
 
 
@@ -526,10 +624,19 @@ class _Trainer:
         x[order] = self.data.logmel[rows[order]]          # memmap reads in row order
         return x
 
+    def seed_dropout(self, rng: np.random.Generator) -> None:
+        """Reset the random state of every dropout layer from ``rng``: the masks of an epoch then depend on the
+        epoch alone, not on how many epochs this process ran before (a resumed run restarts that state)."""
+        for layer in self.model.layers:
+            generator = getattr(layer, "seed_generator", None)
+            if generator is not None:
+                generator.state.assign(np.array([rng.integers(2 ** 31), 0], generator.state.dtype))
+
     def run_epoch(self, stage: str, epoch: int) -> dict:
         d, p = self.data, self.params
-        rng = np.random.default_rng([p.seed, 0 if self.fold == ALL else 1 + int(self.fold),
-                                     0 if stage == "distill" else 1, epoch])
+        key = [p.seed, 0 if self.fold == ALL else 1 + int(self.fold), 0 if stage == "distill" else 1, epoch]
+        rng = np.random.default_rng(key)
+        self.seed_dropout(np.random.default_rng([*key, 1]))
         rows, weights, pseudo_labels = self.sets[stage]
         n_steps = self.steps(len(rows))
         picks = np.concatenate([rng.permutation(len(rows)) for _ in range(-(-n_steps * p.batch_size // len(rows)))])
@@ -754,6 +861,26 @@ def compare_line(store, teacher_name: str, fold_version: str, fold_mean: float) 
             f"{fold_mean - row[1]:+.4f}")
 
 
+def deterministic_tensorflow(tf, threads: int | None = None) -> int:
+    """Deterministic TensorFlow ops (``enable_op_determinism``) on ``threads`` intra-op threads (None: what
+    TensorFlow uses here: ``$TF_NUM_INTRAOP_THREADS``, else every core this process may use); returns the
+    number, which results depend on. Refused when TensorFlow already runs on another number in this process."""
+    tf.config.experimental.enable_op_determinism()
+    config = tf.config.threading
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    running = config.get_intra_op_parallelism_threads() or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0) or cores
+    wanted = threads or running
+    if config.get_intra_op_parallelism_threads() != wanted:
+        try:            # pinned before TensorFlow starts; once it runs, the number cannot change
+            config.set_intra_op_parallelism_threads(wanted)
+        except RuntimeError as exc:
+            if wanted != running:
+                raise UserInputError(f"CNN threads {threads}: TensorFlow already runs on {running} intra-op "
+                                     f"thread(s) in this process; use threads {running} or train in a new process"
+                                     ) from exc
+    return wanted
+
+
 def train_cnn(store_dir: str | os.PathLike, out_dir: str | os.PathLike, *, teacher: str = "birdnet",
               params: CnnParams | dict | None = None, frontend: dict | None = None, folds: bool = True,
               fold_version: str | None = None, pseudo: str | None = None, workers: int = 1, tag: str | None = None,
@@ -772,6 +899,7 @@ def train_cnn(store_dir: str | os.PathLike, out_dir: str | os.PathLike, *, teach
         raise UserInputError("training the CNN needs TensorFlow: pip install 'birdclef-stack[cnn]'") from exc
     tf.get_logger().setLevel("ERROR")   # each fold's model traces its own train step: not a retracing problem
     params = params if isinstance(params, CnnParams) else make_cnn_params(params)
+    params = replace(params, threads=deterministic_tensorflow(tf, params.threads))
     fe = front_end(frontend)
     out = Path(out_dir).expanduser()
     t0 = time.perf_counter()

@@ -9,9 +9,21 @@
    ``test_soundscapes/``, ``datasets/<owner>/<slug>/`` = the bundle (links, nothing copied);
 3. the notebook executed headless (nbclient) with no network - inside ``unshare -n`` when the machine
    allows it, else with network, and the run says so;
-4. the submission compared with ``pipelines.predict``'s (same head, same files, this environment);
+4. the submission compared with ``pipelines.predict``'s (same head, same files, this environment; files
+   the time guard moved down are compared with their level's head, or the top head's class prior):
+   the largest difference of the unrounded probabilities must be at most :data:`TOLERANCE` (1e-4).
+   The notebook and predict run the same code on the same files, so only float32 storage and BLAS
+   rounding separate them: 9e-8 on the demo, three orders of magnitude below the tolerance; a stale
+   toolkit wheel or a head other than the one checked differs by 1e-2 or more. Above it
+   :attr:`DryRun.agrees` is False and ``pipelines.dryrun`` exits 1 with one line naming the row;
 5. ``projected Kaggle minutes: X (budget B)`` printed last, from the notebook's own measured predict
    time scaled to 60-s files, the target file count and CPUs with the planner's scaling model.
+
+Guarantees: the work folder (``--work``, default ``.<bundle>-dryrun`` beside the bundle) is new, empty,
+or one a dry run made (it holds :data:`WORK_MARKER`, written first); a non-empty folder without the
+marker is refused and nothing in it is touched, and a re-run removes only the entries a dry run
+creates (:data:`WORK_ENTRIES`). A notebook that fell back to the prior-only submission is an error
+naming its reason.
 """
 
 from __future__ import annotations
@@ -27,9 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from featurestore.errors import BundleError, DataError
-from submit.notebook import NOTEBOOK
-from submit.runtime import ENV_SAVE_PROBS, PROBS_FILE, REPORT_FILE, verify_bundle
+from featurestore.errors import BundleError, DataError, UserInputError
+from submit.notebook import FALLBACK, NOTEBOOK
+from submit.runtime import ENV_SAVE_PROBS, PRIOR_LEVEL, PROBS_FILE, REPORT_FILE, verify_bundle
+
+TOLERANCE = 1e-4            # max |notebook - pipelines.predict| of a good bundle (see the module doc)
+WORK_MARKER = ".birdclef-stack-dryrun"
+WORK_ENTRIES = (WORK_MARKER, "venv", "input", "working", "reference", "executed.ipynb", "notebook_output.txt",
+                "reference_submission.csv")
 
 RUNNER = """
 import sys, nbformat
@@ -68,17 +85,29 @@ class DryRun:
     budget_min: float
     planner_min: float | None = None
     notes: list[str] = field(default_factory=list)
+    worst: str = ""                        # "row R, column C" of the largest difference
 
     @property
     def within_budget(self) -> bool:
         return self.projected_min <= self.budget_min
+
+    @property
+    def agrees(self) -> bool:
+        """The notebook predicted what ``pipelines.predict`` does, within :data:`TOLERANCE`."""
+        return self.max_abs_diff <= TOLERANCE
+
+    def disagreement(self) -> str:
+        """One line saying how the notebook and pipelines.predict differ (when they do not agree)."""
+        return (f"the notebook's predictions differ from pipelines.predict's by up to {self.max_abs_diff:.2e} "
+                f"({self.worst}; tolerance {TOLERANCE:g}): the bundle's toolkit or heads do not predict what this "
+                f"checkout does; re-export the bundle with pipelines.export (outputs: {self.work})")
 
     def render(self) -> str:
         st = self.run_report["stage_seconds"]
         lines = [f"dry run in {self.work}: notebook executed headless, network {self.network}",
                  f"runtime imported from the bundle's wheels: {', '.join(f'{k} {v}' for k, v in self.modules.items())}",
                  f"submission {self.submission}: {self.n_rows} rows, validated; max |notebook - pipelines.predict| = "
-                 f"{self.max_abs_diff:.2e} (unrounded probabilities)",
+                 f"{self.max_abs_diff:.2e} (unrounded probabilities; tolerance {TOLERANCE:g})",
                  f"notebook stages (s): {', '.join(f'{k} {v:.1f}' for k, v in st.items())}; files by level "
                  f"{self.run_report['levels']}"]
         lines += [f"warning: {w}" for w in self.run_report["warnings"][:10]]
@@ -142,7 +171,6 @@ def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | 
             budget_min: float | None = None, n_files: int = 600, cpus: int = 4, sample: str | os.PathLike | None = None,
             timeout_s: int = 3600, allow_network: bool = False, say=print) -> DryRun:
     """Run the bundle's notebook offline on ``audio`` (see the module doc)."""
-    from submit.predict import predict_audio
     from submit.submission import list_audio, write_submission
 
     bundle, audio = Path(bundle).expanduser().resolve(), Path(audio).expanduser().resolve()
@@ -151,8 +179,7 @@ def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | 
         raise DataError(f"{audio}: no audio files to dry-run on")
     budget_min = float(budget_min or manifest.get("budget_min") or 90.0)
     work = Path(work).expanduser().resolve() if work else bundle.parent / f".{bundle.name}-dryrun"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    prepare_work(work)
     notes: list[str] = []
     t = time.perf_counter()
     venv_python = make_image_venv(work / "venv")
@@ -179,6 +206,10 @@ def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | 
     wall = time.perf_counter() - t
     out_text = _outputs(work / "executed.ipynb") if (work / "executed.ipynb").exists() else ""
     (work / "notebook_output.txt").write_text(out_text + "\n--- stderr ---\n" + result.stderr, encoding="utf-8")
+    if FALLBACK in out_text:
+        reason = out_text.split(FALLBACK, 1)[1].splitlines()[0].strip()
+        raise BundleError(f"the notebook fell back to the prior-only submission: {reason} (full output: "
+                          f"{work / 'notebook_output.txt'})")
     if result.returncode != 0:
         tail = (out_text.strip().splitlines() or result.stderr.strip().splitlines() or ["?"])[-1]
         raise BundleError(f"the notebook failed: {tail} (full output: {work / 'notebook_output.txt'})")
@@ -194,17 +225,86 @@ def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | 
                               f"{prefix}: the bundle lacks it")
     submission = working / "submission.csv"
     columns = manifest["columns"]
-    row_ids, probs, _ = predict_audio(bundle / "heads" / manifest["head_id"], root / "competitions" /
-                                      manifest.get("competition", "birdclef-2026") / "test_soundscapes", columns,
-                                      workers=1)
+    audio_in = root / "competitions" / manifest.get("competition", "birdclef-2026") / "test_soundscapes"
+    row_ids, probs = reference_predictions(bundle, manifest, audio_in, report["levels"], work / "reference")
     reference = work / "reference_submission.csv"
     write_submission(reference, row_ids, probs, columns)
     _max_abs_diff(submission, reference)                 # same columns and row ids, else BundleError
-    diff = float(np.abs(np.load(working / PROBS_FILE).astype(np.float64) - probs).max()) if len(probs) else 0.0
+    diff, worst = compare_probabilities(np.load(working / PROBS_FILE), probs, row_ids, columns)
     projected, planner = project_dry_run(report, manifest, n_files, cpus, wall, _windows_per_file(list_audio(audio)))
     return DryRun(work, submission, reference, diff, len(row_ids), network, report,
                   {k: v for k, v in modules.items() if k in ("ai_edge_litert", "submit")}, projected / 60.0,
-                  budget_min, planner, notes)
+                  budget_min, planner, notes, worst)
+
+
+def prepare_work(work: Path) -> None:
+    """Make ``work`` a dry run's own empty folder: create it (marker first), or clear one a dry run made
+    (only :data:`WORK_ENTRIES`); refuse a non-empty folder without the marker, touching nothing."""
+    if work.exists() and not work.is_dir():
+        raise UserInputError(f"--work {work} is a file, not a folder; choose a new or empty folder")
+    if work.is_dir() and any(work.iterdir()):
+        if not (work / WORK_MARKER).is_file():
+            raise UserInputError(f"--work {work} is not empty and was not made by pipelines.dryrun (no {WORK_MARKER} "
+                                 "in it); nothing was touched - choose a new or empty folder")
+        for name in WORK_ENTRIES[1:]:
+            entry = work / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif entry.exists() or entry.is_symlink():
+                entry.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    (work / WORK_MARKER).write_text("made by python -m pipelines.dryrun: a re-run removes "
+                                    f"{', '.join(WORK_ENTRIES[1:])} here and nothing else\n", encoding="utf-8")
+
+
+def reference_predictions(bundle: Path, manifest: dict, audio: Path, by_level: dict[str, int],
+                          links: Path) -> tuple[list[str], np.ndarray]:
+    """``pipelines.predict``'s rows for what the notebook did: its files in order, as many per level as its
+    report says (``by_level``: the time guard moves the remaining files down the levels); files at a head
+    level are predicted with that head, files at the prior level get the top head's class prior."""
+    from submit.predict import open_predictor, predict_audio
+    from submit.submission import expected_row_ids, list_audio
+
+    files, columns = list_audio(audio), manifest["columns"]
+    chain = [*manifest["levels"], PRIOR_LEVEL]
+    counts = [int(by_level.get(name, 0)) for name in chain]
+    if sum(counts) != len(files) or set(by_level) - set(chain):
+        raise BundleError(f"the notebook's report counts files by level {by_level}, but the levels are {chain} and "
+                          f"there are {len(files)} files: its toolkit predates this dry run; re-export the bundle")
+    row_ids: list[str] = []
+    blocks: list[np.ndarray] = []
+    start = 0
+    for name, n in zip(chain, counts, strict=True):
+        part, start = files[start:start + n], start + n
+        if not part:
+            continue
+        if name == PRIOR_LEVEL:
+            top = open_predictor(bundle / "heads" / chain[0])
+            prior = np.asarray(top.output_prior)[[top.class_names.index(c) for c in columns]]
+            ids = [rid for f in part for rid in expected_row_ids(f)]
+            row_ids, blocks = row_ids + ids, [*blocks, np.tile(prior, (len(ids), 1))]
+            continue
+        folder = audio
+        if n < len(files):                     # only this level's files: links in a folder of their own
+            folder = links / name
+            folder.mkdir(parents=True)
+            for f in part:
+                (folder / f.name).symlink_to(f.resolve())
+        ids, probs, _ = predict_audio(bundle / "heads" / name, folder, columns, workers=1)
+        row_ids, blocks = row_ids + ids, [*blocks, probs]
+    return row_ids, np.vstack(blocks) if blocks else np.zeros((0, len(columns)))
+
+
+def compare_probabilities(notebook: np.ndarray, reference: np.ndarray, row_ids: list[str],
+                          columns: list[str]) -> tuple[float, str]:
+    """The largest |notebook - reference| and where it is (``"row R, column C"``)."""
+    if notebook.shape != reference.shape:
+        raise BundleError(f"the notebook saved {notebook.shape} probabilities, pipelines.predict made {reference.shape}")
+    if not reference.size:
+        return 0.0, ""
+    delta = np.abs(notebook.astype(np.float64) - reference)
+    i, j = np.unravel_index(int(np.argmax(delta)), delta.shape)
+    return float(delta[i, j]), f"row {row_ids[i]}, column {columns[j]}"
 
 
 def _max_abs_diff(a: Path, b: Path) -> float:

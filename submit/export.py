@@ -3,7 +3,8 @@ behind ``python -m pipelines.export``).
 
 Layout of the bundle::
 
-    manifest.json                     every other file with size + sha256, versions, levels, measured costs
+    manifest.json                     every other file with size + sha256, versions, levels, measured costs,
+                                      the top level's class prior (the notebook's fallback without the toolkit)
     heads/<head_id>/                  the head (a stack: + its base heads), plain JSON / .npz / model text
     heads/<fallback_id>/              the time guard's cheaper head (optional)
     wheels/                           this toolkit (built from the checkout) + runtime wheels Kaggle lacks,
@@ -19,23 +20,34 @@ Layout of the bundle::
 Runtime wheels come from ``--wheels DIR`` (an offline machine exports from a wheel cache) or are
 fetched once with ``pip download`` into the user cache; nothing else reaches the network. The patched
 BirdNET model is rebuilt at run time from the shipped original. The export writes into a temporary
-folder and renames it into place: an interrupted export leaves no half bundle.
+folder and renames it into place: an interrupted export leaves no half bundle. A full disk is one
+``BundleError`` naming the bundle file being written, and says the partial bundle was removed.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from featurestore.errors import BundleError, UserInputError
 from featurestore.files import file_sha256
-from submit.runtime import BUNDLE_KIND, COMPETITION_SLUG, MANIFEST, file_entries
+from submit.runtime import (
+    BUNDLE_KIND,
+    COMPETITION_SLUG,
+    MANIFEST,
+    bundle_environment,
+    bundle_runtime,
+    file_entries,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "birdclef_stack_inference.ipynb"
@@ -145,8 +157,7 @@ def build_toolkit_wheel(out_dir: Path) -> Path:
         made = sorted((Path(tmp) / "wheel").glob("birdclef_stack-*.whl"))
         if not made:
             raise BundleError("pip wheel wrote no birdclef_stack wheel")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return Path(shutil.copy2(made[-1], out_dir / made[-1].name))
+        return _copy_file(made[-1], out_dir / made[-1].name)
 
 
 @dataclass
@@ -200,9 +211,74 @@ def auto_fallback(store, head_id: str) -> str | None:
     return min(bases, key=lambda h: (len(_extractor_params(heads_dir, [h])), -(score.get(h) or 0.0), h))
 
 
-def _copy_head(src: Path, dst: Path) -> None:
-    # train_windows.parquet is training provenance, not needed to predict (and would need pyarrow)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("train_windows.parquet", ".*"))
+@contextmanager
+def _writing(dst: Path) -> Iterator[None]:
+    """Name ``dst``, the bundle file being written, when the disk fills while it is written (a copy's
+    OSError names its source; a write's names no file)."""
+    try:
+        yield
+    except OSError as exc:
+        from featurestore.store import is_disk_full
+
+        if is_disk_full(exc) and exc.filename != str(dst):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst)) from exc
+        raise
+
+
+def _copy_file(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with _writing(dst):
+        return Path(shutil.copy2(src, dst))
+
+
+def _write_text(path: Path, text: str) -> None:
+    with _writing(path):
+        path.write_text(text, encoding="utf-8")
+
+
+def copy_head(src: Path, dst: Path) -> None:
+    """Copy a head folder file by file, leaving out hidden files and train_windows.parquet (training
+    provenance, not needed to predict, and would need pyarrow)."""
+    from models.bundle import TRAIN_WINDOWS_FILE
+
+    for here, dirs, names in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if not name.startswith(".") and name != TRAIN_WINDOWS_FILE:
+                _copy_file(Path(here, name), dst / Path(here, name).relative_to(src))
+
+
+def head_prior(bundle: Path, head_id: str, columns: list[str], manifest: dict | None = None) -> dict[str, float]:
+    """The class prior of head ``heads/<head_id>`` of a bundle folder (its predictor's ``output_prior``, what
+    the runtime writes for a row it cannot predict), as ``{column: p}`` in ``columns`` order: the notebook's
+    prior-only submission when the toolkit cannot run."""
+    from submit.predict import open_predictor
+
+    with bundle_environment(bundle):
+        predictor = open_predictor(bundle / "heads" / head_id, **bundle_runtime(bundle, manifest or {}))
+    prior = [float(p) for p in predictor.output_prior]
+    return {c: prior[predictor.class_names.index(c)] for c in columns}
+
+
+def write_manifest(bundle: Path, fields: dict) -> dict:
+    """Write ``bundle/manifest.json``: the bundle kind, ``fields`` and ``files`` - every other file of the folder
+    with its size and sha256 (:func:`submit.runtime.file_entries`), what :func:`submit.runtime.verify_bundle`
+    and the notebook check. Returns the manifest."""
+    manifest = {"kind": BUNDLE_KIND, "format": 1, **fields}
+    manifest["files"] = file_entries(bundle)
+    _write_text(bundle / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _disk_full(exc: OSError, work: Path, out: Path) -> BundleError:
+    name = Path(exc.filename) if exc.filename else None
+    if name is not None and name.is_relative_to(work):
+        what, free = f"{name.relative_to(work).as_posix()} into the bundle", out.parent
+    else:
+        what, free = (str(name), name.parent) if name is not None else ("the bundle", out.parent)
+    return BundleError(f"disk full while writing {what} (no space left on device in {free}): the partial bundle "
+                       f"{work} was removed, nothing was exported; free space there (or pick another --out) and "
+                       "re-run pipelines.export")
 
 
 def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.PathLike, *,
@@ -241,22 +317,24 @@ def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.Path
     notes: list[str] = []
     try:
         for h in needed:
-            _copy_head(heads_dir / h, work / "heads" / h)
+            copy_head(heads_dir / h, work / "heads" / h)
         manifest_extra = copy_models(params, work)
         packages = dict(RUNTIME_PACKAGES)
         if manifest_extra.get("custom_model", "").endswith(".onnx"):
             packages.update(ONNX_PACKAGES)
         (work / "wheels").mkdir()
         for w in fetch_wheels(packages, pythons, Path(wheels).expanduser().resolve() if wheels else None, say):
-            shutil.copy2(w, work / "wheels" / w.name)
+            _copy_file(w, work / "wheels" / w.name)
         toolkit = build_toolkit_wheel(work / "wheels")
-        from submit.notebook import write_kaggle_files
+        from submit.notebook import kaggle_files
 
         slug = slug or f"birdclef-stack-{head_id}".lower()[:50]
-        write_kaggle_files(work, owner=owner, slug=slug, competition=competition, head_id=head_id, levels=levels)
-        (work / "LICENSES.md").write_text(_licences(params, manifest_extra), encoding="utf-8")
+        for name, text in kaggle_files(owner=owner, slug=slug, competition=competition, head_id=head_id,
+                                       levels=levels).items():
+            _write_text(work / name, text)
+        _write_text(work / "LICENSES.md", _licences(params, manifest_extra))
         manifest = {
-            "kind": BUNDLE_KIND, "format": 1, "toolkit_version": installed_version("birdclef-stack"),
+            "toolkit_version": installed_version("birdclef-stack"),
             "toolkit_wheel": f"wheels/{toolkit.name}", "head_id": head_id, "levels": levels,
             "columns": columns, "extractors": {n: p.get("kind", n) for n, p in params.items()},
             "python": [f"cp{p.replace('.', '')}" for p in pythons], "platform": "manylinux x86_64",
@@ -271,14 +349,18 @@ def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.Path
             manifest["stage_costs"] = measure_costs(work, manifest, measure_audio).to_json()
         else:
             notes.append("no audio to measure per-stage costs on: run python -m pipelines.plan --bundle BUNDLE --audio DIR")
-        manifest["files"] = file_entries(work)
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        manifest["prior"] = head_prior(work, head_id, columns, manifest)
+        manifest = write_manifest(work, manifest)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rmdir()
         os.replace(work, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
+        from featurestore.store import is_disk_full
+
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            raise _disk_full(exc, work, out) from exc
         raise
     total = sum(f["bytes"] for f in manifest["files"])
     return ExportResult(out, head_id, levels, len(manifest["files"]) + 1, total, notes)
@@ -324,7 +406,7 @@ def copy_models(params: dict[str, dict], work: Path) -> dict:
         dst.mkdir(parents=True)
         for f in (model, labels, model.parent / "LICENSE"):
             if f.exists():
-                shutil.copy2(f, dst / f.name)
+                _copy_file(f, dst / f.name)
     customs = [(n, p) for n, p in params.items() if kinds[n] == "custom"]
     if len(customs) > 1:
         raise BundleError(f"the head uses {len(customs)} custom-model extractors ({[n for n, _ in customs]}); "
@@ -348,11 +430,10 @@ def _ship_model(name: str, p: dict, dst: Path, companions: list[str], required: 
         raise BundleError(f"extractor {name}: model file {src} not found; the export copies it into the bundle")
     if file_sha256(src) != p.get("model_sha256"):
         raise BundleError(f"extractor {name}: {src} is not the model the head was trained with (sha256 differs)")
-    dst.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src, dst / src.name)
+    _copy_file(src, dst / src.name)
     for companion in companions:
         if (src.parent / companion).is_file():
-            shutil.copy2(src.parent / companion, dst / Path(companion).name)
+            _copy_file(src.parent / companion, dst / Path(companion).name)
         elif required:
             raise BundleError(f"extractor {name}: {src.parent / companion} not found; the export copies it "
                               f"with {src.name}")

@@ -177,18 +177,17 @@ def _measure(bundle: Path, manifest: dict, files: list[Path], runtime: dict, tar
 def _measure_scaling(head_dir: Path, files: list[Path], workers: int, runtime: dict, n: int | None) -> float:
     """Wall time of the same files through a started pool of 1 and of ``workers`` processes (each pool
     warmed on one file per worker first): S = t(1) / t(workers)."""
-    import multiprocessing
     import os
 
     from embed.extractors import single_threaded_children
+    from featurestore.workers import worker_pool
     from submit.predict import init_worker, predict_one
 
     batch = [str(f) for f in (list(files) * (1 + (n or 2 * workers) // max(1, len(files))))[: n or 2 * workers]]
-    ctx = multiprocessing.get_context("spawn")
     times = {}
     for w in (1, workers):
         with single_threaded_children(os.cpu_count()):   # serial extractors, as in a pool that fills the cores
-            pool = ctx.Pool(w, initializer=init_worker, initargs=(str(head_dir), runtime))
+            pool = worker_pool(w, init_worker, (str(head_dir), runtime))
         with pool:
             list(pool.imap(predict_one, batch[:w], chunksize=1))          # warm each worker
             t = time.perf_counter()

@@ -5,12 +5,13 @@ for one head bundle, :class:`submit.stack_predictor.StackPredictor` for a stacke
 per file feeds every base head; the level-2 model and post steps run over all rows once every file is
 predicted). Both answer the :class:`Predictor` protocol. Every file gets exactly its expected rows
 (:func:`submit.submission.expected_row_ids`); a bad file gets the prior where it has no usable audio.
+The audio list (:func:`submit.submission.list_audio`) refuses two files with one stem before any work;
+files not named as competition soundscapes and files below 32 kHz are predicted, with a warning.
 Only numpy, scipy, soundfile, ai-edge-litert, lightgbm and scikit-learn are imported on this path.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,16 +21,19 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from embed.extractors import single_threaded_children
+from featurestore.audio_qa import low_rate_warning, unreadable_audio
 from featurestore.errors import BundleError, DataError
 from featurestore.windows import WINDOW_SECONDS
+from featurestore.workers import worker_pool
 from models.bundle import HeadBundle
 from submit.head_predictor import HeadPredictor, build_extractors
 from submit.submission import (
     expected_ids_for_audio,
     expected_window_count,
     file_window_ids,
-    header_seconds,
+    header_info,
     list_audio,
+    name_warning,
     read_header,
     write_submission,
 )
@@ -81,7 +85,8 @@ def predict_soundscape(path: Path, bundle: HeadBundle, extractors: list) -> tupl
     class prior on all its rows (NaN/inf samples are not repaired: the decoder's output cannot be
     trusted, so no window of it is scored). A file with fewer decodable windows than expected
     (truncated, or shorter than the competition's 60 s) is predicted on the windows it has and
-    gets the prior on the rest; so does a window whose probabilities come out non-finite.
+    gets the prior on the rest; so does a window whose probabilities come out non-finite. A file below
+    32 kHz is predicted and warned about in ingest's words (:func:`featurestore.audio_qa.low_rate_warning`).
     """
     return complete_rows(path, HeadPredictor(bundle, extractors))
 
@@ -100,15 +105,13 @@ def file_rows(path: Path, predictor) -> tuple[list[str], np.ndarray, str | None,
     fallback = np.tile(prior, (n, 1))
     usable = np.zeros(n, bool)
     if not path.exists():
-        return expected, fallback, f"file not found: {path} (wrote the class prior for its {n} rows)", usable
+        return expected, fallback, f"{unreadable_audio(path)} (wrote the class prior for its {n} rows)", usable
     try:
         row_ids, probs = predictor.predict_file(path)
     except Exception as exc:  # any decode/model failure of one file must not sink the submission
         reason = str(exc) if str(path) in str(exc) else f"{path}: {type(exc).__name__}: {exc}"
-        if not path.exists():
-            reason = f"file not found: {path}"
-        elif path.is_file() and path.stat().st_size == 0:
-            reason = f"{path}: empty file (0 bytes)"
+        if _gone_or_empty(path):   # embed's and ingest's words (featurestore.audio_qa.unreadable_audio)
+            reason = str(unreadable_audio(path))
         return expected, fallback, f"{reason} (wrote the class prior for its {n} rows)", usable
     got = dict(zip(row_ids, probs, strict=True))
     out = fallback
@@ -120,16 +123,23 @@ def file_rows(path: Path, predictor) -> tuple[list[str], np.ndarray, str | None,
                 usable[i] = True
             else:
                 bad += 1
-    problems = []
+    header = header_info(path)
+    problems = [low] if header and (low := low_rate_warning(header[1])) else []
     found = sum(rid in got for rid in expected)
     if found < n:
-        header = header_seconds(path)
-        said = f"header says {header:.2f} s" if header is not None else "header unreadable"
+        said = f"header says {header[0]:.2f} s" if header is not None else "header unreadable"
         problems.append(f"only {found} of its {n} expected {WINDOW_SECONDS}-s windows hold decodable audio "
                         f"({said}; truncated or short file): the class prior for the other {n - found} rows")
     if bad:
         problems.append(f"{bad} window(s) gave non-finite probabilities: the class prior for them")
     return expected, out, (f"{path}: " + "; ".join(problems)) if problems else None, usable
+
+
+def _gone_or_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return True
 
 
 _WORKER: dict = {}
@@ -156,9 +166,8 @@ def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: d
             init_worker(str(head_dir), runtime)
         yield from map(predict_one, map(str, files))
         return
-    ctx = multiprocessing.get_context("spawn")
     with single_threaded_children(min(workers, len(files))):  # the workers start here, one BLAS thread each
-        pool = ctx.Pool(min(workers, len(files)), initializer=init_worker, initargs=(str(head_dir), runtime))
+        pool = worker_pool(min(workers, len(files)), init_worker, (str(head_dir), runtime))
     with pool:
         yield from pool.imap(predict_one, map(str, files), chunksize=1)
 
@@ -172,24 +181,26 @@ def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, col
     The row ids are exactly :func:`expected_row_ids` of every file (what the validator expects);
     a bad file gets the class prior where it has no usable audio, and one warning.
 
-    ``on_start(n_files)`` is called once every input is checked, before any file is decoded.
+    ``on_start(n_files)`` is called once every input is checked, before any file is decoded. Two files with
+    one stem are refused first (:func:`list_audio`); files not named as competition soundscapes get one
+    warning for the run (:func:`submit.submission.name_warning`), the first of the returned warnings.
     """
     head_dir = Path(head_dir)
+    files = list_audio(audio_dir)   # refuses two files with one stem (x.ogg, x.flac) before any work
+    if not files:
+        raise DataError(f"no audio files in {audio_dir}")
     predictor = open_predictor(head_dir, **(runtime or {}))  # fails fast on a version mismatch, before any work
     missing = [c for c in columns if c not in predictor.class_names]
     if missing:
         raise BundleError(f"submission columns {missing[:5]} are not classes of head {predictor.head_id}")
     order = [predictor.class_names.index(c) for c in columns]
-    files = list_audio(audio_dir)
-    if not files:
-        raise DataError(f"no audio files in {audio_dir}")
     if on_start:
         on_start(len(files))
     row_ids: list[str] = []
     window_ids: list[str] = []
     blocks: list[np.ndarray] = []
     usable: list[np.ndarray] = []
-    errors: list[str] = []
+    errors: list[str] = [names] if (names := name_warning(files)) else []
     for path, ids, probs, error, ok in iter_predictions(head_dir, files, workers, runtime or {}, predictor):
         row_ids += ids
         window_ids += file_window_ids(Path(path), np.arange(len(ids)) * WINDOW_SECONDS)[0]

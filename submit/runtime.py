@@ -3,7 +3,7 @@ under a time guard, and always leave a valid ``submission.csv``.
 
 Inference path only (numpy, scipy, soundfile, ai-edge-litert, lightgbm, scikit-learn; no duckdb,
 pyarrow or nbformat). The notebook itself (:mod:`submit.notebook`) is a thin driver: one cell
-installs the bundle's wheels offline, the next calls :func:`run`.
+verifies the bundle with the standard library and installs its wheels offline, the next calls :func:`run`.
 
 Guarantees:
 
@@ -11,8 +11,18 @@ Guarantees:
   <slug>``, ``/kaggle/input/<slug>``, ``/kaggle/input/datasets/<owner>/<slug>`` - or taken from
   ``$BIRDCLEF_STACK_COMPETITION`` / ``$BIRDCLEF_STACK_BUNDLE`` (``$BIRDCLEF_STACK_INPUT`` moves the
   root, which the dry run uses);
-* every bundle file is checked against ``manifest.json`` (size and sha256) before any prediction; a
-  mismatch is a :class:`~featurestore.errors.BundleError` naming the file;
+* the bundle is untrusted input, checked against ``manifest.json`` before any prediction
+  (:func:`verify_bundle`): every listed path is relative, normalised and inside the bundle; nothing
+  in the bundle is a symbolic link (its root may be reached through one, as Kaggle and the dry run
+  mount it); the bundle holds exactly the listed files (an extra file or folder, e.g. a
+  ``heads/<id>/fold_9``, is refused) and each has its listed size and sha256; every level is a
+  plain head folder name under ``heads/`` (so are a stacked level's base heads), ``head_id`` is the
+  first level, and the wheel and model files the manifest names (and those the heads' extractors
+  need) are listed files. Any failure, a malformed manifest included, is one
+  :class:`~featurestore.errors.BundleError` naming the file. The notebook repeats the file checks
+  with the standard library before it installs anything (:mod:`submit.notebook`);
+* nothing is written into the bundle: the extractors' cache (``.birdclef-stack-cache``) and the run
+  report go beside the submission, in the working folder;
 * the submission holds exactly the expected row ids in ``sample_submission.csv``'s column order and
   is validated before the run ends. A file that fails gets its head's class prior (a stacked head:
   the stack's own prior) for the rows it has no audio for;
@@ -26,11 +36,12 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -115,9 +126,15 @@ def find_bundle(root: str | os.PathLike | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------- manifest
+REEXPORT = "re-export it with pipelines.export and upload the whole folder"
+MODEL_KEYS = ("toolkit_wheel", "custom_model", "cnn_model")    # manifest keys naming one bundle file
+HEAD_MODEL_KEYS = {"custom": "custom_model", "cnn": "cnn_model"}  # extractor kind -> the manifest key of its model
+
+
 def file_entries(folder: Path) -> list[dict]:
-    """``{path, bytes, sha256}`` of every file below ``folder`` except the manifest, sorted by path."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != MANIFEST)
+    """``{path, bytes, sha256}`` of every file below ``folder`` except its own ``manifest.json``, sorted by path."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / MANIFEST)
     return [{"path": p.relative_to(folder).as_posix(), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
             for p in files]
 
@@ -127,24 +144,142 @@ def read_manifest(bundle: Path) -> dict:
         manifest = json.loads((bundle / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
         raise BundleError(f"{bundle / MANIFEST}: unreadable ({exc})") from None
-    if manifest.get("kind") != BUNDLE_KIND:
+    if not isinstance(manifest, dict) or manifest.get("kind") != BUNDLE_KIND:
         raise BundleError(f"{bundle / MANIFEST}: not a birdclef-stack bundle manifest")
     return manifest
 
 
+def is_inside_path(path: object) -> bool:
+    """A manifest path: a non-empty, normalised, relative POSIX path that stays inside the bundle."""
+    return (isinstance(path, str) and path not in ("", ".") and not path.startswith("/") and "\x00" not in path
+            and posixpath.normpath(path) == path and ".." not in path.split("/"))
+
+
+def is_head_name(name: object) -> bool:
+    """A level / base head: a plain folder name under ``heads/`` (no ``/``, not ``.`` or ``..``)."""
+    return isinstance(name, str) and is_inside_path(name) and "/" not in name
+
+
+def _listed(root: Path, manifest: dict) -> dict[str, dict]:
+    """The manifest's ``files``, by path, each checked for shape and for a path inside the bundle."""
+    where = root / MANIFEST
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        raise BundleError(f"{where}: {'no' if files is None else 'a malformed'} \"files\" list (every file with "
+                          f"path, bytes, sha256); {REEXPORT}")
+    listed: dict[str, dict] = {}
+    for i, entry in enumerate(files):
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str) and type(entry.get("bytes")) is int
+                and isinstance(entry.get("sha256"), str)):
+            raise BundleError(f"{where}: files[{i}] is not {{path: str, bytes: int, sha256: str}}; {REEXPORT}")
+        path = entry["path"]
+        if not is_inside_path(path) or path == MANIFEST:
+            raise BundleError(f"{where}: files[{i}] path {path!r} is not a normalised relative path inside the bundle; "
+                              f"{REEXPORT}")
+        if path in listed:
+            raise BundleError(f"{where}: {path} is listed twice; {REEXPORT}")
+        listed[path] = entry
+    return listed
+
+
+def _walk(root: Path) -> tuple[set[str], set[str]]:
+    """(files, folders) below ``root`` as relative POSIX paths; BundleError at the first symbolic link or
+    special file (the root itself may be reached through a link: Kaggle and the dry run mount it so)."""
+    files: set[str] = set()
+    folders: set[str] = set()
+    for here, dirs, names in os.walk(root):
+        for name in sorted([*dirs, *names]):
+            path = Path(here, name)
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                raise BundleError(f"bundle {root}: {rel} is a symbolic link (to {os.readlink(path)}); a bundle holds "
+                                  f"plain files only - remove the link or {REEXPORT}")
+            if name in names and not path.is_file():
+                raise BundleError(f"bundle {root}: {rel} is not a regular file; remove it or {REEXPORT}")
+            (files if name in names else folders).add(rel)
+    return files, folders
+
+
 def verify_bundle(bundle: str | os.PathLike) -> dict:
-    """Check every file listed in the manifest (size, then sha256); returns the manifest."""
-    bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    for entry in manifest["files"]:
-        path = bundle / entry["path"]
-        if not path.is_file():
-            raise BundleError(f"bundle file {entry['path']} is missing from {bundle}; re-export with "
-                              "pipelines.export and upload the whole folder")
-        if path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
-            raise BundleError(f"bundle file {entry['path']} does not match manifest.json (sha256 or size differ): "
-                              "the bundle was modified or truncated; re-export with pipelines.export and re-upload")
+    """Check the bundle against its manifest (see the module doc): every listed path inside the bundle,
+    no symbolic link anywhere in it, exactly the listed files (size, then sha256 of each), and every
+    head, level and model the manifest names present among them. Returns the manifest; any failure is
+    one :class:`~featurestore.errors.BundleError` naming the file."""
+    root = Path(bundle).resolve()           # resolved once: only the root may be reached through a link
+    manifest = read_manifest(root)
+    listed = _listed(root, manifest)
+    files, folders = _walk(root)
+    files.discard(MANIFEST)
+    if extra := sorted(files - set(listed)):
+        raise BundleError(f"bundle {root}: {extra[0]} is not listed in {MANIFEST} ({len(extra)} unlisted file(s)); "
+                          f"a bundle holds exactly the files its manifest lists - remove them or {REEXPORT}")
+    parents = {str(p) for f in listed for p in PurePosixPath(f).parents}
+    if empty := sorted(folders - parents):
+        raise BundleError(f"bundle {root}: folder {empty[0]} holds no listed file; remove it or {REEXPORT}")
+    for path, entry in listed.items():
+        if path not in files:
+            raise BundleError(f"bundle file {path} is missing from {root}; {REEXPORT}")
+        if (root / path).stat().st_size != entry["bytes"] or file_sha256(root / path) != entry["sha256"]:
+            raise BundleError(f"bundle file {path} does not match {MANIFEST} (sha256 or size differ): the bundle was "
+                              f"modified or truncated; {REEXPORT}")
+    _check_names(root, manifest, listed)
     return manifest
+
+
+def _check_names(root: Path, manifest: dict, listed: dict[str, dict]) -> None:
+    """Every head, level and model file the manifest (and the levels' own configs) name is a listed file."""
+    where = root / MANIFEST
+    levels, head_id = manifest.get("levels"), manifest.get("head_id")
+    if not isinstance(levels, list) or not levels or not all(is_head_name(x) for x in levels):
+        raise BundleError(f"{where}: \"levels\" must be a non-empty list of head folder names under heads/ "
+                          f"(got {levels!r}); {REEXPORT}")
+    if head_id != levels[0]:
+        raise BundleError(f"{where}: head_id {head_id!r} is not the first level {levels[0]!r}; {REEXPORT}")
+    for key in MODEL_KEYS:
+        if key in manifest and manifest[key] not in listed:
+            raise BundleError(f"{where}: {key} {manifest[key]!r} is not a file of the bundle; {REEXPORT}")
+    shapes = {"columns": lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+              "competition": is_head_name,          # the dry run makes competitions/<competition>/ from it
+              "runtime_packages": lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in (*v, *v.values())),
+              "budget_min": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
+              "toolkit_version": lambda v: isinstance(v, str)}
+    for key, ok in shapes.items():
+        if key in manifest and not ok(manifest[key]):
+            raise BundleError(f"{where}: malformed {key!r} ({str(manifest[key])[:60]!r}); {REEXPORT}")
+    prior = manifest.get("prior")
+    if prior is not None and not (isinstance(prior, dict) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in prior.values())):
+        raise BundleError(f"{where}: \"prior\" must map each column to a probability in [0, 1]; {REEXPORT}")
+    heads, todo = [], list(levels)
+    while todo:                             # the levels and, for a stacked head, its base heads
+        head = todo.pop(0)
+        if head in heads:
+            continue
+        heads.append(head)
+        config = _head_json(root, head, "config.json", listed)
+        bases = config.get("base_heads", []) if isinstance(config, dict) else []
+        if not isinstance(bases, list) or not all(is_head_name(b) for b in bases):
+            raise BundleError(f"{root}/heads/{head}/config.json: base heads {bases!r} are not head folder names "
+                              f"under heads/; {REEXPORT}")
+        todo += bases
+        extractors = _head_json(root, head, "extractors.json", listed, required=False) or {}
+        for name, params in (extractors.items() if isinstance(extractors, dict) else ()):
+            key = HEAD_MODEL_KEYS.get(params.get("kind") if isinstance(params, dict) else None)
+            if key and key not in manifest:
+                raise BundleError(f"{root}/heads/{head}/extractors.json: extractor {name} needs a model file, but "
+                                  f"the manifest names no {key} shipped in the bundle; {REEXPORT}")
+
+
+def _head_json(root: Path, head: str, name: str, listed: dict[str, dict], required: bool = True) -> object:
+    path = f"heads/{head}/{name}"
+    if path not in listed:
+        if not required:
+            return None
+        raise BundleError(f"{root / MANIFEST}: head {head} is not in the bundle (no {path}); {REEXPORT}")
+    try:
+        return json.loads((root / path).read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"bundle file {path}: unreadable JSON ({exc}); {REEXPORT}") from None
 
 
 @contextmanager
@@ -313,7 +448,7 @@ def run(bundle: str | os.PathLike | None = None, competition: str | os.PathLike 
     competition = Path(competition) if competition else find_competition()
     manifest = verify_bundle(bundle)
     stages["verify bundle"] = time.perf_counter() - t
-    say(f"bundle {bundle} (head {manifest['head_id']}, toolkit {manifest['toolkit_version']}): "
+    say(f"bundle {bundle} (head {manifest['head_id']}, toolkit {manifest.get('toolkit_version', '?')}): "
         f"{len(manifest['files'])} files verified; competition {competition}")
     budget_min = float(budget_min or os.environ.get(ENV_BUDGET) or manifest.get("budget_min") or BUDGET_MIN)
     workers = int(workers or os.cpu_count() or 1)
@@ -321,7 +456,12 @@ def run(bundle: str | os.PathLike | None = None, competition: str | os.PathLike 
     sample = competition / "sample_submission.csv"
     columns = read_header(sample)[1:]
     audio_dir = competition / audio_subdir
-    files = list_audio(audio_dir) if audio_dir.is_dir() else []
+    # the notebook must always leave a submission: two files with one stem (never in the competition)
+    # are predicted once, the first by name, with a warning - pipelines.predict refuses them instead
+    duplicates: list[str] = []
+    files = list_audio(audio_dir, on_duplicate=duplicates.append) if audio_dir.is_dir() else []
+    for line in duplicates:
+        say(f"warning: {line}")
     out = Path(out) if out else Path(WORKING) / "submission.csv"
     say(f"{len(files)} soundscapes in {audio_dir}; {workers} worker(s); budget {budget_min:.0f} min; "
         f"levels {' -> '.join([*manifest['levels'], PRIOR_LEVEL])}")
@@ -331,6 +471,7 @@ def run(bundle: str | os.PathLike | None = None, competition: str | os.PathLike 
         row_ids, probs, warnings, levels, events = predict_with_guard(
             bundle / "heads", manifest["levels"], files, columns, workers=workers, budget_s=budget_min * 60.0,
             start=start, runtime=runtime, say=say, timeline=timeline)
+        warnings[:0] = duplicates
         if not files:
             warnings.append(f"no audio in {audio_dir} (Kaggle hides the test set outside a submission run): "
                             "wrote sample_submission.csv's rows with the class prior")

@@ -5,13 +5,23 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from featurestore.errors import DataError, SubmissionError
-from featurestore.windows import SOUNDSCAPE_SECONDS, TEST, WINDOW_SECONDS, is_audio, row_ids, window_id
+from featurestore.windows import (
+    SOUNDSCAPE_SECONDS,
+    TEST,
+    WINDOW_SECONDS,
+    is_audio,
+    parse_soundscape_name,
+    row_id,
+    row_ids,
+    window_id,
+)
 
 
 def _not_utf8(path: Path) -> SubmissionError:
@@ -142,11 +152,19 @@ def file_window_ids(path: Path, starts: np.ndarray) -> tuple[list[str], list[str
 
 def header_seconds(path: Path) -> float | None:
     """Duration the file's header states, or None when the header cannot be read."""
+    info = header_info(path)
+    return info[0] if info else None
+
+
+def header_info(path: Path) -> tuple[float, int] | None:
+    """(seconds, sample rate) the file's header states, or None when the header cannot be read."""
     try:
         info = sf.info(str(path))
-        return info.frames / float(info.samplerate) if info.samplerate > 0 and info.frames >= 0 else None
     except Exception:  # soundfile raises several types for unreadable input; a missing file too
         return None
+    if info.samplerate <= 0 or info.frames < 0:
+        return None
+    return info.frames / float(info.samplerate), int(info.samplerate)
 
 
 
@@ -169,11 +187,58 @@ def expected_row_ids(path: Path, min_seconds: float = SOUNDSCAPE_SECONDS) -> lis
 
 
 
-def list_audio(audio_dir: str | os.PathLike) -> list[Path]:
+def list_audio(audio_dir: str | os.PathLike, *,
+               on_duplicate: Callable[[str], object] | None = None) -> list[Path]:
+    """The audio files of a folder, sorted by name: the one list predict, the Kaggle runtime and the
+    validator's expected rows are made from.
+
+    Two files with the same stem (``x.ogg``, ``x.flac``) would write the same row ids (``x_5``, ...), so
+    the submission could not be valid: they are refused at once with a :class:`DataError` naming both
+    (the competition never has two), before anything is predicted. With ``on_duplicate`` the first file
+    of each stem (in name order) is kept instead and ``on_duplicate`` gets one warning naming the others.
+    """
     audio_dir = Path(audio_dir)
     if not audio_dir.is_dir():
         raise DataError(f"audio folder {audio_dir} not found")
-    return sorted(p for p in audio_dir.iterdir() if is_audio(p) and p.is_file())
+    files = sorted(p for p in audio_dir.iterdir() if is_audio(p) and p.is_file())
+    by_stem: dict[str, list[Path]] = {}
+    for path in files:
+        by_stem.setdefault(path.stem, []).append(path)
+    shared = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+    if not shared:
+        return files
+    stem, paths = next(iter(shared.items()))
+    names = " and ".join([", ".join(p.name for p in paths[:-1]), paths[-1].name])
+    more = f" ({len(shared) - 1} more stem(s) shared: {', '.join(list(shared)[1:4])})" if len(shared) > 1 else ""
+    said = f"{audio_dir}: {names} have the same stem {stem!r}{more}, so they would write the same row ids " \
+           f"({row_id(stem, WINDOW_SECONDS)}, ...)"
+    if on_duplicate is None:
+        raise DataError(f"{said}; the competition never has two files with one stem: remove or rename one "
+                        "and re-run")
+    dropped = [p for group in shared.values() for p in group[1:]]
+    skipped = ", ".join(p.name for p in dropped[:3]) + (f" and {len(dropped) - 3} more" if len(dropped) > 3 else "")
+    on_duplicate(f"{said}: kept the first file of each stem ({paths[0].name}) and skipped {skipped}")
+    return [p for p in files if p not in dropped]
+
+
+def name_warning(files: list[Path], examples: int = 3) -> str | None:
+    """One line when some files are not named as competition soundscapes (``<id>_<Train|Test>_<n>_<site>_<date>_
+    <time>``, :func:`featurestore.windows.parse_soundscape_name`), or None: their rows are written all the same,
+    with row ids from their stems, but no site or hour can be read from the name (a stacked head's site and hour
+    priors see them as unknown)."""
+    odd = []
+    for path in files:
+        try:
+            parse_soundscape_name(path.name)
+        except DataError:
+            odd.append(path)
+    if not odd:
+        return None
+    shown = ", ".join(p.name for p in odd[:examples]) + (f" and {len(odd) - examples} more" if len(odd) > examples
+                                                         else "")
+    return (f"{len(odd)} of {len(files)} audio file(s) in {odd[0].parent} are not named as competition soundscapes "
+            f"(<id>_<Train|Test>_<n>_<site>_<YYYYMMDD>_<HHMMSS>): {shown}; predicted all the same (row ids from "
+            "their names), with no site or hour for a stacked head's priors")
 
 
 

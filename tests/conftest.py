@@ -1,7 +1,7 @@
 """Shared fixtures: the real shared data, a store ingested from it, the small demo (ingested, embedded,
 trained) and a store of synthetic features that needs no audio.
 
-One BLAS/OpenMP thread for the whole session, set here and nowhere else in the tests: the suite runs on
+One BLAS/OpenMP/TensorFlow thread for the whole session, set here and nowhere else in the tests: the suite runs on
 2 shared cores, where BLAS threads only contend (a linear head measured 36 s unlimited vs 1.8 s on one
 thread), and subprocess jobs inherit the same environment (:data:`embed.extractors.ONE_THREAD_ENV`).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,45 @@ def test_corrupt_and_empty_files_raise_a_clear_error(tmp_path: Path) -> None:
     sf.write(empty, np.zeros((0, 1)), 32000)
     with pytest.raises(AudioError, match=r"empty\.wav: decoded to 0 audio frames"):
         decode(empty)
+
+
+def test_unreadable_files_are_named_once_in_the_words_ingest_and_predict_use(shared_data: Path,
+                                                                             tmp_path: Path) -> None:
+    """Issue 23 item 13: a real 0-byte file, a real corrupt one and a real streamed (> 300 s) file with a NaN
+    sample. Decoding, opening and the embed job's recorded error say what ingest's inventory and predict say
+    (featurestore.audio_qa.unreadable_audio), the path once (it used to be twice: libsndfile's message repeats
+    it, and the job prefixed a streamed file's error with the path again)."""
+    from embed.audio import STREAM_ABOVE_S, decode_blocks
+    from embed.job import FileTask, run_task
+    from embed.registry import build
+    from featurestore.audio_qa import inspect_audio
+
+    empty = tmp_path / "empty.ogg"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.ogg"
+    corrupt.write_bytes(b"OggS" + bytes(range(256)) * 8)
+    samples, rate = sf.read(str(shared_data / "bc2026/train_audio/1595929/iNat1242532.ogg"), dtype="float32")
+    long = np.resize(samples, int(STREAM_ABOVE_S + 1) * rate)
+    long[40 * rate] = np.nan
+    streamed = tmp_path / "long_nan.wav"
+    sf.write(str(streamed), long, rate, subtype="FLOAT")
+    said = {empty: f"{empty}: empty file (0 bytes)",
+            corrupt: inspect_audio(corrupt, "test_soundscapes", corrupt.name)["error"]}   # ingest's inventory row
+    assert inspect_audio(empty, "test_soundscapes", empty.name)["error"] == said[empty]
+    # libsndfile's reason, without its "Error opening '<path>': " (the wording varies with its version)
+    assert re.fullmatch(rf"{re.escape(str(corrupt))}: cannot decode audio \(LibsndfileError: [^'/]+\)", said[corrupt])
+    for path, words in said.items():
+        for attempt in (Audio.open, Audio.load, decode, lambda p: list(decode_blocks(p, 1000))):
+            with pytest.raises(AudioError) as caught:
+                attempt(path)
+            assert str(caught.value) == words
+    assert Audio.open(streamed).streamed
+    said[streamed] = f"{streamed}: decoded audio contains NaN or inf"
+
+    extractor = build("classical", None)
+    (tmp_path / "parts" / "embed_errors").mkdir(parents=True)
+    task = [FileTask(f"test_soundscapes/{p.name}", str(p), 60.0, {extractor.version: [(f"{p.name}@0", 0)]})
+            for p in said]
+    result = run_task([extractor], task, tmp_path / "parts")
+    assert [e["message"] for e in result.errors] == list(said.values())
+    assert all(e["message"].count(str(tmp_path)) == 1 for e in result.errors)

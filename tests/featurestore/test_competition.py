@@ -201,6 +201,8 @@ def test_latin1_file_names_file_and_line(kind: str, old: str | None, new: str | 
     ("end", "00:00:inf", "time '00:00:inf' is not a finite number of seconds"),
     ("start", "nan", "time 'nan' is not a finite number of seconds"),
     ("start", "-00:00:05", "time '-00:00:05' is negative"),
+    ("end", "24:00:01", "end '24:00:01' is past 24 h, longer than any recording; correct the time in that row "
+                        "and re-run"),   # issue 23 item 7: refused before it is expanded into 17281 windows
 ])
 def test_non_finite_or_negative_label_times_name_file_and_line(column: str, value: str, message: str, bc: Path,
                                                                known: set[str], tmp_path: Path) -> None:

@@ -244,3 +244,70 @@ def test_window_labels_view_matches_the_csvs(demo_store: Path, demo_data: Path) 
     assert len(scape) > 50 and len(focal_windows) > 50
     assert view == expected
     assert from_python == expected
+
+
+# ---------------------------------------------------------------------------- label times vs the audio (issue 23)
+def _labels_only_folder(shared_data: Path, folder: Path) -> Path:
+    """The real taxonomy, sample submission and soundscape labels (no train.csv, no audio)."""
+    folder.mkdir()
+    for name in ("taxonomy.csv", "sample_submission.csv", "train_soundscapes_labels.csv"):
+        shutil.copy(shared_data / "bc2026" / name, folder / name)
+    return folder
+
+
+def test_a_label_time_of_99999999_hours_is_refused_by_line_at_once(shared_data: Path, tmp_path: Path) -> None:
+    """Item 7: ``99999999:00:00`` used to expand into 7e10 windows (no answer in minutes, then MemoryError)."""
+    data = _labels_only_folder(shared_data, tmp_path / "data")
+    labels = data / "train_soundscapes_labels.csv"
+    lines = labels.read_text().splitlines()
+    fields = lines[6].split(",")
+    lines[6] = ",".join([fields[0], fields[1], "99999999:00:00", fields[3]])
+    labels.write_text("\n".join(lines) + "\n")
+    cmd = [sys.executable, "-m", "pipelines.ingest", "--data", str(data), "--store", str(tmp_path / "store"),
+           "--quiet"]
+    try:   # generous: the fixed job answers in well under a second; before the fix it never did
+        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("ingest still running after 120 s on one hostile label time")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {labels} line 7: end '99999999:00:00' is past 24 h, longer than any recording; "
+        "correct the time in that row and re-run"]
+    assert not (tmp_path / "store").exists()
+
+
+def test_label_windows_past_the_end_of_the_audio_are_dropped_with_one_warning(shared_data: Path,
+                                                                             tmp_path: Path) -> None:
+    """Item 13: a segment ending at 01:00:00 on a 60-s file stored 708 label rows past its end, silently.
+
+    The real label file, with the audio of one of its soundscapes (59.98 s: still 12 windows), ingests
+    with no label warning at all; a hostile row adds nothing but one warning with the count and line."""
+    data = _labels_only_folder(shared_data, tmp_path / "data")
+    labels = data / "train_soundscapes_labels.csv"
+    name = "BC2026_Train_0039_S22_20211231_201500.ogg"
+    _write_soundscape(data / "train_soundscapes" / name, seconds=59.98, seed=7)
+    store_dir = tmp_path / "store"
+    clean = run_ingest(data, store_dir, workers=1)
+    assert {p["kind"] for p in clean.problems} == {"missing_audio"}   # the 66 other labelled files
+    with FeatureStore.open(store_dir, read_only=True) as store:
+        clean_rows = store.sql("SELECT filename, start_s, labels FROM soundscape_labels ORDER BY ALL")
+        assert clean_rows.num_rows == 739
+        assert store.rows(f"SELECT count(*), max(end_s) FROM soundscape_labels WHERE filename = '{name}'") == [(12, 60)]
+        assert store.count("window_labels") == 12
+
+    last = next(text for text in labels.read_text().splitlines() if text.startswith(f"{name},00:00:55,"))
+    with open(labels, "a") as fh:   # the 55-60 s window again, but ending an hour in: 709 windows, 708 past the end
+        fh.write(f"{name},00:00:55,01:00:00,{last.split(',')[3]}\n")
+    line = len(labels.read_text().splitlines())
+    summary = run_ingest(data, store_dir, workers=1)
+    past = [p for p in summary.problems if p["kind"] == "label_past_end"]
+    assert past == [{"severity": "warning", "kind": "label_past_end", "file": "train_soundscapes_labels.csv",
+                     "row": line, "message": (
+                         f"{labels}: 708 label window(s) of 1 file(s) lie past the end of the audio and were dropped; "
+                         f"first: line {line}, {name} 00:01:00-00:01:05 but the file is 59.98 s long "
+                         "(its last window ends at 00:01:00)")}]
+    off_grid = [p["message"] for p in summary.problems if p["kind"] == "label_off_grid"]
+    assert len(off_grid) == 1 and "snapped to 709 windows" in off_grid[0] and len(off_grid[0]) < len(str(labels)) + 400
+    with FeatureStore.open(store_dir, read_only=True) as store:
+        assert store.sql("SELECT filename, start_s, labels FROM soundscape_labels ORDER BY ALL").equals(clean_rows)
+        assert store.count("ingest_problems") == len(summary.problems)

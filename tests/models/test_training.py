@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from featurestore.errors import BundleError
 from featurestore.store import FeatureStore
-from models.bundle import HEADS_DIR, HeadConfig, load_bundle
+from models.bundle import HEADS_DIR, HeadConfig, load_bundle, write_record
 from models.experiments import BoardFilter, best_head_id, ranked
 from models.frame import FrameSpec, build_frame
 from models.training import train_head
@@ -172,6 +172,9 @@ def test_bundle_files_round_trip_and_name_their_folder(store: Path, ladder: dict
     shutil.copytree(store / HEADS_DIR / ladder["linear"].head_id, broken)
     config = json.loads((broken / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps({**config, "poolng": "mean"}))
+    with pytest.raises(BundleError, match=r"broken: config.json changed since training"):
+        load_bundle(broken)                               # the record sees the edit first
+    write_record(broken, broken.name, range(5))           # as if training had written it so
     with pytest.raises(BundleError, match=r"broken/config.json: unknown key\(s\) \['poolng'\]"):
         load_bundle(broken)
     (broken / "extractors.json").unlink()

@@ -143,7 +143,8 @@ JOBS = sorted(m.name for m in pkgutil.iter_modules(pipelines.__path__) if not m.
 
 def test_the_jobs_are_the_documented_ones() -> None:
     assert JOBS == ["cnn", "demo", "distill", "dryrun", "embed", "errors", "export", "folds", "ingest", "leaderboard", "plan",
-                    "predict", "pseudo", "report", "selftrain", "sql", "stack", "train", "tune", "validate_submission"]
+                    "predict", "pseudo", "repair", "report", "selftrain", "sql", "stack", "train", "tune",
+                    "validate_submission"]
 
 
 @pytest.mark.parametrize("name", JOBS)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featurestore.errors import UserInputError
-from models.bundle import HEADS_DIR, BundleWriter, HeadBundle, HeadConfig
+from featurestore.errors import BundleError, UserInputError
+from models.bundle import HEADS_DIR, RECORD_FILE, BundleWriter, HeadBundle, HeadConfig
 from models.frame import FeatureVersions, FrameSpec
 from models.heads import make_head, make_params
 from stack.bundle import STACK_KIND, StackConfig, head_config, head_folder, open_head
@@ -52,3 +52,28 @@ def test_an_unknown_head_is_one_error(reader, tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match=r"no trained head 'nope' in .*; pick one from python -m "
                                              r"pipelines\.leaderboard"):
         reader(tmp_path, "nope")
+
+
+def test_a_written_head_records_its_folds_and_files_and_open_head_checks_them(tmp_path: Path) -> None:
+    head_id = _prior_head(tmp_path)
+    folder = tmp_path / HEADS_DIR / head_id
+    record = json.loads((folder / RECORD_FILE).read_text())
+    assert record["folds"] == [0] and sorted(record["files"]) == [
+        "config.json", "extractors.json", "fold_0/arrays.npz", "fold_0/head.json", "fold_0/train_windows.parquet"]
+    assert record["files"]["fold_0/train_windows.parquet"]["optional"] is True
+    (folder / "fold_0" / "head.json").write_text((folder / "fold_0" / "head.json").read_text() + " ")
+    with pytest.raises(BundleError, match=rf"{head_id}: fold_0/head.json changed since training \(\d+ bytes, "
+                                          rf"recorded \d+\); .*python -m pipelines.train"):
+        open_head(tmp_path, head_id)
+
+
+def test_a_writer_that_fails_before_publish_leaves_no_partial_folder(tmp_path: Path) -> None:
+    config = HeadConfig(kind="prior", params=asdict(make_params("prior")), frame=FrameSpec("birdnet"),
+                        fold_version="folds-a", data_version=None, feature_versions=FeatureVersions({"birdnet": "v1"}),
+                        seed=0, replay=False, training_version="train-1")
+    head = make_head("prior", ["a", "b"], ["f0"])
+    head.fit(np.zeros((2, 1), np.float32), np.array([[1, 0], [0, 1]], np.float32))
+    with pytest.raises(RuntimeError, match="fold 1 failed"), BundleWriter(tmp_path / HEADS_DIR, config, {}) as writer:
+        writer.add_fold(0, head, ["w0", "w1"])
+        raise RuntimeError("fold 1 failed")
+    assert list((tmp_path / HEADS_DIR).iterdir()) == []

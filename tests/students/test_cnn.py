@@ -126,6 +126,20 @@ def test_cnn_run_reports_fold_mean_beside_birdnet_linear(cnn_run, cnn_store: Pat
     assert (out / "cnn.tflite").is_file() and (out / "cnn_f16.tflite").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cnn_id"] == result.cnn_id and "int8" in summary["int8"]
+    # the results depend on TensorFlow's intra-op thread count: it is in the id (the test session runs one)
+    assert json.loads((out / "run.json").read_text())["params"]["threads"] == 1
+
+
+def test_tensorflow_runs_a_fixed_thread_count(cnn_run) -> None:
+    """The weights depend on TensorFlow's intra-op thread count: training pins it (the test session: one, from
+    its environment) and refuses another once TensorFlow runs, instead of training a different model."""
+    import tensorflow as tf
+
+    assert cnn.deterministic_tensorflow(tf) == 1 == cnn.deterministic_tensorflow(tf, 1)
+    with pytest.raises(UserInputError, match=r"CNN threads 2: TensorFlow already runs on 1 intra-op thread\(s\)"):
+        cnn.deterministic_tensorflow(tf, 2)
+    with pytest.raises(UserInputError, match="CNN threads must be a positive integer"):
+        cnn.make_cnn_params({"threads": 0})
 
 
 def test_distillation_loss_falls(cnn_run) -> None:
@@ -303,6 +317,16 @@ def test_killed_training_resumes_at_its_last_epoch(cnn_store: Path, store_copy, 
     assert [(h["stage"], h["epoch"]) for h in final] == [("distill", e) for e in range(3)] + \
         [("finetune", e) for e in range(3)]
     assert (out / "cnn.tflite").is_file() and Sidecar.read(out / "cnn.tflite").trained_on == "all"
+    # reproducible: the same configuration trained straight through, in this process, gives the same bytes as the
+    # run killed and resumed in another (before: the dropout state restarted on resume, and the weights moved)
+    straight = tmp_path / "straight"
+    again = cnn.train_cnn(store, straight, params=json.loads(params), folds=False, workers=1, say=lambda _: None)
+    assert again.cnn_id == json.loads((out / "run.json").read_text())["cnn_id"]
+    names = sorted(p.name for p in out.iterdir() if p.suffix in (".tflite", ".json"))
+    assert names == sorted(p.name for p in straight.iterdir() if p.suffix in (".tflite", ".json"))
+    assert {"cnn.tflite", "cnn.json", "cnn_f16.tflite", "cnn_f16.json", "summary.json"} <= set(names)
+    for name in names:
+        assert (out / name).read_bytes() == (straight / name).read_bytes(), name
 
 
 def test_undecodable_audio_is_named_and_left_out(cnn_store: Path, store_copy, demo_data: Path, tmp_path: Path) -> None:
@@ -369,3 +393,106 @@ def test_real_shared_files_nothing_scorable(bc2026_store: Path, store_copy, shar
                        [result.cnn_id]) == (None, None, "cnn")
     out = CnnModel(result.model_path).compute(Audio.open(shared_data / "bc2026" / CLIPS[1]), [0.0])
     assert out.logits.shape == (1, len(Sidecar.read(result.model_path).class_names)) and np.isfinite(out.logits).all()
+
+
+# ---------------------------------------------------------------------------- the cache's worker pool, a full disk
+CACHE_JOB = """
+import sys
+from pipelines._cli import run_main
+
+def main(argv):
+    from embed.cnn import FrontEnd
+    from featurestore.store import FeatureStore
+    from featurestore.windows import TEST
+    from students import cnn
+    with FeatureStore.open(argv[0], create=False) as store:
+        ids = [r[0] for r in store.rows("SELECT window_id FROM windows WHERE source <> ? ORDER BY window_id", [TEST])]
+        cnn.build_cache(store, ids, FrontEnd(), workers=2)
+    return 0
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """Worker processes (multiprocessing's spawned interpreters) whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid and \
+                    b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="looks the workers up in /proc")
+def test_killed_cache_build_leaves_no_workers(demo_trained, store_copy) -> None:
+    """kill -9 of the CNN job while its workers compute the front-end cache: they exit too (before: they waited
+    forever on their task pipe, re-parented to init)."""
+    import os
+    import signal
+    import time
+
+    store = store_copy(demo_trained.store, "cnn_kill_cache")
+    job = subprocess.Popen([sys.executable, "-c", CACHE_JOB, str(store)], cwd=REPO, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and job.poll() is None and len(workers) < 2:
+            workers = _children(job.pid)
+            time.sleep(0.05)
+        assert len(workers) == 2 and job.poll() is None, "the cache was built before its workers were seen"
+        time.sleep(0.5)
+        assert job.poll() is None, "the cache was built before it could be killed"
+        os.kill(job.pid, signal.SIGKILL)
+        assert job.wait(timeout=30) == -signal.SIGKILL                  # killed, not ended on its own
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.1)
+        left = [p for p in workers if _alive(p)]
+    finally:
+        job.kill()
+        job.wait()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"cache workers {left} outlived the killed job"
+
+
+def test_full_disk_while_caching_is_one_error_line(demo_trained, store_copy) -> None:
+    """A real full disk: the store's cnn_cache/ on a 1-MB tmpfs (needs root to mount). Before: "Bus error", exit
+    135, no message (the cache was a memory map of a sparse file); now one line naming the file, exit 2, and the
+    partial file removed."""
+    import os
+
+    store = store_copy(demo_trained.store, "cnn_full_disk")
+    mount = store / cnn.CACHE_DIR
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs (a real full disk)")
+    err = store.parent / "cache_job.err"         # a file, not a pipe: orphaned workers would hold a pipe open
+    try:
+        with open(err, "w") as fh:
+            run = subprocess.run([sys.executable, "-c", CACHE_JOB, str(store)], cwd=REPO, stdout=subprocess.DEVNULL,
+                                 stderr=fh, timeout=300)
+        left = sorted(p.name for p in mount.rglob("*") if p.is_file())
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+    stderr = err.read_text()
+    assert run.returncode == 2, (run.returncode, stderr[-2000:])
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: disk full while writing {mount}/"), lines
+    assert lines[0].split(": ")[1].endswith("/logmel.npy"), lines
+    assert left == []                                               # no partial cache left on the full disk
+

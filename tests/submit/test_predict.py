@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from featurestore.errors import BundleError, SubmissionError
-from models.bundle import HEADS_DIR, class_prior, load_bundle
+from models.bundle import HEADS_DIR, class_prior, load_bundle, write_record
 from models.frame import FrameSpec
 from models.metrics import competition_score
 from models.training import train_head
@@ -85,6 +85,7 @@ def test_extractor_version_mismatch_is_refused(trained: tuple[Path, str], tmp_pa
     params = json.loads((copy / "extractors.json").read_text())
     params["classical"]["classical"]["n_mels"] += 1  # as if the code default had changed since training
     (copy / "extractors.json").write_text(json.dumps(params))
+    write_record(copy, head_id, range(5))  # a head trained so (its record.json would refuse an edited copy)
     with pytest.raises(BundleError, match="was trained on classical features version"):
         build_extractors(load_bundle(copy))
 
@@ -126,6 +127,7 @@ def test_a_different_model_file_is_refused(trained: tuple[Path, str], tmp_path: 
     params = json.loads((copy / "extractors.json").read_text())
     params["birdnet"]["model_sha256"] = "0" * 64  # trained with another BirdNET file than the installed one
     (copy / "extractors.json").write_text(json.dumps(params))
+    write_record(copy, head_id, range(5))  # a head trained so (its record.json would refuse an edited copy)
     with pytest.raises(ValueError, match="installed BirdNET model: sha256 .* differs from the stored 000000000000"):
         build_extractors(load_bundle(copy))
 
@@ -253,3 +255,118 @@ def test_inference_path_loads_no_store_libraries(trained: tuple[Path, str], demo
     bundle = load_bundle(head_dir)
     _, probs = predict_file(clip, bundle, build_extractors(bundle))
     np.testing.assert_array_equal(np.load(out), probs)
+
+
+# ---------------------------------------------------------------------------- issue 23: items 5 and 13
+FOCAL_CLIP = "bc2026/train_audio/1595929/iNat1242532.ogg"   # real, 32 kHz, 35 s
+
+
+def _real_minute(shared_data: Path) -> tuple[np.ndarray, int]:
+    """The real focal clip repeated to a competition soundscape's 60 s (32 kHz mono)."""
+    samples, rate = sf.read(str(shared_data / FOCAL_CLIP), dtype="float32")
+    return np.resize(samples, 60 * rate), rate
+
+
+def test_two_files_with_one_stem_are_refused_before_any_work(demo_trained, shared_data: Path,
+                                                              tmp_path: Path) -> None:
+    """x.ogg and x.flac would both write x_5 ... x_60: refused at once, naming both, before any file is
+    predicted (the submission used to be lost after all the work: ``row_id 'x_5' repeats``)."""
+    from featurestore.errors import DataError
+    from submit.predict import predict_submission
+    from submit.submission import list_audio
+
+    audio = tmp_path / "test_soundscapes"
+    audio.mkdir()
+    shutil.copy(shared_data / FOCAL_CLIP, audio / "x.ogg")                       # the real ogg
+    samples, rate = sf.read(str(shared_data / FOCAL_CLIP), dtype="float32")
+    sf.write(str(audio / "x.flac"), samples, rate)                             # the same clip as FLAC
+    shutil.copy(shared_data / FOCAL_CLIP, audio / "BC2026_Test_0301_S01_20240301_000000.ogg")
+    out = tmp_path / "submission.csv"
+    started: list[int] = []
+    refusal = (f"{audio}: x.flac and x.ogg have the same stem 'x', so they would write the same row ids (x_5, ...); "
+               "the competition never has two files with one stem: remove or rename one and re-run")
+    class Bar:                               # what make_progress returns (a tqdm-like bar)
+        def update(self, n: int) -> None: ...
+
+        def close(self) -> None: ...
+
+    with pytest.raises(DataError) as caught:
+        predict_submission(demo_trained.store, audio, out, head_id=demo_trained.head("classical"),
+                           make_progress=lambda n, desc: started.append(n) or Bar())
+    assert str(caught.value) == refusal
+    assert started == [] and not out.exists() and not list(tmp_path.glob(".*.tmp"))   # refused before any work
+    with pytest.raises(DataError, match="x.flac and x.ogg have the same stem 'x'"):
+        expected_ids_for_audio(audio)                                          # the validator's rows: the same list
+    # the runtime's choice (the Kaggle notebook must still write a file): keep the first, one warning
+    said: list[str] = []
+    kept = list_audio(audio, on_duplicate=said.append)
+    assert [p.name for p in kept] == ["BC2026_Test_0301_S01_20240301_000000.ogg", "x.flac"]
+    assert said == [refusal.split(";")[0] + ": kept the first file of each stem (x.flac) and skipped x.ogg"]
+
+
+def test_a_low_rate_file_is_predicted_with_ingests_warning(demo_trained, shared_data: Path, tmp_path: Path) -> None:
+    """A real minute at 8 kHz changes the outputs (up to 0.99 here) and used to pass silently; predict now says
+    what ingest says of it, in the same words (one home: featurestore.audio_qa.low_rate_warning)."""
+    from scipy.signal import resample_poly
+
+    from featurestore.audio_qa import inspect_audio
+    from submit.predict import predict_submission
+
+    samples, rate = _real_minute(shared_data)
+    audio = tmp_path / "test_soundscapes"
+    audio.mkdir()
+    full = audio / "BC2026_Test_0201_S01_20240301_000000.wav"
+    low = audio / "BC2026_Test_0202_S01_20240301_001000.wav"
+    sf.write(str(full), samples, rate, subtype="PCM_16")
+    sf.write(str(low), resample_poly(samples, 1, rate // 8000).astype(np.float32), 8000, subtype="PCM_16")
+    said: list[str] = []
+    summary = predict_submission(demo_trained.store, audio, tmp_path / "submission.csv",
+                                 head_id=demo_trained.head("classical"), on_warning=said.append)
+    words = ("sample rate 8000 Hz is below 32000 Hz (a low-rate or wrong file: the models see it upsampled, "
+             "with nothing above 4 kHz)")
+    assert said == summary.warnings == [f"{low}: {words}"]
+    assert inspect_audio(low, "test_soundscapes", low.name)["warning"] == f"{low}: {words}"   # ingest's line
+    rows = _rows(summary.path)
+    diff = max(np.abs(np.array(rows[f"{low.stem}_{end}"], float) - np.array(rows[f"{full.stem}_{end}"], float)).max()
+               for end in range(5, 65, 5))
+    assert diff > 0.3          # why it is worth a warning: the same minute, scored very differently
+
+
+def test_names_that_are_not_competition_soundscapes_get_one_warning(demo_trained, shared_data: Path,
+                                                                     tmp_path: Path) -> None:
+    """Real files with non-competition names are predicted with one warning line for the run (their count and a
+    few examples), not one per file and not silence (they used to pass without a word)."""
+    from submit.predict import predict_submission
+    from submit.submission import name_warning
+
+    samples, rate = _real_minute(shared_data)
+    audio = tmp_path / "test_soundscapes"
+    audio.mkdir()
+    for name in ("BC2026_Test_0001_S05_20250227_010002.wav", "BC2026_Test_0002_S05_20251327_010002.wav", "x.wav"):
+        sf.write(str(audio / name), samples, rate, subtype="PCM_16")            # the second: month 13
+    said: list[str] = []
+    summary = predict_submission(demo_trained.store, audio, tmp_path / "submission.csv",
+                                 head_id=demo_trained.head("classical"), on_warning=said.append)
+    rule = "(<id>_<Train|Test>_<n>_<site>_<YYYYMMDD>_<HHMMSS>)"
+    after = "predicted all the same (row ids from their names), with no site or hour for a stacked head's priors"
+    assert said == [f"2 of 3 audio file(s) in {audio} are not named as competition soundscapes {rule}: "
+                    f"BC2026_Test_0002_S05_20251327_010002.wav, x.wav; {after}"]
+    assert summary.n_rows == 3 * 12 and "x_60" in _rows(summary.path)
+    many = [audio / n for n in ("a.ogg", "b.ogg", "BC2026_Test_0001_S05_20250227_010002.ogg", "c.ogg", "d.ogg")]
+    assert name_warning(many) == (f"4 of 5 audio file(s) in {audio} are not named as competition soundscapes "
+                                  f"{rule}: a.ogg, b.ogg, c.ogg and 1 more; {after}")
+    assert name_warning(many[2:3]) is None
+
+
+def test_an_empty_file_is_reported_in_embeds_words(demo_trained, tmp_path: Path) -> None:
+    """A real 0-byte file: predict's warning is the one line embed and ingest give (featurestore.audio_qa)."""
+    from featurestore.audio_qa import unreadable_audio
+    from submit.predict import file_rows, open_predictor
+
+    empty = tmp_path / "BC2026_Test_0401_S01_20240301_000000.ogg"
+    empty.write_bytes(b"")
+    predictor = open_predictor(demo_trained.store / HEADS_DIR / demo_trained.head("classical"))
+    _, probs, warning, usable = file_rows(empty, predictor)
+    assert str(unreadable_audio(empty)) == f"{empty}: empty file (0 bytes)"
+    assert warning == f"{empty}: empty file (0 bytes) (wrote the class prior for its 12 rows)"
+    assert not usable.any() and np.array_equal(probs, np.tile(predictor.prior, (12, 1)))

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ import pytest
 
 from featurestore.errors import BundleError, DataError
 from submit import runtime
+from submit.dryrun import WORK_MARKER, reference_predictions
 from submit.plan import Costs, LevelCost, project
-from submit.predict import open_predictor, predict_audio
+from submit.predict import open_predictor
 from submit.runtime import BUNDLE_KIND, MANIFEST, file_entries, predict_with_guard, verify_bundle
 from submit.submission import expected_ids_for_audio, list_audio, validate_submission
 
@@ -28,7 +30,7 @@ def _tiny_bundle(folder: Path) -> Path:
     (folder / "heads" / "h" / "config.json").write_text('{"a": 1}')
     (folder / "wheels").mkdir()
     (folder / "wheels" / "x-1.0-py3-none-any.whl").write_bytes(b"PK" + bytes(100))
-    manifest = {"kind": BUNDLE_KIND, "files": file_entries(folder), "head_id": "h"}
+    manifest = {"kind": BUNDLE_KIND, "files": file_entries(folder), "head_id": "h", "levels": ["h"]}
     (folder / MANIFEST).write_text(json.dumps(manifest))
     return folder
 
@@ -111,13 +113,11 @@ def test_time_guard_moves_files_down_the_levels_and_the_submission_stays_exact(s
     assert any(m.startswith("time guard:") for m in messages)
     assert row_ids == [r for f in files for r in expected_ids_for_audio_of(f)]
     rows = dict(zip(row_ids, probs, strict=True))
-    for level, chunk in ((heads["stack"], files[:2]), (heads["fallback"], files[2:4])):
-        part = tmp_path / level
-        part.mkdir()
-        for f in chunk:
-            shutil.copy(f, part / f.name)
-        ids, expected, _ = predict_audio(store / "heads" / level, part, columns, workers=1)
-        np.testing.assert_allclose(np.stack([rows[r] for r in ids]), expected, rtol=0, atol=1e-6)
+    # the dry run's reference: each level's files predicted with that level's head, the rest the top prior
+    ids, expected = reference_predictions(store, {"levels": [heads["stack"], heads["fallback"]], "columns": columns},
+                                          audio, levels, tmp_path / "links")
+    assert ids == row_ids
+    np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
     prior = predictor.output_prior
     np.testing.assert_allclose(prior, open_predictor(store / "heads" / heads["stack"]).stack_prior)
     for f in files[4:]:
@@ -165,7 +165,7 @@ def test_projection_is_the_stated_model_of_the_measured_costs() -> None:
 def test_export_plan_and_offline_dry_run_of_the_notebook(store: Path, heads: dict, demo_data: Path,
                                                          tmp_path: Path) -> None:
     from submit.dryrun import dry_run
-    from submit.export import export_bundle
+    from submit.export import export_bundle, write_manifest
     from submit.plan import plan_bundle
 
     bundle = tmp_path / "bundle"
@@ -199,11 +199,39 @@ def test_export_plan_and_offline_dry_run_of_the_notebook(store: Path, heads: dic
     run = dry_run(bundle, audio, work=tmp_path / "dry", allow_network=True, say=lambda _: None)
     assert run.network.startswith("off") or "unshare" in run.network
     assert all(str(tmp_path / "dry" / "venv") in p for p in run.modules.values())
-    assert run.max_abs_diff <= 1e-6
+    assert run.max_abs_diff <= 1e-6 and run.agrees and (tmp_path / "dry" / WORK_MARKER).is_file()
+    assert f"verified {len(manifest['files'])} files, installed" in (tmp_path / "dry" / "notebook_output.txt").read_text()
+    top = open_predictor(bundle / "heads" / heads["stack"])      # the notebook's prior without the toolkit
+    assert list(manifest["prior"]) == manifest["columns"]
+    np.testing.assert_allclose([manifest["prior"][c] for c in top.class_names], top.output_prior, rtol=0, atol=1e-7)
     assert validate_submission(run.submission, demo_data / "sample_submission.csv",
                                expected_ids_for_audio(audio)) == 4 * 12
     assert any(corrupt.name in w for w in run.run_report["warnings"])
     assert 0 < run.projected_min < 1e4 and run.render().splitlines()[-1].startswith("projected Kaggle minutes: ")
+
+    # a stale toolkit wheel (its runtime predicts sqrt(p)), listed in a rewritten manifest: the files verify, the
+    # notebook runs, and the comparison must fail - re-run on the first dry run's own work folder, one file
+    stale, one = tmp_path / "stale", tmp_path / "one"
+    shutil.copytree(bundle, stale)
+    one.mkdir()
+    shutil.copy(list_audio(audio)[0], one)
+    wheel = stale / manifest["toolkit_wheel"]
+    with zipfile.ZipFile(wheel) as z:
+        parts = {i: z.read(i) for i in z.infolist()}
+    code = next(v for i, v in parts.items() if i.filename == "submit/runtime.py").decode()
+    assert "np.asarray(probs)[:, order], strict=True" in code
+    patched = code.replace("np.asarray(probs)[:, order], strict=True", "np.sqrt(np.asarray(probs)[:, order]), strict=True")
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
+        for info, data in parts.items():
+            z.writestr(info, patched.encode() if info.filename == "submit/runtime.py" else data)
+    write_manifest(stale, {k: v for k, v in manifest.items() if k not in ("kind", "format", "files")})
+    cli = subprocess.run([sys.executable, "-m", "pipelines.dryrun", "--bundle", str(stale), "--audio", str(one),
+                          "--work", str(tmp_path / "dry"), "--allow-network"], cwd=REPO, capture_output=True, text=True)
+    assert cli.returncode == 1, cli.stderr
+    errors = [line for line in cli.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: the notebook's predictions differ from pipelines.predict's "
+                                                     "by up to ") and "tolerance 0.0001" in errors[0], cli.stderr
+    assert "max |notebook - pipelines.predict| = " in cli.stdout
 
     tampered = tmp_path / "tampered"
     shutil.copytree(bundle, tampered)
