@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import alive, survivors
 
 from featurestore.workers import ONE_THREAD_ENV, worker_pool
 
@@ -63,15 +64,6 @@ def _run(tmp_path: Path, code: str, timeout: float = 60) -> tuple[subprocess.Com
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=timeout)
     return done, time.perf_counter() - t0
-
-
-def _alive(pid: int) -> bool:
-    """Still running (a zombie waiting for init to reap it has exited: not alive)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
 
 
 def test_initializer_error_is_raised_by_every_pool_call(tmp_path: Path) -> None:
@@ -191,19 +183,14 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
     parent = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         pids = [int(p) for p in parent.stdout.readline().split()]
-        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        assert len(pids) == 2 and all(alive(p) for p in pids)
         time.sleep(0.5)                                         # the naps have started
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(timeout=30)
-        deadline = time.time() + 10
-        while time.time() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.1)
-        left = [p for p in pids if _alive(p)]
+        left = survivors(pids)                                  # killed too: a failure leaves nothing behind
     finally:
         parent.kill()
         parent.wait()
-    for pid in left:                                            # a failure must not leave them behind either
-        os.kill(pid, signal.SIGKILL)
     assert not left, f"workers {left} outlived their killed parent"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import spawned_children, survivors
 
 from embed.audio import Audio
 from embed.cnn import CnnModel, FrontEnd, Sidecar, front_end, sidecar_path
@@ -415,26 +416,6 @@ if __name__ == "__main__":
 """
 
 
-def _children(pid: int) -> list[int]:
-    """Worker processes (multiprocessing's spawned interpreters) whose parent is ``pid``."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid and \
-                    b"spawn_main" in (stat.parent / "cmdline").read_bytes():
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="looks the workers up in /proc")
 def test_killed_cache_build_leaves_no_workers(demo_trained, store_copy) -> None:
     """kill -9 of the CNN job while its workers compute the front-end cache: they exit too (before: they waited
@@ -450,22 +431,17 @@ def test_killed_cache_build_leaves_no_workers(demo_trained, store_copy) -> None:
     try:
         deadline = time.time() + 120
         while time.time() < deadline and job.poll() is None and len(workers) < 2:
-            workers = _children(job.pid)
+            workers = spawned_children(job.pid)
             time.sleep(0.05)
         assert len(workers) == 2 and job.poll() is None, "the cache was built before its workers were seen"
         time.sleep(0.5)
         assert job.poll() is None, "the cache was built before it could be killed"
         os.kill(job.pid, signal.SIGKILL)
         assert job.wait(timeout=30) == -signal.SIGKILL                  # killed, not ended on its own
-        deadline = time.time() + 10
-        while time.time() < deadline and any(_alive(p) for p in workers):
-            time.sleep(0.1)
-        left = [p for p in workers if _alive(p)]
+        left = survivors(workers)                       # killed too: a failure leaves nothing behind
     finally:
         job.kill()
         job.wait()
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
     assert not left, f"cache workers {left} outlived the killed job"
 
 
