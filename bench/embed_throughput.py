@@ -128,12 +128,13 @@ def _ceiling_worker(args: tuple[str, int, str | None]) -> float:
 
 def two_process_ceiling(frames: np.ndarray, batch: int, cache: Path | None, work: Path) -> float:
     """Wall seconds for two processes each running BirdNET alone on ``frames`` at the same time."""
+    from embed.extractors import pool_env
     from featurestore.workers import worker_pool
 
     path = work / "frames.npy"
     np.save(path, frames)
     args = (str(path), batch, str(cache) if cache else None)
-    with worker_pool(2) as pool:
+    with worker_pool(2, env=pool_env(2)) as pool:
         return max(pool.map(_ceiling_worker, [args, args]))
 
 
@@ -145,12 +146,14 @@ def pool_start_up(workers: int, cache: Path | None, work: Path) -> float:
     """Seconds until ``workers`` spawned embed workers are ready (imports + extractors built): the fixed
     cost a multi-worker job pays once, large beside a 12-file run, nothing beside a 10,000-file one."""
     from embed import registry
+    from embed.extractors import pool_env
     from embed.job import init_worker
     from featurestore.workers import worker_pool
 
     params = [registry.build(n, None).params() for n in ("birdnet", "classical")]
     t0 = time.perf_counter()
-    with worker_pool(workers, init_worker, (params, {"cache_dir": cache}, str(work / "parts"))) as pool:   # as the job
+    with worker_pool(workers, init_worker, (params, {"cache_dir": cache}, str(work / "parts")),
+                     env=pool_env(workers)) as pool:                                          # as the job
         pool.map(_ping, range(workers), chunksize=1)
         return time.perf_counter() - t0
 

@@ -86,14 +86,11 @@ def compute_all(audio: Audio, work: Sequence[tuple[Extractor, list[float]]]) -> 
 
 
 
-def single_threaded_children(workers: int | None = None):
-    """Processes spawned inside read one BLAS/OpenMP thread each from the environment (we parallelise by
-    process), and - when ``workers`` fill every core - no extractor overlap (:func:`compute_all`: with
-    no spare core it only adds switching). This process's own environment is restored on exit."""
-    updates: dict[str, str | None] = dict(ONE_THREAD_ENV)
-    if workers is not None and workers >= (os.cpu_count() or 1):
-        updates[OVERLAP_ENV] = "0"
-    return environ_set(updates)
+def pool_env(workers: int) -> dict[str, str]:
+    """The environment worker processes start with beside one BLAS thread each
+    (:func:`featurestore.workers.worker_pool` sets that): when ``workers`` fill every core, no extractor
+    overlap (:func:`compute_all`: with no spare core it only adds switching)."""
+    return {OVERLAP_ENV: "0"} if workers >= (os.cpu_count() or 1) else {}
 
 @dataclass
 class FrameOutput:

@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from embed import registry
 from embed.audio import Audio
-from embed.extractors import Extractor, FrameOutput, WindowOutput, compute_all, single_threaded_children
+from embed.extractors import Extractor, FrameOutput, WindowOutput, compute_all, pool_env
 from embed.registry import VERSIONS_TABLE
 from featurestore.errors import AudioError, DataError, StoreBusyError, StoreError
 from featurestore.store import (
@@ -242,9 +242,8 @@ def execute(extractors: list[Extractor], tasks: list[list[FileTask]], parts_root
             yield run_task(extractors, task, parts_root)
         return
     params = [ex.params() for ex in extractors]
-    with single_threaded_children(min(workers, len(tasks))):
-        pool = worker_pool(min(workers, len(tasks)), init_worker, (params, runtime, str(parts_root)))
-    with pool:
+    n = min(workers, len(tasks))
+    with worker_pool(n, init_worker, (params, runtime, str(parts_root)), env=pool_env(n)) as pool:
         yield from pool.imap_unordered(_worker_task, tasks, chunksize=1)
 
 

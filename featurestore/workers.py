@@ -25,8 +25,9 @@ Guarantees:
   that task forever. Here every blocking call (``map``, ``starmap``, ``apply``, iterating ``imap`` /
   ``imap_unordered``) checks the workers every :data:`WATCH_SECONDS` while it waits and raises a
   ``ChildProcessError`` naming the worker and its signal or exit code.
-* **One BLAS/OpenMP thread per worker**: the workers start with :data:`ONE_THREAD_ENV` in their
-  environment (this process's own environment is restored): the toolkit parallelises by process.
+* **One BLAS/OpenMP thread per worker**: the workers start with :data:`ONE_THREAD_ENV` (and the caller's
+  ``env``) in their environment (this process's own environment is restored): the toolkit parallelises
+  by process.
 
 Leaving the ``with`` block terminates the workers (as :class:`multiprocessing.pool.Pool` does). Only
 the standard library is imported here (the inference path uses it).
@@ -53,20 +54,19 @@ ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_
 @contextlib.contextmanager
 def environ_set(updates: Mapping[str, str | None]):
     """Set (a value) or remove (None) environment variables for the duration; restores them after."""
+    def put(values: Mapping[str, str | None]) -> None:
+        for n, v in values.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+
     saved = {n: os.environ.get(n) for n in updates}
     try:
-        for n, v in updates.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
+        put(updates)
         yield
     finally:
-        for n, v in saved.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
+        put(saved)
 
 
 # ---------------------------------------------------------------------------- inside a worker
@@ -133,11 +133,12 @@ def _signal_name(number: int) -> str:
 class WorkerPool(multiprocessing.pool.Pool):
     """A spawn-context pool with the guarantees of this module (see :func:`worker_pool`)."""
 
-    def __init__(self, processes: int, initializer: Callable | None = None, initargs: Iterable = ()):
+    def __init__(self, processes: int, initializer: Callable | None = None, initargs: Iterable = (),
+                 env: Mapping[str, str | None] | None = None):
         ctx = multiprocessing.get_context("spawn")
         # the workers get the read end; the only write end stays here (pipes are not inherited by exec)
         self._lifeline_r, self._lifeline_w = ctx.Pipe(duplex=False)
-        with environ_set(ONE_THREAD_ENV):
+        with environ_set({**ONE_THREAD_ENV, **(env or {})}):
             super().__init__(processes, _start_worker, (self._lifeline_r, initializer, tuple(initargs)),
                              context=ctx)
         self._started = list(self._pool)     # no worker leaves on its own while the pool runs (see _check)
@@ -210,7 +211,9 @@ class WorkerPool(multiprocessing.pool.Pool):
         self._lifeline_w.close()
 
 
-def worker_pool(processes: int, initializer: Callable | None = None, initargs: Iterable = ()) -> WorkerPool:
+def worker_pool(processes: int, initializer: Callable | None = None, initargs: Iterable = (),
+                env: Mapping[str, str | None] | None = None) -> WorkerPool:
     """A pool of ``processes`` spawned workers, each running ``initializer(*initargs)`` once; see the module
-    docstring for what it guarantees (exit with the parent, initializer errors raised, one BLAS thread)."""
-    return WorkerPool(processes, initializer, initargs)
+    docstring for what it guarantees (exit with the parent, initializer errors raised, one BLAS thread).
+    ``env``: more variables the workers start with (None removes one), e.g. :func:`embed.extractors.pool_env`."""
+    return WorkerPool(processes, initializer, initargs, env)

@@ -232,7 +232,7 @@ def build_cache(store, window_ids: list[str], frontend, *, workers: int = 1, say
     flushed). Undecodable files raise one :class:`AudioError` naming the first, after every other file is
     cached (:func:`load_data` leaves out the files the embed job recorded as undecodable).
     """
-    from embed.extractors import single_threaded_children
+    from embed.extractors import pool_env
     from embed.job import data_dir_of
     from featurestore.windows import file_of, start_of
     from featurestore.workers import worker_pool
@@ -273,9 +273,7 @@ def build_cache(store, window_ids: list[str], frontend, *, workers: int = 1, say
         _save_atomic(done_path, done)
 
     try:
-        with single_threaded_children(workers):
-            pool = worker_pool(workers)
-        with pool:
+        with worker_pool(workers, env=pool_env(workers)) as pool:
             for f, rows in zip(files, pool.imap(_logmel_or_error, jobs, chunksize=4), strict=True):
                 if isinstance(rows, AudioError):
                     failed.append(rows)

@@ -179,16 +179,15 @@ def _measure_scaling(head_dir: Path, files: list[Path], workers: int, runtime: d
     warmed on one file per worker first): S = t(1) / t(workers)."""
     import os
 
-    from embed.extractors import single_threaded_children
+    from embed.extractors import pool_env
     from featurestore.workers import worker_pool
     from submit.predict import init_worker, predict_one
 
     batch = [str(f) for f in (list(files) * (1 + (n or 2 * workers) // max(1, len(files))))[: n or 2 * workers]]
     times = {}
     for w in (1, workers):
-        with single_threaded_children(os.cpu_count()):   # serial extractors, as in a pool that fills the cores
-            pool = worker_pool(w, init_worker, (str(head_dir), runtime))
-        with pool:
+        # serial extractors, as in a pool that fills the cores
+        with worker_pool(w, init_worker, (str(head_dir), runtime), env=pool_env(os.cpu_count() or 1)) as pool:
             list(pool.imap(predict_one, batch[:w], chunksize=1))          # warm each worker
             t = time.perf_counter()
             list(pool.imap(predict_one, batch, chunksize=1))

@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from embed.extractors import single_threaded_children
+from embed.extractors import pool_env
 from featurestore.audio_qa import low_rate_warning, unreadable_audio
 from featurestore.errors import BundleError, DataError
 from featurestore.windows import WINDOW_SECONDS
@@ -166,9 +166,8 @@ def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: d
             init_worker(str(head_dir), runtime)
         yield from map(predict_one, map(str, files))
         return
-    with single_threaded_children(min(workers, len(files))):  # the workers start here, one BLAS thread each
-        pool = worker_pool(min(workers, len(files)), init_worker, (str(head_dir), runtime))
-    with pool:
+    n = min(workers, len(files))
+    with worker_pool(n, init_worker, (str(head_dir), runtime), env=pool_env(n)) as pool:
         yield from pool.imap(predict_one, map(str, files), chunksize=1)
 
 

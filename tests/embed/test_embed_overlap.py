@@ -13,8 +13,9 @@ import pytest
 from embed import registry
 from embed.audio import Audio
 from embed.birdnet import DEFAULT_BATCH
-from embed.extractors import OVERLAP_ENV, FrameOutput, compute_all, single_threaded_children
+from embed.extractors import OVERLAP_ENV, FrameOutput, compute_all, pool_env
 from featurestore.windows import window_starts
+from featurestore.workers import worker_pool
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +58,13 @@ def test_an_extractor_error_is_handed_back_with_the_other_results(shared_data: P
 
 
 def test_pools_that_fill_every_core_run_extractors_serially(monkeypatch) -> None:
+    """Real workers: a pool filling every core starts them with no overlap and one BLAS thread; a smaller one
+    leaves the overlap on; this process's environment is left as it was."""
     monkeypatch.delenv(OVERLAP_ENV, raising=False)
-    with single_threaded_children(os.cpu_count()):
-        assert os.environ[OVERLAP_ENV] == "0" and os.environ["OMP_NUM_THREADS"] == "1"
+    cores = os.cpu_count() or 1
+    with worker_pool(1, env=pool_env(cores)) as pool:
+        assert pool.map(os.getenv, [OVERLAP_ENV, "OMP_NUM_THREADS"]) == ["0", "1"]
     assert OVERLAP_ENV not in os.environ
-    if (os.cpu_count() or 1) > 1:
-        with single_threaded_children(1):
-            assert OVERLAP_ENV not in os.environ
+    if cores > 1:
+        with worker_pool(1, env=pool_env(1)) as pool:
+            assert pool.map(os.getenv, [OVERLAP_ENV]) == [None]
