@@ -1,5 +1,6 @@
 """The one hash of a whole file's bytes, for every floor: audio inventory (``sha256_bytes``), extractor
-model files, the Kaggle bundle's manifest.
+model files, the Kaggle bundle's manifest; and the one listing of a folder tree that never follows a
+link (head folders' records, the bundle's check).
 
 Imports nothing outside the standard library (the inference path uses it without a store).
 """
@@ -24,3 +25,27 @@ def _sha256_of(path: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def walk_tree(folder: str | os.PathLike) -> tuple[dict[str, int], list[str], list[str]]:
+    """``({regular file: size}, folders, anything else - symlinks, special files)`` below ``folder``, as
+    sorted relative POSIX paths, never following a symlink (``os.scandir``: one stat per entry)."""
+    files: dict[str, int] = {}
+    dirs: list[str] = []
+    other: list[str] = []
+    pending = [("", os.fspath(folder))]
+    while pending:
+        prefix, path = pending.pop()
+        with os.scandir(path) as it:
+            for entry in it:
+                rel = prefix + entry.name
+                if entry.is_symlink():
+                    other.append(rel)
+                elif entry.is_dir(follow_symlinks=False):
+                    dirs.append(rel)
+                    pending.append((rel + "/", entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    files[rel] = entry.stat(follow_symlinks=False).st_size
+                else:
+                    other.append(rel)
+    return dict(sorted(files.items())), sorted(dirs), sorted(other)

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.errors import BundleError, DiskFullError
-from featurestore.files import file_sha256
+from featurestore.files import file_sha256, walk_tree
 from models.frame import FeatureVersions, FrameSpec
 from models.heads import Head, config_hash, load_head
 
@@ -256,35 +256,11 @@ class HeadRecord:
     files: dict[str, dict]        # path relative to the head folder (posix) -> {"size", "sha256"[, "optional"]}
 
 
-def _entries(folder: Path) -> tuple[dict[str, int], list[str], list[str]]:
-    """({regular file: size}, folders, anything else incl. symlinks) under ``folder``, as relative
-    posix paths, without following symlinks (os.scandir: loading stays fast)."""
-    files: dict[str, int] = {}
-    dirs: list[str] = []
-    other: list[str] = []
-    pending = [("", os.fspath(folder))]
-    while pending:
-        prefix, path = pending.pop()
-        with os.scandir(path) as it:
-            for entry in it:
-                rel = prefix + entry.name
-                if entry.is_symlink():
-                    other.append(rel)
-                elif entry.is_dir(follow_symlinks=False):
-                    dirs.append(rel)
-                    pending.append((rel + "/", entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    files[rel] = entry.stat(follow_symlinks=False).st_size
-                else:
-                    other.append(rel)
-    return dict(sorted(files.items())), sorted(dirs), sorted(other)
-
-
 def write_record(folder: str | os.PathLike, head_id: str, fold_ids: Sequence[int]) -> Path:
     """Write ``record.json`` for a fully written head folder: the folds and the size + sha256 of every
     other file (:data:`OPTIONAL_FILES` marked optional). Called by :meth:`BundleWriter.publish`."""
     folder = Path(folder)
-    files, _dirs, other = _entries(folder)
+    files, _dirs, other = walk_tree(folder)
     if other:
         raise BundleError(f"{folder}: {other[0]} is not a regular file; a head folder holds only plain files")
     folds = sorted(int(k) for k in fold_ids)
@@ -347,7 +323,7 @@ def verify_head_dir(head_dir: str | os.PathLike) -> HeadRecord:
     def under(rel: str, tops: list[str]) -> bool:
         return rel.split("/", 1)[0] in tops
 
-    files, dirs, other = _entries(head_dir)
+    files, dirs, other = walk_tree(head_dir)
     problems += [f"{rel} is a symlink or not a regular file (a head folder holds only the files training "
                  "wrote)" for rel in other if not under(rel, extra_folds)]
     recorded_dirs = set()

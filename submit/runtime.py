@@ -47,7 +47,7 @@ import numpy as np
 
 from embed.extractors import environ_set
 from featurestore.errors import BundleError, DataError
-from featurestore.files import file_sha256
+from featurestore.files import file_sha256, walk_tree
 from featurestore.windows import WINDOW_SECONDS
 
 MANIFEST = "manifest.json"
@@ -185,19 +185,13 @@ def _listed(root: Path, manifest: dict) -> dict[str, dict]:
 def _walk(root: Path) -> tuple[set[str], set[str]]:
     """(files, folders) below ``root`` as relative POSIX paths; BundleError at the first symbolic link or
     special file (the root itself may be reached through a link: Kaggle and the dry run mount it so)."""
-    files: set[str] = set()
-    folders: set[str] = set()
-    for here, dirs, names in os.walk(root):
-        for name in sorted([*dirs, *names]):
-            path = Path(here, name)
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                raise BundleError(f"bundle {root}: {rel} is a symbolic link (to {os.readlink(path)}); a bundle holds "
-                                  f"plain files only - remove the link or {REEXPORT}")
-            if name in names and not path.is_file():
-                raise BundleError(f"bundle {root}: {rel} is not a regular file; remove it or {REEXPORT}")
-            (files if name in names else folders).add(rel)
-    return files, folders
+    files, folders, other = walk_tree(root)
+    for rel in other:
+        if (root / rel).is_symlink():
+            raise BundleError(f"bundle {root}: {rel} is a symbolic link (to {os.readlink(root / rel)}); a bundle "
+                              f"holds plain files only - remove the link or {REEXPORT}")
+        raise BundleError(f"bundle {root}: {rel} is not a regular file; remove it or {REEXPORT}")
+    return set(files), set(folders)
 
 
 def verify_bundle(bundle: str | os.PathLike) -> dict:
