@@ -26,14 +26,22 @@ by repeat so machine load hits both:
   user reads): per-file mean of embedding dimension 1, and count / mean of ``probs[1]`` per teacher fold;
 * a 10%-of-windows feature load: :func:`embed.features.load_window_features` with a ``window_ids``
   subset and the version pinned (as :class:`students.pseudo.Teacher` calls it) beside DuckDB reading
-  the same rows' embeddings from the plain files into the same float32 matrix.
+  the same rows' embeddings from the plain files into the same float32 matrix;
+* peak memory (the process's peak RSS, each query in a fresh interpreter) of every view query above
+  and of streaming every row of the embeddings view in record batches, beside the same on plain Parquet.
 
 Printed: seconds, ratios store/plain, and the targets (write <= 2 min, aggregate <= 5 s, on disk <=
-1.05x raw float16 bytes, store <= 1.2x plain Parquet). Random float16 compresses about as badly as
+1.05x raw float16 bytes, store <= 1.2x plain Parquet; issue 24: aggregate and 10% load <= 1.5x plain,
+peak memory of any view query <= 2 GB). Random float16 compresses about as badly as
 real embeddings (the mantissa bits are noise either way); nothing is asserted.
 
+With ``--compact`` the store is then compacted (``python -m pipelines.compact``: time, parts before and
+after, peak RSS) and every read measured again. ``--keep --out DIR`` keeps both copies; ``--reuse --out DIR``
+measures the reads of a kept pair again without writing (e.g. after a change to the views).
+
 Usage: python bench/store_scale.py [--windows 1000000] [--dim 1024] [--classes 234] [--out DIR] [--keep]
-  e.g. python bench/store_scale.py --windows 20000      (a quick sanity run, well under a minute)
+       [--compact] [--reuse]
+  e.g. python bench/store_scale.py --windows 20000 --compact    (a quick sanity run, about a minute)
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -69,6 +79,28 @@ FRAMES = "birdnet_frames"
 SAMPLE_RATE = 48_000
 WINDOWS_PER_FILE = SOUNDSCAPE_SECONDS // WINDOW_SECONDS
 TARGET_WRITE_S, TARGET_AGG_S, TARGET_RAW, TARGET_PLAIN = 120.0, 5.0, 1.05, 1.2
+TARGET_READ_PLAIN, TARGET_PEAK_GB = 1.5, 2.0   # issue 24: view reads <= 1.5x plain Parquet, <= 2 GB peak
+
+# One query in a fresh interpreter, so its peak RSS is the query's (plus the interpreter's ~100 MB of imports).
+# argv: store|plain, store folder, mode (sql|stream), query; prints VmHWM in kB (ru_maxrss would report the
+# parent's peak too: Linux carries it across fork + exec).
+PEAK_SCRIPT = """
+import sys
+import duckdb
+from featurestore.store import FeatureStore
+who, where, mode, query = sys.argv[1:5]
+store = FeatureStore.open(where, read_only=True) if who == "store" else None
+con = store.con if store else duckdb.connect()
+con.execute("SET enable_progress_bar = false")
+if mode == "stream":
+    rel = con.sql(query)
+    reader = (getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch)(65536)
+    n = sum(batch.num_rows for batch in reader)
+else:
+    n = len(con.execute(query).fetchall())
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0].split()[1]
+print(hwm, n)
+"""
 
 
 @dataclass
@@ -178,6 +210,13 @@ def plain_features(con: duckdb.DuckDBPyConnection, glob: str, ids: list[str]) ->
     return ids, X[[pos[w] for w in ids]]
 
 
+def peak_rss_gb(who: str, store_dir: Path, query: str, mode: str = "sql") -> float:
+    """Peak RSS (GB) of a fresh interpreter that runs ``query`` on the store (read-only) or on plain DuckDB."""
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, who, str(store_dir), mode, query], check=True,
+                         capture_output=True, text=True).stdout.splitlines()[-1].split()
+    return int(out[0]) * 1024 / 1e9
+
+
 def ratio_line(what: str, store: float, plain: float, unit: str = "s", target: str = "") -> str:
     return (f"{what:<44} store {store:9.3f} {unit}  plain {plain:9.3f} {unit}  store/plain {store / plain:5.2f}x"
             f"{'  ' + target if target else ''}")
@@ -196,11 +235,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="scratch folder (default: a new temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the store and the plain files")
+    ap.add_argument("--compact", action="store_true",
+                    help="then compact the store (pipelines.compact) and measure the reads again")
+    ap.add_argument("--reuse", action="store_true",
+                    help="measure the reads of the store and plain files a --keep run left in --out (same "
+                         "--windows, --seed, ...), writing nothing")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="store-scale-")) if args.out is None else args.out
     store_dir, plain_dir = work / "store", work / "plain"
-    if store_dir.exists() or plain_dir.exists():
+    if args.reuse and (args.out is None or not store_dir.exists() or not plain_dir.exists()):
+        raise SystemExit("--reuse needs --out DIR holding the store/ and plain/ of a --keep run")
+    if args.reuse:
+        args.keep = True
+    elif store_dir.exists() or plain_dir.exists():
         raise SystemExit(f"{work} already holds store/ or plain/; pick an empty --out")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores; "
           f"scratch {work}")
@@ -221,6 +269,51 @@ def run(args: argparse.Namespace, store_dir: Path, plain_dir: Path) -> None:
     files = soundscape_files(args.windows, args.seed)
     chunks = embed_chunks(files, args.windows)
     ids = [window_id(SOUNDSCAPE, f, s) for chunk in chunks for f, starts in chunk for s in starts]
+    written = None if args.reuse else write_all(args, ex, files, chunks, ids, rng, store_dir, plain_dir)
+    if args.reuse:
+        print(f"re-using {store_dir} and {plain_dir} (nothing written)")
+    t, peaks = measure_reads(args, ex, ids, files, store_dir, plain_dir)
+    met = {}
+    if written is not None:
+        total_store, total_plain, s_frames, p_frames, raw = written
+        met.update({
+            "write": total_store <= TARGET_WRITE_S,
+            "on disk vs raw": s_frames / raw <= TARGET_RAW,
+            "store/plain": max(total_store / total_plain, s_frames / p_frames, t["agg_emb_store"] / t["agg_emb_plain"],
+                               t["agg_pseudo_store"] / t["agg_pseudo_plain"], t["load_store"] / t["load_plain"])
+            <= TARGET_PLAIN})
+    met.update({
+        "aggregate": max(t["agg_emb_store"], t["agg_pseudo_store"]) <= TARGET_AGG_S,
+        "issue 24 reads <= 1.5x": max(t["agg_emb_store"] / t["agg_emb_plain"], t["load_store"] / t["load_plain"])
+        <= TARGET_READ_PLAIN,
+        "peak memory": max(peaks.values()) <= TARGET_PEAK_GB,
+    })
+    if args.compact:
+        t0 = time.perf_counter()
+        parts_before = sum(1 for _ in (store_dir / "parts").rglob("*.parquet"))
+        peak = compact_peak_gb(store_dir)
+        parts_after = sum(1 for _ in (store_dir / "parts").rglob("*.parquet"))
+        print(f"{'compact (pipelines.compact, every table)':<44} {time.perf_counter() - t0:9.1f} s  "
+              f"{parts_before:,} -> {parts_after:,} parts, peak RSS {peak:.2f} GB")
+        t, peaks = measure_reads(args, ex, ids, files, store_dir, plain_dir, "after compaction: ")
+        met["issue 24 reads <= 1.5x after compaction"] = max(
+            t["agg_emb_store"] / t["agg_emb_plain"], t["load_store"] / t["load_plain"]) <= TARGET_READ_PLAIN
+        met["peak memory after compaction"] = max(max(peaks.values()), peak) <= TARGET_PEAK_GB
+    print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in met.items()))
+
+
+def compact_peak_gb(store_dir: Path) -> float:
+    """Run ``python -m pipelines.compact`` on the store in a fresh interpreter; its peak RSS in GB."""
+    code = ("import sys; from pipelines.compact import main; main(['--store', sys.argv[1]]); "
+            "print([x for x in open('/proc/self/status') if x.startswith('VmHWM:')][0].split()[1])")
+    out = subprocess.run([sys.executable, "-c", code, str(store_dir)], check=True, capture_output=True,
+                         text=True).stdout.splitlines()
+    return int(out[-1]) * 1024 / 1e9
+
+
+def write_all(args: argparse.Namespace, ex: SyntheticExtractor, files: list[str], chunks: list, ids: list[str],
+              rng: np.random.Generator, store_dir: Path, plain_dir: Path) -> tuple[float, float, int, int, int]:
+    """Write both tables through the store and as plain Parquet; print the write and size lines."""
     (plain_dir / FRAMES).mkdir(parents=True)
     (plain_dir / PSEUDO_TABLE).mkdir(parents=True)
 
@@ -276,6 +369,12 @@ def run(args: argparse.Namespace, store_dir: Path, plain_dir: Path) -> None:
     print(f"{'whole store folder (catalog, lock, parts)':<44} {s_all / 1e9:9.3f} GB = {s_all / raw:.3f}x raw "
           f"embedding bytes")
 
+    return total_store, total_plain, s_frames, p_frames, raw
+
+
+def measure_reads(args: argparse.Namespace, ex: SyntheticExtractor, ids: list[str], files: list[str],
+                  store_dir: Path, plain_dir: Path, label: str = "") -> tuple[dict, dict]:
+    """Time the reads side by side and measure each view query's peak memory; print their lines."""
     # ------------------------------------------------------------------ reads
     con = duckdb.connect()
     pf, pp = str(plain_dir / FRAMES / "*.parquet"), str(plain_dir / PSEUDO_TABLE / "*.parquet")
@@ -299,21 +398,27 @@ def run(args: argparse.Namespace, store_dir: Path, plain_dir: Path) -> None:
         t = side_by_side(runs, args.repeats)
     if got["l_s"] != got["l_p"] or got["e_s"] != got["e_p"] != len(files) or got["p_s"] != got["p_p"]:
         raise SystemExit(f"store and plain reads differ: {got}")
-    print(ratio_line("aggregate: per-file mean of embedding[1]", t["agg_emb_store"], t["agg_emb_plain"],
+    print(ratio_line(label + "aggregate: per-file mean of embedding[1]", t["agg_emb_store"], t["agg_emb_plain"],
                      target=f"(target <= {TARGET_AGG_S:.0f} s)"))
-    print(ratio_line("aggregate: count/mean(probs[1]) per fold", t["agg_pseudo_store"], t["agg_pseudo_plain"],
+    print(ratio_line(label + "aggregate: count/mean(probs[1]) per fold", t["agg_pseudo_store"], t["agg_pseudo_plain"],
                      target=f"(target <= {TARGET_AGG_S:.0f} s)"))
-    print(ratio_line(f"load {len(subset):,} windows (10%), float32 matrix", t["load_store"], t["load_plain"]))
+    print(ratio_line(label + f"load {len(subset):,} windows (10%), float32 matrix", t["load_store"], t["load_plain"]))
     print(f"(reads: median of {args.repeats} alternated repeats, warm page cache)")
-    met = {
-        "write": total_store <= TARGET_WRITE_S,
-        "aggregate": max(t["agg_emb_store"], t["agg_pseudo_store"]) <= TARGET_AGG_S,
-        "on disk vs raw": s_frames / raw <= TARGET_RAW,
-        "store/plain": max(total_store / total_plain, s_frames / p_frames, t["agg_emb_store"] / t["agg_emb_plain"],
-                           t["agg_pseudo_store"] / t["agg_pseudo_plain"], t["load_store"] / t["load_plain"])
-        <= TARGET_PLAIN,
-    }
-    print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in met.items()))
+    print(f"{label + 'issue 24 goals':<44} aggregate store/plain {t['agg_emb_store'] / t['agg_emb_plain']:.2f}x, "
+          f"10% load {t['load_store'] / t['load_plain']:.2f}x (goal <= {TARGET_READ_PLAIN}x)")
+
+    # ------------------------------------------------------------------ peak memory, one query per process
+    peaks = {}
+    for what, view, plain, mode in (
+            ("aggregate embeddings", emb_agg.format(src=FRAMES), emb_agg.format(src=f"read_parquet('{pf}')"), "sql"),
+            ("aggregate pseudo-labels", pseudo_agg.format(src=PSEUDO_TABLE),
+             pseudo_agg.format(src=f"read_parquet('{pp}')"), "sql"),
+            ("stream every embedding row", f"SELECT * FROM {FRAMES}", f"SELECT * FROM read_parquet('{pf}')",
+             "stream")):
+        peaks[what] = peak_rss_gb("store", store_dir, view, mode)
+        print(ratio_line(label + f"peak RSS: {what}", peaks[what], peak_rss_gb("plain", store_dir, plain, mode), "GB",
+                         f"(goal <= {TARGET_PEAK_GB:.0f} GB)"))
+    return t, peaks
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from embed import registry
 from embed.audio import Audio
 from embed.extractors import Extractor, FrameOutput, WindowOutput, compute_all, pool_env
 from embed.registry import VERSIONS_TABLE
+from featurestore.compact import compact_parts
 from featurestore.errors import AudioError, DataError, StoreBusyError, StoreError
 from featurestore.store import (
     CATALOG_FILE,
@@ -359,7 +360,7 @@ def _forget_fixed_errors(store: FeatureStore, files: set[str], missing: set[tupl
     stale = store.rows("SELECT file, extractor_version FROM embed_errors")
     if not any(f in files and (f, v) not in missing for f, v in stale):
         return
-    store.compact_parts("embed_errors", keep=lambda t: t.filter(pa.array(
+    compact_parts(store, "embed_errors", keep=lambda t: t.filter(pa.array(
         [f not in files or (f, v) in missing for f, v in zip(t.column("file").to_pylist(),
                                                               t.column("extractor_version").to_pylist(),
                                                               strict=True)], pa.bool_())))

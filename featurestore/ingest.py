@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from featurestore.audio_qa import INVENTORY_FIELDS, inspect_audio
+from featurestore.compact import compact_parts
 from featurestore.competition import (
     DataError,
     drop_labels_past_end,
@@ -201,13 +202,26 @@ def read_competition_csvs(data_dir: Path) -> dict:
 
 def run_ingest(data_dir: str | os.PathLike, store_dir: str | os.PathLike, *, workers: int | None = None,
                batch_size: int = 64, progress: Callable[[int], object] | None = None,
-               on_total: Callable[[int], object] | None = None) -> IngestSummary:
-    """Ingest a competition folder into the store; see the module docstring for guarantees."""
+               on_total: Callable[[int], object] | None = None,
+               inventory_rows: list[dict] | None = None) -> IngestSummary:
+    """Ingest a competition folder into the store; see the module docstring for guarantees.
+
+    ``inventory_rows`` (``audio_inventory`` rows, :data:`INVENTORY_FIELDS`) stand for the audio pass: the
+    files they describe are taken as they say, nothing under ``data_dir``'s audio folders is read (a
+    scale rehearsal's synthetic files, ``bench/competition_scale.py``); the CSVs are read as always.
+    """
     data_dir = Path(data_dir).expanduser().resolve()
     csvs = read_competition_csvs(data_dir)
     problems: list[dict] = list(csvs["problems"])
-    files = list_audio_files(data_dir)
     workers = workers or os.cpu_count() or 1
+    if inventory_rows is None:
+        files = list_audio_files(data_dir)
+        inspections: Callable[[list[AudioFile]], Iterator[dict]] = lambda todo: iter_inspections(todo, workers)  # noqa: E731
+    else:
+        given = {r["path"]: r for r in inventory_rows}
+        files = [AudioFile(r["source"], r["filename"], data_dir / r["source"] / r["filename"], r["size_bytes"],
+                           r["mtime_ns"]) for r in given.values()]
+        inspections = lambda todo: (given[f.key] for f in todo)  # noqa: E731
 
     with FeatureStore.open(store_dir) as store:
         store.register_part_table("audio_inventory", ["path"], order_column="ingested_at")
@@ -219,7 +233,7 @@ def run_ingest(data_dir: str | os.PathLike, store_dir: str | os.PathLike, *, wor
         if on_total:
             on_total(len(todo))
         batch: list[dict] = []
-        for row in iter_inspections(todo, workers):
+        for row in inspections(todo):
             batch.append(row)
             if progress:
                 progress(1)
@@ -229,7 +243,7 @@ def run_ingest(data_dir: str | os.PathLike, store_dir: str | os.PathLike, *, wor
         store.append_part("audio_inventory", inventory_table(batch))
         store.refresh_part_views()
         present = {f.key for f in files}
-        store.compact_parts("audio_inventory", keep=lambda t: t.filter(  # drop files no longer on disk
+        compact_parts(store, "audio_inventory", keep=lambda t: t.filter(  # drop files no longer on disk
             pa.array([p in present for p in t.column("path").to_pylist()], pa.bool_())))
         inventory = (store.sql("SELECT * FROM audio_inventory ORDER BY path") if store.has_table("audio_inventory")
                      else inventory_table([]))

@@ -324,6 +324,7 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
                              allow_partial=allow_partial)
         head_id = config.head_id
         with BundleWriter(store.root / HEADS_DIR, config, extractor_params(store, frame.feature_versions)) as bundle:
+            store.release_catalog()   # the folds train on the frame in memory: readers get in meanwhile
             oof, train_s, predict_s = plan.run(kind, params, bundle, progress and (lambda f, _oof: progress(f)))
             eval_mask, scored_on = plan.eval_mask, plan.scored_on
             warnings: list[str] = []

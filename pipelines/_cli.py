@@ -18,9 +18,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,10 +40,87 @@ def parser(prog: str, description: str, epilog: str | None = None) -> argparse.A
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Run a job's main; a user error prints one clear line and exits with status 2."""
+HEARTBEAT_S = 30.0   # a job silent this long prints a line saying it still works
+
+
+class _Stamped:
+    """A stream that records when, and what, was last written to it (for :class:`Heartbeat`)."""
+
+    def __init__(self, stream, beat: Heartbeat):
+        self._stream, self._beat = stream, beat
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            self._beat.seen(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+class Heartbeat:
+    """While a job runs, one line on stderr whenever it has printed nothing for ``every`` seconds: how long
+    since its last line (quoted), its time in all and its memory, so a log shows within 30 s that a long
+    fit or read is alive (and how big it got) even where the library reports nothing in between."""
+
+    def __init__(self, every: float = HEARTBEAT_S):
+        self.every = every
+        self.t0 = self.last = time.monotonic()
+        self.last_line = ""
+        self._stop = threading.Event()
+        self._streams: tuple = ()
+
+    def seen(self, text: str) -> None:
+        self.last = time.monotonic()
+        self.last_line = text.strip().splitlines()[-1][:100]
+
+    def __enter__(self) -> Heartbeat:
+        self._streams = (sys.stdout, sys.stderr)
+        sys.stdout, sys.stderr = _Stamped(sys.stdout, self), _Stamped(sys.stderr, self)
+        threading.Thread(target=self._run, name="heartbeat", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if isinstance(sys.stdout, _Stamped) and isinstance(sys.stderr, _Stamped):
+            sys.stdout, sys.stderr = self._streams
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, self.every)):
+            now = time.monotonic()
+            if now - self.last < self.every:
+                continue
+            since = f" since: {self.last_line}" if self.last_line else ""
+            line = (f"... still working ({now - self.last:.0f} s{since}; {_duration(now - self.t0)} in all; "
+                    f"memory {_rss_gb():.2f} GB, peak {_peak_rss_gb():.2f} GB)")
+            self.last = now
+            with contextlib.suppress(Exception):   # a closed stream at exit: nothing to say
+                print(line, file=self._streams[1], flush=True)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
+
+
+def _rss_gb() -> float:
     try:
-        code = main(argv)
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1024 ** 3
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2   # KiB on Linux
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
+    """Run a job's main; a user error prints one clear line and exits with status 2. A job that prints
+    nothing for 30 s says it still works (:class:`Heartbeat`; not with ``--quiet``)."""
+    quiet = "--quiet" in (sys.argv[1:] if argv is None else argv)
+    try:
+        with contextlib.nullcontext() if quiet else Heartbeat(HEARTBEAT_S):
+            code = main(argv)
     except Exception as exc:
         if isinstance(exc, USER_ERRORS):
             message = " ".join(str(exc).split("\n")[:1]) or type(exc).__name__

@@ -91,6 +91,7 @@ class Teacher:
         frame = bundle.config.frame
         ids, X, _, _ = load_window_features(self.store, frame.features, frame.pooling, window_ids=window_ids,
                                             versions=dict(bundle.config.feature_versions.extractors))
+        self.store.release_catalog()   # predicting needs no catalog: readers get in (re-opened by the next load)
         if list(ids) != list(window_ids):
             missing = sorted(set(window_ids) - set(ids))
             raise DataError(f"teacher {bundle.head_id}: {len(missing)} unlabelled window(s) have no {frame.features} "

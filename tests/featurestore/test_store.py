@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from featurestore.compact import compact_parts
 from featurestore.store import DiskFullError, DiskFullGuard, FeatureStore, StoreError, content_hash
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ def test_part_table_keeps_latest_row_per_key(tmp_path: Path) -> None:
         store.refresh_part_views()
         rows = dict(store.rows("SELECT k, v FROM items"))
         assert rows == {"id1": 1, "id2": 20, "id3": 30}
-        assert store.compact_parts("items") == 3
+        assert compact_parts(store, "items") == 3
         files = store.part_files("items")
         assert len(files) == 1 and pq.read_table(files[0]).num_rows == 3
         assert pq.read_metadata(files[0]).row_group(0).column(0).compression == "ZSTD"
@@ -115,7 +116,7 @@ def test_second_writer_fails_at_once_naming_the_holder_and_kill_9_is_taken_over(
         assert f"is being written by pid {proc.pid} on host {socket.gethostname()}" in message
         assert "--marker" in message and "since" in message and "writer.lock" in message
         with pytest.raises(StoreError, match=f"being written by pid {proc.pid}"):
-            FeatureStore.open(root, read_only=True)  # DuckDB refuses readers meanwhile; say who writes
+            FeatureStore.open(root, read_only=True, wait_s=0)  # a reader that will not wait: say who writes
         proc.kill()  # kill -9: the OS drops the lock, the record stays behind
         proc.wait(timeout=30)
     finally:
