@@ -24,7 +24,11 @@ Measured on ``--measure`` windows (default one chunk, 12,000 windows, from the m
 alternated, median of ``--repeats``: the feature read alone, the per-fold ``predict_proba`` calls
 alone (on the features just read), and the whole ``Teacher.predict``; each extrapolated linearly
 to the pool (x windows / measure: the round is that many chunks of the same cost). Printed: the
-measured seconds, the extrapolation, and the prediction/read ratio. Nothing is asserted.
+measured seconds, the extrapolation, and the prediction/read ratio. For the LightGBM teacher, the per-class
+path (one booster and predict call per class and fold, as before the models were merged at load:
+:meth:`models.heads.LGBMHead._predict_per_class`) is timed in the same alternation as the merged
+``predict_proba``: one side-by-side line with the ratio, whether the probabilities are bit-identical, and the
+teacher's minutes before (Teacher.predict - merged + per-class) and after. Nothing is asserted.
 
 Usage: python bench/pseudo_teacher_speed.py [--windows 120000] [--measure 12000] [--folds 5] [--repeats 3]
   e.g. python bench/pseudo_teacher_speed.py --windows 24000 --folds 2   (a quick run)
@@ -179,44 +183,56 @@ def run(args: argparse.Namespace, root: Path) -> None:
     with FeatureStore.open(root, read_only=True) as store:
         for kind in kinds:
             teacher = Teacher(store, heads[kind], class_names)
-            bundle = teacher.bases[0][0]
+            bundle = teacher.bases[0]
             fold_models = bundle.folds
             X = load_window_features(store, "birdnet", "mean", window_ids=chunk,
                                      versions={ex.name: ex.version})[1]
             shapes = set()
+            lgbm = isinstance(fold_models[0], LGBMHead)
             runs = {
                 "read": lambda: load_window_features(store, "birdnet", "mean", window_ids=chunk,
                                                      versions={ex.name: ex.version}),
                 "predict": lambda fm=fold_models, x=X: [h.predict_proba(x) for h in fm],
                 "teacher": lambda t=teacher, s=shapes: s.add(t.predict(chunk)[FULL_FOLD].shape),
             }
+            if lgbm:   # the path before the merge (one booster and predict call per class), alternated with it
+                runs["per-class"] = lambda fm=fold_models, x=X: [h._predict_per_class(x) for h in fm]
             # warm-up: the first predict loads the boosters (once per run_pseudo run, not per chunk);
             # the Teacher shares those fold models
-            t = side_by_side(runs, args.repeats, warm=("read", "predict"))
+            t = side_by_side(runs, args.repeats, warm=("read", "predict") + (("per-class",) if lgbm else ()))
             if shapes != {(len(chunk), args.classes)}:
                 raise SystemExit(f"Teacher.predict gave {shapes}, not {(len(chunk), args.classes)}")
             minutes[kind] = t["teacher"] * scale / 60
             extra = ""
-            if isinstance(fold_models[0], LGBMHead):
-                boosters = [b for h in fold_models for b in h._load_boosters().values()]
+            if lgbm:
+                boosters = [b for h in fold_models for b, _ in h._class_boosters().values()]
+                merged = sum(len(h._load_boosters()) for h in fold_models)
                 trees = np.mean([b.num_trees() for b in boosters])
                 max_trees = fold_models[0].params.n_estimators
+                same = all(np.array_equal(h.predict_proba(X[:500]), h._predict_per_class(X[:500])) for h in fold_models)
                 # the cost of a predict call that evaluates one tree: LightGBM's per-call, per-row work
                 # (one booster per class and fold), which more trees do not add to; timed on fold 0's boosters
-                first = list(fold_models[0]._load_boosters().values())
+                first = [b for b, _ in fold_models[0]._class_boosters().values()]
                 t0 = time.perf_counter()
                 for b in first:
                     b.predict(X, num_iteration=1, num_threads=fold_models[0].params.n_jobs)
                 fixed = (time.perf_counter() - t0) / len(first) * len(boosters)
-                per_tree = max(0.0, t["predict"] - fixed) / trees
+                per_tree = max(0.0, t["per-class"] - fixed) / trees
                 extra = (f"; {len(boosters)} boosters, {trees:.0f} trees each on average (early stopping); "
-                         f"one-tree predict calls alone {fixed:.1f} s ({100 * fixed / t['predict']:.0f}% of "
-                         f"predict_proba); at {max_trees} trees/class: "
+                         f"per-class path: one-tree predict calls alone {fixed:.1f} s ({100 * fixed / t['per-class']:.0f}% "
+                         f"of its predict_proba); at {max_trees} trees/class: "
                          f"~{(fixed + per_tree * max_trees) * scale / 60:.1f} min")
             print(f"{kind}: measured on {len(chunk):,} windows: read {t['read']:.2f} s, {args.folds} folds' "
                   f"predict_proba {t['predict']:.2f} s, Teacher.predict {t['teacher']:.2f} s; x{scale:g} -> "
                   f"read {t['read'] * scale / 60:.2f} min, predict {t['predict'] * scale / 60:.2f} min, "
                   f"teacher {minutes[kind]:.2f} min; prediction/read ratio {t['predict'] / t['read']:.2f}{extra}")
+            if lgbm:
+                before = (t["teacher"] - t["predict"] + t["per-class"]) * scale / 60
+                print(f"{kind} predict_proba, {args.folds} folds on {len(chunk):,} windows, side by side: per-class "
+                      f"path {t['per-class']:.2f} s ({len(boosters)} predict calls) vs merged path "
+                      f"{t['predict']:.2f} s ({merged} calls): {t['per-class'] / t['predict']:.2f}x faster, "
+                      f"{'bit-identical' if same else 'DIFFERENT'} probabilities; teacher {before:.2f} min before "
+                      f"(Teacher.predict - merged + per-class) -> {minutes[kind]:.2f} min after")
     print(f"(median of {args.repeats} alternated repeats after a warm-up of the read and the fold models; "
           f"extrapolated linearly from {len(chunk):,} to {args.windows:,} windows)")
     shown = ", ".join(f"{k} {m:.1f} min" for k, m in minutes.items())

@@ -248,6 +248,23 @@ def column_mean_std(X: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.nd
     return mean, np.sqrt(sq / max(len(X), 1))
 
 
+def one_blas_thread():
+    """``with`` block running BLAS/LAPACK on one thread (threadpoolctl), for the solver steps made of many small
+    calls (``eigh``'s reductions, L-BFGS-B's vector updates): OpenBLAS threads spin at every call, which on a
+    busy machine costs far more than they bring - eigh of the 1,150 x 1,150 Gram matrix took 33 s on OpenBLAS's
+    default threads and 1.1 s on one, on this 2-core box at load 8; a linear 5-fold went 452 -> 79 s wall."""
+    from threadpoolctl import threadpool_limits  # training only: the inference path never imports it
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def blas_threads() -> int:
+    """The BLAS thread count in force now (1 inside :func:`one_blas_thread`)."""
+    from threadpoolctl import threadpool_info
+
+    return max([lib.get("num_threads", 1) for lib in threadpool_info() if lib.get("user_api") == "blas"] or [1])
+
+
 def principal_axes(Z: np.ndarray, k: int) -> np.ndarray:
     """Top ``k`` right singular vectors of ``Z`` (rows), dropping null directions (rank < k).
 
@@ -255,7 +272,9 @@ def principal_axes(Z: np.ndarray, k: int) -> np.ndarray:
     faster for 20k x 1.1k (bench/train_speed.py); the cut at 1e-12 of the top eigenvalue equals the
     singular-value cut at 1e-6, so fewer windows than features leaves no null directions.
     """
-    eigenvalues, vectors = np.linalg.eigh(Z.T @ Z)
+    gram = Z.T @ Z
+    with one_blas_thread():
+        eigenvalues, vectors = np.linalg.eigh(gram)
     order = np.argsort(eigenvalues)[::-1]
     eigenvalues, vectors = eigenvalues[order], vectors[:, order]
     rank = int(np.sum(eigenvalues > 1e-12 * eigenvalues[0]))
@@ -296,7 +315,8 @@ def fit_logistic_all_classes(Z: np.ndarray, Y: np.ndarray, row_weight: np.ndarra
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         coef = theta[: d * k].reshape(d, k)
         bias = theta[d * k:]
-        np.matmul(Zf, coef.astype(np.float32), out=logits)
+        with threadpool_limits(limits=threads, user_api="blas"):   # the big products: every thread
+            np.matmul(Zf, coef.astype(np.float32), out=logits)
         np.add(logits, bias.astype(np.float32), out=logits)
         np.abs(logits, out=e)
         np.negative(e, out=e)
@@ -314,13 +334,18 @@ def fit_logistic_all_classes(Z: np.ndarray, Y: np.ndarray, row_weight: np.ndarra
         np.subtract(1, work, out=work, where=nonneg)       # sigmoid(x)
         np.subtract(work, Yf, out=work)
         np.multiply(work, Wf, out=work)                    # weighted residual
-        grad_coef = (Zf.T @ work).astype(np.float64) * C + reg * coef
+        with threadpool_limits(limits=threads, user_api="blas"):
+            grad_coef = (Zf.T @ work).astype(np.float64) * C + reg * coef
         grad_bias = work.sum(axis=0, dtype=np.float64) * C
         return value, np.concatenate([grad_coef.ravel(), grad_bias])
 
+    from threadpoolctl import threadpool_limits
+
+    threads = blas_threads()
     start = np.zeros(d * k + k)
-    result = minimize(objective, start, jac=True, method="L-BFGS-B",
-                      options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-10})
+    with one_blas_thread():   # L-BFGS-B's own steps: one thread (see one_blas_thread); products: all of them
+        result = minimize(objective, start, jac=True, method="L-BFGS-B",
+                          options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-10})
     return result.x[: d * k].reshape(d, k), result.x[d * k:]
 
 
@@ -449,6 +474,142 @@ def effective_feature_fraction(p: LGBMParams, n_features: int) -> float:
     return float(min(1.0, max(p.feature_fraction, p.min_features_per_tree / n_features)))
 
 
+def model_sigmoid(raw: np.ndarray, sigmoid: float) -> np.ndarray:
+    """A binary LightGBM model's probability from its raw score, as LightGBM computes it
+    (``1 / (1 + exp(-sigmoid * raw))`` in float64; ``cross_entropy`` models have ``sigmoid`` 1).
+
+    Both prediction paths of :class:`LGBMHead` apply this one transform to raw scores, so they agree
+    bit for bit whatever exp numpy uses (on this machine it also equals LightGBM's own transform on
+    every one of 400k scores tried; numpy's AVX-512 exp could differ from libm's by an ulp elsewhere).
+    """
+    return 1.0 / (1.0 + np.exp(-sigmoid * raw))
+
+
+@dataclass(frozen=True)
+class ModelText:
+    """One binary LightGBM model text, split where :func:`merge_models` needs it."""
+
+    header: dict[str, str]    # the key=value lines before the trees, in order
+    trees: list[str]          # each tree's block without its "Tree=i" line and trailing blank lines
+    sigmoid: float            # the binary objective's sigmoid parameter (1.0 for cross_entropy)
+
+
+def parse_model_text(text: str) -> ModelText:
+    """Split a LightGBM model text (``Booster.model_to_string``) of a one-output model."""
+    head, sep, rest = text.partition("\nTree=")
+    if not sep:
+        raise HeadError("LightGBM model text without trees")
+    header = dict(line.split("=", 1) for line in head.splitlines()[1:] if "=" in line)
+    if header.get("num_tree_per_iteration", "1") != "1":
+        raise HeadError("only one-output LightGBM models can be merged")
+    body = ("Tree=" + rest).split("\nend of trees", 1)[0]
+    blocks = (block.strip("\n") for block in body.split("\n\n"))    # trees end at a blank line
+    trees = [block.split("\n", 1)[1] for block in blocks if block.startswith("Tree=")]
+    if "tree_sizes" in header and len(header["tree_sizes"].split()) != len(trees):
+        raise HeadError(f"LightGBM model text: {len(trees)} trees read, tree_sizes lists "
+                        f"{len(header['tree_sizes'].split())}")
+    objective = header.get("objective", "").split()
+    sigmoid = 1.0
+    for token in objective[1:]:
+        if token.startswith("sigmoid:"):
+            sigmoid = float(token.split(":", 1)[1])
+    if objective and objective[0] not in ("binary", "cross_entropy", "xentropy"):
+        raise HeadError(f"LightGBM objective {objective[0]!r}: only binary and cross_entropy models are merged")
+    return ModelText(header, trees, sigmoid)
+
+
+# A tree that adds exactly 0.0 to its output: pads the shorter classes of a merged model (LightGBM's
+# reader needs num_leaves, num_cat and leaf_value; a one-leaf tree returns leaf_value[0] without a lookup)
+ZERO_TREE = "num_leaves=1\nnum_cat=0\nleaf_value=0\nshrinkage=1"
+
+
+def merged_model_text(models: list[ModelText]) -> str:
+    """One LightGBM model text with one output per model in ``models`` (multiclass-shaped:
+    ``num_tree_per_iteration`` = len(models)); a model with fewer trees is padded with :data:`ZERO_TREE`.
+
+    LightGBM sums output k over trees i * K + k in iteration order from 0.0, so each output is the same
+    float64 sum as the model's own raw score (the padding adds exactly 0.0 at the end). No objective:
+    the merged model is only used with ``raw_score=True``.
+    """
+    first = models[0].header
+    for m in models[1:]:
+        if m.header.get("max_feature_idx") != first.get("max_feature_idx"):
+            raise HeadError("LightGBM models over different features cannot be merged")
+    k = len(models)
+    n_iter = max(len(m.trees) for m in models)
+    blocks = []
+    for i in range(n_iter):
+        for m in models:
+            tree = m.trees[i] if i < len(m.trees) else ZERO_TREE
+            blocks.append(f"Tree={len(blocks)}\n{tree}\n\n")
+    lines = ["tree", f"version={first.get('version', 'v4')}", f"num_class={k}", f"num_tree_per_iteration={k}",
+             "label_index=0", f"max_feature_idx={first['max_feature_idx']}",
+             f"feature_names={first['feature_names']}", f"feature_infos={first['feature_infos']}",
+             "tree_sizes=" + " ".join(str(len(b.encode())) for b in blocks), ""]
+    return "\n".join(lines) + "\n" + "".join(blocks) + "end of trees\n\npandas_categorical:null\n"
+
+
+@dataclass(frozen=True)
+class MergedBooster:
+    """A merged LightGBM model: output k is class ``classes[k]``, whose own model has ``sigmoid[k]``."""
+
+    classes: list[int]
+    sigmoid: np.ndarray
+    booster: object           # lightgbm.Booster
+
+
+# How models are grouped for merging, in units of one tree evaluated per row (CPU time, one thread, 3,000 rows
+# of bench/pseudo_teacher_speed.py's 1,024-d teacher, 234 classes of 1-112 trees, mean 29, alternated medians):
+# * a predict call costs ~4.5 us per row whatever its trees (LightGBM copies the row's features into its
+#   buffer, ~4.4 ns per feature): 234 calls 3.4 s vs 9 merged calls 1.55 s (2.2x);
+# * a padding tree costs 30-80 ns per row (every tree is its own heap object: cache misses), so one group
+#   padded to the longest class (19,534 padding trees) took 6.3 s; the partition below with a call priced
+#   at 50-200 trees gave 1.55-1.57 s (7-13 groups), at 400-800 trees 1.9-2.0 s;
+# * above ~2,000 trees per merged model the trees stop fitting in cache: 62 classes x 40 trees took 0.59 s
+#   in groups of 400-2,000 trees, 0.69 s in one group of 2,480 (and 1.15 s as 62 calls).
+CALL_TREES_PER_FEATURE = 0.1    # one more predict call ~ 0.1 padding tree per input feature (~100 at 1,024)
+MIN_CALL_TREES = 20             # ... and at least this much (the per-call work that is not the row copy)
+MAX_GROUP_TREES = 2000          # trees (padding included) in one merged model, unless one class has more
+
+
+def merge_groups(trees: list[int], n_features: int) -> list[list[int]]:
+    """Partition model indices into groups to merge: contiguous runs of the models sorted by tree count
+    (most first) that minimise ``calls x call cost + padding trees`` (dynamic programming), each group at
+    most :data:`MAX_GROUP_TREES` trees once padded (a longer model is a group of its own)."""
+    order = sorted(range(len(trees)), key=lambda i: (-trees[i], i))
+    t = [trees[i] for i in order]
+    call = max(MIN_CALL_TREES, CALL_TREES_PER_FEATURE * n_features)
+    prefix = np.concatenate([[0], np.cumsum(t)])
+    best = [0.0] + [np.inf] * len(t)     # best[j]: least cost of the first j models
+    cut = list(range(len(t) + 1))        # the chosen last group of the first j models starts at cut[j]
+    for j in range(1, len(t) + 1):
+        for i in range(j - 1, -1, -1):    # last group order[i:j], padded to t[i] trees (t is descending)
+            if i < j - 1 and t[i] * (j - i) > MAX_GROUP_TREES:
+                break
+            cost = best[i] + call + t[i] * (j - i) - (prefix[j] - prefix[i])
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(t)
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def merge_models(models: dict[int, str], n_features: int) -> list[MergedBooster]:
+    """Per-class binary model texts (class index -> text) as a few :class:`MergedBooster`."""
+    import lightgbm as lgb
+
+    classes = sorted(models)
+    parsed = [parse_model_text(models[c]) for c in classes]
+    merged = []
+    for group in merge_groups([len(m.trees) for m in parsed], n_features):
+        members = [parsed[i] for i in group]
+        merged.append(MergedBooster([classes[i] for i in group], np.array([m.sigmoid for m in members]),
+                                    lgb.Booster(model_str=merged_model_text(members))))
+    return merged
+
+
 class LGBMHead(Head):
     """One LightGBM binary model per class, early-stopped on an inner group split.
 
@@ -544,17 +705,27 @@ class LGBMHead(Head):
         for c, text, rate in results:
             self.models_[c] = text
             self.neg_rate_[c] = rate
-        self._boosters = None
+        self._boosters = self._per_class = None
         # where fit time goes: binning is paid once per fit, the rest grows with the classes
         self.fit_seconds_ = {"binning": binned - started, "classes": time.perf_counter() - binned}
         return self
 
-    def _load_boosters(self):
-        import lightgbm as lgb
+    def _load_boosters(self) -> list[MergedBooster]:
+        """The per-class models merged into a few multi-output LightGBM models (built once per head).
 
+        One predict call per merged model instead of one per class: LightGBM pays a fixed cost per call and
+        row (the row's features copied into its buffer), which dominated the teacher (234 classes x 5 folds
+        = 1,170 calls per chunk; see :func:`merge_models` for the grouping and bench/pseudo_teacher_speed.py
+        for the measurement). Only memory changes: the saved folder keeps one model text per class.
+        """
         if getattr(self, "_boosters", None) is None:
-            self._boosters = {c: lgb.Booster(model_str=text) for c, text in self.models_.items()}
+            self._boosters = merge_models(self.models_, self._model_width())
         return self._boosters
+
+    def _model_width(self) -> int:
+        """Width of the matrix the models see (the PCA width with ``pca_components``)."""
+        components = getattr(self, "components_", None)
+        return len(self.feature_names) if components is None else components.shape[1]
 
     def _fit_projection(self, X: np.ndarray) -> np.ndarray:
         """With ``pca_components``: standardise and project on the top PCA axes (kept for predict)."""
@@ -578,8 +749,31 @@ class LGBMHead(Head):
         _check_xy(X, None, len(self.class_names), len(self.feature_names))
         X = self._project(X)
         out = np.tile(self.prior_.astype(np.float32), (X.shape[0], 1))
-        for c, booster in self._load_boosters().items():
-            out[:, c] = undo_negative_sampling(booster.predict(X, num_threads=self.params.n_jobs), self.neg_rate_[c])
+        for merged in self._load_boosters():
+            raw = merged.booster.predict(X, raw_score=True, num_threads=self.params.n_jobs)
+            raw = raw.reshape(len(X), len(merged.classes))     # one output comes back as (n,)
+            for k, c in enumerate(merged.classes):
+                out[:, c] = undo_negative_sampling(model_sigmoid(raw[:, k], merged.sigmoid[k]), self.neg_rate_[c])
+        return out
+
+    def _class_boosters(self) -> dict[int, tuple[object, float]]:
+        """One ``(lightgbm.Booster, sigmoid)`` per class, as saved (the reference path; built once)."""
+        import lightgbm as lgb
+
+        if getattr(self, "_per_class", None) is None:
+            self._per_class = {c: (lgb.Booster(model_str=text), parse_model_text(text).sigmoid)
+                               for c, text in self.models_.items()}
+        return self._per_class
+
+    def _predict_per_class(self, X: np.ndarray) -> np.ndarray:
+        """The reference :meth:`predict_proba`: one LightGBM model and predict call per class (the path
+        before the merge), with the same sigmoid; the tests check the merged path equals it bit for bit."""
+        _check_xy(X, None, len(self.class_names), len(self.feature_names))
+        X = self._project(X)
+        out = np.tile(self.prior_.astype(np.float32), (X.shape[0], 1))
+        for c, (booster, sigmoid) in self._class_boosters().items():
+            raw = booster.predict(X, raw_score=True, num_threads=self.params.n_jobs)
+            out[:, c] = undo_negative_sampling(model_sigmoid(raw, sigmoid), self.neg_rate_[c])
         return out
 
     def _arrays(self):
@@ -627,5 +821,5 @@ def load_head(folder: str | Path) -> Head:
     if isinstance(head, LGBMHead):
         head.models_ = {int(p.stem.split("_")[1]): p.read_text() for p in sorted((folder / "lgbm").glob("*.txt"))}
         head.constant_classes_ = json.loads((folder / "constant_classes.json").read_text())
-        head._boosters = None
+        head._boosters = head._per_class = None
     return head

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import duckdb
@@ -22,7 +23,15 @@ from scipy.signal import resample_poly
 
 from embed.birdnet import BirdNet, class_layer, patched_model
 from embed.classical import Classical
-from embed.features import embed_file, embed_file_with_names, extractors_from_store, load_window_features
+from embed.features import (
+    POOL_CHUNK_ROWS,
+    POOLINGS,
+    embed_file,
+    embed_file_with_names,
+    extractors_from_store,
+    load_window_features,
+    pool_frames,
+)
 from embed.job import in_shard, parse_shard, run_embed
 from featurestore.competition import DataError
 from featurestore.ingest import run_ingest
@@ -157,6 +166,55 @@ def test_pooling_equals_a_recomputation_from_the_parquet_parts(embedded) -> None
         frames = np.stack(by_window[w])
         np.testing.assert_allclose(X_mean[i], frames.mean(axis=0), rtol=1e-6, atol=1e-7)
         np.testing.assert_array_equal(X_max[i], frames.max(axis=0).astype(np.float32))
+
+
+def _pool_frames_whole(window_index: np.ndarray, values: np.ndarray, pooling: str) -> np.ndarray:
+    """pool_frames as it was before chunking: one float64 copy of the whole matrix (the reference)."""
+    keys = np.asarray(window_index)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    out = []
+    if pooling in ("mean", "meanmax"):
+        counts = np.diff(np.r_[starts, len(values)])[:, None]
+        out.append((np.add.reduceat(values.astype(np.float64), starts, axis=0) / counts).astype(np.float32))
+    if pooling in ("max", "meanmax"):
+        out.append(np.maximum.reduceat(values, starts, axis=0))
+    return out[0] if len(out) == 1 else np.hstack(out)
+
+
+@pytest.mark.parametrize("frames", [[3], [1, 4, 2, 7, 1, 1, 3, 5, 2, 6, 1, 3], [5] * 9 + [40, 1, 2]])
+def test_pool_frames_in_chunks_is_bit_identical_to_one_float64_pass(frames: list[int]) -> None:
+    """Chunk boundaries at every place (chunk_rows 1: one window per chunk; 2-13: cuts inside windows moved
+    to window starts; one window longer than the chunk) give the whole-matrix float64 reduceat's numbers."""
+    rng = np.random.default_rng(len(frames))
+    values = rng.standard_normal((sum(frames), 6)) * 10.0 ** rng.integers(-3, 4, (sum(frames), 6))
+    values = values.astype(np.float16).astype(np.float32)
+    for ids in (np.repeat(np.arange(len(frames)) * 3, frames),
+                np.repeat(np.array([f"w{i:03d}" for i in range(len(frames))], dtype=object), frames)):
+        starts = np.r_[0, np.cumsum(frames)[:-1]]
+        mean64 = (np.add.reduceat(values.astype(np.float64), starts, axis=0)
+                  / np.asarray(frames)[:, None]).astype(np.float32)
+        max32 = np.stack([values[a:a + n].max(axis=0) for a, n in zip(starts, frames, strict=True)])
+        expected = {"mean": mean64, "max": max32, "meanmax": np.hstack([mean64, max32])}
+        for pooling in POOLINGS:
+            whole = _pool_frames_whole(ids, values, pooling)
+            assert np.array_equal(whole, expected[pooling])
+            for chunk_rows in (1, 2, 5, 13, POOL_CHUNK_ROWS):
+                got = pool_frames(ids, values, pooling, chunk_rows=chunk_rows)
+                assert got.dtype == np.float32 and np.array_equal(got, whole), (pooling, chunk_rows)
+
+
+def test_pool_frames_peak_memory_is_a_chunk_not_a_float64_copy() -> None:
+    values = np.random.default_rng(0).standard_normal((60_000, 128)).astype(np.float32)   # 31 MB
+    ids = np.arange(len(values)) // 3
+    tracemalloc.start()
+    try:
+        pooled = pool_frames(ids, values, "meanmax")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(pooled, _pool_frames_whole(ids, values, "meanmax"))
+    # the output (20 MB) + one float64 chunk (8,192 x 128 x 8 = 8 MB); the whole float64 copy alone is 61 MB
+    assert peak < pooled.nbytes + 2 * POOL_CHUNK_ROWS * 128 * 8 < 2 * values.nbytes
 
 
 def test_stereo_44k_equals_its_mono_mix(tmp_path: Path, shared_data: Path, cache: Path) -> None:
@@ -314,3 +372,240 @@ def test_kill_9_mid_job_then_rerun_gives_every_window_once(demo_store: Path, tmp
     assert con.execute("SELECT count(*) FROM (SELECT window_id, frame_index FROM raw GROUP BY ALL "
                        "HAVING count(*) > 1)").fetchall() == [(0,)]
     assert not list(parts.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------------- load_window_features on crafted parts
+# Several parts, keys re-written in later parts (some frames of a window only, so its frames come from
+# several parts), exact written_at ties (the last part by name wins, then the last row in it), NULL
+# written_at (loses), ragged frame counts, a part in several row groups, two versions, a logits column
+# and a window-level table; compared with a plain pyarrow read of every part + Python latest-per-key +
+# numpy pooling in float64.
+_DIM, _LOGITS, _FEATS = 8, 3, 5
+_V1, _V2, _VC = "birdnet-crafted-1", "birdnet-crafted-2", "classical-crafted-1"
+
+
+def _t(seconds: int | None):
+    import datetime as dt
+
+    return None if seconds is None else dt.datetime(2026, 1, 1) + dt.timedelta(seconds=seconds)
+
+
+def _frame_part(rows: list[tuple[str, int, int | None, str]], seed: int, logits: bool = True):
+    """Rows (window, frame, written_at seconds, version) with seeded float16 embeddings and float32 logits."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    n = len(rows)
+    emb = (rng.standard_normal((n, _DIM)) * 3).astype(np.float16)
+    cols = {"window_id": pa.array([r[0] for r in rows], pa.string()),
+            "frame_index": pa.array([r[1] for r in rows], pa.int16()),
+            "extractor": pa.array(["birdnet"] * n, pa.string()),
+            "extractor_version": pa.array([r[3] for r in rows], pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float16()), _DIM)}
+    if logits:
+        lg = rng.standard_normal((n, _LOGITS)).astype(np.float32)
+        cols["logits"] = pa.FixedSizeListArray.from_arrays(pa.array(lg.ravel(), pa.float32()), _LOGITS)
+    cols["written_at"] = pa.array([_t(r[2]) for r in rows], pa.timestamp("us"))
+    return pa.table(cols)
+
+
+def _crafted_store(root: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frames = lambda w, n, t, v=_V1: [(w, f, t, v) for f in range(n)]     # noqa: E731
+    with FeatureStore.open(root) as s:
+        for version, table, labels, names in ((_V1, "birdnet_frames", ["ab", "cd", "ef"], []),
+                                              (_V2, "birdnet_frames", ["ab", "cd", "ef"], []),
+                                              (_VC, "classical_windows", [], [f"stat{i}" for i in range(_FEATS)])):
+            s.append_part("extractor_versions", pa.table({
+                "extractor": [version.split("-")[0]], "extractor_version": [version], "table_name": [table],
+                "params": ["{}"], "logit_labels": pa.array([labels], pa.list_(pa.string())),
+                "feature_names": pa.array([names], pa.list_(pa.string())),
+                "written_at": pa.array([_t(0)], pa.timestamp("us"))}))
+        s.append_part("birdnet_frames", _frame_part(
+            frames("w01", 3, 10) + frames("w02", 1, 10) + frames("w03", 2, 10) + frames("w04", 3, 10)
+            + frames("w05", 3, 10) + frames("w06", 2, 10) + frames("w08", 3, 10, _V2), 1), prefix="a")
+        s.append_part("birdnet_frames", _frame_part(                       # later: some frames of w01, all of w04
+            [("w01", 1, 20, _V1)] + frames("w04", 3, 20) + frames("w07", 2, 20) + frames("w01", 3, 5, _V2), 2),
+            prefix="b")
+        s.append_part("birdnet_frames", _frame_part(                       # exact ties with part a (c sorts later),
+            [("w05", 0, 10, _V1), ("w05", 2, 10, _V1), ("w05", 2, 10, _V1),   # and twice in c: its last row wins
+             ("w06", 0, None, _V1), ("w03", 1, 9, _V1)], 3), prefix="c")      # NULL and older written_at lose
+        directory = s.parts_dir("birdnet_frames")                            # a part in 4 row groups, 9 frames
+        pq.write_table(_frame_part(frames("w09", 4, 30) + frames("w10", 5, 30) + [("w02", 0, 30, _V1)], 4),
+                       directory / "d-rowgroups.parquet", row_group_size=3)
+        rng = np.random.default_rng(5)
+        for prefix, ids, t in (("a", ["w01", "w02", "w03", "w04", "w05", "w07"], 10), ("b", ["w03"], 20),
+                               ("c", ["w04"], 10)):
+            feats = rng.standard_normal((len(ids), _FEATS)).astype(np.float32)
+            s.append_part("classical_windows", pa.table({
+                "window_id": ids, "extractor": ["classical"] * len(ids), "extractor_version": [_VC] * len(ids),
+                "features": pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel()), _FEATS),
+                "written_at": pa.array([_t(t)] * len(ids), pa.timestamp("us"))}), prefix=prefix)
+    return root
+
+
+def _reference(root: Path, table: str, column: str, version: str, frame_level: bool, pooling: str,
+               wanted: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """Plain pyarrow read of every part, latest row per key in Python, pooling in float64 with numpy."""
+    import pyarrow.parquet as pq
+
+    best: dict[tuple, tuple] = {}
+    for path in sorted((root / "parts" / table).glob("*.parquet")):
+        for i, r in enumerate(pq.read_table(path).to_pylist()):
+            if r["extractor_version"] != version or (wanted is not None and r["window_id"] not in wanted):
+                continue
+            key = (r["window_id"], r["frame_index"]) if frame_level else (r["window_id"],)
+            rank = (r["written_at"] is not None, r["written_at"] or _t(0), path.name, i)
+            if key not in best or rank > best[key][0]:
+                best[key] = (rank, r[column])
+    windows = sorted({k[0] for k in best})
+    rows = []
+    for w in windows:
+        vals = np.array([best[k][1] for k in sorted(k for k in best if k[0] == w)], np.float64)
+        if not frame_level:
+            rows.append(vals[0].astype(np.float32))
+            continue
+        total = np.zeros(vals.shape[1])
+        for v in vals:                                     # the frames in order, one float64 addition each
+            total += v
+        mean, high = (total / len(vals)).astype(np.float32), vals.max(axis=0).astype(np.float32)
+        rows.append({"mean": mean, "max": high, "meanmax": np.r_[mean, high]}[pooling])
+    return windows, np.array(rows, np.float32)
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _crafted_store(tmp_path_factory.mktemp("crafted") / "store")
+
+
+@pytest.mark.parametrize("unit_rows", [2, 8192])
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_load_window_features_equals_a_plain_read_latest_per_key_and_float64_pooling(
+        crafted: Path, pooling: str, unit_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import embed.features as features
+
+    monkeypatch.setattr(features, "LOAD_UNIT_ROWS", unit_rows)   # 2: nearly every window pooled from pieces
+    with FeatureStore.open(crafted, read_only=True) as s:
+        for view, column in (("birdnet", "embedding"), ("birdnet_logits", "logits")):
+            for wanted in (None, ["w05", "w01", "nope", "w10", "w01", "w03"]):
+                for pinned in ({"birdnet": _V1}, {"birdnet": _V2}, None):
+                    v = (pinned or {"birdnet": _V1})["birdnet"]   # v1 rows were written last: the default
+                    ids, X, names, used = load_window_features(s, view, pooling, window_ids=wanted, versions=pinned)
+                    ref_ids, ref = _reference(crafted, "birdnet_frames", column, v, True, pooling,
+                                              None if wanted is None else set(wanted))
+                    order = ref_ids if wanted is None else [w for w in dict.fromkeys(wanted) if w in ref_ids]
+                    assert used == {"birdnet": v} and ids == order
+                    assert X.dtype == np.float32 and np.array_equal(X, ref[[ref_ids.index(w) for w in order]])
+                    dim = _DIM if column == "embedding" else _LOGITS
+                    base = ([f"birdnet:{i}" for i in range(dim)] if column == "embedding"
+                            else [f"birdnet_logit:{lab}" for lab in ("ab", "cd", "ef")])
+                    assert names == base + ([f"{n}@max" for n in base] if pooling == "meanmax" else [])
+        assert load_window_features(s, "birdnet", pooling, versions={"birdnet": _V2})[0] == ["w01", "w08"]
+        assert load_window_features(s, "birdnet", pooling)[0] == ["w01", "w02", "w03", "w04", "w05", "w06", "w07",
+                                                                  "w09", "w10"]
+
+        ids, X, names, used = load_window_features(s, "birdnet,classical,birdnet_logits", pooling)
+        b_ids, b = _reference(crafted, "birdnet_frames", "embedding", _V1, True, pooling)
+        c_ids, c = _reference(crafted, "classical_windows", "features", _VC, False, pooling)
+        l_ids, lg = _reference(crafted, "birdnet_frames", "logits", _V1, True, pooling)
+        assert ids == [w for w in b_ids if w in c_ids] == ["w01", "w02", "w03", "w04", "w05", "w07"]
+        expected = np.hstack([m[[r.index(w) for w in ids]] for r, m in ((b_ids, b), (c_ids, c), (l_ids, lg))])
+        assert np.array_equal(X, expected) and used == {"birdnet": _V1, "classical": _VC}
+        assert names[b.shape[1]:b.shape[1] + _FEATS] == [f"classical:stat{i}" for i in range(_FEATS)]
+
+
+def test_load_window_features_tie_and_split_rules_by_hand(crafted: Path) -> None:
+    import pyarrow.parquet as pq
+
+    parts = {p.name[0]: pq.read_table(p) for p in (crafted / "parts" / "birdnet_frames").glob("*.parquet")}
+
+    def frame(part: str, window: str, index: int, last: bool = False) -> np.ndarray:
+        t = parts[part].to_pylist()
+        hits = [r["embedding"] for r in t if (r["window_id"], r["frame_index"], r["extractor_version"])
+                == (window, index, _V1)]
+        return np.array(hits[-1 if last else 0], np.float64)
+
+    with FeatureStore.open(crafted, read_only=True) as s:
+        ids, X, _, _ = load_window_features(s, "birdnet", "mean", window_ids=["w01", "w05", "w06", "w03"])
+    by_hand = {"w01": [frame("a", "w01", 0), frame("b", "w01", 1), frame("a", "w01", 2)],   # frame 1 re-written
+               "w05": [frame("c", "w05", 0), frame("a", "w05", 1), frame("c", "w05", 2, last=True)],  # ties
+               "w06": [frame("a", "w06", 0), frame("a", "w06", 1)],                       # NULL written_at lost
+               "w03": [frame("a", "w03", 0), frame("a", "w03", 1)]}                       # older row lost
+    assert ids == list(by_hand)
+    for i, w in enumerate(ids):
+        assert np.array_equal(X[i], (((by_hand[w][0] + by_hand[w][1]) + sum(by_hand[w][2:], 0.0))
+                                     / len(by_hand[w])).astype(np.float32))
+
+
+def test_load_window_features_names_a_part_damaged_inside_its_payload_and_parts_missing_a_column(
+        crafted: Path, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "store"
+    shutil.copytree(crafted, store)
+    part = next((store / "parts" / "birdnet_frames").glob("b-*.parquet"))
+    meta = pq.read_metadata(part)
+    chunk = next(meta.row_group(0).column(i) for i in range(meta.num_columns)
+                 if meta.row_group(0).column(i).path_in_schema.startswith("embedding"))
+    with open(part, "r+b") as fh:                            # footer intact: only reading the payload fails
+        fh.seek(chunk.data_page_offset + 20)
+        fh.write(b"\xff" * 40)
+    with FeatureStore.open(store, read_only=True) as s:
+        with pytest.raises(StoreError) as err:
+            load_window_features(s, "birdnet")
+        rel = part.relative_to(store)
+        assert str(err.value).startswith(f"part {rel} of table birdnet_frames in store {store} is damaged (unreadable")
+        assert load_window_features(s, "birdnet_logits")[0]   # its other columns still read
+    part.unlink()
+    with FeatureStore.open(store) as s:                      # an older part written without the logits column
+        s.append_part("birdnet_frames", _frame_part([("w11", 0, 40, _V1), ("w11", 1, 40, _V1)], 6, logits=False))
+    with FeatureStore.open(store, read_only=True) as s, pytest.raises(
+            StoreError, match=rf"^birdnet_frames\.logits \({_V1}\): 2 row\(s\) have no values$"):
+        load_window_features(s, "birdnet_logits")
+    os.truncate(next((store / "parts" / "birdnet_frames").glob("a-*.parquet")), 100)
+    with FeatureStore.open(store, read_only=True) as s, pytest.raises(StoreError, match="no Parquet footer"):
+        load_window_features(s, "birdnet", versions={"birdnet": _V1})
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_store_path_pooling_gives_the_bits_of_pool_frames(pooling: str) -> None:
+    from embed.features import _pool_rows
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        counts = rng.integers(1, 12, rng.integers(1, 40))          # 8 frames or more: pool_frames' own sum
+        window = np.repeat(rng.permutation(200)[:len(counts)].cumsum(), counts)
+        values = (rng.standard_normal((len(window), int(rng.integers(1, 20)))) * 10).astype(np.float32)
+        if trial % 2:
+            values = values.astype(np.float16).astype(np.float32)
+        mask = rng.random(values.shape)
+        values[mask < 0.1], values[(mask >= 0.1) & (mask < 0.2)] = 0.0, -0.0
+        values[(mask >= 0.2) & (mask < 0.22)], values[(mask >= 0.22) & (mask < 0.24)] = np.inf, -np.inf
+        with np.errstate(invalid="ignore"):
+            assert _pool_rows(window, values, pooling).tobytes() == pool_frames(window, values, pooling).tobytes()
+
+
+def test_load_window_features_reads_variable_length_lists_and_names_ragged_rows(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    rng = np.random.default_rng(3)
+    with FeatureStore.open(tmp_path / "store") as s:
+        for prefix, ids, t in (("a", ["w1", "w2", "w3"], 10), ("b", ["w2"], 20)):   # list<float>, not fixed-size
+            feats = rng.standard_normal((len(ids), _FEATS)).astype(np.float32)
+            s.append_part("classical_windows", pa.table({
+                "window_id": ids, "extractor": ["classical"] * len(ids), "extractor_version": [_VC] * len(ids),
+                "features": pa.array(list(feats), pa.list_(pa.float32())),
+                "written_at": pa.array([_t(t)] * len(ids), pa.timestamp("us"))}), prefix=prefix)
+        ids, X, names, _ = load_window_features(s, "classical", window_ids=["w3", "w2"])
+        ref_ids, ref = _reference(tmp_path / "store", "classical_windows", "features", _VC, False, "mean")
+        assert ids == ["w3", "w2"] and np.array_equal(X, ref[[2, 1]])
+        assert names == [f"classical:{i}" for i in range(_FEATS)]
+        s.append_part("classical_windows", pa.table({
+            "window_id": ["w4"], "extractor": ["classical"], "extractor_version": [_VC],
+            "features": pa.array([[1.0, 2.0]], pa.list_(pa.float32())),
+            "written_at": pa.array([_t(30)], pa.timestamp("us"))}), prefix="c")
+        with pytest.raises(StoreError, match=rf"^classical_windows\.features \({_VC}\): rows of different lengths "
+                                             r"\(2\.\.5\)$"):
+            load_window_features(s, "classical")
