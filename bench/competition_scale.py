@@ -401,7 +401,9 @@ def run_stage(name: str, command: list[str], out: Path, say) -> Result:
     proc.returncode = os.waitstatus_to_exitcode(status)
     peak = max(peak_tree, usage.ru_maxrss * 1024)
     result = Result(name, seconds, peak, allocated_bytes(out) - before, proc.returncode)
-    if proc.returncode != 0:
+    if proc.returncode == -9:
+        result.note = "FAILED: killed by SIGKILL (the OS's out-of-memory killer, see dmesg)"
+    elif proc.returncode != 0:
         result.note = f"FAILED (exit {proc.returncode}): {_last_line(log)}"
     say(f"[{name}] {'done' if proc.returncode == 0 else 'FAILED'} in {seconds:.1f} s, peak RSS {peak / GB:.2f} GB")
     return result
@@ -568,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     state["scale"] = args.scale
     state.setdefault("heads", {})
     results: list[Result] = [Result(**r) for r in state.get("results", []) if r["stage"] not in stages]
-    for stage in [s for s in STAGES if s in stages]:
+    for stage in stages:            # in the order given (the default: the README's order)
         if stage == "store":
             state = {"scale": args.scale, "heads": {}}
             results = []

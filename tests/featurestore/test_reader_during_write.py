@@ -30,31 +30,26 @@ HOST = socket.gethostname()
 # each) whose progress hook pauses after the first
 # finished task until the test writes a line: the job is then in the middle of its work, as a long embed is
 # for hours, and stays alive for as long as the test reads.
-EMBED = """
+PAUSE_ONCE = """
 import sys
-from embed.job import run_embed
 calls = []
-def progress(audio_s):
-    calls.append(audio_s)
+def progress(value):
+    calls.append(value)
     if len(calls) == 1:
         print("working", flush=True)
         sys.stdin.readline()
+"""
+EMBED = PAUSE_ONCE + """
+from embed.job import run_embed
 summary = run_embed(sys.argv[1], "classical", workers=1, sources=["test_soundscapes"], task_seconds=60.0,
                     progress=progress)
 print("stored", summary.windows_stored["classical"], "of", summary.windows_in_scope["classical"], flush=True)
 """
 
 # A real head trained in a subprocess, paused after its first fold the same way.
-TRAIN = """
-import sys
+TRAIN = PAUSE_ONCE + """
 from models.frame import FrameSpec
 from models.training import train_head
-calls = []
-def progress(done):
-    calls.append(done)
-    if len(calls) == 1:
-        print("working", flush=True)
-        sys.stdin.readline()
 result = train_head(sys.argv[1], "linear", FrameSpec("birdnet"), progress=progress)
 print("head", result.head_id, flush=True)
 """
