@@ -220,13 +220,12 @@ def _winning_rows(store: FeatureStore, spec: ViewSpec, version: str, wanted: str
     """
     from featurestore.store import PART_FILE_COLUMN
 
-    keys = "window_id, frame_index" if spec.frame_level else "window_id"
-    filter_ids = f" AND window_id IN (SELECT window_id FROM {wanted})" if wanted else ""
-    scan = store.part_scan_sql(_sql_str(store.part_glob(spec.table)))
-    return store.sql(f"SELECT window_id, {PART_FILE_COLUMN} AS part, file_row_number AS row FROM {scan} "
-                     f"WHERE extractor_version = ?{filter_ids} QUALIFY row_number() OVER (PARTITION BY {keys} "
-                     f"ORDER BY written_at DESC NULLS LAST, {PART_FILE_COLUMN} DESC, file_row_number DESC) = 1 "
-                     f"ORDER BY {keys}", [version])
+    keys = ["window_id", "frame_index"] if spec.frame_level else ["window_id"]
+    where = "extractor_version = ?" + (f" AND window_id IN (SELECT window_id FROM {wanted})" if wanted else "")
+    latest = store.latest_rows_sql(_sql_str(store.part_glob(spec.table)), keys, "written_at", where=where,
+                                   columns=keys)
+    return store.sql(f"SELECT window_id, {PART_FILE_COLUMN} AS part, file_row_number AS row FROM ({latest}) "
+                     f"ORDER BY {', '.join(keys)}", [version])
 
 
 class _PartColumn:

@@ -904,16 +904,18 @@ class FeatureStore:
                 f"file_row_number = true)")
 
     @classmethod
-    def latest_rows_sql(cls, files_sql: str, key_columns: list[str], order_column: str, where: str = "") -> str:
+    def latest_rows_sql(cls, files_sql: str, key_columns: list[str], order_column: str, where: str = "",
+                        columns: Iterable[str] = ()) -> str:
         """``(_part_file, file_row_number)`` of the row a part table's view keeps per key among ``files_sql``:
         the latest ``order_column`` (NULLs last); ties to the last file by name, then the last row in it.
 
         The tie rule is deterministic, so the view and :mod:`featurestore.compact` pick the same row; it
         reads only the key, order, file and row-number columns (and those of ``where``, an SQL condition
         on key columns applied before the dedup, e.g. to read a few keys: semi-join the payload scan to
-        this and nothing else is sorted)."""
+        this and nothing else is sorted). ``columns``: more (key) columns to return before those two."""
         key_sql = ", ".join(f'"{k}"' for k in key_columns)
-        return (f"SELECT {PART_FILE_COLUMN}, file_row_number FROM {cls.part_scan_sql(files_sql)} "
+        extra = "".join(f'"{c}", ' for c in columns)
+        return (f"SELECT {extra}{PART_FILE_COLUMN}, file_row_number FROM {cls.part_scan_sql(files_sql)} "
                 f"{f'WHERE {where} ' if where else ''}QUALIFY row_number() OVER (PARTITION BY {key_sql} ORDER BY \"{order_column}\" DESC NULLS LAST, "
                 f"{PART_FILE_COLUMN} DESC, file_row_number DESC) = 1")
 
