@@ -212,11 +212,11 @@ def test_lgbm_feature_fraction_keeps_a_floor_of_features_per_tree() -> None:
     from models.heads import effective_feature_fraction, make_params
 
     p = make_params("lgbm")
-    assert effective_feature_fraction(p, 1100) == p.feature_fraction == 0.05   # 55 features per tree
+    assert effective_feature_fraction(p, 1839) == p.feature_fraction == 0.03   # 55 features per tree
     assert effective_feature_fraction(p, 320) == pytest.approx(0.1)           # 32 of 320
     assert effective_feature_fraction(p, 20) == 1.0                            # fewer than the floor: all
     assert effective_feature_fraction(make_params("lgbm", {"feature_fraction": 0.5}), 20) == 1.0
-    assert effective_feature_fraction(make_params("lgbm", {"min_features_per_tree": 0}), 20) == 0.05
+    assert effective_feature_fraction(make_params("lgbm", {"min_features_per_tree": 0}), 20) == 0.03
 
 
 @pytest.mark.parametrize("kind, params, expected", [

@@ -1,5 +1,6 @@
-"""LGBMHead's merged prediction (a few multi-output LightGBM models built from the per-class models at load)
-against the per-class path, on real fitted heads.
+"""LGBMHead's two fast prediction paths against the per-class path, on real fitted heads: the compiled tree
+walk (models.tree_walk, the default) and the merged models (a few multi-output LightGBM models built from
+the per-class models at load; the fallback when numba is missing or a model needs LightGBM's predictor).
 
 The reference is :meth:`models.heads.LGBMHead._predict_per_class`: one ``lightgbm.Booster`` per class built
 from the class's saved model text, one predict call each (the path before the merge). Merged and per-class
@@ -17,6 +18,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+import models.heads
 from models.heads import (
     MAX_GROUP_TREES,
     LGBMHead,
@@ -27,6 +29,7 @@ from models.heads import (
     model_sigmoid,
     parse_model_text,
 )
+from models.tree_walk import compiled, tree_table, walk
 
 N_ROWS, N_FEATURES, N_CLASSES = 4000, 16, 12     # > MIN_NEGATIVES negatives in training: neg_per_pos samples
 PARAMS = {"n_estimators": 60, "learning_rate": 0.3, "num_leaves": 7, "neg_per_pos": 5.0, "n_jobs": 2,
@@ -77,13 +80,22 @@ def test_the_fixture_covers_padding_sampling_and_constant_classes(fitted) -> Non
     assert any(len({counts[c] for c in m.classes}) > 1 for m in merged)   # some padding happens
 
 
+def fast_path(head: LGBMHead, path: str, Xq: np.ndarray) -> np.ndarray:
+    if path == "walk":
+        assert head._walk_table()[1] is not None     # the walk is really taken
+        return head.predict_proba(Xq)
+    return head._predict_merged(Xq, np.tile(head.prior_.astype(np.float32), (len(Xq), 1)))
+
+
+@pytest.mark.parametrize("path", ["walk", "merged"])
 @pytest.mark.parametrize("rows", [1, 7, 4000])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_merged_equals_the_per_class_path_bit_for_bit(fitted, rows: int, dtype) -> None:
+def test_fast_paths_equal_the_per_class_path_bit_for_bit(fitted, path: str, rows: int, dtype) -> None:
     head, X = fitted
     Xq = np.random.default_rng(rows).standard_normal((rows, N_FEATURES)).astype(dtype) * 1.5
     Xq[:, 0] = X[:rows, 0]
-    merged, reference = head.predict_proba(Xq), head._predict_per_class(Xq)
+    Xq[:, 1] = np.round(Xq[:, 1], 1)          # values on and near split thresholds
+    merged, reference = fast_path(head, path, Xq), head._predict_per_class(Xq)
     assert merged.dtype == reference.dtype == np.float32 and merged.shape == (rows, N_CLASSES)
     assert np.array_equal(merged, reference)
     for c in (EMPTY_CLASS, FULL_CLASS):
@@ -133,3 +145,65 @@ def test_parse_model_text_reads_every_tree(fitted) -> None:
         parsed = parse_model_text(text)
         assert len(parsed.trees) == lgb.Booster(model_str=text).num_trees()
         assert parsed.sigmoid == 1.0 and all(t.startswith("num_leaves=") for t in parsed.trees)
+
+
+# ---------------------------------------------------------------------------- the compiled walk
+def test_the_walk_gives_each_models_raw_score_on_thresholds_and_nans(fitted) -> None:
+    """Raw scores of models.tree_walk against each class's own Booster, with rows exactly on split
+    thresholds (where ``<=`` vs ``<`` matters), NaN and infinite features, and 1 or 2 threads."""
+    head, X = fitted
+    classes = sorted(head.models_)
+    table = tree_table([head.models_[c] for c in classes])
+    assert table is not None and table.n_outputs == len(classes) and table.n_features == N_FEATURES
+    rng = np.random.default_rng(3)
+    inner = np.flatnonzero(np.isfinite(table.threshold))
+    Xq = X[:600].copy()
+    for r in range(300):         # row r puts one split's feature on its threshold, rounded to float32 either way
+        i = inner[r % len(inner)]
+        Xq[r, table.feature[i]] = np.nextafter(np.float32(table.threshold[i]), np.float32(np.inf * (r % 2 - 0.5)))
+    Xq[300:400, rng.integers(0, N_FEATURES, 100)] = np.nan
+    Xq[400:420, 2] = np.inf
+    Xq[420:440, 3] = -np.inf
+    for threads in (1, 2):
+        raw = walk(Xq, table, n_threads=threads)
+        for k, c in enumerate(classes):
+            assert np.array_equal(raw[:, k], lgb.Booster(model_str=head.models_[c]).predict(Xq, raw_score=True)), c
+
+
+def test_one_leaf_trees_and_models_that_need_lightgbm() -> None:
+    """A one-leaf tree is its leaf value; a model with a categorical split or a NaN missing type gets no
+    table (the head then predicts through LightGBM, still equal to the per-class path)."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((600, 4))
+    y = (X[:, 0] > 0.3).astype(float)
+    params = {"objective": "binary", "verbosity": -1, "num_leaves": 4, "min_data_in_leaf": 5, "seed": 0}
+    const = lgb.train(params, lgb.Dataset(np.ones((600, 4)), y), num_boost_round=3).model_to_string()
+    plain = lgb.train(params, lgb.Dataset(X, y), num_boost_round=5).model_to_string()
+    table = tree_table([const, plain])
+    assert set(table.depth[table.output == 0]) == {0}
+    raw = walk(X.astype(np.float32), table)
+    assert np.array_equal(raw[:, 0], lgb.Booster(model_str=const).predict(X.astype(np.float32), raw_score=True))
+    assert np.array_equal(raw[:, 1], lgb.Booster(model_str=plain).predict(X.astype(np.float32), raw_score=True))
+    Xnan = X.copy()
+    Xnan[::7, 0] = np.nan
+    with_nan = lgb.train(params, lgb.Dataset(Xnan, y), num_boost_round=5).model_to_string()
+    cat = rng.integers(0, 5, 600)
+    categorical = lgb.train({**params, "min_data_per_group": 5, "cat_smooth": 1},
+                            lgb.Dataset(np.c_[X[:, 1:], cat], np.isin(cat, [1, 3]).astype(float),
+                                        categorical_feature=[3]), num_boost_round=5).model_to_string()
+    assert any(not t.startswith("num_leaves=1") and "num_cat=0" not in t for t in parse_model_text(categorical).trees)
+    assert tree_table([plain, with_nan]) is None and tree_table([categorical]) is None
+
+
+def test_a_head_predicts_the_same_without_numba(fitted, monkeypatch) -> None:
+    """With numba missing the head falls back to LightGBM's merged models: the same probabilities."""
+    head, X = fitted
+    walked = head.predict_proba(X[:500])
+    assert compiled() is not None
+    monkeypatch.setattr(models.heads, "compiled", lambda: None)
+    head._walk = None
+    try:
+        assert head._walk_table()[1] is None
+        assert np.array_equal(head.predict_proba(X[:500]), walked)
+    finally:
+        head._walk = None
