@@ -28,7 +28,9 @@ measured seconds, the extrapolation, and the prediction/read ratio. For the Ligh
 path (one booster and predict call per class and fold, as before the models were merged at load:
 :meth:`models.heads.LGBMHead._predict_per_class`) is timed in the same alternation as the merged
 ``predict_proba``: one side-by-side line with the ratio, whether the probabilities are bit-identical, and the
-teacher's minutes before (Teacher.predict - merged + per-class) and after. Nothing is asserted.
+teacher's minutes before (Teacher.predict - merged + per-class) and after; likewise the merged models
+(``LGBMHead._predict_merged``, the fallback without numba) against the compiled tree walk that
+``predict_proba`` now takes (models.tree_walk). Nothing is asserted.
 
 Usage: python bench/pseudo_teacher_speed.py [--windows 120000] [--measure 12000] [--folds 5] [--repeats 3]
   e.g. python bench/pseudo_teacher_speed.py --windows 24000 --folds 2   (a quick run)
@@ -195,11 +197,13 @@ def run(args: argparse.Namespace, root: Path) -> None:
                 "predict": lambda fm=fold_models, x=X: [h.predict_proba(x) for h in fm],
                 "teacher": lambda t=teacher, s=shapes: s.add(t.predict(chunk)[FULL_FOLD].shape),
             }
-            if lgbm:   # the path before the merge (one booster and predict call per class), alternated with it
+            if lgbm:   # the paths before the walk, alternated with it: merged models, one booster per class
                 runs["per-class"] = lambda fm=fold_models, x=X: [h._predict_per_class(x) for h in fm]
+                runs["merged"] = lambda fm=fold_models, x=X: [
+                    h._predict_merged(x, np.tile(h.prior_.astype(np.float32), (len(x), 1))) for h in fm]
             # warm-up: the first predict loads the boosters (once per run_pseudo run, not per chunk);
             # the Teacher shares those fold models
-            t = side_by_side(runs, args.repeats, warm=("read", "predict") + (("per-class",) if lgbm else ()))
+            t = side_by_side(runs, args.repeats, warm=("read", "predict") + (("per-class", "merged") if lgbm else ()))
             if shapes != {(len(chunk), args.classes)}:
                 raise SystemExit(f"Teacher.predict gave {shapes}, not {(len(chunk), args.classes)}")
             minutes[kind] = t["teacher"] * scale / 60
@@ -228,11 +232,13 @@ def run(args: argparse.Namespace, root: Path) -> None:
                   f"teacher {minutes[kind]:.2f} min; prediction/read ratio {t['predict'] / t['read']:.2f}{extra}")
             if lgbm:
                 before = (t["teacher"] - t["predict"] + t["per-class"]) * scale / 60
+                merged_min = (t["teacher"] - t["predict"] + t["merged"]) * scale / 60
                 print(f"{kind} predict_proba, {args.folds} folds on {len(chunk):,} windows, side by side: per-class "
-                      f"path {t['per-class']:.2f} s ({len(boosters)} predict calls) vs merged path "
-                      f"{t['predict']:.2f} s ({merged} calls): {t['per-class'] / t['predict']:.2f}x faster, "
-                      f"{'bit-identical' if same else 'DIFFERENT'} probabilities; teacher {before:.2f} min before "
-                      f"(Teacher.predict - merged + per-class) -> {minutes[kind]:.2f} min after")
+                      f"path {t['per-class']:.2f} s ({len(boosters)} predict calls), merged models "
+                      f"{t['merged']:.2f} s ({merged} calls), compiled tree walk (predict_proba) {t['predict']:.2f} s: "
+                      f"walk {t['per-class'] / t['predict']:.2f}x the per-class path, {t['merged'] / t['predict']:.2f}x "
+                      f"the merged one; {'bit-identical' if same else 'DIFFERENT'} probabilities; teacher "
+                      f"{before:.2f} min per-class, {merged_min:.2f} min merged -> {minutes[kind]:.2f} min walked")
     print(f"(median of {args.repeats} alternated repeats after a warm-up of the read and the fold models; "
           f"extrapolated linearly from {len(chunk):,} to {args.windows:,} windows)")
     shown = ", ".join(f"{k} {m:.1f} min" for k, m in minutes.items())
