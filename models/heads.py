@@ -286,11 +286,27 @@ def principal_axes(Z: np.ndarray, k: int) -> np.ndarray:
     return vectors[:, : min(k, rank)].T
 
 
+STANDARDISE_ROWS = 16384   # rows centred and projected at a time (standardise with components)
+
+
 def standardise(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, components: np.ndarray | None = None) -> np.ndarray:
-    """``(X - mean) / scale``, then ``@ components`` if given, in float32 (centred first: no precision lost)."""
-    Z = np.asarray(X, dtype=np.float32) - mean.astype(np.float32)
-    Z /= scale.astype(np.float32)
-    return Z if components is None else Z @ components.astype(np.float32)
+    """``(X - mean) / scale``, then ``@ components`` if given, in float32 (centred first: no precision lost).
+
+    With components the rows go through in blocks, so the full-width standardised copy never exists
+    (at the rehearsal's 290k self-training rows x 1,839 features it was 2.1 GB of a 9.5-GB peak).
+    """
+    mean32, scale32 = mean.astype(np.float32), scale.astype(np.float32)
+    if components is None:
+        Z = np.asarray(X, dtype=np.float32) - mean32
+        Z /= scale32
+        return Z
+    comp32 = components.astype(np.float32)
+    out = np.empty((len(X), comp32.shape[1]), np.float32)
+    for a in range(0, len(X), STANDARDISE_ROWS):
+        Z = np.asarray(X[a:a + STANDARDISE_ROWS], dtype=np.float32) - mean32
+        Z /= scale32
+        np.matmul(Z, comp32, out=out[a:a + STANDARDISE_ROWS])
+    return out
 
 
 BLOCK = 2048   # rows per cache-sized block of the logistic loss passes (fit_logistic_all_classes)
