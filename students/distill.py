@@ -117,7 +117,7 @@ def run_distill(store_dir: str | os.PathLike, teacher_id: str, kind: str = "line
     if not 0.0 <= alpha <= 1.0:
         raise UserInputError("--alpha must be in [0, 1]")
     root = Path(store_dir)
-    labels = run_pseudo(root, teacher_id, replace(params, pool="all"), say=lambda _m: None)
+    labels = run_pseudo(root, teacher_id, replace(params, pool="all"), say=say)   # its per-chunk progress
     say(labels.render())
     with FeatureStore.open(root, read_only=True) as store:
         fold_version = pseudo_run(store, labels.version).fold_version

@@ -161,7 +161,7 @@ def run_selftrain(store_dir: str | os.PathLike, teacher_id: str, rounds: int = 3
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         say(f"round {r}: teacher {teacher}")
-        labels = run_pseudo(root, teacher, params, round_=r, say=lambda _m: None)
+        labels = run_pseudo(root, teacher, params, round_=r, say=say)   # its per-chunk progress
         say(f"  {labels.render()}")
         student_id = student.train(labels.version, r, say)
         with FeatureStore.open(root, read_only=True) as store:
