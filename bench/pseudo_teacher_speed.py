@@ -26,7 +26,7 @@ alone (on the features just read), and the whole ``Teacher.predict``; each extra
 to the pool (x windows / measure: the round is that many chunks of the same cost). Printed: the
 measured seconds, the extrapolation, and the prediction/read ratio. For the LightGBM teacher, the per-class
 path (one booster and predict call per class and fold, as before the models were merged at load:
-:meth:`models.heads.LGBMHead._predict_per_class`) is timed in the same alternation as the merged
+:meth:`models.heads.LGBMHead._predict_per_class`) is timed in the same alternation as
 ``predict_proba``: one side-by-side line with the ratio, whether the probabilities are bit-identical, and the
 teacher's minutes before (Teacher.predict - merged + per-class) and after; likewise the merged models
 (``LGBMHead._predict_merged``, the fallback without numba) against the compiled tree walk that

@@ -293,7 +293,8 @@ def standardise(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, components: 
     """``(X - mean) / scale``, then ``@ components`` if given, in float32 (centred first: no precision lost).
 
     With components the rows go through in blocks, so the full-width standardised copy never exists
-    (at the rehearsal's 290k self-training rows x 1,839 features it was 2.1 GB of a 9.5-GB peak).
+    (2.1 GB at the rehearsal's 285k self-training rows x 1,839 features; not that stage's peak, which
+    was the float64 weights of LinearHead.fit).
     """
     mean32, scale32 = mean.astype(np.float32), scale.astype(np.float32)
     if components is None:
@@ -309,7 +310,7 @@ def standardise(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, components: 
     return out
 
 
-BLOCK = 2048   # rows per cache-sized block of the logistic loss passes (fit_logistic_all_classes)
+LOSS_BLOCK_ROWS = 2048   # rows per cache-sized block of the logistic loss passes (fit_logistic_all_classes)
 
 
 def fit_logistic_all_classes(Z: np.ndarray, Y: np.ndarray, row_weight: np.ndarray, C: float,
@@ -340,13 +341,13 @@ def fit_logistic_all_classes(Z: np.ndarray, Y: np.ndarray, row_weight: np.ndarra
         where log is SIMD (0.12 s), so log1p(e) is log(u) corrected for the rounding of u = 1 + e (within
         an ulp); and a ``where=`` subtract cost as much as log1p, so the residual uses sigmoid(x) =
         1 / (1 + exp(-x)) (exp(-x) = inf gives 0, the float32 answer). The passes run over blocks of
-        BLOCK rows whose scratch stays in cache (1.2-2.5x over whole-array passes, which stream ~150 MB
+        LOSS_BLOCK_ROWS rows whose scratch stays in cache (1.2-2.5x over whole-array passes, which stream ~150 MB
         each from memory), and the row halves run on the BLAS threads (numpy releases the GIL).
         """
         loss = 0.0
-        E, U, T = (np.empty((BLOCK, k), np.float32) for _ in range(3))
-        for a in range(rows.start, rows.stop, BLOCK):
-            b = min(a + BLOCK, rows.stop)
+        E, U, T = (np.empty((LOSS_BLOCK_ROWS, k), np.float32) for _ in range(3))
+        for a in range(rows.start, rows.stop, LOSS_BLOCK_ROWS):
+            b = min(a + LOSS_BLOCK_ROWS, rows.stop)
             x, W, y, wt = logits[a:b], work[a:b], Yf[a:b], Wf[a:b]
             e, u, t = E[: b - a], U[: b - a], T[: b - a]
             np.abs(x, out=e)
@@ -512,15 +513,16 @@ def negative_sample(y: np.ndarray, neg_per_pos: float, seed: int,
     return np.sort(np.concatenate([pos, kept])), n_keep / len(neg)
 
 
-def undo_negative_sampling(p: np.ndarray, rate: float) -> np.ndarray:
+def undo_negative_sampling(p: np.ndarray, rate: float | np.ndarray) -> np.ndarray:
     """Probabilities learnt with negatives kept at ``rate`` → probabilities on the full data.
 
     Sampling negatives multiplies the odds by 1/rate; undoing it puts every class and fold on one
-    scale, which matters when OOF predictions of different fold models are pooled.
+    scale, which matters when OOF predictions of different fold models are pooled. ``rate`` is one
+    class's rate, or one per column of ``p``; a rate of 1 (nothing sampled) leaves ``p`` as it is.
     """
-    if rate >= 1.0:
-        return p
-    return p * rate / (p * rate + 1.0 - p)
+    if np.ndim(rate) == 0:
+        return p if rate >= 1.0 else p * rate / (p * rate + 1.0 - p)
+    return np.where(rate < 1.0, p * rate / (p * rate + 1.0 - p), p)
 
 
 def effective_feature_fraction(p: LGBMParams, n_features: int) -> float:
@@ -773,12 +775,11 @@ class LGBMHead(Head):
         _check_xy(X, None, len(self.class_names), len(self.feature_names))
         X = self._project(X)
         out = np.tile(self.prior_.astype(np.float32), (X.shape[0], 1))
-        classes, table, sigmoid = self._walk_table()
+        classes, table = self._walk_table()
         if table is None or not len(X):
             return self._predict_merged(X, out)
-        p = model_sigmoid(walk(X, table, self.params.n_jobs), sigmoid)   # ~3x LightGBM's predict, same numbers
-        rate = self.neg_rate_[classes]
-        out[:, classes] = np.where(rate < 1.0, p * rate / (p * rate + 1.0 - p), p)  # undo_negative_sampling
+        raw = walk(X, table, self.params.n_jobs)          # ~3x LightGBM's predict, the same numbers
+        out[:, classes] = undo_negative_sampling(model_sigmoid(raw, table.sigmoid), self.neg_rate_[classes])
         return out
 
     def _predict_merged(self, X: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -791,15 +792,12 @@ class LGBMHead(Head):
                 out[:, c] = undo_negative_sampling(model_sigmoid(raw[:, k], merged.sigmoid[k]), self.neg_rate_[c])
         return out
 
-    def _walk_table(self) -> tuple[list[int], TreeTable | None, np.ndarray]:
-        """``(classes, trees of their models for models.tree_walk or None, sigmoid per class)``, built once;
-        None when numba is missing or a model needs LightGBM's own predictor."""
+    def _walk_table(self) -> tuple[list[int], TreeTable | None]:
+        """``(classes, the trees of their models for models.tree_walk)``, built once; the table is None
+        when numba is missing or a model needs LightGBM's own predictor."""
         if getattr(self, "_walk", None) is None:
             classes = sorted(self.models_)
-            table = tree_table([self.models_[c] for c in classes]) if compiled() is not None else None
-            sigmoid = (np.array([parse_model_text(self.models_[c]).sigmoid for c in classes]) if table is not None
-                       else np.zeros(0))
-            self._walk = (classes, table, sigmoid)
+            self._walk = (classes, tree_table([self.models_[c] for c in classes]) if compiled() is not None else None)
         return self._walk
 
     def _class_boosters(self) -> dict[int, tuple[object, float]]:

@@ -181,6 +181,8 @@ def test_one_leaf_trees_and_models_that_need_lightgbm() -> None:
     plain = lgb.train(params, lgb.Dataset(X, y), num_boost_round=5).model_to_string()
     table = tree_table([const, plain])
     assert set(table.depth[table.output == 0]) == {0}
+    nothing = tree_table([])                         # a head whose classes are all constant: no trees
+    assert len(nothing.root) == len(nothing.depth) == 0 and walk(X.astype(np.float32), nothing).shape == (600, 0)
     raw = walk(X.astype(np.float32), table)
     assert np.array_equal(raw[:, 0], lgb.Booster(model_str=const).predict(X.astype(np.float32), raw_score=True))
     assert np.array_equal(raw[:, 1], lgb.Booster(model_str=plain).predict(X.astype(np.float32), raw_score=True))
