@@ -429,13 +429,28 @@ def newest_head(store: Path, kind: str, tag: str | None = None) -> str:
 
 
 def real_audio(out: Path) -> Path:
-    """The shared real clips (4 focal clips, one 0.29 s long, and the field recording) in one folder."""
+    """The shared real clips (4 focal clips, one 0.29 s long, and the field recording) in one folder, and
+    a test soundscape's 60 s of 32-kHz audio made of them back to back (listed first, so the planner
+    measures a file of the test's length, not only clips it must scale up)."""
+    import soundfile as sf
+
+    from embed.audio import Audio
+
     folder = out / "real_audio"
     folder.mkdir(parents=True, exist_ok=True)
-    for path in [*sorted((BC2026 / "train_audio").rglob("*.ogg")), *sorted(FIELD.glob("*.wav"))]:
+    clips = [*sorted((BC2026 / "train_audio").rglob("*.ogg")), *sorted(FIELD.glob("*.wav"))]
+    for path in clips:
         target = folder / path.name
         if not target.exists():
             shutil.copyfile(path, target)
+    joined = folder / "BC2026_Test_0000_S00_20260101_000000.ogg"
+    if not joined.exists():
+        rate, n = 32_000, 60 * 32_000
+        parts = [np.asarray(Audio.load(p).at(rate), np.float32) for p in clips]
+        signal = np.concatenate(parts * (1 + n // sum(len(x) for x in parts)))[:n]
+        tmp = joined.with_suffix(".tmp.ogg")
+        sf.write(tmp, signal, rate, format="OGG", subtype="VORBIS")
+        tmp.replace(joined)
     return folder
 
 

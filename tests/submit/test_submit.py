@@ -160,6 +160,30 @@ def test_projection_is_the_stated_model_of_the_measured_costs() -> None:
     assert "classical" not in lin.seconds
 
 
+def test_planner_times_heads_on_a_full_soundscapes_rows(store: Path, heads: dict, shared_data: Path) -> None:
+    """A short real clip's views are grown to the 12 windows of a 60-s soundscape, its real rows repeated in
+    order, so the head cost is measured on what a test file gives the heads (not scaled from a clip by 60 s /
+    its duration: a head's cost is far from proportional to its rows); a file with no window is not timed."""
+    from embed.features import embed_file_views
+    from submit.plan import soundscape_views
+
+    predictor = open_predictor(store / "heads" / heads["fallback"])
+    clip = sorted((shared_data / "field").glob("*.wav"))[0]                 # 19.5 s: 4 windows
+    feats = embed_file_views(clip, predictor.extractors, predictor.requests, soundscape=True)
+    (starts, X, names), = feats.values()
+    full = soundscape_views(feats)
+    (fstarts, FX, fnames), = full.values()
+    assert len(X) == 4 and FX.shape == (12, X.shape[1]) and fnames == names
+    np.testing.assert_array_equal(fstarts, np.arange(12) * 5.0)
+    np.testing.assert_array_equal(FX, X[[0, 1, 2, 3] * 3])
+    _, rows = predictor.rows_from_features(clip, feats)
+    ids, full_rows = predictor.rows_from_features(clip, full)
+    assert len(ids) == 12 and ids[-1].endswith("_60")
+    np.testing.assert_allclose(full_rows, rows[[0, 1, 2, 3] * 3], rtol=0, atol=1e-6)   # float32 BLAS: row count
+    empty = {k: (v[0][:0], v[1][:0], v[2]) for k, v in feats.items()}
+    assert soundscape_views(empty) is None
+
+
 # ---------------------------------------------------------------------------- export + dry run (slow)
 @pytest.mark.slow
 def test_export_plan_and_offline_dry_run_of_the_notebook(store: Path, heads: dict, demo_data: Path,
