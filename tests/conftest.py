@@ -7,8 +7,9 @@ thread), and subprocess jobs inherit the same environment (:data:`embed.extracto
 
 Trained artefacts are made once per test run (:func:`demo_trained`): a module that writes to a store copies
 it first (:func:`store_copy`); no module trains a head the session fixture already has. The suite runs in
-two pytest-xdist workers (``-n 2 --dist loadfile`` in pyproject.toml: every test of a file on one worker);
-the session fixtures are built once for both, under a file lock (:func:`built_once`).
+two pytest-xdist workers (``-n auto --dist loadfile --no-loadscope-reorder`` in pyproject.toml: every test of a
+file on one worker, the files in this module's order); the session fixtures are built once for both, under a
+file lock (:func:`built_once`).
 """
 
 from __future__ import annotations
@@ -175,26 +176,48 @@ def synthetic_store(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 DEMO_CHAIN = ("demo_data", "demo_store", "demo_embedded_store", "demo_trained", "synthetic_store")
-LONGEST_FILES = ("test_demo.py", "test_cnn.py", "test_submit.py", "test_stack_pipeline.py")   # --durations
+SHARED = (*DEMO_CHAIN, "bc2026_store")
+# seconds per file (junit sums of a quiet 2-worker run, less the shared builds a file's first test waited on): the
+# order the files are dealt out in, longest first; a file not listed counts as short. Only the order matters:
+# refresh from --junitxml when the long files move.
+FILE_SECONDS = {
+    "students/test_cnn.py": 280, "submit/test_submit.py": 165, "stack/test_stack_pipeline.py": 102,
+    "submit/test_predict.py": 86, "submit/test_predictor_contract.py": 52, "embed/test_embed_job.py": 59,
+    "models/test_tuning.py": 55, "embed/test_extractor_contract.py": 45, "students/test_pseudo.py": 41,
+    "embed/test_embed_streaming.py": 41, "submit/test_bundle_safety.py": 30, "models/test_real_degenerate.py": 27,
+    "featurestore/test_workers.py": 22, "featurestore/test_reader_during_write.py": 21,
+    "featurestore/test_ingest.py": 21, "models/test_training_integrity.py": 20, "models/test_heads.py": 20,
+    "embed/test_embed_custom.py": 16, "featurestore/test_store_repair.py": 15, "pipelines/test_cli.py": 12,
+    "reports/test_errors_page.py": 12, "models/test_head_contract.py": 10, "embed/test_embed_overlap.py": 8,
+}
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
-    """Order the files so the shared fixtures build while the other worker has work: first one file that
-    builds the whole demo chain (embedding + the trained heads), then every file that needs none of it, then
-    the longest files (so no long one is left for the end), then the rest (collection order kept inside each
-    group, and inside every file)."""
-    def needs_chain(item) -> bool:
-        return any(name in DEMO_CHAIN for name in getattr(item, "fixturenames", ()))
+    """Order the files (the order pytest-xdist deals them out in: ``--no-loadscope-reorder`` in pyproject.toml
+    keeps it; xdist's default re-sorts files by their number of tests and left the longest for the end):
+
+    1. ``models/test_training.py``: it builds the whole demo chain (embedding + the trained heads);
+    2. ``pipelines/test_demo.py``, whose first test (the demo command, the longest test) needs no shared
+       fixture: it runs on the other worker while the chain builds;
+    3. the files that use a shared fixture, longest first (:data:`FILE_SECONDS`), so no long file is left
+       for the end;
+    4. the files that need no shared fixture, longest first: short, they even out the two workers' ends.
+
+    Collection order is kept inside each group for equal times, and inside every file."""
+    def uses_shared(item) -> bool:
+        return any(name in SHARED for name in getattr(item, "fixturenames", ()))
 
     by_file: dict[str, list] = {}
     for item in items:
         by_file.setdefault(str(item.path), []).append(item)
 
-    def rank(path: str) -> int:
-        if path.endswith("test_training.py"):
-            return 0                                   # trains on demo_trained: builds the whole chain
-        if not any(needs_chain(i) for i in by_file[path]):
-            return 1
-        return 2 if path.endswith(LONGEST_FILES) else 3
+    def key(path: str) -> tuple[int, float]:
+        name = Path(path).as_posix().rpartition("/tests/")[2]
+        seconds = -FILE_SECONDS.get(name, 0)
+        if name == "models/test_training.py":
+            return 0, seconds
+        if name == "pipelines/test_demo.py":
+            return 1, seconds
+        return (2 if any(uses_shared(i) for i in by_file[path]) else 3), seconds
 
-    items[:] = [i for path in sorted(by_file, key=rank) for i in by_file[path]]
+    items[:] = [i for path in sorted(by_file, key=key) for i in by_file[path]]

@@ -28,6 +28,31 @@ def _digest_tree(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): digest(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
+def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
+    """The README's first command, on the small dataset with its default seed. (First in this file: it needs
+    no shared fixture, so it runs on one worker while the other builds the session's demo chain.)"""
+    result = subprocess.run([sys.executable, "-m", "pipelines.demo", "--out", str(tmp_path / "demo"), "--small"],
+                            cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "problems: 0 error(s)" in out and "folds created" in out and "524/524 of this shard's windows" in out
+    for kind in ("prior", "zeroshot", "linear", "lgbm"):
+        assert f"[demo] train {kind} on" in out
+    demo = tmp_path / "demo"
+    assert (demo / "memo.html").exists() and (demo / "store" / "catalog.duckdb").exists()
+    assert "[demo] stack" in out and "stacked head stack-" in out
+    assert "error page written to" in out and (demo / "errors.html").stat().st_size > 10_000
+    assert "[demo] pseudo-labels" in out and "288 unlabelled windows" in out
+    label_auc = float(out.split("against the held-back answers: ")[1].split()[0])
+    assert label_auc > 0.85, out                       # the stack's thresholded labels of the unlabelled windows
+    score = float(out.split("demo test-set AUC ")[1].split()[0])
+    assert "(validated)" in out and score > 0.85
+    sample = demo / "data" / "sample_submission.csv"
+    assert validate_submission(demo / "submission.csv", sample,
+                               expected_ids_for_audio(demo / "data" / "test_soundscapes")) == 48
+
+
 def test_demo_dataset_is_competition_shaped(demo_data: Path) -> None:
     """(Determinism: the next test generates the dataset again, without the unlabelled soundscapes, and every
     file it shares with the session's must be the same.)"""
@@ -79,27 +104,3 @@ def test_unlabelled_soundscapes_have_answers_outside_the_competition_folder(demo
     full = _digest_tree(demo_data)
     assert all(full[k] == v for k, v in _digest_tree(without).items())
     assert not (tmp_path / "without" / "data" / ANSWERS_FILE).exists()
-
-
-@pytest.mark.slow
-def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
-    """The README's first command, on the small dataset with its default seed."""
-    result = subprocess.run([sys.executable, "-m", "pipelines.demo", "--out", str(tmp_path / "demo"), "--small"],
-                            cwd=REPO, capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
-    assert "problems: 0 error(s)" in out and "folds created" in out and "524/524 of this shard's windows" in out
-    for kind in ("prior", "zeroshot", "linear", "lgbm"):
-        assert f"[demo] train {kind} on" in out
-    demo = tmp_path / "demo"
-    assert (demo / "memo.html").exists() and (demo / "store" / "catalog.duckdb").exists()
-    assert "[demo] stack" in out and "stacked head stack-" in out
-    assert "error page written to" in out and (demo / "errors.html").stat().st_size > 10_000
-    assert "[demo] pseudo-labels" in out and "288 unlabelled windows" in out
-    label_auc = float(out.split("against the held-back answers: ")[1].split()[0])
-    assert label_auc > 0.85, out                       # the stack's thresholded labels of the unlabelled windows
-    score = float(out.split("demo test-set AUC ")[1].split()[0])
-    assert "(validated)" in out and score > 0.85
-    sample = demo / "data" / "sample_submission.csv"
-    assert validate_submission(demo / "submission.csv", sample,
-                               expected_ids_for_audio(demo / "data" / "test_soundscapes")) == 48

@@ -219,16 +219,22 @@ def test_predict_through_the_stack_equals_the_stacker_applied_offline(store: Pat
     assert competition_score(solution, sub) > 0.8
 
     classes = load_stack(stacked.bundle_dir).class_names
-    # the bundle needs no store: copy only heads/ elsewhere and predict from there
+    # the bundle needs no store: copy only heads/ elsewhere and predict from there; against the stacker applied
+    # offline on two of the files (the post chain is per file: two files, as in the context-head test below)
     heads_copy = tmp_path / "heads"
     for name in (stacked.head_id, *load_stack(stacked.bundle_dir).config.base_heads):
         shutil.copytree(stacked.bundle_dir.parent / name, heads_copy / name)
-    row_ids, probs, warnings = predict_audio(heads_copy / stacked.head_id, audio, classes, workers=1)
-    assert not warnings and row_ids == expected_ids_for_audio(audio)
-    off_ids, offline = _offline(store, stacked.bundle_dir, audio)
+    two = tmp_path / "two"
+    two.mkdir()
+    for f in list_audio(audio)[:2]:
+        (two / f.name).symlink_to(f)
+    row_ids, probs, warnings = predict_audio(heads_copy / stacked.head_id, two, classes, workers=1)
+    assert not warnings and row_ids == expected_ids_for_audio(two)
+    off_ids, offline = _offline(store, stacked.bundle_dir, two)
     assert off_ids == row_ids
     np.testing.assert_allclose(probs, offline, rtol=0, atol=1e-6)
-    written = np.column_stack([sub.column(c).to_numpy() for c in classes])
+    at = {r: i for i, r in enumerate(sub.column("row_id").to_pylist())}
+    written = np.column_stack([sub.column(c).to_numpy() for c in classes])[[at[r] for r in row_ids]]
     np.testing.assert_allclose(written, probs, rtol=1e-5, atol=1e-7)     # the CSV's 6 significant digits
 
 
