@@ -187,7 +187,7 @@ def soundscape_views(feats: dict) -> dict | None:
 
     Why: a head's cost is far from proportional to its rows (a tree walk streams every tree once per
     call: 1 row and 12 rows of the rehearsal's 234-class LightGBM head cost 46 and 69 ms), so a short
-    clip's head time scaled by 60 s / its duration overstated the Kaggle projection by ~7x; the heads
+X
     are timed on exactly the rows a test soundscape gives them instead."""
     n = int(SOUNDSCAPE_S / WINDOW_SECONDS)
     if any(len(X) == 0 for _, X, _ in feats.values()):
@@ -203,7 +203,7 @@ def _measure_scaling(head_dir: Path, files: list[Path], workers: int, runtime: d
                      repeats: int = SCALING_REPEATS) -> float:
     """Wall time of the same files through a started pool of 1 and of ``workers`` processes (both pools
     started and warmed on one file per worker first, then timed in turn ``repeats`` times): S = the fastest
-    t(1) / the fastest t(workers). Why alternated and the fastest: on a shared machine one burst of other
+    t(1) / the fastest t(workers). Why alternated and the fastest of each: on a shared machine one burst of other
     load during a single timing moved S(2) from 1.34 to 1.03 between two runs minutes apart, and the
     projection divides every per-file cost by S(cpus)."""
     import os
