@@ -11,24 +11,40 @@
 * **Fast mode** (named, fixed) keeps full evaluation but trains on at most ``focal_per_class``
   focal windows per class and/or only the ``folds`` listed; it never trains on the evaluation
   subset alone.
-* **Resumable**: the study lives in ``<store>/optuna.db``; the sampler's seed is offset by the
-  number of trials already in the study (a resumed study draws new parameter sets), an exact
-  repeat of a finished parameter set is answered from the earlier trial without training, and
-  trials left RUNNING by a killed process are marked FAIL. Re-using a study name with another
-  head, features, fold version or mode is refused.
+* **Resumable**: the study lives in ``<store>/optuna.db`` (or the ``--storage`` given: :func:`resolve_storage`);
+  trial n's sampler is seeded with ``seed + n`` (trial numbers are unique across processes, so a resumed
+  study and cooperating processes draw new parameter sets), an exact repeat of a finished parameter set is
+  answered from the earlier trial without training (a repeat of one still running elsewhere waits for it),
+  and trials left RUNNING by a killed process are marked FAIL (:func:`fail_stale`). Re-using a study name
+  with another head, features, fold version or mode is refused.
+* **Many processes, many machines** (:func:`resolve_storage`): ``journal:PATH`` (Optuna's JournalStorage on
+  a file: many processes on one machine; the default of ``workers > 1``), ``postgresql://`` / ``mysql://``
+  (RDBStorage: many machines), SQLite (one process only: refused with ``workers > 1``). Processes sharing a
+  study cooperate: the study's creator alone enqueues the defaults, a command's ``trials`` are shared by its
+  ``workers`` (a shared count: exactly ``trials`` in all), a live process's RUNNING trial is never failed
+  (heartbeats), and the best is re-trained once, by the last process to finish (:func:`record_best_once`).
 * **Recorded**: the objective is named ``fold_mean_auc``; the study carries head, features,
   pooling, context, weights, fixed parameters, fold version, mode and seed; every trial carries
-  per-fold AUCs, fold std, window counts, seconds and the head id a full run would get. The best
-  parameters are re-trained with full cross-validation and recorded as a ``tuned`` experiment.
+  per-fold AUCs, fold std, window counts, seconds, the head id a full run would get and the process that
+  ran it (``worker``, ``heartbeat``). The best parameters are re-trained with full cross-validation and
+  recorded as a ``tuned`` experiment (study attribute ``best_recorded``).
 
 Search spaces are data (:data:`SEARCH_SPACES`); ``fixed`` parameters leave the space.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import importlib.util
 import json
 import math
+import multiprocessing as mp
+import os
+import socket
+import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,13 +52,19 @@ from pathlib import Path
 
 import numpy as np
 
-from featurestore.errors import StoreError, UserInputError
+from featurestore.errors import StackError, StoreError, UserInputError
 from featurestore.store import FeatureStore
 from models.frame import FrameSpec
 from models.heads import PARAMS_BY_KIND, make_params
 from models.training import Subsample, fold_score, head_params, plan_cv, train_head
 
 STUDY_FILE = "optuna.db"
+JOURNAL_FILE = "optuna.journal"
+RECORD_LOCK = "tune-record.lock"   # in the store: one process at a time decides and records a study's best
+HEARTBEAT_S = 10.0   # a running trial writes its ``heartbeat`` attribute this often ...
+GRACE_S = 60.0       # ... and is taken for dead after this long without one (when its process cannot be asked)
+REPEAT_POLL_S = 0.5  # how often a repeat of a trial running elsewhere looks for its result
+WORKER_ATTR, BEAT_ATTR = "worker", "heartbeat"
 METRIC_NAME = "fold_mean_auc"
 MODES = ("full", "fast")
 DEFAULT_FAST = Subsample(focal_per_class=50)
@@ -90,7 +112,99 @@ SEARCH_SPACES: dict[str, dict[str, Dim]] = {
 
 
 def storage_url(store_dir: str | Path) -> str:
+    """The store's own study file (SQLite: one process at a time)."""
     return f"sqlite:///{Path(store_dir).expanduser().resolve() / STUDY_FILE}"
+
+
+STORAGE_FORMS = ("journal:PATH (many processes, one machine), postgresql://USER@HOST:PORT/DB or mysql://... "
+                 "(many machines), sqlite:///PATH (one process)")
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where a study lives: ``kind`` is ``journal`` (a JournalStorage file), ``sqlite`` or ``rdb`` (PostgreSQL,
+    MySQL); ``url`` is absolute (``journal:/abs/path``), so spawned workers and other machines agree on it."""
+
+    url: str
+    kind: str
+
+    @property
+    def one_process(self) -> bool:
+        return self.kind == "sqlite"
+
+    @property
+    def shown(self) -> str:
+        """The URL with any password hidden (for messages and logs)."""
+        if self.kind != "rdb":
+            return self.url
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def dashboard(self) -> str:
+        """What to give ``optuna-dashboard`` (a journal file is given as its path)."""
+        return self.url.removeprefix("journal:") if self.kind == "journal" else self.shown
+
+    def open(self):
+        """The Optuna storage object (a journal file's folder is made if missing)."""
+        import optuna
+
+        if self.kind == "journal":
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(self.url.removeprefix("journal:"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        url = self.url
+        if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None and \
+                importlib.util.find_spec("psycopg2") is not None:
+            url = url.replace("postgresql://", "postgresql+psycopg2://", 1)   # SQLAlchemy 2.1 defaults to psycopg 3
+        for attempt in range(3):
+            try:
+                return optuna.storages.RDBStorage(url)
+            except ImportError as exc:   # the database driver
+                raise UserInputError(f"cannot open tuning storage {self.shown}: {exc}; install its database driver "
+                                     "(PostgreSQL: pip install -e '.[postgres]')") from exc
+            except Exception as exc:     # sqlalchemy's OperationalError (server down, bad password, no database)
+                text = str(exc).strip()
+                if attempt < 2 and ("already exists" in text or "duplicate" in text.lower()):
+                    time.sleep(1.0)      # processes on a new database made Optuna's tables at once: the other won
+                    continue
+                first = text.splitlines()[0] if text else type(exc).__name__
+                raise StoreError(f"cannot open tuning storage {self.shown}: {first}; check that the server runs "
+                                 "and the database exists (e.g. createdb optuna), then re-run") from exc
+        raise AssertionError("unreachable")
+
+
+def resolve_storage(store_dir: str | Path, storage: str | None = None, workers: int = 1) -> Storage:
+    """The one reading of ``--storage`` / ``--workers``: ``None`` is the store's ``optuna.db`` (SQLite) for one
+    process and ``journal:<store>/optuna.journal`` for ``workers > 1``; ``journal:PATH`` (relative to the
+    current folder), ``postgresql://...``, ``mysql://...``, ``sqlite:///PATH``. SQLite with ``workers > 1`` is
+    refused (UserInputError): it takes one writer at a time and Optuna documents it for one process."""
+    if workers < 1:
+        raise UserInputError(f"--workers must be >= 1, got {workers}")
+    store = Path(store_dir).expanduser().resolve()
+    if storage is None or not storage.strip():
+        if workers == 1:
+            return Storage(storage_url(store), "sqlite")
+        storage = f"journal:{store / JOURNAL_FILE}"
+    storage = storage.strip()
+    if storage.startswith("journal:"):
+        path = storage.removeprefix("journal:")
+        if not path:
+            raise UserInputError(f"--storage journal: needs a file path, e.g. journal:{store / JOURNAL_FILE}")
+        return Storage(f"journal:{Path(path).expanduser().resolve()}", "journal")
+    scheme = storage.split(":", 1)[0].split("+", 1)[0].lower() if "://" in storage else ""
+    if scheme == "sqlite":
+        if workers > 1:
+            raise UserInputError(f"--workers {workers} cannot share SQLite storage {storage}: SQLite lets one "
+                                 "process write at a time and Optuna supports it for one process only; use "
+                                 f"--storage journal:{store / JOURNAL_FILE} (many processes on this machine, the "
+                                 "default with --workers > 1) or postgresql://... (many machines)")
+        return Storage(storage, "sqlite")
+    if scheme in ("postgresql", "postgres", "mysql"):
+        return Storage(storage.replace("postgres://", "postgresql://", 1), "rdb")
+    raise UserInputError(f"unknown tuning storage {storage!r}; use one of: {STORAGE_FORMS}")
 
 
 @dataclass(frozen=True)
@@ -186,45 +300,387 @@ def _check_resume(study, attrs: dict) -> None:
                          "pick a new --study name or repeat the original options")
 
 
-def _fail_stale(study) -> int:
-    """Trials left RUNNING by a killed process would count forever: mark them FAIL."""
+# ---------------------------------------------------------------- which process runs a trial, and does it live
+def _machine() -> str | None:
+    """This process's pid space (boot id + pid namespace): pids of processes in the same one can be asked
+    about. None where ``/proc`` cannot tell (then heartbeats alone judge)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> str | None:
+    """When live process ``pid`` started (clock ticks since boot); None when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (OSError, ValueError):
+        return None
+    return None if not fields or fields[0] in ("Z", "X") else fields[19]
+
+
+_IDENTITY: dict = {}
+
+
+def worker_identity() -> dict:
+    """What a trial records about the process running it (attribute ``worker``)."""
+    if _IDENTITY.get("pid") != os.getpid():
+        pid = os.getpid()
+        _IDENTITY.clear()
+        _IDENTITY.update(host=socket.gethostname(), pid=pid, machine=_machine(), started=_start_ticks(pid))
+    return dict(_IDENTITY)
+
+
+def stale_reason(trial, now: float, machine: str | None, one_process: bool) -> str | None:
+    """Why RUNNING ``trial``'s process is dead, or None while it may live (:func:`_dead`; before its first
+    heartbeat a trial's start counts: its maker's local clock, so machines sharing a study keep their
+    clocks in step, NTP)."""
+    beat = trial.user_attrs.get(BEAT_ATTR)
+    if beat is None and trial.datetime_start is not None:
+        beat = trial.datetime_start.timestamp()
+    return _dead(trial.user_attrs.get(WORKER_ATTR) or {}, beat, now, machine, one_process)
+
+
+def _dead(who: dict, beat: float | None, now: float, machine: str | None, one_process: bool) -> str | None:
+    """Why the process ``who`` (a :func:`worker_identity`) is dead, or None while it may live:
+
+    * it ran in this process's pid space: dead when that pid is gone, a zombie, or another process
+      (another start time); alive otherwise, whatever the storage;
+    * else on one-process storage (SQLite): dead (no other process may use the study);
+    * else when its last heartbeat (unix time) is over :data:`GRACE_S` old."""
+    if machine is not None and who.get("machine") == machine:
+        if who.get("started") is not None and _start_ticks(int(who["pid"])) == who["started"]:
+            return None
+        return "left running by a killed process"
+    if one_process:
+        return "left running by a killed process"
+    beat = now if beat is None else beat
+    if now - beat > GRACE_S:
+        return f"left running by a killed process (no heartbeat for {now - beat:.0f} s)"
+    return None
+
+
+def fail_stale(study, one_process: bool = False) -> int:
+    """Mark FAIL (attribute ``failed_because``) the RUNNING trials whose process is dead (:func:`stale_reason`):
+    a live process's trial, on this machine or another, is left alone. Returns how many were failed."""
     import optuna
 
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
-    for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, "failed_because", "left running by a killed process")
-        study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
-    return len(stale)
+    S = optuna.trial.TrialState
+    now, machine, failed = time.time(), _machine(), 0
+    for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
+        why = stale_reason(t, now, machine, one_process)
+        if why is None:
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "failed_because", why)
+            study._storage.set_trial_state_values(t._trial_id, state=S.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue    # it finished meanwhile
+        failed += 1
+    return failed
 
 
-def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str, *, record_best: bool = True,
-             say: Callable[[str], None] = print) -> TuneResult:
-    """Add ``trials`` trials to the study (made or resumed) and re-train the best with full CV."""
+class _Beating:
+    """While the block runs, ``write(time.time())`` now and every :data:`HEARTBEAT_S` on a thread (a write that
+    fails ends the beating: the trial finished, or another process took it for dead)."""
+
+    def __init__(self, write: Callable[[float], None]):
+        self._write, self._stop = write, threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tuning-heartbeat", daemon=True)
+
+    def __enter__(self):
+        self._write(time.time())
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._write(time.time())
+            except Exception:
+                return
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class _Alive(_Beating):
+    """While a trial runs: its ``worker`` attribute names this process and its ``heartbeat`` is refreshed, so
+    other processes can tell it lives."""
+
+    def __init__(self, trial):
+        super().__init__(lambda t: trial.set_user_attr(BEAT_ATTR, t))
+        self.trial = trial
+
+    def __enter__(self) -> _Alive:
+        self.trial.set_user_attr(WORKER_ATTR, worker_identity())
+        return super().__enter__()
+
+
+ACTIVE_PREFIX = "tuning_process:"
+
+
+class Active(_Beating):
+    """While a process works on a study (planned, running trials, recording): its entry in the study's system
+    attribute ``tuning_process:<id>`` (:func:`worker_identity` + heartbeat), cleared at the end. The process
+    finishing last sees no other live entry and records the best (:func:`record_best_once`)."""
+
+    def __init__(self, study):
+        self.key = f"{ACTIVE_PREFIX}{uuid.uuid4().hex[:12]}"
+        who = worker_identity()
+        super().__init__(lambda t: study._storage.set_study_system_attr(study._study_id, self.key,
+                                                                         {**who, "heartbeat": t}))
+        self.study = study
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        with contextlib.suppress(Exception):
+            self.study._storage.set_study_system_attr(self.study._study_id, self.key, None)
+
+    def others(self, one_process: bool) -> list[dict]:
+        """The other live processes working on the study."""
+        now, machine = time.time(), _machine()
+        return [v for k, v in self.study._storage.get_study_system_attrs(self.study._study_id).items()
+                if k.startswith(ACTIVE_PREFIX) and k != self.key and v
+                and _dead(v, v.get("heartbeat"), now, machine, one_process) is None]
+
+
+def trial_seeded_sampler(seed: int):
+    """TPE whose random draws for trial n start from ``seed + n``. Trial numbers are unique across every
+    process sharing a study, so cooperating processes (and a resumed study) never replay one random stream,
+    which one seed per process would do (the same parameter sets, proposed in each process)."""
     import optuna
 
-    spec.check()
-    if trials < 0:
-        raise UserInputError("--trials must be >= 0")
-    fast = spec.mode == "fast"
-    with FeatureStore.open(store_dir, create=False) as store:
+    def make(s: int):
+        return optuna.samplers.TPESampler(seed=s, n_startup_trials=5)
+
+    class TrialSeededTPE(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self._inner = make(seed)
+
+        def infer_relative_search_space(self, study, trial):
+            return self._inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+        def before_trial(self, study, trial) -> None:
+            self._inner = make(seed + trial.number)
+            self._inner.before_trial(study, trial)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self._inner.after_trial(study, trial, state, values)
+
+    return TrialSeededTPE()
+
+
+# ---------------------------------------------------------------- many processes on one study
+class Slots:
+    """The trials a command has left, shared by its processes: each takes one before every trial, so the
+    command runs exactly ``n`` trials however they fall to its processes (``shared`` for spawned workers).
+    Helpers say when they are :meth:`ready` (planned, study open), so all start their trials together."""
+
+    def __init__(self, n: int, shared: bool = False):
+        self._n = n
+        ctx = mp.get_context("spawn")
+        self._value = ctx.Value("i", n) if shared else None
+        self._ready = ctx.Value("i", 0) if shared else None
+
+    def take(self) -> bool:
+        if self._value is None:
+            self._n -= 1
+            return self._n >= 0
+        with self._value.get_lock():
+            if self._value.value <= 0:
+                return False
+            self._value.value -= 1
+            return True
+
+    def ready(self) -> None:
+        with self._ready.get_lock():
+            self._ready.value += 1
+
+    def wait_ready(self, helpers: list, say: Callable[[str], None]) -> None:
+        """Wait until every helper is ready or has ended (a helper that failed is reported at the join)."""
+        if not helpers:
+            return
+        t0 = last = time.monotonic()
+        while self._ready.value < len(helpers) and all(proc.exitcode is None for _, proc, _ in helpers):
+            if time.monotonic() - last > 30:
+                say(f"waiting for {len(helpers) - self._ready.value} worker process(es) to plan "
+                    f"({time.monotonic() - t0:.0f} s) ...")
+                last = time.monotonic()
+            time.sleep(0.1)
+
+
+def run_trials(study, objective: Callable, slots: Slots, storage: Storage, callbacks: list,
+               say: Callable[[str], None]) -> None:
+    """Run trials while ``slots`` gives one: dead processes' trials failed before each, the objective under a
+    heartbeat (:class:`_Alive`). A trial another process failed meanwhile (it took this one for dead) is
+    dropped, not fatal."""
+    import optuna
+
+    def alive(trial) -> float:
+        with _Alive(trial):
+            return objective(trial)
+
+    while slots.take():
+        stale = fail_stale(study, storage.one_process)
+        if stale:
+            say(f"marked {stale} trial(s) left running by a killed process as failed")
+        study.optimize(alive, n_trials=1, callbacks=callbacks, catch=(optuna.exceptions.UpdateFinishedTrialError,))
+
+
+def start_helpers(n: int, target: Callable, args: tuple) -> list:
+    """Start ``n`` helper processes (spawned: no inherited locks or threads) running ``target(index, *args)``,
+    index 2.. (the calling process is worker 1). Give the result to :func:`join_helpers`."""
+    ctx = mp.get_context("spawn")
+    helpers = []
+    for index in range(2, n + 2):
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_helper_main, args=(target, index, args, send), name=f"tune-worker-{index}",
+                           daemon=True)
+        proc.start()
+        send.close()
+        helpers.append((index, proc, recv))
+    return helpers
+
+
+def _helper_main(target: Callable, index: int, args: tuple, conn) -> None:
+    try:
+        target(index, *args)
+    except BaseException as exc:    # the parent re-raises it
+        try:
+            conn.send(exc)
+        except Exception:
+            conn.send(StoreError(f"{type(exc).__name__}: {exc}"))
+        raise SystemExit(1) from None
+    conn.send(None)
+
+
+def join_helpers(helpers: list, *, stop: bool = False) -> None:
+    """Wait for the helpers (``stop``: end them first); re-raise the first one's error."""
+    errors = []
+    for index, proc, conn in helpers:
+        if stop:
+            proc.terminate()
+        proc.join()
+        try:
+            exc = conn.recv() if conn.poll() else None
+        except EOFError:    # it died before saying anything
+            exc = None
+        if exc is None and proc.exitcode and not stop:
+            exc = StoreError(f"exit status {proc.exitcode}")
+        if exc is not None and not stop:
+            errors.append((index, exc))
+    if errors:
+        index, exc = errors[0]
+        if isinstance(exc, StackError):
+            raise exc
+        raise StoreError(f"tuning worker {index} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def helper_say(index: int) -> Callable[[str], None]:
+    return lambda text: print(f"[worker {index}] {text}", flush=True)
+
+
+@contextlib.contextmanager
+def _record_lock(store_dir: str | Path, say: Callable[[str], None]):
+    path = Path(store_dir).expanduser().resolve() / RECORD_LOCK
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("waiting for another process that is recording a study's best ...")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _tuned_row(store_dir: str | Path, head_id: str | None) -> bool:
+    if not head_id:
+        return False
+    with FeatureStore.open(store_dir, create=False, read_only=True) as store:
+        return store.has_table("experiments") and store.first(
+            "SELECT count(*) FROM experiments WHERE head_id = ? AND tag = 'tuned'", [head_id])[0] > 0
+
+
+def record_best_once(store_dir: str | Path, study, storage: Storage, out: TuneResult,
+                     record: Callable, say: Callable[[str], None], active: Active) -> None:
+    """Record the study's best trial once for every process sharing the study: under the store's
+    :data:`RECORD_LOCK`, after failing dead processes' trials, only when no other live process works on the
+    study (``active``: :class:`Active`) and no trial still runs (so the process finishing last records, and
+    sees every result), and unless that trial is already recorded in this store (study attribute
+    ``best_recorded``). ``record(best_trial)`` re-trains it and returns
+    ``(head_id, fold_mean, fold_std)``. Fills ``out``'s best fields (left empty when others still run)."""
+    import optuna
+
+    with _record_lock(store_dir, say):
+        fail_stale(study, storage.one_process)
+        running = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+        others = active.others(storage.one_process)
+        if running or others:
+            hosts = sorted({f"{o.get('host')}:{o.get('pid')}" for o in others})
+            say(f"{len(others)} other process(es) ({', '.join(hosts) or 'unknown'}) and {len(running)} trial(s) still "
+                "work on this study: the last process to finish records the best (or re-run with --trials 0 later)")
+            return
+        best = study.best_trial
+        out.best_value, out.best_params, out.best_trial = best.value, best.params, best.number
+        done = study.user_attrs.get("best_recorded") or {}
+        if done.get("trial") == best.number and _tuned_row(store_dir, done.get("head_id")):
+            out.recorded_as = "already recorded as"
+        else:
+            head_id, fold_mean, fold_std = record(best)
+            done = {"trial": best.number, "head_id": head_id, "fold_mean": fold_mean, "fold_std": fold_std}
+            study.set_user_attr("best_recorded", done)
+            study.set_user_attr("best_head_id", head_id)
+        out.best_head_id, out.best_fold_mean, out.best_fold_std = done["head_id"], done["fold_mean"], done["fold_std"]
+
+
+def summarize(study, study_name: str, recorded_as: str | None = None) -> TuneResult:
+    """Trial counts and the best trial of ``study`` as it stands."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    out = TuneResult(study_name, len(states), states.count(S.COMPLETE), states.count(S.PRUNED), states.count(S.FAIL))
+    if recorded_as:
+        out.recorded_as = recorded_as
+    if out.completed:
+        best = study.best_trial
+        out.best_value, out.best_params, out.best_trial = best.value, best.params, best.number
+    return out
+
+
+# ---------------------------------------------------------------- the head tuner
+def _pruner():
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+
+
+def _plan(store_dir: str | Path, spec: TuneSpec):
+    """The CV plan of a study's trials (a read-only open: cooperating processes plan side by side)."""
+    with FeatureStore.open(store_dir, create=False, read_only=True) as store:
         plan = plan_cv(store, spec.frame, fold_version=spec.fold_version,
-                       subsample=spec.subsample if fast else None, seed=spec.seed)
-    frame, folds, fold_version = plan.frame, plan.folds, plan.fold_version
-    eval_mask, scored_on = plan.eval_mask, plan.scored_on
-    if scored_on == "none":
+                       subsample=spec.subsample if spec.mode == "fast" else None, seed=spec.seed)
+    if plan.scored_on == "none":
         raise StoreError("no labelled window is scorable in any fold (no class with both a positive and a "
                          "negative); tuning would optimise nothing")
-    attrs = json.loads(json.dumps(spec.attributes(fold_version)))  # as stored: tuples become lists
+    return plan
 
-    study, n_before = open_study(store_dir, study_name, attrs, spec.seed, say,
-                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
-    study.set_user_attr("scored_on", scored_on)
-    space = spec.space()
-    if n_before == 0:  # the defaults first: a study can only match or beat them
-        defaults = asdict(make_params(spec.kind, spec.fixed))
-        start = {k: defaults[k] for k, dim in space.items() if dim.contains(defaults[k])}
-        if start:
-            study.enqueue_trial(start)
+
+def _head_objective(spec: TuneSpec, plan, study) -> Callable:
+    import optuna
+
+    frame, folds, eval_mask, space = plan.frame, plan.folds, plan.eval_mask, spec.space()
 
     def objective(trial) -> float:
         params = {**spec.fixed, **{name: dim.suggest(trial, name) for name, dim in space.items()}}
@@ -257,55 +713,120 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
             raise StoreError("no held-out fold was scorable")
         return float(values.mean())
 
-    report = trial_reporter(say)
-    say(f"study {study_name}: {spec.kind} on {spec.frame.features}, mode {spec.mode}"
-        f"{' ' + spec.subsample.name() if fast else ''}, fold version {fold_version}, scored on {scored_on} "
-        f"({int(eval_mask.sum())} windows), {n_before} earlier trial(s)")
-    study.optimize(objective, n_trials=trials, callbacks=[report], catch=())
-    states = [t.state for t in study.trials]
-    S = optuna.trial.TrialState
-    out = TuneResult(study_name, len(states), states.count(S.COMPLETE), states.count(S.PRUNED), states.count(S.FAIL))
-    if out.completed:
-        out.best_value, out.best_params, out.best_trial = study.best_value, study.best_params, study.best_trial.number
-        if record_best:
-            say(f"re-training the best parameters (trial {out.best_trial}) with full cross-validation ...")
-            result = train_head(store_dir, spec.kind, spec.frame, overrides={**spec.fixed, **study.best_params},
-                                fold_version=fold_version, seed=spec.seed, tag="tuned")
-            out.best_head_id, out.best_fold_mean, out.best_fold_std = result.head_id, result.fold_mean, result.fold_std
-            study.set_user_attr("best_head_id", result.head_id)
+    return objective
+
+
+def _head_study(store_dir: str | Path, spec: TuneSpec, study_name: str, storage: Storage,
+                say: Callable[[str], None]):
+    """Plan, then open the study; the process that makes it enqueues the defaults first (a study can only match
+    or beat them). Returns ``(plan, study, n_before)``."""
+    plan = _plan(store_dir, spec)
+    attrs = json.loads(json.dumps(spec.attributes(plan.fold_version)))  # as stored: tuples become lists
+    study, n_before, created = open_study(store_dir, study_name, attrs, spec.seed, say, storage=storage,
+                                          pruner=_pruner())
+    study.set_user_attr("scored_on", plan.scored_on)
+    if created:
+        space = spec.space()
+        defaults = asdict(make_params(spec.kind, spec.fixed))
+        start = {k: defaults[k] for k, dim in space.items() if dim.contains(defaults[k])}
+        if start:
+            study.enqueue_trial(start)
+    return plan, study, n_before
+
+
+def _head_worker(index: int, store_dir: str | Path, spec: TuneSpec, study_name: str, storage: Storage,
+                 slots: Slots) -> None:
+    """A helper process of :func:`run_tune` (``--workers``): its own plan, the shared study and trial count."""
+    say = helper_say(index)
+    plan, study, _ = _head_study(store_dir, spec, study_name, storage, say)
+    with Active(study):
+        slots.ready()
+        run_trials(study, _head_objective(spec, plan, study), slots, storage, [trial_reporter(say)], say)
+
+
+def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str, *, storage: str | None = None,
+             workers: int = 1, record_best: bool = True, say: Callable[[str], None] = print) -> TuneResult:
+    """Add ``trials`` trials to the study (made or resumed) on ``storage`` (:func:`resolve_storage`; default the
+    store's ``optuna.db``), run by ``workers`` processes on this machine that share the count (``trials`` in
+    all), then re-train the best with full CV as a ``tuned`` experiment, once for every process and machine
+    working on the study (:func:`record_best_once`)."""
+    spec.check()
+    if trials < 0:
+        raise UserInputError("--trials must be >= 0")
+    where = resolve_storage(store_dir, storage, workers)
+    slots = Slots(trials, shared=workers > 1)
+    # the helpers plan while this process does: all start their trials at about the same time
+    helpers = start_helpers(workers - 1, _head_worker, (store_dir, spec, study_name, where, slots))
+    try:
+        plan, study, n_before = _head_study(store_dir, spec, study_name, where, say)
+    except BaseException:
+        join_helpers(helpers, stop=True)
+        raise
+    with Active(study) as me:
+        try:
+            fast = spec.mode == "fast"
+            say(f"study {study_name}: {spec.kind} on {spec.frame.features}, mode {spec.mode}"
+                f"{' ' + spec.subsample.name() if fast else ''}, fold version {plan.fold_version}, scored on "
+                f"{plan.scored_on} ({int(plan.eval_mask.sum())} windows), {n_before} earlier trial(s), storage "
+                f"{where.shown}{f', {workers} processes' if workers > 1 else ''}")
+            slots.wait_ready(helpers, say)
+            run_trials(study, _head_objective(spec, plan, study), slots, where, [trial_reporter(say)], say)
+        except BaseException:
+            join_helpers(helpers, stop=True)
+            raise
+        join_helpers(helpers)
+        out = summarize(study, study_name)
+        if out.completed and record_best:
+            def retrain(best) -> tuple[str, float, float]:
+                say(f"re-training the best parameters (trial {best.number}) with full cross-validation ...")
+                result = train_head(store_dir, spec.kind, spec.frame, overrides={**spec.fixed, **best.params},
+                                    fold_version=plan.fold_version, seed=spec.seed, tag="tuned")
+                return result.head_id, result.fold_mean, result.fold_std
+
+            record_best_once(store_dir, study, where, out, retrain, say, me)
     return out
 
 
 def open_study(store_dir: str | Path, study_name: str, attrs: dict, seed: int, say: Callable[[str], None], *,
-               pruner=None):
-    """The study ``study_name`` in the store's Optuna storage, made or resumed: a resumed study must have
-    been made for the same set-up (``attrs``, else UserInputError), trials a killed process left running
-    are marked failed, the sampler is reseeded past the earlier trials. Returns ``(study, n_before)``."""
+               storage: Storage | None = None, pruner=None):
+    """The study ``study_name`` on ``storage`` (default: the store's ``optuna.db``), made or resumed: a resumed
+    study must have been made for the same set-up (``attrs``, else StoreError); trials of dead processes
+    are marked failed (:func:`fail_stale`); trial n samples from ``seed + n`` (:func:`trial_seeded_sampler`).
+    Returns ``(study, n_before, created)``: ``created`` is True in the one process that made the study (the
+    storage decides, atomically), which alone enqueues the defaults."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = storage_url(store_dir)
-    study = optuna.load_study(study_name=study_name, storage=storage) if _exists(storage, study_name) else None
-    n_before = len(study.trials) if study is not None else 0
-    if study is not None:
+    where = storage or resolve_storage(store_dir)
+    backend = where.open()
+    sampler = trial_seeded_sampler(seed)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=backend, direction="maximize",
+                                    sampler=sampler, pruner=pruner)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=study_name, storage=backend, sampler=sampler, pruner=pruner)
+        created = False
         _check_resume(study, attrs)
-    sampler = optuna.samplers.TPESampler(seed=seed + n_before, n_startup_trials=5)
-    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
-                                sampler=sampler, pruner=pruner)
-    stale = _fail_stale(study)
+    n_before = len(study.get_trials(deepcopy=False))
+    stale = fail_stale(study, where.one_process)
     if stale:
         say(f"marked {stale} trial(s) left running by a killed process as failed")
     study.set_metric_names([METRIC_NAME])
     for k, v in attrs.items():
         study.set_user_attr(k, v)
-    return study, n_before
+    return study, n_before, created
 
 
 def replay_repeat(study, trial) -> float | None:
     """When an earlier COMPLETE trial had exactly these parameters: copy its per-fold scores and
-    seconds onto ``trial``, mark it ``repeat_of`` and return its value (a repeat costs nothing)."""
+    seconds onto ``trial``, mark it ``repeat_of`` and return its value (a repeat costs nothing). An earlier
+    trial with these parameters still running in a live process (another worker's) is waited for first."""
     repeat = _finished_repeat(study, trial)
+    while repeat is None and _running_repeat(study, trial):
+        time.sleep(REPEAT_POLL_S)
+        repeat = _finished_repeat(study, trial)
     if repeat is None:
         return None
     trial.set_user_attr("repeat_of", repeat.number)
@@ -313,12 +834,6 @@ def replay_repeat(study, trial) -> float | None:
         if k.startswith("fold_") or k == "seconds":
             trial.set_user_attr(k, v)
     return repeat.value
-
-
-def _exists(storage: str, name: str) -> bool:
-    import optuna
-
-    return any(s.study_name == name for s in optuna.get_all_study_summaries(storage=storage))
 
 
 def _finished_repeat(study, trial):
@@ -329,3 +844,12 @@ def _finished_repeat(study, trial):
         if t.number != trial.number and t.params == trial.params:
             return t
     return None
+
+
+def _running_repeat(study, trial) -> bool:
+    """True while an earlier trial with exactly these parameters runs in a live process."""
+    import optuna
+
+    now, machine = time.time(), _machine()
+    return any(t.number < trial.number and t.params == trial.params and stale_reason(t, now, machine, False) is None
+               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))

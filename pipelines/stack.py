@@ -5,13 +5,15 @@ weighted ``blend``) is cross-validated on the labelled soundscape windows: the m
 never saw a fold-k window. Post-processing steps run after it, in the order given. Writes the stacked
 head ``heads/stack-<hash>/`` (what ``pipelines.predict --head-id`` uses), ``oof/<id>.parquet`` and an
 ``experiments`` row (head ``stack``), so ``pipelines.leaderboard`` ranks it with the base heads.
-With ``--trials`` an Optuna study (in the store's ``optuna.db``) searches the stacker's and the
-post steps' parameters; the best is recorded as a ``tuned`` stacked head.
+With ``--trials`` an Optuna study (in the store's ``optuna.db``, or on ``--storage`` with ``--workers``
+processes, as in ``pipelines.tune``) searches the stacker's and the post steps' parameters; the best
+is recorded as a ``tuned`` stacked head.
 """
 
 from __future__ import annotations
 
 from pipelines._cli import add_seed, add_store, json_list, json_object, parser, run_main
+from pipelines.tune import add_storage
 from stack.post import POST_OPS
 from stack.stackers import PARAMS_BY_KIND
 
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zero-shot", default="", help="stored zero-shot logit views to add as sources, e.g. birdnet_logits")
     ap.add_argument("--zero-shot-pooling", default="mean", help="frame->window pooling of those views (default mean)")
     ap.add_argument("--trials", type=int, default=0, help="Optuna trials to add to --study (default 0: one run)")
-    ap.add_argument("--study", default=None, help="study name in <store>/optuna.db (with --trials)")
+    ap.add_argument("--study", default=None, help="study name in <store>/optuna.db or --storage (with --trials)")
+    add_storage(ap)
     ap.add_argument("--tag", default=None, help="leaderboard tag (default full; tuned for a study's best)")
     add_seed(ap)
     args = ap.parse_args(argv)
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         if post_json is not None:
             ap.error("--trials searches the ops named by --post; --post-json is a fixed chain (use it without --trials)")
         spec = StackTuneSpec(tuple(heads), args.method, post_names(args.post), params, zero_shot, args.seed)
-        print(tune_stack(args.store, spec, args.trials, args.study, zero_shot_pooling=args.zero_shot_pooling).render())
+        print(tune_stack(args.store, spec, args.trials, args.study, zero_shot_pooling=args.zero_shot_pooling,
+                         storage=args.storage, workers=args.workers).render())
         return 0
     from stack.run import run_stack
 

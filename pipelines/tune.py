@@ -2,17 +2,28 @@
 
 The objective is the fold mean of the competition metric on every labelled evaluation window
 (the experiments table's headline); each fold's AUC is reported as it finishes, so hopeless
-trials are pruned early. The study lives in the store (``optuna.db``): re-run with the same
-``--study`` to add trials (new parameter sets, not repeats), open it in optuna-dashboard. The best
-parameters are re-trained with full cross-validation and recorded as a ``tuned`` experiment.
+trials are pruned early. The study lives in the store (``optuna.db``) or on ``--storage``: re-run with
+the same ``--study`` to add trials (new parameter sets, not repeats), open it in optuna-dashboard. The
+best parameters are re-trained with full cross-validation and recorded as a ``tuned`` experiment.
+``--workers N`` runs N tuning processes here; commands on other machines with the same ``--study`` and a
+shared ``--storage`` (PostgreSQL, MySQL) cooperate: no parameter set trained twice, the defaults tried
+once, the best re-trained once, by the last process to finish.
 """
 
 from __future__ import annotations
 
 from models.frame import FrameSpec
 from models.training import Subsample
-from models.tuning import DEFAULT_FAST, MODES, SEARCH_SPACES, TuneSpec, run_tune, storage_url
-from pipelines._cli import add_seed, add_store, json_object, parser, run_main
+from models.tuning import (
+    DEFAULT_FAST,
+    JOURNAL_FILE,
+    MODES,
+    SEARCH_SPACES,
+    TuneSpec,
+    resolve_storage,
+    run_tune,
+)
+from pipelines._cli import add_seed, add_store, json_object, parser, positive_int, run_main
 
 EPILOG = f"""
 Modes:
@@ -21,11 +32,18 @@ Modes:
          (default {DEFAULT_FAST.focal_per_class}; soundscape windows always kept) and/or only --tune-folds
 Search spaces: {'; '.join(f"{k}: {', '.join(v)}" for k, v in SEARCH_SPACES.items())}.
 Fix any head parameter with --params (it then leaves the search space).
+Storage (--storage): the store's optuna.db (SQLite, the default: one process only), journal:PATH (a file:
+  many processes on one machine; the default with --workers > 1 is journal:<store>/{JOURNAL_FILE}), or
+  postgresql://USER@HOST:PORT/DB / mysql://... (many machines; pip install -e '.[postgres]' for PostgreSQL).
+  --trials T with --workers N is T trials in all, shared by the N processes.
 
 Examples:
   python -m pipelines.tune --store work/store --head-kind linear --trials 30 --study linear-birdnet
   python -m pipelines.tune --store work/store --head-kind lgbm --features birdnet,classical --mode fast \\
       --focal-per-class 40 --tune-folds 0,1,2 --trials 50 --study lgbm-fast
+  python -m pipelines.tune --store work/store --head-kind linear --trials 40 --study linear-4 --workers 4
+  python -m pipelines.tune --store /shared/store --head-kind lgbm --trials 100 --study lgbm-cluster \\
+      --storage postgresql://tune@db-host:5432/optuna        # the same command on every machine
   optuna-dashboard sqlite:///work/store/optuna.db      # pip install -e '.[dashboard]'
 """
 
@@ -35,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     add_store(ap)
     ap.add_argument("--head-kind", required=True, help=f"head kind to tune: {', '.join(SEARCH_SPACES)}")
     ap.add_argument("--study", required=True, help="study name (re-use it to resume and add trials)")
-    ap.add_argument("--trials", type=int, default=20, help="trials to add to the study (default 20)")
+    ap.add_argument("--trials", type=int, default=20,
+                    help="trials to add to the study by this command, in all its --workers (default 20)")
+    add_storage(ap)
     ap.add_argument("--features", default="birdnet", help="feature view(s), comma-joined (default birdnet)")
     ap.add_argument("--pooling", default="mean", help="frame->window pooling: mean, max, meanmax (default mean)")
     ap.add_argument("--context", action="store_true", help="add neighbour-window mean and file max features")
@@ -58,10 +78,20 @@ def main(argv: list[str] | None = None) -> int:
                                               context=args.context),
                     fixed=args.params, fold_version=args.fold_version, mode=args.mode,
                     subsample=Subsample(args.focal_per_class, folds), seed=args.seed)
-    result = run_tune(args.store, spec, args.trials, args.study)
+    where = resolve_storage(args.store, args.storage, args.workers)   # a bad URL: refused before any planning
+    result = run_tune(args.store, spec, args.trials, args.study, storage=args.storage, workers=args.workers)
     print(result.render())
-    print(f"dashboard: pip install -e '.[dashboard]' && optuna-dashboard {storage_url(args.store)}")
+    print(f"dashboard: pip install -e '.[dashboard]' && optuna-dashboard {where.dashboard()}")
     return 0
+
+
+def add_storage(ap) -> None:
+    """``--storage URL`` and ``--workers N`` of a tuner (pipelines.tune, pipelines.stack)."""
+    ap.add_argument("--storage", default=None,
+                    help="where the study lives: journal:PATH, postgresql://..., mysql://..., sqlite:///PATH "
+                         "(default: the store's optuna.db; journal:<store>/optuna.journal with --workers > 1)")
+    ap.add_argument("--workers", type=positive_int, default=1,
+                    help="tuning processes on this machine, sharing --trials (default 1)")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@ Same rules as the head tuner (:mod:`models.tuning`), whose helpers it uses:
 * **Intermediate values**: each fold's AUC at step = fold id (level-2 CV scores every fold after the
   post steps, so they are reported when the trial's CV is done; no pruning: a trial takes seconds).
 * **Defaults first**: a new study's first trial is the stacker's defaults and each post op's
-  defaults, so a study can only match or beat them. **Resumable** in ``<store>/optuna.db``: the
-  sampler seed is offset by the trials already there, an exact repeat is answered from the earlier
+  defaults, so a study can only match or beat them. **Resumable** in ``<store>/optuna.db`` (or
+  ``storage``): trial n samples from ``seed + n``, an exact repeat is answered from the earlier
   trial, trials left RUNNING by a killed process are marked FAIL, and re-using a study name for
   other heads, method, post ops, fixed parameters or fold version is refused.
+* **Many processes, many machines**: ``storage`` and ``workers`` as for the head tuner
+  (:func:`models.tuning.resolve_storage`): ``trials`` in all, shared by the workers; cooperating
+  processes never train a parameter set twice; the best is recorded once.
 * **Recorded**: the best trial is re-run with :func:`~stack.run.run_stack` (tag ``tuned``): a
   stacked head, its OOF table and experiments row.
 
@@ -29,7 +32,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from featurestore.errors import StoreError, UserInputError
-from models.tuning import METRIC_NAME, Dim, TuneResult, open_study, replay_repeat, trial_reporter
+from models.tuning import (
+    METRIC_NAME,
+    Active,
+    Dim,
+    Slots,
+    Storage,
+    TuneResult,
+    helper_say,
+    join_helpers,
+    open_study,
+    record_best_once,
+    replay_repeat,
+    resolve_storage,
+    run_trials,
+    start_helpers,
+    summarize,
+    trial_reporter,
+)
 from stack.inputs import load_inputs
 from stack.post import POST_OPS, parse_post
 from stack.stackers import BLEND_METHODS, SHARING, cross_validate_stack, make_stack_params
@@ -118,29 +138,8 @@ class StackTuneSpec:
                 "fold_version": fold_version, "seed": self.seed, "objective": METRIC_NAME}
 
 
-def tune_stack(store_dir: str | Path, spec: StackTuneSpec, trials: int, study_name: str, *,
-               zero_shot_pooling: str = "mean", record_best: bool = True,
-               say: Callable[[str], None] = print) -> TuneResult:
-    """Add ``trials`` trials to the study (made or resumed), then record the best as a stacked head."""
-    import optuna
-
-    from stack.run import base_configs, base_fold_version, run_stack
-
-    spec.check()
-    if trials < 0:
-        raise UserInputError("--trials must be >= 0")
-    fold_version = base_fold_version(base_configs(store_dir, spec.heads))
-    focal = bool((spec.fixed or {}).get("use_focal", False))
-    data = load_inputs(store_dir, list(spec.heads), zero_shot=spec.zero_shot, zero_shot_pooling=zero_shot_pooling,
-                       focal=focal)
-    attrs = json.loads(json.dumps(spec.attributes(fold_version)))
-
-    study, n_before = open_study(store_dir, study_name, attrs, spec.seed, say)
+def _stack_objective(spec: StackTuneSpec, data, study) -> Callable:
     space = spec.space()
-    if n_before == 0 and space:
-        start = {k: v for k, v in spec.defaults().items() if k in space and space[k].contains(v)}
-        if start:
-            study.enqueue_trial(start)
 
     def objective(trial) -> float:
         values = {name: dim.suggest(trial, name) for name, dim in space.items()}
@@ -162,24 +161,84 @@ def tune_stack(store_dir: str | Path, spec: StackTuneSpec, trials: int, study_na
             raise StoreError("no held-out fold was scorable")
         return float(cv.fold_mean)
 
-    report = trial_reporter(say, ".2f")   # stack trials take hundredths of a second
-    say(f"study {study_name}: {spec.method} over {len(data.heads)} sources, post {list(spec.post_ops) or 'none'}, "
-        f"fold version {fold_version}, {n_before} earlier trial(s)")
-    study.optimize(objective, n_trials=trials, callbacks=[report], catch=())
-    states = [t.state for t in study.trials]
-    S = optuna.trial.TrialState
-    out = TuneResult(study_name, len(states), states.count(S.COMPLETE), 0, states.count(S.FAIL),
-                     recorded_as="recorded as stacked head")  # level-2 CV scores all folds at once: no pruning
-    if out.completed:
-        best = study.best_trial
-        out.best_value, out.best_params, out.best_trial = study.best_value, best.params, best.number
-        if record_best:
-            params, chain = spec.decode(best.params)
-            say(f"recording the best trial ({best.number}) as a stacked head ...")
-            result = run_stack(store_dir, spec.heads, spec.method, params, chain, zero_shot=spec.zero_shot,
-                               zero_shot_pooling=zero_shot_pooling, tag="tuned", data=data)
-            out.best_head_id, out.best_fold_mean, out.best_fold_std = result.head_id, result.fold_mean, result.cv.score.fold_std
-            study.set_user_attr("best_head_id", result.head_id)
+    return objective
+
+
+def _inputs(store_dir: str | Path, spec: StackTuneSpec, zero_shot_pooling: str):
+    from stack.run import base_configs, base_fold_version
+
+    fold_version = base_fold_version(base_configs(store_dir, spec.heads))
+    focal = bool((spec.fixed or {}).get("use_focal", False))
+    data = load_inputs(store_dir, list(spec.heads), zero_shot=spec.zero_shot, zero_shot_pooling=zero_shot_pooling,
+                       focal=focal)
+    return fold_version, data
+
+
+def _stack_study(store_dir: str | Path, spec: StackTuneSpec, study_name: str, storage: Storage,
+                 zero_shot_pooling: str, say: Callable[[str], None]):
+    """Load the inputs, then open the study; the process that makes it enqueues the defaults first.
+    Returns ``(fold_version, data, study, n_before)``."""
+    fold_version, data = _inputs(store_dir, spec, zero_shot_pooling)
+    attrs = json.loads(json.dumps(spec.attributes(fold_version)))
+    study, n_before, created = open_study(store_dir, study_name, attrs, spec.seed, say, storage=storage)
+    space = spec.space()
+    if created and space:
+        start = {k: v for k, v in spec.defaults().items() if k in space and space[k].contains(v)}
+        if start:
+            study.enqueue_trial(start)
+    return fold_version, data, study, n_before
+
+
+def _stack_worker(index: int, store_dir: str | Path, spec: StackTuneSpec, study_name: str, storage: Storage,
+                  zero_shot_pooling: str, slots: Slots) -> None:
+    """A helper process of :func:`tune_stack` (``workers``): its own inputs, the shared study and trial count."""
+    say = helper_say(index)
+    _, data, study, _ = _stack_study(store_dir, spec, study_name, storage, zero_shot_pooling, say)
+    with Active(study):
+        slots.ready()
+        run_trials(study, _stack_objective(spec, data, study), slots, storage, [trial_reporter(say, ".2f")], say)
+
+
+def tune_stack(store_dir: str | Path, spec: StackTuneSpec, trials: int, study_name: str, *,
+               zero_shot_pooling: str = "mean", storage: str | None = None, workers: int = 1,
+               record_best: bool = True, say: Callable[[str], None] = print) -> TuneResult:
+    """Add ``trials`` trials to the study (made or resumed) on ``storage``, run by ``workers`` processes sharing
+    the count, then record the best as a stacked head (once for every process working on the study)."""
+    from stack.run import run_stack
+
+    spec.check()
+    if trials < 0:
+        raise UserInputError("--trials must be >= 0")
+    where = resolve_storage(store_dir, storage, workers)
+    slots = Slots(trials, shared=workers > 1)
+    helpers = start_helpers(workers - 1, _stack_worker, (store_dir, spec, study_name, where, zero_shot_pooling, slots))
+    try:
+        fold_version, data, study, n_before = _stack_study(store_dir, spec, study_name, where, zero_shot_pooling, say)
+    except BaseException:
+        join_helpers(helpers, stop=True)
+        raise
+    with Active(study) as me:
+        try:
+            say(f"study {study_name}: {spec.method} over {len(data.heads)} sources, post "
+                f"{list(spec.post_ops) or 'none'}, fold version {fold_version}, {n_before} earlier trial(s), "
+                f"storage {where.shown}{f', {workers} processes' if workers > 1 else ''}")
+            slots.wait_ready(helpers, say)   # stack trials take hundredths of a second
+            run_trials(study, _stack_objective(spec, data, study), slots, where, [trial_reporter(say, ".2f")], say)
+        except BaseException:
+            join_helpers(helpers, stop=True)
+            raise
+        join_helpers(helpers)
+        # level-2 CV scores all folds at once: no pruning
+        out = summarize(study, study_name, recorded_as="recorded as stacked head")
+        if out.completed and record_best:
+            def record(best) -> tuple[str, float, float]:
+                params, chain = spec.decode(best.params)
+                say(f"recording the best trial ({best.number}) as a stacked head ...")
+                result = run_stack(store_dir, spec.heads, spec.method, params, chain, zero_shot=spec.zero_shot,
+                                   zero_shot_pooling=zero_shot_pooling, tag="tuned", data=data)
+                return result.head_id, result.fold_mean, result.cv.score.fold_std
+
+            record_best_once(store_dir, study, where, out, record, say, me)
     return out
 
 
