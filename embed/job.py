@@ -14,8 +14,12 @@ Tables (all part tables, so shards and machines can fill one store; the views de
 * ``birdnet_class_map`` (snapshot) — each taxonomy class and its BirdNET class, if any.
 
 Work is planned per file (all of a file's windows in one atomic part), split over shards by a
-hash of the file path and over worker processes (one single-threaded interpreter each). Parts are
-written atomically, so a run killed with ``kill -9`` and re-run ends with every window exactly once.
+hash of the file path and over worker processes (one single-threaded interpreter each), or over the
+actors of a Ray cluster (``engine="ray"``, :mod:`embed.ray_engine`; the driver alone plans and
+touches the catalog). Parts are written atomically under names derived from what the task embeds
+(file keys, window ids, extractor versions, table), so a task run twice (retried by Ray after its
+process died) replaces its own part, and a run killed with ``kill -9`` and re-run ends with every
+window exactly once.
 A part of these tables that is not whole Parquet (truncated or overwritten by a disk fault) is
 moved to ``quarantine/`` in the store when a run starts (under the writer lock; said on stderr,
 never deleted), so its windows count as not stored and are embedded again, bit-identical.
@@ -41,7 +45,7 @@ from embed.audio import Audio
 from embed.extractors import Extractor, FrameOutput, WindowOutput, compute_all, pool_env
 from embed.registry import VERSIONS_TABLE
 from featurestore.compact import compact_parts
-from featurestore.errors import AudioError, DataError, StoreBusyError, StoreError
+from featurestore.errors import AudioError, DataError, StoreBusyError, StoreError, UserInputError
 from featurestore.store import (
     CATALOG_FILE,
     FeatureStore,
@@ -171,14 +175,29 @@ def error_rows(errors: list[dict]) -> pa.Table:
     return pa.table(cols)
 
 
-def part_path(parts_root: Path, table: str) -> Path:
-    return parts_root / table / f"part-{utc_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:10]}.parquet"
+def task_token(task: list[FileTask]) -> str:
+    """A digest of what ``task`` embeds: each file's key and, per extractor version, the window ids it plans."""
+    digest = hashlib.sha256()
+    for f in task:
+        for version in sorted(f.windows):
+            digest.update(f"{f.key}\0{version}\0{chr(1).join(w for w, _ in f.windows[version])}\n".encode())
+    return digest.hexdigest()
+
+
+def part_path(parts_root: Path, table: str, token: str | None = None) -> Path:
+    """Where a task's part of ``table`` goes: ``part-<hash of token and table>.parquet`` (deterministic, so a task
+    run again, e.g. retried by Ray after its process died, replaces its own part atomically instead of adding a
+    second copy); with no token a unique ``part-<time>-<random>.parquet``."""
+    if token is None:
+        return parts_root / table / f"part-{utc_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:10]}.parquet"
+    return parts_root / table / f"part-{hashlib.sha256(f'{token}/{table}'.encode()).hexdigest()[:24]}.parquet"
 
 
 # ---------------------------------------------------------------------------- one task (worker side)
 def run_task(extractors: list[Extractor], task: list[FileTask], parts_root: Path,
              still_wanted: Callable[[], bool] = lambda: True) -> TaskResult:
-    """Embed the files of one task and write one atomic part per table."""
+    """Embed the files of one task and write one atomic part per table, named by the task's content
+    (:func:`part_path`): running the same task again replaces its parts, never adds rows."""
     result = TaskResult()
     tables: dict[str, list[pa.Table]] = {}
     for f in task:
@@ -210,12 +229,13 @@ def run_task(extractors: list[Extractor], task: list[FileTask], parts_root: Path
             result.windows[ex.name] = result.windows.get(ex.name, 0) + len(ids)
     if not still_wanted():  # the parent died (kill -9): write nothing, the re-run redoes this task
         os._exit(1)
+    token = task_token(task)
     for table, pieces in tables.items():
         merged = pa.concat_tables(pieces, promote_options="default")
-        write_parquet_atomic(merged, part_path(parts_root, table))
+        write_parquet_atomic(merged, part_path(parts_root, table, token))
         result.rows[table] = merged.num_rows
     if result.errors:
-        write_parquet_atomic(error_rows(result.errors), part_path(parts_root, "embed_errors"))
+        write_parquet_atomic(error_rows(result.errors), part_path(parts_root, "embed_errors", token))
     return result
 
 
@@ -248,6 +268,47 @@ def execute(extractors: list[Extractor], tasks: list[list[FileTask]], parts_root
         yield from pool.imap_unordered(_worker_task, tasks, chunksize=1)
 
 
+class EmbedActor:
+    """One embed actor's state: its node sees the store's ``parts/`` and the audio, and the extractors are built
+    once (one interpreter thread each); calling it embeds one task (:func:`run_task`) and returns
+    its :class:`TaskResult` (metadata only: the rows go to the part files)."""
+
+    def __init__(self, params: list[dict], runtime: dict, parts_root: str, audio_root: str, lock_file: str,
+                 holder: dict | None):
+        from embed.ray_engine import check_visible
+
+        check_visible([parts_root, audio_root])
+        self.extractors = [registry.from_params(p, **runtime) for p in params]
+        self.parts_root = Path(parts_root)
+        self.lock_file, self.holder = Path(lock_file), holder
+
+    def still_wanted(self) -> bool:
+        """False once another run holds the job's lock: this actor outlived its driver (killed), and the new
+        run plans these windows again, so this one must write nothing."""
+        if not self.holder:
+            return True
+        now = StoreLock(self.lock_file.parent, self.lock_file.name).holder() or {}
+        return all(now.get(k) == self.holder.get(k) for k in ("pid", "host", "started_at"))
+
+    def __call__(self, task: list[FileTask]) -> TaskResult:
+        return run_task(self.extractors, task, self.parts_root, still_wanted=self.still_wanted)
+
+
+def execute_ray(extractors: list[Extractor], tasks: list[list[FileTask]], parts_root: Path, audio_root: Path,
+                actors: int, runtime: dict, lock_file: Path, holder: dict | None, stats=None) -> Iterator[TaskResult]:
+    """:func:`execute` on the Ray cluster: the results (:class:`TaskResult`) of ``tasks`` as
+    they finish, each task embedded by an :class:`EmbedActor` (extractors rebuilt from their params once per
+    actor, one interpreter thread, extractors one after another: every actor has one CPU)."""
+    from functools import partial
+
+    from embed.extractors import ONE_THREAD_ENV, OVERLAP_ENV
+    from embed.ray_engine import run_actor_tasks
+
+    params = [ex.params() for ex in extractors]
+    make = partial(EmbedActor, params, runtime, str(parts_root), str(audio_root), str(lock_file), holder)
+    yield from run_actor_tasks(make, tasks, actors=actors, env={**ONE_THREAD_ENV, OVERLAP_ENV: "0"}, stats=stats)
+
+
 # ---------------------------------------------------------------------------- the job
 @dataclass
 class EmbedSummary:
@@ -266,11 +327,13 @@ class EmbedSummary:
     wall_s: float
     errors: list[dict]
     notes: list[str]
+    engine: str = "local"
+    actor_startup_s: float | None = None   # --engine ray: pipeline start -> every actor's models built
 
     def render(self) -> str:
         rate = self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
         lines = [f"embed: store {self.store}, audio {self.data_dir}, shard {self.shard[0]}/{self.shard[1]}, "
-                 f"{self.workers} worker(s)"]
+                 f"{self.workers} {'Ray actor(s)' if self.engine == 'ray' else 'worker(s)'}"]
         for name, version in self.versions.items():
             lines.append(f"  {name:<10} {version}: {self.windows_now.get(name, 0)} window(s) embedded now, "
                          f"{self.windows_before.get(name, 0)} already stored, {self.windows_stored.get(name, 0)}/"
@@ -372,6 +435,10 @@ def run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple[
 
     One run per shard at a time: a second embed of the same shard on the same store stops at once
     and names the first (``embed-<i>of<n>.lock`` in the store); other shards run side by side.
+
+    ``engine="ray"`` runs the tasks as Ray actors (:mod:`embed.ray_engine`) on the cluster of ``address``
+    (default ``$RAY_ADDRESS``, else a Ray runtime started here for the call), ``actors`` of them (default:
+    the cluster's CPUs); the features are bit-identical to ``engine="local"`` (``workers`` processes).
     """
     root = Path(store_dir).expanduser()
     if not (root / CATALOG_FILE).exists():
@@ -389,14 +456,38 @@ def run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple[
 
 
 def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple[str, ...] = ("birdnet", "classical"),
-              *, data_dir: str | os.PathLike | None = None, workers: int | None = None,
-              shard: str | tuple[int, int] | None = None, sources: list[str] | None = None,
-              hop_s: float | None = None, batch_size: int | None = None, threads: int = 1, full_logits: bool = False,
-              model: str | os.PathLike | None = None, model_config: str | os.PathLike | dict = "perch_v2",
-              cnn_model: str | os.PathLike | None = None, labels_file: str | None = None, cache_dir: str | os.PathLike | None = None,
-              task_seconds: float | None = None, progress: Callable[[float], object] | None = None,
-              on_total: Callable[[float], object] | None = None) -> EmbedSummary:
+               *, workers: int | None = None, shard: str | tuple[int, int] | None = None,
+               progress: Callable[[float], object] | None = None, engine: str = "local", address: str | None = None,
+               actors: int | None = None, **options) -> EmbedSummary:
     """Embed every window of the store not yet stored for each extractor version; see the module docstring."""
+    if engine not in ("local", "ray"):
+        raise UserInputError(f"--engine {engine!r}: choose local or ray")
+    if engine == "ray":
+        from embed.ray_engine import ray_session
+
+        with ray_session(address) as cluster:
+            if progress is not None:   # a quiet run (or a library call) prints nothing
+                print(f"embed: {cluster.describe()}", file=sys.stderr, flush=True)
+            n = actors or max(1, cluster.cpus)
+            if actors and cluster.cpus and actors > cluster.cpus:
+                raise UserInputError(f"--actors {actors}: the Ray cluster has {cluster.cpus} CPU(s) (one per actor); "
+                                     f"pass --actors {cluster.cpus} or fewer, or add nodes")
+            return _embed_planned(store_dir, extractors, workers=n, shard=shard, engine="ray", progress=progress,
+                                  **options)
+    if address is not None or actors is not None:
+        raise UserInputError("--address and --actors are for --engine ray; the local engine takes --workers")
+    return _embed_planned(store_dir, extractors, workers=workers, shard=shard, engine="local", progress=progress,
+                          **options)
+
+
+def _embed_planned(store_dir: str | os.PathLike, extractors: str | list[str] | tuple[str, ...], *, workers: int | None,
+                   shard: str | tuple[int, int] | None, engine: str, data_dir: str | os.PathLike | None = None,
+                   sources: list[str] | None = None, hop_s: float | None = None, batch_size: int | None = None,
+                   threads: int = 1, full_logits: bool = False, model: str | os.PathLike | None = None,
+                   model_config: str | os.PathLike | dict = "perch_v2", cnn_model: str | os.PathLike | None = None,
+                   labels_file: str | None = None, cache_dir: str | os.PathLike | None = None,
+                   task_seconds: float | None = None, progress: Callable[[float], object] | None = None,
+                   on_total: Callable[[float], object] | None = None) -> EmbedSummary:
     t_start = time.perf_counter()
     names = [n.strip() for n in (extractors.split(",") if isinstance(extractors, str) else extractors) if n.strip()]
     shard = parse_shard(shard)
@@ -444,12 +535,21 @@ def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple
             ex.warm_up()  # shared files (BirdNET's patched model) built once, before workers start
 
     runtime = {"batch_size": batch_size, "threads": threads, "cache_dir": cache_dir}
+    actor_stats = None
     now: dict[str, int] = {}
     rows: dict[str, int] = {}
     errors: list[dict] = []
     file_notes: list[str] = []
     audio_s, n_files = 0.0, 0
-    for result in execute(exs, tasks, parts_root, workers, runtime):
+    if engine == "ray":
+        from embed.ray_engine import ActorStats
+
+        lock = StoreLock(root, f"embed-{shard[0]}of{shard[1]}.lock")
+        actor_stats = ActorStats()
+        results = execute_ray(exs, tasks, parts_root, data, workers, runtime, lock.path, lock.holder(), actor_stats)
+    else:
+        results = execute(exs, tasks, parts_root, workers, runtime)
+    for result in results:
         for k, v in result.windows.items():
             now[k] = now.get(k, 0) + v
         for k, v in result.rows.items():
@@ -472,4 +572,5 @@ def _run_embed(store_dir: str | os.PathLike, extractors: str | list[str] | tuple
         _forget_fixed_errors(store, set(by_file), missing)
     notes = [n for ex in exs for n in ex.notes] + file_notes
     return EmbedSummary(root, str(data), shard, workers, {ex.name: ex.version for ex in exs}, scope, before, now,
-                        stored, rows, n_files, audio_s, time.perf_counter() - t_start, errors, notes)
+                        stored, rows, n_files, audio_s, time.perf_counter() - t_start, errors, notes, engine,
+                        actor_stats.startup_s if actor_stats else None)

@@ -167,6 +167,28 @@ def add_workers(ap: argparse.ArgumentParser, what: str = "worker processes") -> 
                     help=f"{what} (default: all {os.cpu_count() or 1} cores)")
 
 
+def add_engine(ap: argparse.ArgumentParser, what: str = "files") -> None:
+    """``--engine local|ray``, ``--address``, ``--actors``: where a job's per-file tasks run (the process pool of
+    ``--workers``, or a Ray cluster's actor pool; see the README's "Running on a cluster")."""
+    ap.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help=f"run the {what} in a local process pool (default) or as Ray actor tasks "
+                         "(pip install 'birdclef-stack[ray]')")
+    ap.add_argument("--address", default=None,
+                    help="--engine ray: the cluster (auto = the one `ray start` runs here, ray://HOST:10001 = a "
+                         "remote head; default: $RAY_ADDRESS, else a Ray runtime started for this job)")
+    ap.add_argument("--actors", type=positive_int, default=None,
+                    help="--engine ray: actors (one CPU and one model copy each; default: every CPU of the cluster)")
+
+
+def add_storage(ap: argparse.ArgumentParser) -> None:
+    """``--storage URL`` and ``--workers N`` of a tuner (pipelines.tune, pipelines.stack)."""
+    ap.add_argument("--storage", default=None,
+                    help="where the study lives: journal:PATH, postgresql://..., mysql://..., sqlite:///PATH "
+                         "(default: the store's optuna.db; journal:<store>/optuna.journal with --workers > 1)")
+    ap.add_argument("--workers", type=positive_int, default=1,
+                    help="tuning processes on this machine, sharing --trials (default 1)")
+
+
 def add_seed(ap: argparse.ArgumentParser, default: int = 0) -> None:
     ap.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from embed.job import EXTRACTORS, run_embed
-from pipelines._cli import PlannedProgress, add_quiet, add_store, add_workers, parser, run_main
+from pipelines._cli import PlannedProgress, add_engine, add_quiet, add_store, add_workers, parser, run_main
 
 EPILOG = """
 Extractors (comma-join several; the audio is decoded once per file):
@@ -23,11 +23,20 @@ thread each). --shard I/N (0 <= I < N) splits the files deterministically so N m
 one store; their parts merge through DuckDB's glob. The audio folder is the one recorded by the last
 ingest run (override with --data).
 
+--engine ray runs the same tasks as Ray actors (one CPU and one copy of the models each) on the
+cluster of --address (auto: the one `ray start` runs here; ray://HOST:10001: a remote head; default
+$RAY_ADDRESS, else a Ray runtime started on this machine for the job). Every node must see the store
+and audio folders at the same path (a shared filesystem); a node that cannot is refused with one
+error line. A killed actor or a lost node is retried by Ray; parts are named by their content, so a
+retry replaces its own part. See the README's "Running on a cluster".
+
 Read the features back with embed.features.load_window_features(store, "birdnet,classical").
 
 Examples:
   python -m pipelines.embed --store work/store
   python -m pipelines.embed --store work/store --extractor birdnet --workers 4 --shard 0/2
+  python -m pipelines.embed --store work/store --engine ray --actors 2
+  python -m pipelines.embed --store /shared/store --engine ray --address auto
   python -m pipelines.embed --store work/store --extractor custom --model ~/models/perch_v2.tflite
   python -m pipelines.embed --store work/store --extractor cnn --model work/cnn/cnn.tflite
 """
@@ -45,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="custom model config: a preset (perch_v2) or a JSON file (default perch_v2)")
     ap.add_argument("--labels", help="labels file of the custom model (default: from its config)")
     add_workers(ap)
+    add_engine(ap, "files' embedding")
     ap.add_argument("--shard", default="0/1", help="I/N: embed only this shard of the files (default 0/1)")
     ap.add_argument("--data", help="audio folder (default: data_dir of the latest ingest run)")
     ap.add_argument("--sources", help="only these sources, comma-joined (train_audio, train_soundscapes, "
@@ -66,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--batch-size and --threads must be >= 1")
     if args.hop is not None and args.hop <= 0:
         ap.error("--hop must be > 0")
+    if args.engine == "local" and (args.address is not None or args.actors is not None):
+        ap.error("--address and --actors need --engine ray (the local engine takes --workers)")
 
     with PlannedProgress("embed", "audio-s", quiet=args.quiet) as bar:   # appears once the work is planned
         summary = run_embed(
@@ -73,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             sources=args.sources.split(",") if args.sources else None, hop_s=args.hop,
             batch_size=args.batch_size, threads=args.threads, full_logits=args.full_logits, model=args.model,
             cnn_model=args.cnn_model, model_config=args.model_config, labels_file=args.labels, cache_dir=args.cache_dir,
-            task_seconds=args.task_seconds, progress=bar.update, on_total=bar.start)
+            task_seconds=args.task_seconds, progress=bar.update, on_total=bar.start, engine=args.engine,
+            address=args.address, actors=args.actors)
     print(summary.render())
     return 0
 

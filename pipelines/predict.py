@@ -9,6 +9,11 @@ row it has no usable audio for, with one warning, so the submission stays comple
 for the run. Two files with the same stem (``x.ogg``, ``x.flac``) would write the same row ids: they
 are refused at once, naming both, before anything is predicted.
 
+``--format windows`` is batch prediction for monitoring data: any audio under ``--audio`` (any length, any
+name, nested folders) -> one row per 5-s window (``file, start_s, end_s`` + one column per class) or, with
+``--long``, one row per window and class at or above ``--min-prob``, in ``--out`` (.parquet or .csv). Each
+file's rows are kept in ``<out>.parts/`` as soon as it is predicted, so a killed run resumes where it stopped.
+
 A stacked head (``stack-<hash>``, from ``pipelines.stack``) embeds each file once for the union of its
 base heads' extractors, runs every base head, then its level-2 model and post-processing steps.
 """
@@ -18,14 +23,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipelines._cli import add_quiet, add_store, add_workers, parser, progress, run_main
+from pipelines._cli import add_engine, add_quiet, add_store, add_workers, parser, progress, run_main
 from submit.predict import predict_submission
+from submit.windows import predict_windows
 
 EPILOG = """
 Example:
   python -m pipelines.predict --store work/store --audio data/test_soundscapes --out submission.csv
   python -m pipelines.predict --store work/store --head-id lgbm-3f2a9c1b0d4e --audio data/test_soundscapes \\
       --out submission.csv --sample data/sample_submission.csv
+  python -m pipelines.predict --store work/store --audio recordings/ --format windows --out windows.parquet
+  python -m pipelines.predict --store work/store --audio recordings/ --format windows --long --min-prob 0.5 \
+      --out detections.csv --engine ray --address auto
 """
 
 
@@ -34,16 +43,37 @@ def main(argv: list[str] | None = None) -> int:
     add_store(ap, help="feature store folder holding the trained head")
     ap.add_argument("--head-id", default="best",
                     help="trained or stacked head id from pipelines.leaderboard (default: the best full-CV head)")
-    ap.add_argument("--audio", required=True, type=Path, help="folder of soundscapes (e.g. test_soundscapes)")
-    ap.add_argument("--out", required=True, type=Path, help="submission.csv to write")
+    ap.add_argument("--audio", required=True, type=Path,
+                    help="folder of soundscapes (e.g. test_soundscapes); --format windows: any folder or audio file")
+    ap.add_argument("--out", required=True, type=Path,
+                    help="submission.csv to write; --format windows: a .parquet or .csv")
+    ap.add_argument("--format", choices=("submission", "windows"), default="submission",
+                    help="submission (default): the competition's rows; windows: rows per 5-s window of any audio")
+    ap.add_argument("--long", action="store_true",
+                    help="--format windows: one row per window and class (file, start_s, end_s, class, prob)")
+    ap.add_argument("--min-prob", type=float, default=0.0,
+                    help="--format windows --long: keep only rows with prob >= this (default 0: all)")
     ap.add_argument("--sample", type=Path, default=None,
                     help="sample_submission.csv for the column order (default: the store's taxonomy order)")
     add_workers(ap)
+    add_engine(ap)
     add_quiet(ap)
     args = ap.parse_args(argv)
+    if args.format == "windows":
+        if args.sample is not None:
+            ap.error("--sample is for --format submission (windows rows have one column per head class)")
+        summary = predict_windows(
+            args.store, args.audio, args.out, head_id=args.head_id, fmt="long" if args.long else "wide",
+            min_prob=args.min_prob, workers=args.workers, engine=args.engine, address=args.address,
+            actors=args.actors, make_progress=lambda n, desc: progress(n, desc, "file", quiet=args.quiet),
+            on_warning=lambda warning: print(f"warning: {warning}", file=sys.stderr))
+        print(summary.render())
+        return 0
+    if args.long or args.min_prob:
+        ap.error("--long and --min-prob are for --format windows")
     summary = predict_submission(
         args.store, args.audio, args.out, head_id=args.head_id, sample=args.sample, workers=args.workers,
-        make_progress=lambda n, desc: progress(n, desc, "file", quiet=args.quiet),
+        engine=args.engine, address=args.address, actors=args.actors, make_progress=lambda n, desc: progress(n, desc, "file", quiet=args.quiet),
         on_warning=lambda warning: print(f"warning: {warning}", file=sys.stderr))
     print(summary.render())
     return 0

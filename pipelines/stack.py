@@ -12,8 +12,7 @@ is recorded as a ``tuned`` stacked head.
 
 from __future__ import annotations
 
-from pipelines._cli import add_seed, add_store, json_list, json_object, parser, run_main
-from pipelines.tune import add_storage
+from pipelines._cli import add_seed, add_storage, add_store, json_list, json_object, parser, run_main
 from stack.post import POST_OPS
 from stack.stackers import PARAMS_BY_KIND
 

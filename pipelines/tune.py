@@ -23,7 +23,7 @@ from models.tuning import (
     resolve_storage,
     run_tune,
 )
-from pipelines._cli import add_seed, add_store, json_object, parser, positive_int, run_main
+from pipelines._cli import add_seed, add_storage, add_store, json_object, parser, run_main
 
 EPILOG = f"""
 Modes:
@@ -83,15 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     print(result.render())
     print(f"dashboard: pip install -e '.[dashboard]' && optuna-dashboard {where.dashboard()}")
     return 0
-
-
-def add_storage(ap) -> None:
-    """``--storage URL`` and ``--workers N`` of a tuner (pipelines.tune, pipelines.stack)."""
-    ap.add_argument("--storage", default=None,
-                    help="where the study lives: journal:PATH, postgresql://..., mysql://..., sqlite:///PATH "
-                         "(default: the store's optuna.db; journal:<store>/optuna.journal with --workers > 1)")
-    ap.add_argument("--workers", type=positive_int, default=1,
-                    help="tuning processes on this machine, sharing --trials (default 1)")
 
 
 if __name__ == "__main__":

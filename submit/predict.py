@@ -155,10 +155,42 @@ def predict_one(path: str) -> tuple[str, list[str], np.ndarray, str | None, np.n
     return (path, *file_rows(Path(path), _WORKER["predictor"]))
 
 
+class RayFileRows:
+    """A Ray actor's callable (``--engine ray``): opens the head's predictor once, then :func:`predict_one`."""
+
+    def __init__(self, head_dir: str, runtime: dict):
+        from embed.ray_engine import check_visible
+
+        check_visible([head_dir])
+        init_worker(head_dir, runtime)
+
+    def __call__(self, item: tuple[int, str]) -> tuple:
+        return (item[0], *predict_one(item[1]))
+
+
 def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: dict,
-                     predictor=None) -> Iterator[tuple]:
+                     predictor=None, engine: str = "local", address: str | None = None,
+                     actors: int | None = None) -> Iterator[tuple]:
     """(path, row_ids, probs, error, usable rows) per file, in file order (``predictor``: an already loaded one, used
-    when predicting in this process)."""
+    when predicting in this process; ``engine`` ``ray``: the files run on a Ray actor pool, results put back in
+    file order as they arrive - each is one file's rows, a few KB)."""
+    if engine == "ray":
+        import functools
+
+        from embed.extractors import ONE_THREAD_ENV, OVERLAP_ENV
+        from embed.ray_engine import ray_session, run_actor_tasks
+
+        waiting: dict[int, tuple] = {}
+        at = 0
+        with ray_session(address) as cluster:
+            for index, *rows in run_actor_tasks(functools.partial(RayFileRows, str(head_dir), runtime),
+                                                list(enumerate(map(str, files))), actors=actors or cluster.cpus,
+                                                env={**ONE_THREAD_ENV, OVERLAP_ENV: "0"}):
+                waiting[index] = tuple(rows)
+                while at in waiting:
+                    yield waiting.pop(at)
+                    at += 1
+        return
     if workers <= 1 or len(files) <= 1:
         if predictor is not None:
             _WORKER.update(predictor=predictor)
@@ -172,7 +204,8 @@ def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: d
 
 
 def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, columns: list[str], *,
-                  workers: int = 1, runtime: dict | None = None,
+                  workers: int = 1, runtime: dict | None = None, engine: str = "local",
+                  address: str | None = None, actors: int | None = None,
                   progress: Callable[[int], object] | None = None,
                   on_start: Callable[[int], object] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
     """Predict every audio file; returns (row_ids, probs in ``columns`` order, per-file warnings).
@@ -200,7 +233,8 @@ def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, col
     blocks: list[np.ndarray] = []
     usable: list[np.ndarray] = []
     errors: list[str] = [names] if (names := name_warning(files)) else []
-    for path, ids, probs, error, ok in iter_predictions(head_dir, files, workers, runtime or {}, predictor):
+    for path, ids, probs, error, ok in iter_predictions(head_dir, files, workers, runtime or {}, predictor,
+                                                        engine, address, actors):
         row_ids += ids
         window_ids += file_window_ids(Path(path), np.arange(len(ids)) * WINDOW_SECONDS)[0]
         blocks.append(probs)
@@ -228,13 +262,15 @@ class SubmissionSummary:
 
 def predict_submission(store_dir: str | os.PathLike, audio_dir: str | os.PathLike, out: str | os.PathLike, *,
                        head_id: str = "best", sample: str | os.PathLike | None = None, workers: int = 1,
-                       runtime: dict | None = None, make_progress: Callable[[int, str], object] | None = None,
+                       runtime: dict | None = None, engine: str = "local", address: str | None = None,
+                       actors: int | None = None, make_progress: Callable[[int, str], object] | None = None,
                        on_warning: Callable[[str], object] | None = None) -> SubmissionSummary:
     """Predict ``audio_dir`` with a bundle of the store and write a validated submission to ``out``.
 
     ``head_id`` ``"best"`` is the leaderboard's best full-CV head; the columns follow ``sample``
     (a sample_submission.csv) or else the store's taxonomy order. The file is validated (columns,
     exactly :func:`expected_ids_for_audio` as rows, numbers in [0, 1]) before it replaces ``out``.
+    ``engine`` ``ray`` runs the files on a Ray actor pool (``address``, ``actors``; the same rows).
     ``make_progress(n_files, description)`` returns a bar (``update``/``close``), made once every
     input is checked. Per-file problems (see :func:`predict_soundscape`) go to ``on_warning`` as
     soon as every file is predicted, before the file is written, and are returned too.
@@ -256,7 +292,7 @@ def predict_submission(store_dir: str | os.PathLike, audio_dir: str | os.PathLik
 
     try:
         row_ids, probs, warnings = predict_audio(head_dir, audio_dir, columns, workers=workers, runtime=runtime,
-                                                 progress=lambda n: bars and bars[0].update(n), on_start=on_start)
+                                                 engine=engine, address=address, actors=actors, progress=lambda n: bars and bars[0].update(n), on_start=on_start)
     finally:
         for bar in bars:
             bar.close()
