@@ -28,6 +28,19 @@ def birdnet_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.getbasetemp() / "birdnet-cache"
 
 
+def damage_payload(part: Path, column: str = "embedding") -> None:
+    """Overwrite 40 bytes inside the first data page of ``column`` in Parquet file ``part``, footer intact: the
+    file opens and its other columns read, only reading that column's values fails."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(part)
+    chunk = next(meta.row_group(0).column(i) for i in range(meta.num_columns)
+                 if meta.row_group(0).column(i).path_in_schema.startswith(column))
+    with open(part, "r+b") as fh:
+        fh.seek(chunk.data_page_offset + 20)
+        fh.write(b"\xff" * 40)
+
+
 def _buffer(array: np.ndarray | None) -> s.BufferT:
     b = s.BufferT()
     if array is not None:

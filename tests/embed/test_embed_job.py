@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 from ai_edge_litert.interpreter import Interpreter
-from embed_helpers import birdnet_cache, build_tiny_tflite
+from embed_helpers import birdnet_cache, build_tiny_tflite, damage_payload
 from scipy.signal import resample_poly
 
 from embed.birdnet import BirdNet, class_layer, patched_model
@@ -541,17 +541,11 @@ def test_load_window_features_tie_and_split_rules_by_hand(crafted: Path) -> None
 
 def test_load_window_features_names_a_part_damaged_inside_its_payload_and_parts_missing_a_column(
         crafted: Path, tmp_path: Path) -> None:
-    import pyarrow.parquet as pq
 
     store = tmp_path / "store"
     shutil.copytree(crafted, store)
     part = next((store / "parts" / "birdnet_frames").glob("b-*.parquet"))
-    meta = pq.read_metadata(part)
-    chunk = next(meta.row_group(0).column(i) for i in range(meta.num_columns)
-                 if meta.row_group(0).column(i).path_in_schema.startswith("embedding"))
-    with open(part, "r+b") as fh:                            # footer intact: only reading the payload fails
-        fh.seek(chunk.data_page_offset + 20)
-        fh.write(b"\xff" * 40)
+    damage_payload(part)                                     # footer intact: only reading the payload fails
     with FeatureStore.open(store, read_only=True) as s:
         with pytest.raises(StoreError) as err:
             load_window_features(s, "birdnet")

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from embed_helpers import damage_payload
 
 import embed.features as features
 import featurestore.compact as compact
@@ -250,12 +251,7 @@ def test_one_query_load_falls_back_to_two_passes_for_a_part_damaged_inside_its_p
     wanted = [window_id(SOUNDSCAPE, _files(24)[4], 5), window_id(SOUNDSCAPE, _files(24)[0], 0)]
     part = next(p for p in (copy / "parts" / "birdnet_frames").glob("c-*.parquet")      # file 4, re-written
                 if wanted[0] in pq.read_table(p, columns=["window_id"]).column(0).to_pylist())
-    meta = pq.read_metadata(part)
-    chunk = next(meta.row_group(0).column(i) for i in range(meta.num_columns)
-                 if meta.row_group(0).column(i).path_in_schema.startswith("embedding"))
-    with open(part, "r+b") as fh:                                 # footer intact: only reading the payload fails
-        fh.seek(chunk.data_page_offset + 20)
-        fh.write(b"\xff" * 40)
+    damage_payload(part)                                     # footer intact: only reading the payload fails
     with FeatureStore.open(copy, read_only=True) as s:
         with pytest.raises(StoreError) as err:
             load_window_features(s, "birdnet", window_ids=wanted, versions=PIN)
