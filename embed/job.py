@@ -28,12 +28,14 @@ never deleted), so its windows count as not stored and are embedded again, bit-i
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +60,9 @@ from featurestore.workers import worker_pool
 PART_TABLES = {**registry.PART_TABLES, "embed_errors": ["file", "extractor_version"]}
 EXTRACTORS = registry.NAMES   # --extractor names
 LOCK_WAIT_SECONDS = 120.0
+PLAN_BATCH_ROWS = 65_536     # plan rows the driver reads at a time (the plan is a Parquet file, not a list)
+RAY_CHUNK_TASKS = 512        # tasks per Ray Data pipeline: one actor-pool start-up (~5 s) per chunk of up to
+                             # 512 x 600 s of audio, and the driver never holds more than one chunk's tasks
 
 
 # ---------------------------------------------------------------------------- planning
@@ -100,22 +105,28 @@ def in_shard(key: str, shard: tuple[int, int]) -> bool:
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % shard[1] == shard[0]
 
 
-def plan_tasks(files: list[FileTask], workers: int, task_seconds: float | None = None) -> list[list[FileTask]]:
-    """Group files (in order) into tasks of about ``task_seconds`` of audio; one part per task."""
-    total = sum(f.duration_s for f in files)
-    target = task_seconds or min(600.0, max(20.0, total / max(1, workers * 8)))
-    tasks: list[list[FileTask]] = []
+def task_target(total_s: float, workers: int, task_seconds: float | None = None) -> float:
+    """Audio seconds per task (one part each): ``task_seconds``, else about 8 tasks per worker, 20-600 s."""
+    return task_seconds or min(600.0, max(20.0, total_s / max(1, workers * 8)))
+
+
+def iter_tasks(files: Iterable[FileTask], target_s: float) -> Iterator[list[FileTask]]:
+    """Group files (in order, read lazily) into tasks of about ``target_s`` of audio, at most 256 files each."""
     current: list[FileTask] = []
     seconds = 0.0
     for f in files:
         current.append(f)
         seconds += f.duration_s
-        if seconds >= target or len(current) >= 256:
-            tasks.append(current)
+        if seconds >= target_s or len(current) >= 256:
+            yield current
             current, seconds = [], 0.0
     if current:
-        tasks.append(current)
-    return tasks
+        yield current
+
+
+def plan_tasks(files: list[FileTask], workers: int, task_seconds: float | None = None) -> list[list[FileTask]]:
+    """Group files (in order) into tasks of about ``task_seconds`` of audio; one part per task."""
+    return list(iter_tasks(files, task_target(sum(f.duration_s for f in files), workers, task_seconds)))
 
 
 # ---------------------------------------------------------------------------- rows
@@ -255,17 +266,20 @@ def _worker_task(task: list[FileTask]) -> TaskResult:
                     still_wanted=lambda: os.getppid() == _WORKER["parent"])
 
 
-def execute(extractors: list[Extractor], tasks: list[list[FileTask]], parts_root: Path, workers: int,
+def execute(extractors: list[Extractor], tasks: Iterable[list[FileTask]], parts_root: Path, workers: int,
             runtime: dict) -> Iterator[TaskResult]:
-    """Results of ``tasks`` as they finish; one worker runs inline with the parent's extractors."""
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
+    """Results of ``tasks`` (read lazily: the pool's feeder takes a task when a worker's pipe has room) as they
+    finish; one worker, or a single task, runs inline with the parent's extractors."""
+    tasks = iter(tasks)
+    head = list(itertools.islice(tasks, max(1, workers)))    # enough to know how many workers have work
+    if workers <= 1 or len(head) <= 1:
+        for task in itertools.chain(head, tasks):
             yield run_task(extractors, task, parts_root)
         return
     params = [ex.params() for ex in extractors]
-    n = min(workers, len(tasks))
+    n = len(head)
     with worker_pool(n, init_worker, (params, runtime, str(parts_root)), env=pool_env(n)) as pool:
-        yield from pool.imap_unordered(_worker_task, tasks, chunksize=1)
+        yield from pool.imap_unordered(_worker_task, itertools.chain(head, tasks), chunksize=1)
 
 
 class EmbedActor:
@@ -294,7 +308,7 @@ class EmbedActor:
         return run_task(self.extractors, task, self.parts_root, still_wanted=self.still_wanted)
 
 
-def execute_ray(extractors: list[Extractor], tasks: list[list[FileTask]], parts_root: Path, audio_root: Path,
+def execute_ray(extractors: list[Extractor], tasks: Iterable[list[FileTask]], parts_root: Path, audio_root: Path,
                 actors: int, runtime: dict, lock_file: Path, holder: dict | None, stats=None) -> Iterator[TaskResult]:
     """:func:`execute` on the Ray cluster: the results (:class:`TaskResult`) of ``tasks`` as
     they finish, each task embedded by an :class:`EmbedActor` (extractors rebuilt from their params once per
@@ -306,7 +320,9 @@ def execute_ray(extractors: list[Extractor], tasks: list[list[FileTask]], parts_
 
     params = [ex.params() for ex in extractors]
     make = partial(EmbedActor, params, runtime, str(parts_root), str(audio_root), str(lock_file), holder)
-    yield from run_actor_tasks(make, tasks, actors=actors, env={**ONE_THREAD_ENV, OVERLAP_ENV: "0"}, stats=stats)
+    tasks = iter(tasks)
+    while chunk := list(itertools.islice(tasks, RAY_CHUNK_TASKS)):   # the driver holds one chunk, not the plan
+        yield from run_actor_tasks(make, chunk, actors=actors, env={**ONE_THREAD_ENV, OVERLAP_ENV: "0"}, stats=stats)
 
 
 # ---------------------------------------------------------------------------- the job
@@ -364,13 +380,92 @@ def data_dir_of(store: FeatureStore) -> Path:
     return Path(row[0])
 
 
-def _done_windows(store: FeatureStore, table: str, version: str) -> set[str]:
-    if not store.part_files(table):
-        return set()
-    glob = store.part_glob(table).replace("'", "''")
-    rows = store.rows(f"SELECT DISTINCT window_id FROM read_parquet('{glob}', union_by_name = true) "
-                      "WHERE extractor_version = ?", [version])
-    return {r[0] for r in rows}
+def _sql_str(path: str) -> str:
+    return "'" + path.replace("'", "''") + "'"
+
+
+def _done_sql(store: FeatureStore, ex: Extractor) -> str | None:
+    """SQL of the window ids stored for ``ex``'s version (read from its part files), None when it has none."""
+    if not store.part_files(ex.table):
+        return None
+    return (f"SELECT DISTINCT window_id FROM read_parquet({_sql_str(store.part_glob(ex.table))}, union_by_name = true) "
+            f"WHERE extractor_version = {_sql_str(ex.version)}")
+
+
+def shard_sql(key_sql: str, shard: tuple[int, int]) -> str:
+    """:func:`in_shard` as an SQL condition on the file key ``key_sql`` (the same sha1 digits, so the same files)."""
+    return f"('0x' || left(sha1({key_sql}), 8))::UBIGINT % {int(shard[1])} = {int(shard[0])}"
+
+
+@dataclass
+class Plan:
+    """What a run will embed, written by DuckDB to a Parquet file (``path``: one row per window in scope, in
+    file order: key, window_id, start_s, audio_end_s, ``done_<i>`` per extractor) so the driver's memory does
+    not grow with the store: it reads the plan back in batches (:func:`_plan_files`)."""
+
+    path: Path
+    scope: int                 # windows of this shard (and sources)
+    before: list[int]          # per extractor: of those, already stored
+    files: int                 # files with a window to embed
+    seconds: float             # their audio seconds
+
+
+def _write_plan(store: FeatureStore, exs: list[Extractor], shard: tuple[int, int], sources: list[str] | None,
+                path: Path) -> Plan:
+    """The windows of this shard and sources, each with whether every extractor version has it stored: one
+    DuckDB query (the windows table left-joined with each version's stored ids), sorted and spilled by DuckDB,
+    written to ``path``."""
+    present = sorted(r[0] for r in store.rows("SELECT DISTINCT source FROM windows"))
+    unknown = sorted(set(sources or []) - set(present))
+    if unknown:
+        raise DataError(f"no windows from source(s) {unknown} in the store; sources present: {present}")
+    joins, flags = [], []
+    for i, ex in enumerate(exs):
+        done = _done_sql(store, ex)
+        if done is None:
+            flags.append(f"false AS done_{i}")
+        else:
+            joins.append(f"LEFT JOIN ({done}) d{i} ON d{i}.window_id = w.window_id")
+            flags.append(f"d{i}.window_id IS NOT NULL AS done_{i}")
+    where = [shard_sql("w.source || '/' || w.filename", shard)]
+    if sources:
+        where.append(f"w.source IN ({', '.join(_sql_str(x) for x in sources)})")
+    store.rows(f"COPY (SELECT w.source || '/' || w.filename AS key, w.window_id, w.start_s, w.audio_end_s, "
+               f"{', '.join(flags)} FROM windows w {' '.join(joins)} WHERE {' AND '.join(where)} "
+               f"ORDER BY w.source, w.filename, w.start_s) TO {_sql_str(str(path))} (FORMAT parquet)")
+    planned = _sql_str(str(path))
+    done_cols = [f"done_{i}" for i in range(len(exs))]
+    counts = store.first(f"SELECT count(*), {', '.join(f'coalesce(sum({c}::INT), 0)' for c in done_cols)} "
+                         f"FROM {planned}")
+    todo = " OR ".join(f"NOT {c}" for c in done_cols) or "false"
+    files, seconds = store.first(f"SELECT count(*), coalesce(sum(s), 0) FROM (SELECT max(audio_end_s) AS s "
+                                 f"FROM {planned} GROUP BY key HAVING bool_or({todo}))")
+    return Plan(path, int(counts[0]), [int(c) for c in counts[1:]], int(files), float(seconds))
+
+
+def _plan_files(path: Path, exs: list[Extractor], data: Path) -> Iterator[FileTask]:
+    """The files of a plan with a window to embed, read lazily in plan (file) order."""
+    import pyarrow.parquet as pq
+
+    def task(key: str, rows: list[tuple]) -> FileTask | None:
+        todo = {ex.version: [(w, start) for w, start, _, done in rows if not done[i]] for i, ex in enumerate(exs)}
+        todo = {v: t for v, t in todo.items() if t}
+        return FileTask(key, str(data / key), max(r[2] for r in rows), todo) if todo else None
+
+    key, rows = None, []
+    for batch in pq.ParquetFile(path).iter_batches(PLAN_BATCH_ROWS):
+        cols = batch.to_pydict()
+        done = list(zip(*(cols[f"done_{i}"] for i in range(len(exs))), strict=True)) if exs else \
+            [()] * batch.num_rows
+        for k, w, start, end, d in zip(cols["key"], cols["window_id"], cols["start_s"], cols["audio_end_s"], done,
+                                       strict=True):
+            if k != key:
+                if rows and (f := task(key, rows)) is not None:
+                    yield f
+                key, rows = k, []
+            rows.append((w, start, end, d))
+    if rows and (f := task(key, rows)) is not None:
+        yield f
 
 
 _NEEDS_MODEL = ("custom", "cnn")   # families whose --extractor needs --model
@@ -416,11 +511,16 @@ def _prepare(store: FeatureStore, extractors: list[Extractor]) -> None:
             store.write_table(name, table, params=params)
 
 
-def _forget_fixed_errors(store: FeatureStore, files: set[str], missing: set[tuple[str, str]]) -> None:
-    """Drop ``embed_errors`` rows of this run's files whose windows are now all stored."""
+def _forget_fixed_errors(store: FeatureStore, planned: str, missing: set[tuple[str, str]]) -> None:
+    """Drop ``embed_errors`` rows of this run's files (those of the plan ``planned``) whose windows are now all
+    stored."""
     if not store.part_files("embed_errors"):
         return
     stale = store.rows("SELECT file, extractor_version FROM embed_errors")
+    if not stale:
+        return
+    files = {r[0] for r in store.rows(f"SELECT DISTINCT key FROM {planned} WHERE key IN "
+                                      "(SELECT file FROM embed_errors)")}
     if not any(f in files and (f, v) not in missing for f, v in stale):
         return
     compact_parts(store, "embed_errors", keep=lambda t: t.filter(pa.array(
@@ -502,74 +602,66 @@ def _embed_planned(store_dir: str | os.PathLike, extractors: str | list[str] | t
                               full_logits=full_logits, model=model, model_config=model_config,
                               cnn_model=cnn_model, labels_file=labels_file, cache_dir=cache_dir) for name in names]
         _prepare(store, exs)
-        windows = store.sql("SELECT window_id, source, filename, start_s, audio_end_s FROM windows "
-                            "ORDER BY source, filename, start_s").to_pylist()
-        done = {ex.version: _done_windows(store, ex.table, ex.version) for ex in exs}
         root, parts_root = str(store.root), store.root / "parts"
+        plan_dir = tempfile.TemporaryDirectory(prefix="embed-plan-")
+        try:
+            plan = _write_plan(store, exs, shard, sources, Path(plan_dir.name) / "plan.parquet")
+        except BaseException:
+            plan_dir.cleanup()
+            raise
+    try:
+        scope = {ex.name: plan.scope for ex in exs}
+        before = {ex.name: plan.before[i] for i, ex in enumerate(exs)}
+        tasks = iter_tasks(_plan_files(plan.path, exs, data), task_target(plan.seconds, workers, task_seconds))
+        if on_total:
+            on_total(plan.seconds)
+        if plan.files:
+            for ex in exs:
+                ex.warm_up()  # shared files (BirdNET's patched model) built once, before workers start
 
-    unknown = sorted(set(sources or []) - {w["source"] for w in windows})
-    if unknown:
-        raise DataError(f"no windows from source(s) {unknown} in the store; sources present: "
-                        f"{sorted({w['source'] for w in windows})}")
-    by_file: dict[str, list[dict]] = {}
-    for w in windows:
-        if sources and w["source"] not in sources:
-            continue
-        key = f"{w['source']}/{w['filename']}"
-        if in_shard(key, shard):
-            by_file.setdefault(key, []).append(w)
-    scope = {ex.name: sum(len(ws) for ws in by_file.values()) for ex in exs}
-    before = {ex.name: sum(w["window_id"] in done[ex.version] for ws in by_file.values() for w in ws) for ex in exs}
-    files = []
-    for key, ws in by_file.items():
-        todo = {ex.version: [(w["window_id"], w["start_s"]) for w in ws if w["window_id"] not in done[ex.version]]
-                for ex in exs}
-        todo = {v: t for v, t in todo.items() if t}
-        if todo:
-            files.append(FileTask(key, str(data / key), max(w["audio_end_s"] for w in ws), todo))
-    tasks = plan_tasks(files, workers, task_seconds)
-    if on_total:
-        on_total(sum(f.duration_s for f in files))
-    if tasks:
-        for ex in exs:
-            ex.warm_up()  # shared files (BirdNET's patched model) built once, before workers start
+        runtime = {"batch_size": batch_size, "threads": threads, "cache_dir": cache_dir}
+        actor_stats = None
+        now: dict[str, int] = {}
+        rows: dict[str, int] = {}
+        errors: list[dict] = []
+        file_notes: list[str] = []
+        audio_s, n_files = 0.0, 0
+        if engine == "ray":
+            from embed.ray_engine import ActorStats
 
-    runtime = {"batch_size": batch_size, "threads": threads, "cache_dir": cache_dir}
-    actor_stats = None
-    now: dict[str, int] = {}
-    rows: dict[str, int] = {}
-    errors: list[dict] = []
-    file_notes: list[str] = []
-    audio_s, n_files = 0.0, 0
-    if engine == "ray":
-        from embed.ray_engine import ActorStats
+            lock = StoreLock(root, f"embed-{shard[0]}of{shard[1]}.lock")
+            actor_stats = ActorStats()
+            results = execute_ray(exs, tasks, parts_root, data, workers, runtime, lock.path, lock.holder(), actor_stats)
+        else:
+            results = execute(exs, tasks, parts_root, workers, runtime)
+        for result in results:
+            for k, v in result.windows.items():
+                now[k] = now.get(k, 0) + v
+            for k, v in result.rows.items():
+                rows[k] = rows.get(k, 0) + v
+            errors += result.errors
+            file_notes += result.notes
+            audio_s += result.audio_s
+            n_files += result.files
+            if progress:
+                progress(result.audio_s)
 
-        lock = StoreLock(root, f"embed-{shard[0]}of{shard[1]}.lock")
-        actor_stats = ActorStats()
-        results = execute_ray(exs, tasks, parts_root, data, workers, runtime, lock.path, lock.holder(), actor_stats)
-    else:
-        results = execute(exs, tasks, parts_root, workers, runtime)
-    for result in results:
-        for k, v in result.windows.items():
-            now[k] = now.get(k, 0) + v
-        for k, v in result.rows.items():
-            rows[k] = rows.get(k, 0) + v
-        errors += result.errors
-        file_notes += result.notes
-        audio_s += result.audio_s
-        n_files += result.files
-        if progress:
-            progress(result.audio_s)
-
-    with open_store(root) as store:
-        store.refresh_part_views()
-        stored, missing = {}, set()
-        for ex in exs:
-            present = _done_windows(store, ex.table, ex.version)
-            stored[ex.name] = sum(w["window_id"] in present for ws in by_file.values() for w in ws)
-            missing |= {(key, ex.version) for key, ws in by_file.items() if any(w["window_id"] not in present
-                                                                               for w in ws)}
-        _forget_fixed_errors(store, set(by_file), missing)
+        with open_store(root) as store:
+            store.refresh_part_views()
+            stored, missing = {}, set()
+            planned = _sql_str(str(plan.path))
+            for ex in exs:
+                done = _done_sql(store, ex)
+                if done is None:
+                    stored[ex.name] = 0
+                    missing |= {(r[0], ex.version) for r in store.rows(f"SELECT DISTINCT key FROM {planned}")}
+                    continue
+                stored[ex.name] = int(store.first(f"SELECT count(*) FROM {planned} WHERE window_id IN ({done})")[0])
+                missing |= {(r[0], ex.version) for r in store.rows(
+                    f"SELECT DISTINCT key FROM {planned} WHERE window_id NOT IN ({done})")}
+            _forget_fixed_errors(store, planned, missing)
+    finally:
+        plan_dir.cleanup()   # the plan: a temporary Parquet file, gone with the run
     notes = [n for ex in exs for n in ex.notes] + file_notes
     return EmbedSummary(root, str(data), shard, workers, {ex.name: ex.version for ex in exs}, scope, before, now,
                         stored, rows, n_files, audio_s, time.perf_counter() - t_start, errors, notes, engine,

@@ -93,13 +93,13 @@ def parts(store: Path) -> int:
 def killed_twice(cluster, demo_store: Path, store_copy) -> dict:
     """One embed of the demo's train_audio on the two nodes, killed twice: its driver (a ``pipelines.embed``
     process) is SIGKILLed once two parts exist; the re-run (this process) has one of its actors SIGKILLed
-    once two more parts exist. (One scenario for both kills: each Ray pipeline costs ~6 s of actor start.)"""
+    once one more part exists. (One scenario for both kills: each Ray pipeline costs ~6 s of actor start.)"""
     store = store_copy(demo_store, "ray-killed")
     cmd = [sys.executable, "-m", "pipelines.embed", "--store", str(store), "--extractor", "classical",
            "--sources", "train_audio", "--task-seconds", "8", "--engine", "ray", "--address", cluster.address,
            "--quiet"]
     driver = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300   # a loaded box starts actors slowly: only a ceiling
     while parts(store) < 2 and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     driver.kill()
@@ -107,12 +107,12 @@ def killed_twice(cluster, demo_store: Path, store_copy) -> dict:
     seen = {"driver_rc": driver.returncode, "driver_stderr": driver.stderr.read().decode(),
             "parts_at_driver_kill": parts(store), "killed": []}
 
-    def watcher() -> None:   # SIGKILL one map actor once the re-run has written two parts
+    def watcher() -> None:   # SIGKILL one map actor once the re-run has written a part (more remain)
         first = parts(store)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300   # a loaded box starts actors slowly: only a ceiling
         while time.monotonic() < deadline and not seen["killed"]:
             pids = actor_pids(cluster)
-            if pids and parts(store) >= first + 2:
+            if pids and parts(store) >= first + 1:
                 os.kill(pids[0], signal.SIGKILL)
                 seen["killed"].append((pids[0], parts(store)))
             time.sleep(0.01)
