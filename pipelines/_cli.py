@@ -178,6 +178,19 @@ def add_engine(ap: argparse.ArgumentParser, what: str = "files") -> None:
                          "remote head; default: $RAY_ADDRESS, else a Ray runtime started for this job)")
     ap.add_argument("--actors", type=positive_int, default=None,
                     help="--engine ray: actors (one CPU and one model copy each; default: every CPU of the cluster)")
+    ap.set_defaults(workers=None)   # after add_workers: an explicit --workers told apart from its default
+
+
+def check_engine(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse options of the other engine (:func:`add_engine`) in one line; the local engine's ``--workers``
+    default (every core) filled in."""
+    if args.engine == "local":
+        if args.address is not None or args.actors is not None:
+            ap.error("--address and --actors need --engine ray (the local engine takes --workers)")
+        if args.workers is None:
+            args.workers = os.cpu_count() or 1
+    elif args.workers is not None:
+        ap.error("--workers counts local processes; with --engine ray the cluster's actors do the work: use --actors")
 
 
 def add_storage(ap: argparse.ArgumentParser) -> None:

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from embed.job import EXTRACTORS, run_embed
-from pipelines._cli import PlannedProgress, add_engine, add_quiet, add_store, add_workers, parser, run_main
+from pipelines._cli import (
+    PlannedProgress,
+    add_engine,
+    add_quiet,
+    add_store,
+    add_workers,
+    check_engine,
+    parser,
+    run_main,
+)
 
 EPILOG = """
 Extractors (comma-join several; the audio is decoded once per file):
@@ -76,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--batch-size and --threads must be >= 1")
     if args.hop is not None and args.hop <= 0:
         ap.error("--hop must be > 0")
-    if args.engine == "local" and (args.address is not None or args.actors is not None):
-        ap.error("--address and --actors need --engine ray (the local engine takes --workers)")
+    check_engine(ap, args)
 
     with PlannedProgress("embed", "audio-s", quiet=args.quiet) as bar:   # appears once the work is planned
         summary = run_embed(

@@ -23,7 +23,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipelines._cli import add_engine, add_quiet, add_store, add_workers, parser, progress, run_main
+from pipelines._cli import (
+    add_engine,
+    add_quiet,
+    add_store,
+    add_workers,
+    check_engine,
+    parser,
+    progress,
+    run_main,
+)
 from submit.predict import predict_submission
 from submit.windows import predict_windows
 
@@ -59,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     add_engine(ap)
     add_quiet(ap)
     args = ap.parse_args(argv)
+    check_engine(ap, args)
     if args.format == "windows":
         if args.sample is not None:
             ap.error("--sample is for --format submission (windows rows have one column per head class)")

@@ -172,3 +172,13 @@ def test_the_ray_engine_writes_the_same_rows_and_submission_as_the_local_one(dem
                                                                  table.column("end_s").to_pylist(), top, strict=True) if t]
     np.testing.assert_array_equal(probs, np.stack([table.column(c).to_numpy() for c in classes], axis=1)[top])
     assert said == []
+
+
+def test_each_engine_refuses_the_others_options(demo_trained, audio: Path, tmp_path: Path) -> None:
+    for job, args, says in (("predict", ["--engine", "ray", "--workers", "2"], "use --actors"),
+                            ("embed", ["--actors", "2"], "--address and --actors need --engine ray")):
+        extra = ["--audio", str(audio), "--out", str(tmp_path / "x.csv")] if job == "predict" else []
+        result = subprocess.run([sys.executable, "-m", f"pipelines.{job}", "--store", str(demo_trained.store), *extra,
+                                 *args], cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 2 and says in result.stderr.splitlines()[-1], result.stderr
+    assert not (tmp_path / "x.csv").exists()
