@@ -168,8 +168,10 @@ def add_workers(ap: argparse.ArgumentParser, what: str = "worker processes") -> 
 
 
 def add_engine(ap: argparse.ArgumentParser, what: str = "files") -> None:
-    """``--engine local|ray``, ``--address``, ``--actors``: where a job's per-file tasks run (the process pool of
-    ``--workers``, or a Ray cluster's actor pool; see the README's "Running on a cluster")."""
+    """``--workers``, ``--engine local|ray``, ``--address``, ``--actors``: where a job's per-file tasks run (the
+    process pool of ``--workers``, or a Ray cluster's actor pool; see the README's "Running on a cluster");
+    :func:`check_engine` after parsing."""
+    add_workers(ap)
     ap.add_argument("--engine", choices=("local", "ray"), default="local",
                     help=f"run the {what} in a local process pool (default) or as Ray actor tasks "
                          "(pip install 'birdclef-stack[ray]')")

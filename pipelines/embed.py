@@ -8,7 +8,6 @@ from pipelines._cli import (
     add_engine,
     add_quiet,
     add_store,
-    add_workers,
     check_engine,
     parser,
     run_main,
@@ -62,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-config", default="perch_v2",
                     help="custom model config: a preset (perch_v2) or a JSON file (default perch_v2)")
     ap.add_argument("--labels", help="labels file of the custom model (default: from its config)")
-    add_workers(ap)
     add_engine(ap, "files' embedding")
     ap.add_argument("--shard", default="0/1", help="I/N: embed only this shard of the files (default 0/1)")
     ap.add_argument("--data", help="audio folder (default: data_dir of the latest ingest run)")

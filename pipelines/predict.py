@@ -27,7 +27,6 @@ from pipelines._cli import (
     add_engine,
     add_quiet,
     add_store,
-    add_workers,
     check_engine,
     parser,
     progress,
@@ -64,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="--format windows --long: keep only rows with prob >= this (default 0: all)")
     ap.add_argument("--sample", type=Path, default=None,
                     help="sample_submission.csv for the column order (default: the store's taxonomy order)")
-    add_workers(ap)
     add_engine(ap)
     add_quiet(ap)
     args = ap.parse_args(argv)
