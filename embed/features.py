@@ -102,6 +102,7 @@ def pool_frames(window_index: np.ndarray, values: np.ndarray, pooling: str,
 
 # ---------------------------------------------------------------------------- store path
 def _sql_str(value: str) -> str:
+    # featurestore.store.sql_str's twin: this module is on the inference path, which must not import duckdb
     return "'" + value.replace("'", "''") + "'"
 
 

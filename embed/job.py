@@ -52,6 +52,7 @@ from featurestore.store import (
     CATALOG_FILE,
     FeatureStore,
     StoreLock,
+    sql_str,
     utc_now,
     write_parquet_atomic,
 )
@@ -380,16 +381,12 @@ def data_dir_of(store: FeatureStore) -> Path:
     return Path(row[0])
 
 
-def _sql_str(path: str) -> str:
-    return "'" + path.replace("'", "''") + "'"
-
-
 def _done_sql(store: FeatureStore, ex: Extractor) -> str | None:
     """SQL of the window ids stored for ``ex``'s version (read from its part files), None when it has none."""
     if not store.part_files(ex.table):
         return None
-    return (f"SELECT DISTINCT window_id FROM read_parquet({_sql_str(store.part_glob(ex.table))}, union_by_name = true) "
-            f"WHERE extractor_version = {_sql_str(ex.version)}")
+    return (f"SELECT DISTINCT window_id FROM read_parquet({sql_str(store.part_glob(ex.table))}, union_by_name = true) "
+            f"WHERE extractor_version = {sql_str(ex.version)}")
 
 
 def shard_sql(key_sql: str, shard: tuple[int, int]) -> str:
@@ -429,11 +426,11 @@ def _write_plan(store: FeatureStore, exs: list[Extractor], shard: tuple[int, int
             flags.append(f"d{i}.window_id IS NOT NULL AS done_{i}")
     where = [shard_sql("w.source || '/' || w.filename", shard)]
     if sources:
-        where.append(f"w.source IN ({', '.join(_sql_str(x) for x in sources)})")
+        where.append(f"w.source IN ({', '.join(sql_str(x) for x in sources)})")
     store.rows(f"COPY (SELECT w.source || '/' || w.filename AS key, w.window_id, w.start_s, w.audio_end_s, "
                f"{', '.join(flags)} FROM windows w {' '.join(joins)} WHERE {' AND '.join(where)} "
-               f"ORDER BY w.source, w.filename, w.start_s) TO {_sql_str(str(path))} (FORMAT parquet)")
-    planned = _sql_str(str(path))
+               f"ORDER BY w.source, w.filename, w.start_s) TO {sql_str(str(path))} (FORMAT parquet)")
+    planned = sql_str(str(path))
     done_cols = [f"done_{i}" for i in range(len(exs))]
     counts = store.first(f"SELECT count(*), {', '.join(f'coalesce(sum({c}::INT), 0)' for c in done_cols)} "
                          f"FROM {planned}")
@@ -649,7 +646,7 @@ def _embed_planned(store_dir: str | os.PathLike, extractors: str | list[str] | t
         with open_store(root) as store:
             store.refresh_part_views()
             stored, missing = {}, set()
-            planned = _sql_str(str(plan.path))
+            planned = sql_str(str(plan.path))
             for ex in exs:
                 done = _done_sql(store, ex)
                 if done is None:

@@ -50,8 +50,8 @@ from featurestore.store import (
     DiskFullGuard,
     FeatureStore,
     _check_name,
-    _sql_str,
     dictionary_columns,
+    sql_str,
     utc_now,
     write_json_atomic,
 )
@@ -204,7 +204,7 @@ def compact_table(store: FeatureStore, name: str, *, keep: Callable[[pa.Table], 
 # ---------------------------------------------------------------------------- steps
 def _winners(store: FeatureStore, parts: list[Path], keys: list[str], order: str) -> dict[Path, np.ndarray]:
     """Per part, the sorted row numbers the view keeps (same rule as the view, over exactly ``parts``)."""
-    files_sql = "[" + ", ".join(_sql_str(str(p)) for p in parts) + "]"
+    files_sql = "[" + ", ".join(sql_str(str(p)) for p in parts) + "]"
     query = (f"SELECT {PART_FILE_COLUMN}, list(file_row_number ORDER BY file_row_number) FROM "
              f"({FeatureStore.latest_rows_sql(files_sql, keys, order)}) GROUP BY 1")
     con = duckdb.connect()   # a private connection: the catalog may be released meanwhile; paths are absolute

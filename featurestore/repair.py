@@ -59,6 +59,7 @@ from featurestore.store import (
     query_arrow,
     read_table_file,
     recreate_command,
+    sql_str,
     utc_now,
 )
 
@@ -225,7 +226,7 @@ def _salvage(store: FeatureStore, catalog: Path, report: RepairReport) -> _Old:
     if not catalog.exists():
         return old
     try:
-        con.execute(f"ATTACH {_sql_str(str(catalog))} AS damaged (READ_ONLY)")
+        con.execute(f"ATTACH {sql_str(str(catalog))} AS damaged (READ_ONLY)")
         old.attached = True
         tables = con.execute("SELECT table_name, sql FROM duckdb_tables() WHERE database_name = 'damaged' "
                              "AND schema_name = 'main' ORDER BY table_name").fetchall()
@@ -461,10 +462,6 @@ def _keep_damaged(catalog: Path) -> Path | None:
     if wal.exists():                      # never replayed into the rebuilt catalog
         os.rename(wal, Path(f"{kept}.wal"))
     return kept if catalog.exists() else None
-
-
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _one_line(exc: BaseException) -> str:

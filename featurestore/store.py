@@ -151,7 +151,8 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _sql_str(value: str) -> str:
+def sql_str(value: str) -> str:
+    """``value`` as an SQL string literal (quotes doubled): for paths and globs DuckDB takes only as literals."""
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -506,8 +507,8 @@ def convert_catalog(root: Path) -> bool:
         if Path(f"{catalog}.wal").exists():
             raise StoreError(f"{catalog}.wal is still there after a checkpoint")
         with duckdb.connect() as con:
-            con.execute(f"ATTACH {_sql_str(str(catalog))} AS old (READ_ONLY)")
-            con.execute(f"ATTACH {_sql_str(str(tmp))} AS new (STORAGE_VERSION {_sql_str(STORAGE_VERSION)})")
+            con.execute(f"ATTACH {sql_str(str(catalog))} AS old (READ_ONLY)")
+            con.execute(f"ATTACH {sql_str(str(tmp))} AS new (STORAGE_VERSION {sql_str(STORAGE_VERSION)})")
             con.execute("COPY FROM DATABASE old TO new")
             tables = con.execute("SELECT schema_name, table_name FROM duckdb_tables() "
                                  "WHERE database_name = 'old'").fetchall()
@@ -549,7 +550,7 @@ class FeatureStore:
     def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
         """Use ``con`` as the catalog connection, with the settings every connection of the store gets."""
         if not self._absolute_views:
-            con.execute(f"SET file_search_path = {_sql_str(str(self.root))}")
+            con.execute(f"SET file_search_path = {sql_str(str(self.root))}")
         self._con = con
 
     @property
@@ -890,7 +891,7 @@ class FeatureStore:
         for a window over whole rows (plain Parquet 1.6 s) and its peak memory no longer grows with the
         payload (bench/store_scale.py).
         """
-        glob = _sql_str(self.view_glob(f"{PARTS_DIR}/{_check_name(name)}/*.parquet"))
+        glob = sql_str(self.view_glob(f"{PARTS_DIR}/{_check_name(name)}/*.parquet"))
         return (f"SELECT * EXCLUDE ({PART_FILE_COLUMN}, file_row_number) FROM {self.part_scan_sql(glob)} "
                 f"SEMI JOIN ({self.latest_rows_sql(glob, key_columns, order_column)}) AS _latest "
                 f"USING ({PART_FILE_COLUMN}, file_row_number)")
@@ -900,7 +901,7 @@ class FeatureStore:
         """``read_parquet`` of ``files_sql`` (a quoted glob or a list of quoted paths) with each row's file
         (column :data:`PART_FILE_COLUMN`) and row number in it (``file_row_number``); columns a part
         lacks read as NULL (``union_by_name``: parts written by older versions). DuckDB >= 1.1."""
-        return (f"read_parquet({files_sql}, union_by_name = true, filename = {_sql_str(PART_FILE_COLUMN)}, "
+        return (f"read_parquet({files_sql}, union_by_name = true, filename = {sql_str(PART_FILE_COLUMN)}, "
                 f"file_row_number = true)")
 
     @classmethod
@@ -950,7 +951,7 @@ class FeatureStore:
                 continue
             with self.transaction():
                 self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {body}')
-                self.con.execute(f'COMMENT ON VIEW "{name}" IS {_sql_str(tag)}')
+                self.con.execute(f'COMMENT ON VIEW "{name}" IS {sql_str(tag)}')
 
     # ------------------------------------------------------------------ damaged parts
     def damaged_parts(self, names: Iterable[str] | None = None) -> list[DamagedPart]:

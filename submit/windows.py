@@ -87,13 +87,14 @@ class WindowsSpec:
                 "min_prob": self.min_prob, "audio_root": self.audio_root, "classes": classes}
 
 
-def file_table(relative: str, row_ids: list[str], probs: np.ndarray, classes: list[str], fmt: str,
+def file_table(relative: str, starts: np.ndarray, probs: np.ndarray, classes: list[str], fmt: str,
                min_prob: float):
-    """The rows of one file as a pyarrow table (``wide`` or ``long``, see the module docstring)."""
+    """The rows of one file's windows starting at ``starts`` (s) as a pyarrow table (``wide`` or ``long``, see
+    the module docstring)."""
     import pyarrow as pa
 
-    ends = np.array([int(r.rsplit("_", 1)[1]) for r in row_ids], np.int32)
-    starts = ends - WINDOW_SECONDS
+    starts = np.asarray(starts, np.int32)
+    ends = starts + WINDOW_SECONDS
     probs = np.asarray(probs, np.float32)
     if fmt == "wide":
         cols = {"file": pa.array([relative] * len(ends), pa.string()), "start_s": pa.array(starts),
@@ -121,15 +122,13 @@ class FileResult:
     """What a worker hands back for one file: only metadata (its rows are in its part)."""
 
     relative: str
-    windows: int = 0
-    rows: int = 0
     error: str | None = None
 
 
 def predict_one_file(predictor, root: Path, relative: str, parts: Path, spec: WindowsSpec) -> FileResult:
     """Predict one file and write its part atomically (no part when it cannot be decoded)."""
     from featurestore.store import write_parquet_atomic
-    from featurestore.windows import TEST, window_id
+    from submit.submission import file_window_ids
 
     path = root / relative
     try:
@@ -139,13 +138,13 @@ def predict_one_file(predictor, root: Path, relative: str, parts: Path, spec: Wi
         return FileResult(relative, error=f"{reason} (no rows written; fix it and re-run to predict it)")
     probs = np.asarray(probs, np.float32)
     ok = np.all(np.isfinite(probs), axis=1)
-    ids = [window_id(TEST, path.name, int(r.rsplit("_", 1)[1]) - WINDOW_SECONDS) for r in row_ids]
+    starts = np.array([int(r.rsplit("_", 1)[1]) for r in row_ids]) - WINDOW_SECONDS   # row id: <stem>_<end s>
+    ids = file_window_ids(path, starts)[0]             # the window ids the stack groups a file's rows by
     probs = np.asarray(predictor.finish(ids, np.where(ok[:, None], probs, 0.0), ok), np.float32)
-    table = file_table(relative, row_ids, probs, predictor.class_names, spec.fmt, spec.min_prob)
-    write_parquet_atomic(table, parts / part_name(relative))
+    write_parquet_atomic(file_table(relative, starts, probs, predictor.class_names, spec.fmt, spec.min_prob),
+                         parts / part_name(relative))
     bad = int((~ok).sum())
-    return FileResult(relative, len(row_ids), table.num_rows,
-                      f"{path}: {bad} window(s) gave non-finite probabilities: the head's prior for them"
+    return FileResult(relative, f"{path}: {bad} window(s) gave non-finite probabilities: the head's prior for them"
                       if bad else None)
 
 
@@ -216,6 +215,8 @@ class WindowsSummary:
 
 def _open_parts(parts: Path, manifest: dict) -> set[str]:
     """The parts folder for ``manifest``: made, or resumed when it holds the same run; the part names present."""
+    from featurestore.store import write_json_atomic
+
     parts.mkdir(parents=True, exist_ok=True)
     path = parts / MANIFEST
     if path.exists():
@@ -228,9 +229,7 @@ def _open_parts(parts: Path, manifest: dict) -> set[str]:
             raise UserInputError(f"{parts} holds the parts of another run (its {', '.join(differs)} differ); "
                                  f"finish that run with the same arguments, or delete {parts} or choose another --out")
     else:
-        tmp = path.with_name(f".{MANIFEST}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(path, manifest)
     return {p.name for p in parts.glob("*.parquet")}
 
 

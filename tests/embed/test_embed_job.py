@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ from embed.features import (
     load_window_features,
     pool_frames,
 )
-from embed.job import in_shard, parse_shard, run_embed
+from embed.job import in_shard, parse_shard, run_embed, shard_sql
 from featurestore.competition import DataError
 from featurestore.ingest import run_ingest
 from featurestore.store import FeatureStore, StoreError
@@ -283,6 +284,25 @@ def test_two_shards_give_the_same_rows_as_one_run(demo_store: Path, tmp_path: Pa
     assert parse_shard("1/2") == (1, 2) and in_shard("a/b.ogg", (0, 1))
     with pytest.raises(DataError, match="need 0 <= I < N"):
         parse_shard("2/2")
+
+
+def test_the_plans_sql_shard_rule_picks_the_same_files_as_in_shard(shared_data: Path) -> None:
+    """The embed plan splits files in DuckDB (:func:`embed.job.shard_sql`): the same files as :func:`in_shard`
+    for the real file names of the shared label files, 2,000 more of their shape and a non-ASCII one."""
+    import duckdb
+
+    keys = []
+    for name, source in (("train.csv", "train_audio"), ("train_soundscapes_labels.csv", "train_soundscapes")):
+        with open(shared_data / "bc2026" / name, newline="", encoding="utf-8") as fh:
+            keys += [f"{source}/{r['filename']}" for r in csv.DictReader(fh)]
+    keys = sorted(set(keys))                               # the real names, then 2,000 of the same shape
+    keys += [f"train_soundscapes/BC2026_Train_{i:05d}_S{i % 23:02d}_20250{i % 9 + 1}01_{i % 24:02d}0000.ogg"
+             for i in range(2000)] + ["train_audio/ünïcödé/x'y.ogg"]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE k AS SELECT unnest(?) AS key", [keys])
+    for shard in ((0, 1), (0, 2), (1, 2), (2, 3), (4, 7)):
+        got = {r[0] for r in con.execute(f"SELECT key FROM k WHERE {shard_sql('key', shard)}").fetchall()}
+        assert got == {k for k in keys if in_shard(k, shard)}, shard
 
 
 def test_custom_model_job_with_two_workers(tmp_path: Path, bc2026_store: Path) -> None:
