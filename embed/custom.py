@@ -19,7 +19,10 @@ zero-padded past the end of a file) goes through before the model sees it:
   ``perch_v2`` preset (:data:`embed.registry.PRESETS`) states it. ``target_peak`` may only be set
   with ``"peak_normalize"``.
 
-Both fields are part of the extractor's parameters, so changing them changes its version. Unknown
+``logit_slope`` and ``logit_intercept`` (default 1 and 0) map the model's logits affinely before they
+are stored (perch-hoplite rescales Perch v2's by 0.97 and -10: the ``perch`` family's preset).
+
+These fields are part of the extractor's parameters, so changing them changes its version. Unknown
 keys and bad values raise :class:`~featurestore.errors.ModelError` naming the key. This module
 knows no preset by name: :func:`embed.registry.model_config` resolves ``perch_v2`` and passes the
 presets to :func:`load_config`.
@@ -74,6 +77,8 @@ class ModelConfig:
     labels_column: str | None = None     # CSV column holding the labels (default: the first)
     input_scaling: str = "none"          # one of INPUT_SCALINGS, applied to every frame (module docstring)
     target_peak: float = DEFAULT_TARGET_PEAK  # peak after "peak_normalize"
+    logit_slope: float = 1.0             # stored logits = model logits * logit_slope + logit_intercept
+    logit_intercept: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -98,6 +103,11 @@ class ModelConfig:
                              f"got {self.input_scaling!r}")
         if not _is_number(self.target_peak) or not 0 < self.target_peak < math.inf:
             raise ModelError(f"{where}: target_peak must be a positive number, got {self.target_peak!r}")
+        for key in ("logit_slope", "logit_intercept"):
+            if not _is_number(getattr(self, key)):
+                raise ModelError(f"{where}: {key} must be a finite number, got {getattr(self, key)!r}")
+        if self.logit_slope == 0:
+            raise ModelError(f"{where}: logit_slope must not be 0 (it would erase every logit)")
         if self.input_scaling == "none" and self.target_peak != DEFAULT_TARGET_PEAK:
             raise ModelError(f"{where}: target_peak={self.target_peak!r} has no effect with input_scaling "
                              "'none'; set input_scaling to 'peak_normalize' or drop target_peak")
@@ -264,26 +274,50 @@ class CustomModel(FrameModel):
                  labels_file: str | os.PathLike | None = None, batch_size: int | None = None, threads: int = 1):
         super().__init__()
         self.model_path = Path(model_path).expanduser().resolve()
-        if not self.model_path.is_file():
-            raise ModelError(f"{self.model_path}: model file not found")
-        if self.model_path.suffix.lower() not in (".tflite", ".onnx"):
-            raise ModelError(f"{self.model_path}: expected a .tflite or .onnx model")
+        self.runtime = self._check_model_path()
         self.config = load_config(config)
         self.sample_rate = int(self.config.sample_rate)
         self.frame_s = float(self.config.frame_seconds)
         self.hop_s = float(hop_s or self.config.hop_seconds or self.frame_s)
         self.batch_size, self.threads = batch_size or 1, threads
-        self.model_sha256 = file_sha256(self.model_path)
+        self.model_sha256 = self._model_digest()
         self.labels: list[str] = []
-        labels_path = Path(labels_file) if labels_file else (
-            self.model_path.parent / self.config.labels_file if self.config.labels_file else None)
+        labels_path = Path(labels_file) if labels_file else self._default_labels_path()
         if self.config.logits_output or self.config.logits_dim:
             if labels_path is not None and labels_path.is_file():
-                self.labels = read_model_labels(labels_path, self.config.labels_column)
+                self.labels = self._read_labels(labels_path)
             elif labels_file:
                 raise ModelError(f"{labels_path}: labels file not found")
+            else:
+                self._labels_missing(labels_path)
         self.logits_mode, self.logit_indices, self._logit_labels = self._logit_selection(taxonomy, full_logits)
         self._runner: TFLiteRunner | OnnxRunner | None = None
+
+    # hooks a family built on this one (embed.perch) overrides
+    def _check_model_path(self) -> str:
+        """The runtime that runs :attr:`model_path` (``"tflite"`` | ``"onnx"``); :class:`ModelError` if none."""
+        if not self.model_path.is_file():
+            raise ModelError(f"{self.model_path}: model file not found")
+        if self.model_path.suffix.lower() not in (".tflite", ".onnx"):
+            raise ModelError(f"{self.model_path}: expected a .tflite or .onnx model")
+        return self.model_path.suffix.lower()[1:]
+
+    def _model_digest(self) -> str:
+        return file_sha256(self.model_path)
+
+    def _default_labels_path(self) -> Path | None:
+        return self.model_path.parent / self.config.labels_file if self.config.labels_file else None
+
+    def _read_labels(self, path: Path) -> list[str]:
+        return read_model_labels(path, self.config.labels_column)
+
+    def _labels_missing(self, looked_at: Path | None) -> None:
+        """No labels file found where the config says (and none given): custom models then store no logits."""
+
+    def _make_runner(self, outputs: dict[str, tuple[str | None, int | None]]):
+        kind = OnnxRunner if self.runtime == "onnx" else TFLiteRunner
+        return kind(self.model_path, outputs, input_name=self.config.input_name, threads=self.threads,
+                    batch_size=self.batch_size)
 
     def _logit_selection(self, taxonomy: pa.Table | None, full: bool) -> tuple[str, list[int] | None, list[str]]:
         if not (self.config.logits_output or self.config.logits_dim):
@@ -330,6 +364,9 @@ class CustomModel(FrameModel):
         if config["input_scaling"] == "none":  # the pre-scaling config: same params, same version as before
             config.pop("input_scaling")
             config.pop("target_peak")
+        if (config["logit_slope"], config["logit_intercept"]) == (1.0, 0.0):  # likewise before logit rescaling
+            config.pop("logit_slope")
+            config.pop("logit_intercept")
         return {"kind": self.family, "config": config, "model_path": str(self.model_path),
                 "model_sha256": self.model_sha256, "sample_rate": self.sample_rate, "frame_s": self.frame_s,
                 "hop_s": self.hop_s, "embedding_dtype": "float16", "logits_mode": self.logits_mode,
@@ -346,9 +383,7 @@ class CustomModel(FrameModel):
             outputs: dict[str, tuple[str | None, int | None]] = {"embedding": (c.embedding_output, c.embedding_dim)}
             if self.logits_mode != "none":
                 outputs["logits"] = (c.logits_output, c.logits_dim)
-            kind = OnnxRunner if self.model_path.suffix.lower() == ".onnx" else TFLiteRunner
-            self._runner = kind(self.model_path, outputs, input_name=c.input_name, threads=self.threads,
-                                batch_size=self.batch_size)
+            self._runner = self._make_runner(outputs)
             expected = int(round(self.frame_s * self.sample_rate))
             if self._runner.frame_len != expected:
                 raise ModelError(f"{self.model_path}: input takes {self._runner.frame_len} samples but the config "
@@ -356,4 +391,14 @@ class CustomModel(FrameModel):
         return self._runner
 
     def _run(self, frames: np.ndarray) -> dict[str, np.ndarray]:
-        return self.runner.run(scale_frames(frames, self.config.input_scaling, self.config.target_peak))
+        out = self.runner.run(scale_frames(frames, self.config.input_scaling, self.config.target_peak))
+        return rescale_logits(out, self.config)
+
+
+def rescale_logits(out: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
+    """``out`` with its ``logits`` mapped by the config's ``logit_slope`` and ``logit_intercept`` (computed in
+    float64, stored float32); unchanged when they are 1 and 0."""
+    slope, intercept = float(config.logit_slope), float(config.logit_intercept)
+    if "logits" in out and (slope, intercept) != (1.0, 0.0):
+        out = {**out, "logits": (out["logits"].astype(np.float64) * slope + intercept).astype(np.float32)}
+    return out

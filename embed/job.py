@@ -465,7 +465,7 @@ def _plan_files(path: Path, exs: list[Extractor], data: Path) -> Iterator[FileTa
         yield f
 
 
-_NEEDS_MODEL = ("custom", "cnn")   # families whose --extractor needs --model
+_NEEDS_MODEL = ("custom", "cnn", "perch")   # families whose --extractor needs --model
 
 
 def recreate_command(table: str) -> str:
@@ -582,6 +582,7 @@ def _embed_planned(store_dir: str | os.PathLike, extractors: str | list[str] | t
                    sources: list[str] | None = None, hop_s: float | None = None, batch_size: int | None = None,
                    threads: int = 1, full_logits: bool = False, model: str | os.PathLike | None = None,
                    model_config: str | os.PathLike | dict = "perch_v2", cnn_model: str | os.PathLike | None = None,
+                   perch_model: str | os.PathLike | None = None,
                    labels_file: str | None = None, cache_dir: str | os.PathLike | None = None,
                    task_seconds: float | None = None, progress: Callable[[float], object] | None = None,
                    on_total: Callable[[float], object] | None = None) -> EmbedSummary:
@@ -597,7 +598,8 @@ def _embed_planned(store_dir: str | os.PathLike, extractors: str | list[str] | t
         taxonomy = store.read_table("taxonomy")
         exs = [registry.build(name, taxonomy, hop_s=hop_s, batch_size=batch_size, threads=threads,
                               full_logits=full_logits, model=model, model_config=model_config,
-                              cnn_model=cnn_model, labels_file=labels_file, cache_dir=cache_dir) for name in names]
+                              cnn_model=cnn_model, perch_model=perch_model, labels_file=labels_file,
+                              cache_dir=cache_dir) for name in names]
         _prepare(store, exs)
         root, parts_root = str(store.root), store.root / "parts"
         plan_dir = tempfile.TemporaryDirectory(prefix="embed-plan-")

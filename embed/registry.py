@@ -14,8 +14,9 @@ built from the job's options or from stored ``params``. Registering it is one en
   (what ``extractor_versions`` records about a version).
 
 Presets are plain data, in the manner of perch-hoplite's ``zoo/model_configs.py``: a name, the
-family that runs it and its config. The Perch v2 config lives here and nowhere else;
-``--model-config perch_v2`` resolves through :func:`model_config`. Defaults a family needs
+family that runs it and its config. The Perch v2 configs live here and nowhere else: ``perch_v2``
+for ``--extractor custom`` (``--model-config perch_v2`` resolves through :func:`model_config`) and
+``perch``, the same plus perch-hoplite's logit rescaling, for ``--extractor perch``. Defaults a family needs
 without any preset (BirdNET's 1-s hop) stay its constructor's defaults, stated once in its module.
 
 Importing this module imports every family but neither pyarrow nor duckdb (the Kaggle
@@ -34,6 +35,7 @@ from embed.classical import Classical
 from embed.cnn import CnnModel
 from embed.custom import CustomModel, ModelConfig, load_config
 from embed.extractors import Extractor, View
+from embed.perch import Perch
 from featurestore.errors import BundleError, DataError, ModelError, StoreError, UserInputError
 
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from featurestore.store import FeatureStore
 
 # ---------------------------------------------------------------------------- families and presets
-FAMILIES: dict[str, type[Extractor]] = {cls.family: cls for cls in (BirdNet, Classical, CustomModel, CnnModel)}
+FAMILIES: dict[str, type[Extractor]] = {cls.family: cls for cls in (BirdNet, Classical, CustomModel, CnnModel, Perch)}
 NAMES: tuple[str, ...] = tuple(FAMILIES)   # --extractor choices, in help order
 
 
@@ -57,14 +59,22 @@ class Preset:
     about: str = ""
 
 
+_PERCH_V2 = {"name": "perch_v2", "sample_rate": 32000, "frame_seconds": 5.0, "hop_seconds": 5.0,
+             "input_scaling": "peak_normalize", "target_peak": 0.25, "embedding_output": "embedding",
+             "embedding_dim": 1536, "logits_output": "label", "logits_dim": 14795, "labels_file": "labels.csv"}
+
 PRESETS: dict[str, Preset] = {
     "perch_v2": Preset(
-        "custom",
-        {"name": "perch_v2", "sample_rate": 32000, "frame_seconds": 5.0, "hop_seconds": 5.0,
-         "input_scaling": "peak_normalize", "target_peak": 0.25, "embedding_output": "embedding",
-         "embedding_dim": 1536, "logits_output": "label", "logits_dim": 14795, "labels_file": "labels.csv"},
-        "Perch v2 (Google, 2025): 5-s frames at 32 kHz, each peak-normalised to 0.25 as perch-hoplite "
-        "feeds it; 1,536-d embedding, 14,795 class logits"),
+        "custom", dict(_PERCH_V2),
+        "Perch v2 (Google, 2025) as a user model (--extractor custom): 5-s frames at 32 kHz, each "
+        "peak-normalised to 0.25 as perch-hoplite feeds it; 1,536-d embedding, 14,795 class logits"),
+    # the perch family's one config (--extractor perch): perch_v2 plus the logit rescaling perch-hoplite applies
+    # to Perch v2 by default (zoo/model_configs.py: logit_slope 0.97, logit_intercept -10.0; affine, so ranks
+    # and AUC are unchanged, sigmoid probabilities shift). labels_file is looked up in a SavedModel's assets/.
+    Perch.PRESET: Preset(
+        "perch", {**_PERCH_V2, "logit_slope": 0.97, "logit_intercept": -10.0},
+        "Perch v2 (--extractor perch): the official SavedModel folder, or its .onnx / .tflite form; logits "
+        "mapped to the taxonomy (exact species, else genus max) and rescaled by 0.97 x - 10 as perch-hoplite"),
 }
 
 
@@ -79,7 +89,7 @@ def model_config(spec: str | os.PathLike | dict | ModelConfig) -> ModelConfig:
 
 
 def family_of(extractor: str) -> type[Extractor]:
-    """The family of an extractor name (``birdnet``, ``classical``, ``custom:<model>``)."""
+    """The family of an extractor name (``birdnet``, ``classical``, ``perch``, ``custom:<model>``)."""
     family, _, member = extractor.partition(":")
     cls = FAMILIES.get(family)
     if cls is None or bool(member) != cls.member_named:
@@ -94,7 +104,8 @@ def _extractor_forms() -> list[str]:
 # ---------------------------------------------------------------------------- building and rebuilding
 def build(name: str, taxonomy: pa.Table | None, **options) -> Extractor:
     """The extractor ``--extractor name`` runs, from the embed job's options (hop_s, full_logits,
-    batch_size, threads, cache_dir, model, cnn_model, model_config, labels_file; each family uses its own)."""
+    batch_size, threads, cache_dir, model, cnn_model, perch_model, model_config, labels_file; each family uses its
+    own)."""
     cls = FAMILIES.get(name)
     if cls is None:
         raise DataError(f"unknown extractor {name!r}; use {', '.join(NAMES)}")
@@ -105,7 +116,7 @@ def from_params(params: Mapping, **runtime) -> Extractor:
     """Rebuild an extractor from its stored ``params`` (``extractor_versions.params``, ``extractors.json``).
 
     ``runtime`` passes options that do not change the outputs (threads, batch_size, cache_dir,
-    model_path for a user model that moved); a family ignores those it does not use.
+    model_path for a user or Perch model that moved); a family ignores those it does not use.
     """
     kind = params.get("kind")
     cls = FAMILIES.get(kind) if isinstance(kind, str) else None

@@ -211,10 +211,20 @@ class PriorHead(Head):
         return np.broadcast_to(self.prior_, (X.shape[0], len(self.class_names))).astype(np.float32)
 
 
-class ZeroShotHead(Head):
-    """BirdNET's own logits for the classes matched to the taxonomy; the prior for the rest.
+def zero_shot_prefixes() -> tuple[str, ...]:
+    """Column prefixes of the logit views a zero-shot head reads (``birdnet_logit:``, ``perch_logit:``, ...):
+    every logits view of a family whose extractors are not member-named, from the one registry."""
+    from embed.registry import FAMILIES
 
-    Expects the ``birdnet_logits`` feature view, whose columns are named ``birdnet_logit:<label>``.
+    return tuple(v.prefix() for cls in FAMILIES.values() if not cls.member_named
+                 for v in cls.views if v.column == "logits")
+
+
+class ZeroShotHead(Head):
+    """A pretrained model's own logits for the classes matched to the taxonomy; the prior for the rest.
+
+    Expects a logit feature view whose columns are named ``<prefix>:<primary_label>``: ``birdnet_logits``
+    (``birdnet_logit:<label>``) or ``perch_logits`` (``perch_logit:<label>``, exact or genus-proxy classes).
     """
 
     kind = "zeroshot"
@@ -227,10 +237,14 @@ class ZeroShotHead(Head):
         return self
 
     def column_of_class(self) -> dict[int, int]:
-        by_label = {n.removeprefix(ZERO_SHOT_PREFIX): j for j, n in enumerate(self.feature_names)
-                    if n.startswith(ZERO_SHOT_PREFIX)}
-        if not by_label:
-            raise HeadError("zero-shot head needs the birdnet_logits feature view (columns 'birdnet_logit:<label>')")
+        """Class index -> feature column of its logit, from the first logit view among the features (a joined
+        ``birdnet_logits,perch_logits`` reads BirdNET's; put the one you want first)."""
+        prefixes = zero_shot_prefixes()
+        prefix = next((p for n in self.feature_names for p in prefixes if n.startswith(p)), None)
+        if prefix is None:
+            views = ", ".join(p.removesuffix(":") + "s" for p in prefixes)
+            raise HeadError(f"zero-shot head needs a logit feature view ({views}): columns '<prefix>:<label>'")
+        by_label = {n.removeprefix(prefix): j for j, n in enumerate(self.feature_names) if n.startswith(prefix)}
         return {i: by_label[c] for i, c in enumerate(self.class_names) if c in by_label}
 
     def predict_proba(self, X):

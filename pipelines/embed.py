@@ -24,6 +24,12 @@ Extractors (comma-join several; the audio is decoded once per file):
              [--labels labels.csv] -> table custom_frames (ONNX needs: pip install 'birdclef-stack[onnx]')
   cnn        a spectrogram CNN made by python -m pipelines.cnn: --model out/cnn.tflite (its cnn.json beside
              it); embedding + one logit per class -> table cnn_frames (views cnn, cnn_logits)
+  perch      Perch v2: --model PATH, the official SavedModel folder (Kaggle Models google/bird-vocalization-
+             classifier/tensorFlow2/perch_v2_cpu; needs pip install 'birdclef-stack[perch]', TensorFlow >= 2.20),
+             or its .onnx / .tflite form (labels.csv beside it, or --labels); 5-s frames peak-normalised to
+             0.25, 1,536-d embedding + logits mapped to the taxonomy (exact species, else genus max; rescaled
+             0.97 x - 10 as perch-hoplite; --full-logits keeps all 14,795) -> table perch_frames (views
+             perch, perch_logits). --perch-model PATH when custom runs beside it
 
 Only windows not yet stored for an extractor's version are embedded, so re-running is cheap and a
 killed run resumes. Parts are written atomically by the workers (one process and one interpreter
@@ -47,6 +53,7 @@ Examples:
   python -m pipelines.embed --store /shared/store --engine ray --address auto
   python -m pipelines.embed --store work/store --extractor custom --model ~/models/perch_v2.tflite
   python -m pipelines.embed --store work/store --extractor cnn --model work/cnn/cnn.tflite
+  python -m pipelines.embed --store work/store --extractor perch --model ~/models/perch_v2_cpu/1
 """
 
 
@@ -56,11 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     add_store(ap)
     ap.add_argument("--extractor", default="birdnet,classical",
                     help=f"comma-joined extractors: {', '.join(EXTRACTORS)} (default birdnet,classical)")
-    ap.add_argument("--model", help="model file for --extractor custom (.tflite or .onnx) or cnn (.tflite)")
+    ap.add_argument("--model", help="model file for --extractor custom (.tflite or .onnx) or cnn (.tflite); "
+                                    "for perch: its SavedModel folder, .onnx or .tflite")
     ap.add_argument("--cnn-model", help="the CNN's .tflite when custom and cnn run together (default: --model)")
+    ap.add_argument("--perch-model", help="Perch's SavedModel folder / .onnx / .tflite when custom runs beside it "
+                                          "(default: --model)")
     ap.add_argument("--model-config", default="perch_v2",
                     help="custom model config: a preset (perch_v2) or a JSON file (default perch_v2)")
-    ap.add_argument("--labels", help="labels file of the custom model (default: from its config)")
+    ap.add_argument("--labels", help="labels file of the custom or perch model (default: from its config; "
+                                     "perch: assets/labels.csv of the folder, or labels.csv beside the file)")
     add_engine(ap, "files' embedding")
     ap.add_argument("--shard", default="0/1", help="I/N: embed only this shard of the files (default 0/1)")
     ap.add_argument("--data", help="audio folder (default: data_dir of the latest ingest run)")
@@ -90,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             args.store, args.extractor, data_dir=args.data, workers=args.workers, shard=args.shard,
             sources=args.sources.split(",") if args.sources else None, hop_s=args.hop,
             batch_size=args.batch_size, threads=args.threads, full_logits=args.full_logits, model=args.model,
-            cnn_model=args.cnn_model, model_config=args.model_config, labels_file=args.labels, cache_dir=args.cache_dir,
+            cnn_model=args.cnn_model, perch_model=args.perch_model, model_config=args.model_config,
+            labels_file=args.labels, cache_dir=args.cache_dir,
             task_seconds=args.task_seconds, progress=bar.update, on_total=bar.start, engine=args.engine,
             address=args.address, actors=args.actors)
     print(summary.render())

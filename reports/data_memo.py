@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from embed.near_duplicates import NEAR_DUPLICATE_COSINE, load_file_embeddings, near_duplicate_pairs
+from embed.perch import CLASS_MAP_TABLE as PERCH_CLASS_MAP
 from featurestore.folds import stored_version
 from featurestore.ingest import latest_data_version
 from featurestore.sqlfiles import run_sql_file
@@ -36,7 +37,8 @@ from reports.htmlpage import html_table, img, png, pyplot, render_page, write_pa
 
 SECTIONS = (
     ("key-numbers", "Key numbers"), ("inventory", "Inventory"), ("class-imbalance", "Class imbalance"),
-    ("no-training-data", "Classes with no training data"), ("durations", "Clip durations"),
+    ("no-training-data", "Classes with no training data"), ("perch-coverage", "Perch logits coverage"),
+    ("durations", "Clip durations"),
     ("site-hour", "Labels by site and hour"), ("cooccurrence", "Label co-occurrence"),
     ("metadata", "Metadata missingness and ratings"), ("audio-qa", "Audio QA outliers"),
     ("leakage", "Leakage findings"), ("near-duplicates", "Near-duplicate recordings"),
@@ -169,6 +171,13 @@ def gather(store: FeatureStore) -> Memo:
             [QA_CLIPPED, QA_SILENT, QA_LOW_SNR_DB, QA_CLIPPED, QA_SILENT, QA_LOW_SNR_DB])
         memo.tables["qa_all"] = store.sql("SELECT source, rms_dbfs, snr_db, clipped_fraction, silent_frame_fraction "
                                           "FROM audio_inventory WHERE error IS NULL")
+    if store.has_table(PERCH_CLASS_MAP):   # written by pipelines.embed --extractor perch (embed.perch)
+        memo.tables["perch_map"] = store.sql(
+            f"SELECT primary_label, scientific_name, class_name, match, len(perch_indices) AS n_perch_classes, "
+            f"perch_names FROM {PERCH_CLASS_MAP}")
+    else:
+        memo.notes["perch_map"] = ("no Perch features yet: run python -m pipelines.embed --store "
+                                   f"{memo.store} --extractor perch --model PATH (the SavedModel folder, .onnx or .tflite)")
     memo.classes = class_table(_rows(memo, "long_tail"), taxonomy_names(store))
     memo.cooc = cooccurrence_matrix(store)
     gather_near_duplicates(store, memo)
@@ -630,6 +639,37 @@ def _by_group(rows: list[dict]) -> str:
     return ", ".join(f"{g} {n}" for g, n in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def perch_coverage_html(memo: Memo) -> str:
+    """How Perch's logits reach the taxonomy (``perch_class_map``): counts by taxon group, then every class
+    with no Perch logit (a zero-shot head gives them the prior; a trained head on the embedding can still learn
+    them) and every genus proxy with the Perch classes it takes the maximum of."""
+    rows = _rows(memo, "perch_map")
+    if not rows:
+        return note(memo, "perch_map") or "<p class='none'>the perch_class_map table is empty</p>"
+    groups: dict[str, dict] = {}
+    for r in rows:
+        g = groups.setdefault(r["class_name"], {"taxon group": r["class_name"], "classes": 0, "exact": 0,
+                                                "genus proxy": 0, "none": 0})
+        g["classes"] += 1
+        g[{"exact": "exact", "genus": "genus proxy"}.get(r["match"], "none")] += 1
+    table = sorted(groups.values(), key=lambda g: g["taxon group"])
+    total = {k: sum(g[k] for g in table) for k in ("classes", "exact", "genus proxy", "none")}
+    unmapped = [{k: r[k] for k in ("primary_label", "scientific_name", "class_name")} for r in rows
+                if r["match"] == "none"]
+    proxies = [{"primary_label": r["primary_label"], "scientific_name": r["scientific_name"],
+                "class_name": r["class_name"], "perch_classes": "; ".join(r["perch_names"] or [])}
+               for r in rows if r["match"] == "genus"]
+    return (f"<p>{total['exact']} of {total['classes']} classes have their own Perch logit, {total['genus proxy']} "
+            f"a genus proxy (the maximum over the genus's Perch species), {total['none']} none.</p>"
+            + html_table([*table, {"taxon group": "all", **total}], None)
+            + f"<h3>No Perch logit ({len(unmapped)})</h3>"
+            + (f"<details><summary>the {len(unmapped)} classes</summary>" + html_table(unmapped, None) + "</details>"
+               if unmapped else "<p>none</p>")
+            + f"<h3>Genus proxies ({len(proxies)})</h3>"
+            + (f"<details><summary>the {len(proxies)} classes</summary>" + html_table(proxies, None) + "</details>"
+               if proxies else "<p>none</p>"))
+
+
 def section_bodies(memo: Memo, names: dict[str, dict] | None = None) -> dict[str, str]:
     t = memo.tables
     out: dict[str, str] = {}
@@ -659,6 +699,7 @@ def section_bodies(memo: Memo, names: dict[str, dict] | None = None) -> dict[str
          f"that list them as a secondary label only.</p><details open><summary>the {len(empty)} classes</summary>"
          + html_table(empty, None) + "</details>") if empty else
         ("<p>Every class has training data.</p>" if memo.classes else note(memo, "long_tail")))
+    out["perch-coverage"] = perch_coverage_html(memo)
     out["durations"] = ((img(plot_durations(memo.durations), "durations") if memo.durations else "<p>no audio</p>")
                         + html_table(t.get("durations_sql"), 40) + note(memo, "durations_sql"))
     site_rows = _rows(memo, "site_hour")

@@ -203,3 +203,135 @@ def band_power_reference(frames: np.ndarray, model: BandPower) -> tuple[np.ndarr
     power = (x @ model.F.astype(np.float64)) ** 2
     emb = np.log(power.mean(axis=1) + model.eps)
     return emb, emb @ model.W.astype(np.float64) + model.b.astype(np.float64)
+
+
+# ---------------------------------------------------------------------------- a tiny Perch v2 stand-in
+PERCH_SAMPLES, PERCH_STEPS, PERCH_BINS = 160000, 500, 128     # 5 s at 32 kHz; spectrogram [500, 128] as Perch v2's
+
+
+@dataclass(frozen=True)
+class TinyPerch:
+    """Weights of the tiny Perch stand-in (:func:`build_tiny_perch`), seeded: spectrogram filters ``F`` (320,
+    128), embedding ``W`` (128, dim) + ``c``, label head ``H`` (dim, n_labels) + ``h``; float32."""
+
+    F: np.ndarray
+    W: np.ndarray
+    c: np.ndarray
+    H: np.ndarray
+    h: np.ndarray
+    eps: float = 1e-6
+
+
+def tiny_perch_weights(dim: int, n_labels: int, seed: int = 0) -> TinyPerch:
+    rng = np.random.default_rng(seed)
+    sub = PERCH_SAMPLES // PERCH_STEPS
+    return TinyPerch(F=(rng.normal(size=(sub, PERCH_BINS)) / np.sqrt(sub)).astype(np.float32),
+                     W=(rng.normal(size=(PERCH_BINS, dim)) / np.sqrt(PERCH_BINS)).astype(np.float32),
+                     c=rng.normal(size=dim).astype(np.float32),
+                     H=(rng.normal(size=(dim, n_labels)) / np.sqrt(dim)).astype(np.float32),
+                     h=rng.normal(size=n_labels).astype(np.float32))
+
+
+def tiny_perch_reference(frames: np.ndarray, w: TinyPerch) -> tuple[np.ndarray, np.ndarray]:
+    """float64 recomputation of the stand-in's embedding and label logits for (n, 160000) frames:
+    spectrogram = log((frames as [n, 500, 320]) @ F)^2 + eps), embedding = its time mean @ W + c,
+    label = embedding @ H + h."""
+    x = frames.astype(np.float64).reshape(len(frames), PERCH_STEPS, -1)
+    spec = np.log((x @ w.F.astype(np.float64)) ** 2 + np.float64(np.float32(w.eps)))
+    emb = spec.mean(axis=1) @ w.W.astype(np.float64) + w.c.astype(np.float64)
+    return emb, emb @ w.H.astype(np.float64) + w.h.astype(np.float64)
+
+
+def write_perch_labels(path: Path, labels: list[str]) -> Path:
+    """Perch v2's labels.csv: the header ``inat2024_fsd50k``, then one name per logit."""
+    path.write_text("inat2024_fsd50k\n" + "".join(f"{name}\n" for name in labels), encoding="utf-8")
+    return path
+
+
+def build_tiny_perch(folder: Path, labels: list[str], dim: int = 32, seed: int = 0) -> Path:
+    """A real TensorFlow SavedModel in ``folder`` with Perch v2's interface: signature ``serving_default``,
+    input ``inputs`` [None, 160000] float32, outputs ``embedding`` [B, dim], ``label`` [B, len(labels)],
+    ``spatial_embedding`` [B, 16, 4, dim] and ``spectrogram`` [B, 500, 128]; ``assets/labels.csv`` as Perch's.
+    The math is :func:`tiny_perch_reference` with :func:`tiny_perch_weights` (``dim``, ``seed``); no XLA op."""
+    import tensorflow as tf
+
+    w = tiny_perch_weights(dim, len(labels), seed)
+    source = Path(folder).parent / f".{Path(folder).name}-labels"
+    source.mkdir(parents=True, exist_ok=True)
+
+    class StandIn(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.labels = tf.saved_model.Asset(str(write_perch_labels(source / "labels.csv", labels)))
+            self.F, self.W, self.c = tf.Variable(w.F), tf.Variable(w.W), tf.Variable(w.c)
+            self.H, self.h = tf.Variable(w.H), tf.Variable(w.h)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, PERCH_SAMPLES], tf.float32, name="inputs")])
+        def serve(self, inputs):
+            b = tf.shape(inputs)[0]
+            projected = tf.matmul(tf.reshape(inputs, [b, PERCH_STEPS, -1]), self.F)
+            spectrogram = tf.math.log(projected * projected + w.eps)
+            embedding = tf.matmul(tf.reduce_mean(spectrogram, axis=1), self.W) + self.c
+            spatial = tf.reshape(embedding, [b, 1, 1, dim]) + tf.zeros([1, 16, 4, 1])
+            return {"embedding": embedding, "label": tf.matmul(embedding, self.H) + self.h,
+                    "spatial_embedding": spatial, "spectrogram": spectrogram}
+
+    module = StandIn()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    return Path(folder)
+
+
+def convert_tiny_perch_tflite(saved_model: Path, path: Path) -> Path:
+    """The SavedModel converted by TensorFlow's TFLite converter (builtin ops only), as the official one is."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["serving_default"])
+    Path(path).write_bytes(converter.convert())
+    return Path(path)
+
+
+def build_tiny_perch_onnx(path: Path, n_labels: int, dim: int = 32, seed: int = 0) -> Path:
+    """:func:`build_tiny_perch`'s math and weights (same ``dim``, ``seed``) written with onnx.helper (tf2onnx is
+    not installed): input ``inputs`` [batch, 160000], the same four outputs by name."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = tiny_perch_weights(dim, n_labels, seed)
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["inputs", "steps"], ["framed"]),
+         helper.make_node("MatMul", ["framed", "F"], ["projected"]),
+         helper.make_node("Mul", ["projected", "projected"], ["power"]),
+         helper.make_node("Add", ["power", "eps"], ["power_eps"]),
+         helper.make_node("Log", ["power_eps"], ["spectrogram"]),
+         helper.make_node("ReduceMean", ["spectrogram", "time_axis"], ["pooled"], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "W"], ["pooled_W"]),
+         helper.make_node("Add", ["pooled_W", "c"], ["embedding"]),
+         helper.make_node("MatMul", ["embedding", "H"], ["embedding_H"]),
+         helper.make_node("Add", ["embedding_H", "h"], ["label"]),
+         helper.make_node("Reshape", ["embedding", "spatial_shape"], ["embedding_4d"]),
+         helper.make_node("Add", ["embedding_4d", "spatial_zeros"], ["spatial_embedding"])],
+        "tiny_perch", [helper.make_tensor_value_info("inputs", f32, ["batch", PERCH_SAMPLES])],
+        [helper.make_tensor_value_info("embedding", f32, ["batch", dim]),
+         helper.make_tensor_value_info("label", f32, ["batch", n_labels]),
+         helper.make_tensor_value_info("spatial_embedding", f32, ["batch", 16, 4, dim]),
+         helper.make_tensor_value_info("spectrogram", f32, ["batch", PERCH_STEPS, PERCH_BINS])],
+        [numpy_helper.from_array(np.asarray([-1, PERCH_STEPS, PERCH_SAMPLES // PERCH_STEPS], np.int64), "steps"),
+         numpy_helper.from_array(w.F, "F"), numpy_helper.from_array(np.asarray(w.eps, np.float32), "eps"),
+         numpy_helper.from_array(np.asarray([1], np.int64), "time_axis"),
+         numpy_helper.from_array(w.W, "W"), numpy_helper.from_array(w.c, "c"),
+         numpy_helper.from_array(w.H, "H"), numpy_helper.from_array(w.h, "h"),
+         numpy_helper.from_array(np.asarray([-1, 1, 1, dim], np.int64), "spatial_shape"),
+         numpy_helper.from_array(np.zeros((1, 16, 4, 1), np.float32), "spatial_zeros")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="birdclef-stack tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
+# Perch-style labels of the tiny stand-in against the bc2026 taxonomy: three exact species (an insect, two frogs),
+# a second Leptodactylus (the genus proxy of the other eight Leptodactylus classes), a Synallaxis absent from the
+# taxonomy (proxy of its five Synallaxis), an FSD50K sound event and a species of no taxonomy genus
+TINY_PERCH_LABELS = ["Guyalna cuta", "Speech_synthesizer", "Lysapsus limellum", "Leptodactylus fuscus",
+                     "Leptodactylus notoaktites", "Rana temporaria", "Synallaxis brachyura"]

@@ -4,8 +4,9 @@ In the manner of scikit-learn's ``parametrize_with_checks``: every check is para
 registry, so a family added there is checked here for free once :data:`CHANGE` says which of its
 output-defining parameters to change (the test that compares the two lists fails until it does).
 Each family is built as the embed job builds it (:func:`embed.registry.build` with the job's
-options): BirdNET with the real bundled model, classical, and a user model (a tiny real TFLite
-file, :func:`embed_helpers.build_tiny_tflite`). Audio: real clips of the shared data, among them
+options): BirdNET with the real bundled model, classical, a user model (a tiny real TFLite
+file, :func:`embed_helpers.build_tiny_tflite`) and Perch (a Perch v2 stand-in converted to TFLite,
+:func:`embed_helpers.build_tiny_perch`, passed as ``perch_model`` as the job does beside a custom model). Audio: real clips of the shared data, among them
 the 0.29-s one, plus digital silence and an empty file. The CNN student is a seeded, untrained model
 exported by :mod:`students.cnn` (TensorFlow, from the ``test`` extra).
 """
@@ -23,7 +24,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from embed_helpers import birdnet_cache, build_tiny_tflite
+from embed_helpers import (
+    TINY_PERCH_LABELS,
+    birdnet_cache,
+    build_tiny_perch,
+    build_tiny_tflite,
+    convert_tiny_perch_tflite,
+    write_perch_labels,
+)
 
 from embed import registry
 from embed.audio import Audio
@@ -47,6 +55,7 @@ CHANGE: dict[str, Callable[[dict], dict]] = {
     "classical": lambda p: {**p, "classical": {**p["classical"], "n_mels": 64}},
     "custom": lambda p: {**p, "hop_s": 1.0},
     "cnn": lambda p: {**p, "logits_mode": "none", "logit_indices": [], "logit_labels": []},
+    "perch": lambda p: {**p, "config": {**p["config"], "logit_intercept": -9.0}},
 }
 FAMILIES = list(registry.NAMES)
 
@@ -65,7 +74,8 @@ def options(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (folder / "labels.txt").write_text("\n".join(TINY_LABELS) + "\n")
     (folder / "tiny.json").write_text(json.dumps(TINY_CONFIG))
     return {"cache_dir": birdnet_cache(tmp_path_factory), "model": folder / "tiny.tflite",
-            "model_config": folder / "tiny.json", "cnn_model": build_tiny_cnn(folder)}
+            "model_config": folder / "tiny.json", "cnn_model": build_tiny_cnn(folder),
+            "perch_model": build_tiny_perch_tflite(folder)}
 
 
 def build_tiny_cnn(folder: Path) -> Path:
@@ -80,6 +90,14 @@ def build_tiny_cnn(folder: Path) -> Path:
     classes = ["1161364", "1595929", "244024"]
     model = build_model(fe, len(classes), 8, make_cnn_params({"channels": [4, 8]}))
     return export(model, folder, fe, classes, name="tiny_cnn")
+
+
+def build_tiny_perch_tflite(folder: Path) -> Path:
+    """A Perch v2 stand-in (Perch's signature, 32-d embedding, labels.csv) converted to TFLite, for ``perch``."""
+    saved = build_tiny_perch(folder / "perch_savedmodel", TINY_PERCH_LABELS)
+    (folder / "perch").mkdir()
+    write_perch_labels(folder / "perch" / "labels.csv", TINY_PERCH_LABELS)
+    return convert_tiny_perch_tflite(saved, folder / "perch" / "perch_v2.tflite")
 
 
 @pytest.fixture(scope="module")
