@@ -6,7 +6,9 @@
   parsing, building from the job's options and rebuilding from stored params;
 * :mod:`embed.birdnet` — BirdNET V2.4 (TFLite, ai-edge-litert) embedding + matched logits;
 * :mod:`embed.classical` — log-mel / PCEN / MFCC / spectral statistics per window (numpy + scipy);
-* :mod:`embed.custom` — user-supplied TFLite or ONNX models from a small config (e.g. the Perch v2 preset);
+* :mod:`embed.custom` — user-supplied TFLite or ONNX models from a small config;
+* :mod:`embed.perch` — Perch v2 in its three forms (SavedModel folder, ONNX, TFLite) behind one runner
+  interface; :mod:`embed.perch_map` — its 14,795 labels mapped to the taxonomy (exact, genus proxy, none);
 * :mod:`embed.features` — read pooled window features back (:func:`load_window_features`) or embed
   one file in memory (:func:`embed_file`) — the API for training and the Kaggle notebook;
 * :mod:`embed.job` — the resumable, sharded, multi-process job behind ``python -m pipelines.embed``;
