@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from featurestore.errors import StoreError, UserInputError
 from featurestore.sqlfiles import split_statements, sql_text
-from featurestore.store import FeatureStore, query_arrow
+from featurestore.store import DiskFullGuard, FeatureStore, query_arrow, write_parquet_atomic
 
 
 def read_sql(file: str) -> tuple[str, str]:
@@ -61,17 +61,42 @@ def render(table: pa.Table, max_rows: int, max_width: int = 40) -> str:
     return "\n".join(lines)
 
 
+def csv_ready(table: pa.Table) -> pa.Table:
+    """``table`` with every nested column (list, struct, map) as JSON text, which CSV can hold (pyarrow's CSV
+    writer refuses nested types); NULL stays empty."""
+    import json
+
+    for i, field in enumerate(table.schema):
+        if pa.types.is_nested(field.type):
+            text = [None if v is None else json.dumps(v, default=str, ensure_ascii=False)
+                    for v in table.column(i).to_pylist()]
+            table = table.set_column(i, pa.field(field.name, pa.string()), pa.array(text, pa.string()))
+    return table
+
+
 def write_out(table: pa.Table, out: Path) -> None:
-    if out.suffix == ".csv":
-        import pyarrow.csv as pacsv
+    """The whole result to ``out`` (.csv: nested columns as JSON text; .parquet: as is), written under a temporary
+    name and renamed, so a failure leaves no partial file; a missing folder is refused, not created."""
+    import os
+    import uuid
 
-        pacsv.write_csv(table, out)
-    elif out.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, out, compression="zstd")
-    else:
+    out = Path(out)
+    if out.suffix not in (".csv", ".parquet"):
         raise UserInputError(f"--out must end in .csv or .parquet, got {out.name!r}")
+    if not out.parent.is_dir():
+        raise UserInputError(f"--out {out}: the folder {out.parent} does not exist")
+    if out.suffix == ".parquet":
+        write_parquet_atomic(table, out)
+        return
+    import pyarrow.csv as pacsv
+
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with DiskFullGuard(out, out.parent):
+            pacsv.write_csv(csv_ready(table), tmp)
+            os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def query(store_dir: str | Path, text: str, label: str) -> pa.Table:

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import sys
 import threading
 import time
@@ -121,6 +122,12 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     try:
         with contextlib.nullcontext() if quiet else Heartbeat(HEARTBEAT_S):
             code = main(argv)
+    except BrokenPipeError:
+        # the reader went away (``| head``): Python's own recipe - point stdout at /dev/null so the interpreter's
+        # last flush cannot raise again - and the status a shell reports for a writer killed by SIGPIPE
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
+        code = 128 + signal.SIGPIPE
     except Exception as exc:
         if isinstance(exc, USER_ERRORS):
             message = " ".join(str(exc).split("\n")[:1]) or type(exc).__name__
