@@ -142,7 +142,7 @@ JOBS = sorted(m.name for m in pkgutil.iter_modules(pipelines.__path__) if not m.
 
 
 def test_the_jobs_are_the_documented_ones() -> None:
-    assert JOBS == ["cnn", "compact", "demo", "distill", "dryrun", "embed", "errors", "export", "folds", "ingest", "leaderboard", "plan",
+    assert JOBS == ["cnn", "compact", "convert", "demo", "distill", "dryrun", "embed", "errors", "export", "folds", "ingest", "leaderboard", "plan",
                     "predict", "pseudo", "repair", "report", "selftrain", "sql", "stack", "train", "tune",
                     "validate_submission"]
 
