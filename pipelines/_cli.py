@@ -240,14 +240,24 @@ def _json_of(text: str, kind: type, what: str):
     return value
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
+def at_least(minimum: int) -> Callable[[str], int]:
+    """The argparse ``type`` of a count option: a whole number >= ``minimum``, else argparse's one-line usage error
+    naming the option (every count option of every job uses it, so ``--cpus 0`` never reaches a division)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"    # what argparse names in its message
+    return parse
+
+
+positive_int = at_least(1)
+non_negative_int = at_least(0)
 
 
 # ---------------------------------------------------------------------------- progress

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines._cli import add_seed, add_store, add_workers, json_object, parser, run_main
+from pipelines._cli import add_seed, add_store, add_workers, json_object, parser, positive_int, run_main
 from students.cnn import make_cnn_params, train_cnn
 
 EPILOG = """
@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="folder for the model files, checkpoints and summary")
     ap.add_argument("--folds", action="store_true",
                     help="also train one model per fold: OOF predictions, fold mean, experiments row, int8 check")
-    ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 6)")
-    ap.add_argument("--distill-epochs", type=int, default=None, help="distillation epochs (default 4)")
+    ap.add_argument("--epochs", type=positive_int, default=None, help="fine-tuning epochs (default 6)")
+    ap.add_argument("--distill-epochs", type=positive_int, default=None, help="distillation epochs (default 4)")
     ap.add_argument("--pseudo", help="pseudo-label version (pipelines.pseudo) for the unlabelled windows")
     ap.add_argument("--params", type=json_object, default="{}",
                     help="JSON object of CNN parameters (students/cnn.py CnnParams)")

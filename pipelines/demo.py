@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from featurestore.demo_data import default_out
-from pipelines._cli import parser, run_main
+from pipelines._cli import parser, positive_int, run_main
 from pipelines._demo import run_demo
 
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"work folder for the demo data and store (default {default_out()})")
     ap.add_argument("--small", action="store_true", help="a smaller dataset (used by the tests)")
     ap.add_argument("--seed", type=int, default=2026, help="generator seed (default 2026)")
-    ap.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    ap.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: all cores)")
     args = ap.parse_args(argv)
     run_demo(args.out, small=args.small, seed=args.seed, workers=args.workers)
     return 0

@@ -17,6 +17,7 @@ from pipelines._cli import (
     add_seed,
     add_store,
     json_object,
+    non_negative_int,
     parser,
     pseudo_overrides,
     run_main,
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     add_pseudo_params(ap, d)
     ap.add_argument("--audio", type=Path, nargs="*", default=None,
                     help="audio files for the cost measurement (default: 3 of the store's train soundscapes)")
-    ap.add_argument("--cost-files", type=int, default=3, help="files measured when --audio is not given (0: skip)")
+    ap.add_argument("--cost-files", type=non_negative_int, default=3, help="files measured when --audio is not given (0: skip)")
     ap.add_argument("--no-baseline", action="store_true",
                     help="skip training the student's head on the labels alone (the comparison row)")
     add_seed(ap)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from pipelines._cli import parser, run_main
+from pipelines._cli import parser, positive_int, run_main
 from submit.dryrun import TOLERANCE, WORK_MARKER, dry_run
 
 EPILOG = f"""
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"work folder: new, empty, or one a dry run made (it holds {WORK_MARKER}); a non-empty "
                          "folder without it is refused (default: .<bundle>-dryrun beside the bundle)")
     ap.add_argument("--sample", default=None, help="sample_submission.csv (default: header from the bundle)")
-    ap.add_argument("--files", type=int, default=600, help="test files to project for (default 600)")
-    ap.add_argument("--cpus", type=int, default=4, help="Kaggle CPUs (default 4)")
+    ap.add_argument("--files", type=positive_int, default=600, help="test files to project for (default 600)")
+    ap.add_argument("--cpus", type=positive_int, default=4, help="Kaggle CPUs (default 4)")
     ap.add_argument("--budget-min", type=float, default=None, help="budget in minutes (default: the bundle's, 90)")
     ap.add_argument("--allow-network", action="store_true",
                     help="run with network when this machine cannot cut it (unshare -n not permitted)")

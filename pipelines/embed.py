@@ -10,6 +10,7 @@ from pipelines._cli import (
     add_store,
     check_engine,
     parser,
+    positive_int,
     run_main,
 )
 
@@ -80,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hop", type=float, default=None,
                     help="frame hop inside a window in seconds (default: BirdNET 1.0 -> frames at 0, 1, 2 s; "
                          "custom: its config)")
-    ap.add_argument("--batch-size", type=int, default=None,
+    ap.add_argument("--batch-size", type=positive_int, default=None,
                     help="frames per interpreter call (default: 4 for BirdNET, 1 for a custom model)")
-    ap.add_argument("--threads", type=int, default=1, help="interpreter threads per worker (default 1)")
+    ap.add_argument("--threads", type=positive_int, default=1, help="interpreter threads per worker (default 1)")
     ap.add_argument("--full-logits", action="store_true", help="store every model logit, not only matched classes")
     ap.add_argument("--task-seconds", type=float, default=None,
                     help="audio seconds per task = per atomic part (default: automatic, <= 600)")

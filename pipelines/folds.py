@@ -8,7 +8,7 @@ Writes three versioned tables: ``folds`` (every window -> fold 0..K-1; test soun
 from __future__ import annotations
 
 from featurestore.folds import SOUNDSCAPE_GROUPINGS, FoldParams, make_folds
-from pipelines._cli import add_store, parser, run_main
+from pipelines._cli import add_store, at_least, parser, positive_int, run_main
 
 EPILOG = """
 Grouping (nothing near-identical straddles folds):
@@ -35,12 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser("folds", __doc__)
     ap.epilog = EPILOG
     add_store(ap)
-    ap.add_argument("-k", "--k", "--n-folds", dest="k", type=int, default=d.k,
+    ap.add_argument("-k", "--k", "--n-folds", dest="k", type=at_least(2), default=d.k,
                     help=f"number of folds (default {d.k}); --fold-version elsewhere names a stored fold version")
     ap.add_argument("--seed", type=int, default=d.seed, help=f"tie-break and replay seed (default {d.seed})")
     ap.add_argument("--soundscape-group", choices=SOUNDSCAPE_GROUPINGS, default=d.soundscape_group,
                     help=f"how soundscapes are grouped, see below (default {d.soundscape_group})")
-    ap.add_argument("--date-block-days", type=int, default=d.date_block_days,
+    ap.add_argument("--date-block-days", type=positive_int, default=d.date_block_days,
                     help=f"days per date block for site_date / site_split (default {d.date_block_days})")
     ap.add_argument("--split-fraction", type=float, default=d.split_fraction,
                     help="site_split: cut a site holding more than this x 1/k of the labelled windows "

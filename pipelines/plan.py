@@ -7,7 +7,7 @@ Without ``--audio`` the costs measured at export time are used. The library: sub
 
 from __future__ import annotations
 
-from pipelines._cli import parser, run_main
+from pipelines._cli import parser, positive_int, run_main
 from submit.plan import plan_bundle
 
 EPILOG = """
@@ -20,10 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser("plan", __doc__, EPILOG)
     ap.add_argument("--bundle", required=True, help="bundle folder written by pipelines.export")
     ap.add_argument("--audio", default=None, help="soundscapes to measure on (default: the export's measurement)")
-    ap.add_argument("--files", type=int, default=600, help="test files to project for (default 600)")
-    ap.add_argument("--cpus", type=int, default=4, help="Kaggle CPUs (default 4)")
+    ap.add_argument("--files", type=positive_int, default=600, help="test files to project for (default 600)")
+    ap.add_argument("--cpus", type=positive_int, default=4, help="Kaggle CPUs (default 4)")
     ap.add_argument("--budget-min", type=float, default=90.0, help="budget in minutes (default 90)")
-    ap.add_argument("--measure-files", type=int, default=3, help="files of --audio to measure on (default 3)")
+    ap.add_argument("--measure-files", type=positive_int, default=3, help="files of --audio to measure on (default 3)")
     args = ap.parse_args(argv)
     _, text = plan_bundle(args.bundle, args.audio, n_files=args.files, cpus=args.cpus, budget_min=args.budget_min,
                           measure_files=args.measure_files)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.pseudo_labels import PseudoParams, make_params
-from pipelines._cli import add_pseudo_params, add_store, parser, pseudo_overrides, run_main
+from pipelines._cli import add_pseudo_params, add_store, parser, positive_int, pseudo_overrides, run_main
 from students.pseudo import run_pseudo
 
 EPILOG = """
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--answers", type=Path, default=None,
                     help="held-back labels of some unlabelled windows (train_soundscapes_labels.csv layout, e.g. "
                          "the demo's unlabelled_answers.csv): print the labels' macro ROC-AUC against them")
-    ap.add_argument("--round", type=int, default=1, help="self-training round recorded with the labels (default 1)")
+    ap.add_argument("--round", type=positive_int, default=1, help="self-training round recorded with the labels (default 1)")
     args = ap.parse_args(argv)
     params = make_params({**pseudo_overrides(args), "pool": args.pool})
     print(run_pseudo(args.store, args.teacher, params, round_=args.round, answers=args.answers).render())

@@ -8,7 +8,7 @@ base head re-trained, then re-stacked). No re-embedding. The library: students/s
 from __future__ import annotations
 
 from models.pseudo_labels import PseudoParams, make_params
-from pipelines._cli import add_pseudo_params, add_store, parser, pseudo_overrides, run_main, say
+from pipelines._cli import add_pseudo_params, add_store, parser, positive_int, pseudo_overrides, run_main, say
 from students.selftrain import run_selftrain
 
 EPILOG = """
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     add_store(ap)
     d = PseudoParams()
     ap.add_argument("--teacher", required=True, help="trained or stacked head id of round 0")
-    ap.add_argument("--rounds", type=int, default=3, help="maximum number of rounds (default 3)")
+    ap.add_argument("--rounds", type=positive_int, default=3, help="maximum number of rounds (default 3)")
     ap.add_argument("--min-gain", type=float, default=0.0,
                     help="stop when a round's fold mean does not beat the best by more than this (default 0)")
     add_pseudo_params(ap, d)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from featurestore.query import query, read_sql, render, write_out
-from pipelines._cli import add_store, parser, run_main
+from pipelines._cli import add_store, non_negative_int, parser, run_main
 
 EPILOG = """
 Examples:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("file", nargs="?", help="a .sql file, or a shipped name such as eda/class_counts")
     what.add_argument("-c", "--command", metavar="SQL", help="run this SQL text instead of a file")
-    ap.add_argument("--max-rows", type=int, default=50, help="rows printed (default 50; --out writes all)")
+    ap.add_argument("--max-rows", type=non_negative_int, default=50, help="rows printed (default 50; --out writes all)")
     ap.add_argument("--out", type=Path, default=None, help="write the whole result to a .csv or .parquet file")
     args = ap.parse_args(argv)
     label, text = ("--command", args.command) if args.command else read_sql(args.file)

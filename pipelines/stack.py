@@ -12,7 +12,16 @@ is recorded as a ``tuned`` stacked head.
 
 from __future__ import annotations
 
-from pipelines._cli import add_seed, add_storage, add_store, json_list, json_object, parser, run_main
+from pipelines._cli import (
+    add_seed,
+    add_storage,
+    add_store,
+    json_list,
+    json_object,
+    non_negative_int,
+    parser,
+    run_main,
+)
 from stack.post import POST_OPS
 from stack.stackers import PARAMS_BY_KIND
 
@@ -43,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="post chain as JSON [[op, {params}], ...] (not searched)")
     ap.add_argument("--zero-shot", default="", help="stored zero-shot logit views to add as sources, e.g. birdnet_logits")
     ap.add_argument("--zero-shot-pooling", default="mean", help="frame->window pooling of those views (default mean)")
-    ap.add_argument("--trials", type=int, default=0, help="Optuna trials to add to --study (default 0: one run)")
+    ap.add_argument("--trials", type=non_negative_int, default=0, help="Optuna trials to add to --study (default 0: one run)")
     ap.add_argument("--study", default=None, help="study name in <store>/optuna.db or --storage (with --trials)")
     add_storage(ap)
     ap.add_argument("--tag", default=None, help="leaderboard tag (default full; tuned for a study's best)")

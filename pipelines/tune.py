@@ -23,7 +23,7 @@ from models.tuning import (
     resolve_storage,
     run_tune,
 )
-from pipelines._cli import add_seed, add_storage, add_store, json_object, parser, run_main
+from pipelines._cli import add_seed, add_storage, add_store, json_object, parser, positive_int, run_main
 
 EPILOG = f"""
 Modes:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     add_store(ap)
     ap.add_argument("--head-kind", required=True, help=f"head kind to tune: {', '.join(SEARCH_SPACES)}")
     ap.add_argument("--study", required=True, help="study name (re-use it to resume and add trials)")
-    ap.add_argument("--trials", type=int, default=20,
+    ap.add_argument("--trials", type=positive_int, default=20,
                     help="trials to add to the study by this command, in all its --workers (default 20)")
     add_storage(ap)
     ap.add_argument("--features", default="birdnet", help="feature view(s), comma-joined (default birdnet)")
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=json_object, default="{}", help="JSON object of head parameters to hold fixed")
     ap.add_argument("--fold-version", default=None, help="fold version (default: the current folds table)")
     ap.add_argument("--mode", choices=MODES, default="full", help="full or fast (see below; default full)")
-    ap.add_argument("--focal-per-class", type=int, default=DEFAULT_FAST.focal_per_class,
+    ap.add_argument("--focal-per-class", type=positive_int, default=DEFAULT_FAST.focal_per_class,
                     help=f"fast mode: focal training windows kept per class (default {DEFAULT_FAST.focal_per_class}; "
                          "0 = all)")
     ap.add_argument("--tune-folds", default="", help="fast mode: only these held-out folds, e.g. 0,1,2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 
 import pytest
 
@@ -33,6 +34,36 @@ def test_every_job_refuses_bad_params_json_the_same_way(job, argv, tmp_path, cap
     err = capsys.readouterr().err
     assert info.value.code == 2 and "error: argument --params: expected a JSON object" in err
     assert not (tmp_path / "store").exists()
+
+
+# every count option of every job, its minimum and one value below it (issue 28 item 2: plan --cpus 0 divided by
+# zero, --files -5 projected -0.3 min, tune --trials 0 left a WAITING trial, demo --workers 0 took another rule)
+COUNT_OPTIONS = [
+    ("cnn", "--epochs", 1), ("cnn", "--distill-epochs", 1), ("demo", "--workers", 1), ("distill", "--cost-files", 0),
+    ("dryrun", "--files", 1), ("dryrun", "--cpus", 1), ("embed", "--batch-size", 1), ("embed", "--threads", 1),
+    ("embed", "--workers", 1), ("errors", "--worst", 1), ("errors", "--examples", 0),
+    ("errors", "--diversity-heads", 1), ("folds", "--k", 2), ("folds", "--date-block-days", 1),
+    ("ingest", "--batch-size", 1), ("plan", "--files", 1), ("plan", "--cpus", 1), ("plan", "--measure-files", 1),
+    ("predict", "--workers", 1), ("pseudo", "--round", 1), ("selftrain", "--rounds", 1), ("sql", "--max-rows", 0),
+    ("stack", "--trials", 0), ("tune", "--trials", 1), ("tune", "--focal-per-class", 1),
+]
+
+
+@pytest.mark.parametrize("name, option, minimum", COUNT_OPTIONS)
+def test_every_count_option_refuses_values_below_its_minimum(name: str, option: str, minimum: int,
+                                                             capsys) -> None:
+    """One shared argparse type: below the minimum (or not a whole number) is a one-line usage error naming the
+    option, before any work; the minimum itself parses."""
+    job = importlib.import_module(f"pipelines.{name}")
+    for bad in (str(minimum - 1), "-5", "2.5"):
+        with pytest.raises(SystemExit) as info:
+            job.main([option, bad])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and err[-1].startswith(f"python -m pipelines.{name}: error: argument "), err
+        assert option in err[-1] and f"expected a whole number >= {minimum}" in err[-1], err[-1]
+    with pytest.raises(SystemExit) as info:     # the minimum passes the type (then --help stops before any work)
+        job.main([option, str(minimum), "--help"])
+    assert info.value.code == 0 and f"expected a whole number >= {minimum}" not in capsys.readouterr().err
 
 
 def test_planned_progress_appears_at_start_and_closes_once(capsys) -> None:
