@@ -42,8 +42,11 @@ class PseudoParams:
     pool: str = "unlabelled"        # unlabelled: windows of unlabelled soundscapes; all: every window (distillation)
 
     def check(self) -> PseudoParams:
-        if self.power <= 0 or not 0.0 <= self.min_prob < 1.0 or self.weight < 0:
-            raise UserInputError("pseudo: power must be > 0, 0 <= min_prob < 1, weight >= 0")
+        for bad, rule in ((self.power <= 0, f"power must be > 0, got {self.power!r}"),
+                          (not 0.0 <= self.min_prob < 1.0, f"min_prob must be in [0, 1), got {self.min_prob!r}"),
+                          (self.weight < 0, f"weight must be >= 0, got {self.weight!r}")):
+            if bad:    # name the one value that is wrong, not every rule
+                raise UserInputError(f"pseudo: {rule}")
         if self.pool not in POOLS:
             raise UserInputError(f"pseudo: unknown pool {self.pool!r}; use one of {', '.join(POOLS)}")
         if self.cap is not None and self.cap <= 0:

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 from pipelines import cnn, distill, stack, train, tune
-from pipelines._cli import LineProgress, PlannedProgress, json_list, json_object
+from pipelines._cli import LineProgress, PlannedProgress, json_list, json_object, run_main
 
 
 def test_json_options_parse_or_name_what_they_expected() -> None:
@@ -81,3 +81,19 @@ def test_planned_progress_appears_at_start_and_closes_once(capsys) -> None:
     with PlannedProgress("never started"):
         pass
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("name", ["pseudo", "selftrain"])
+@pytest.mark.parametrize("option, value, message", [
+    ("--min-prob", "1.5", "pseudo: min_prob must be in [0, 1), got 1.5"),
+    ("--power", "0", "pseudo: power must be > 0, got 0.0"),
+    ("--weight", "-1", "pseudo: weight must be >= 0, got -1.0"),
+])
+def test_pseudo_label_options_name_the_one_bad_value(name: str, option: str, value: str, message: str, tmp_path,
+                                                     capsys) -> None:
+    """(issue 28 item 8: every rule was listed whichever value broke one)"""
+    job = importlib.import_module(f"pipelines.{name}")
+    with pytest.raises(SystemExit) as info:
+        run_main(job.main, ["--store", str(tmp_path / "store"), "--teacher", "t", option, value])
+    assert info.value.code == 2 and capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "store").exists()
