@@ -329,7 +329,9 @@ def test_missing_features_and_bad_views_say_what_to_run(bc2026_store: Path, caps
     with FeatureStore.open(bc2026_store, read_only=True) as s:
         with pytest.raises(StoreError, match="run python -m pipelines.embed"):
             load_window_features(s, "birdnet")
-        with pytest.raises(ValueError, match="unknown feature view 'perch'"):
+        with pytest.raises(ValueError, match="unknown feature view 'perch_v3'"):
+            load_window_features(s, "perch_v3")
+        with pytest.raises(StoreError, match="run python -m pipelines.embed"):     # a known view not embedded yet
             load_window_features(s, "perch")
         with pytest.raises(ValueError, match="unknown pooling"):
             load_window_features(s, "birdnet", pooling="median")

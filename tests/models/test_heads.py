@@ -73,7 +73,7 @@ def test_zero_shot_uses_matched_logits_and_prior_elsewhere(data) -> None:
     np.testing.assert_allclose(proba[:, 1], 1 / (1 + np.exp(-logits[:, 0])), rtol=1e-6)
     np.testing.assert_allclose(proba[:, 3], 1 / (1 + np.exp(-logits[:, 1])), rtol=1e-6)
     np.testing.assert_allclose(proba[:, 0], (Y[:, 0].sum() + 1) / (len(Y) + 2), rtol=1e-6)
-    with pytest.raises(HeadError, match="birdnet_logits feature view"):
+    with pytest.raises(HeadError, match=r"needs a logit feature view \(birdnet_logits, cnn_logits, perch_logits\)"):
         make_head("zeroshot", classes, ["a", "b"]).fit(np.zeros((len(Y), 2)), Y).predict_proba(np.zeros((1, 2)))
 
 
