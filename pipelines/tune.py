@@ -23,7 +23,16 @@ from models.tuning import (
     resolve_storage,
     run_tune,
 )
-from pipelines._cli import add_seed, add_storage, add_store, json_object, parser, positive_int, run_main
+from pipelines._cli import (
+    add_seed,
+    add_storage,
+    add_store,
+    json_object,
+    non_negative_int,
+    parser,
+    positive_int,
+    run_main,
+)
 
 EPILOG = f"""
 Modes:
@@ -53,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     add_store(ap)
     ap.add_argument("--head-kind", required=True, help=f"head kind to tune: {', '.join(SEARCH_SPACES)}")
     ap.add_argument("--study", required=True, help="study name (re-use it to resume and add trials)")
-    ap.add_argument("--trials", type=positive_int, default=20,
+    ap.add_argument("--trials", type=non_negative_int, default=20,
                     help="trials to add to the study by this command, in all its --workers (default 20)")
     add_storage(ap)
     ap.add_argument("--features", default="birdnet", help="feature view(s), comma-joined (default birdnet)")

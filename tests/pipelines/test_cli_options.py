@@ -37,7 +37,7 @@ def test_every_job_refuses_bad_params_json_the_same_way(job, argv, tmp_path, cap
 
 
 # every count option of every job, its minimum and one value below it (issue 28 item 2: plan --cpus 0 divided by
-# zero, --files -5 projected -0.3 min, tune --trials 0 left a WAITING trial, demo --workers 0 took another rule)
+# zero, --files -5 projected -0.3 min, demo --workers 0 took another rule)
 COUNT_OPTIONS = [
     ("cnn", "--epochs", 1), ("cnn", "--distill-epochs", 1), ("demo", "--workers", 1), ("distill", "--cost-files", 0),
     ("dryrun", "--files", 1), ("dryrun", "--cpus", 1), ("embed", "--batch-size", 1), ("embed", "--threads", 1),
@@ -45,7 +45,7 @@ COUNT_OPTIONS = [
     ("errors", "--diversity-heads", 1), ("folds", "--k", 2), ("folds", "--date-block-days", 1),
     ("ingest", "--batch-size", 1), ("plan", "--files", 1), ("plan", "--cpus", 1), ("plan", "--measure-files", 1),
     ("predict", "--workers", 1), ("pseudo", "--round", 1), ("selftrain", "--rounds", 1), ("sql", "--max-rows", 0),
-    ("stack", "--trials", 0), ("tune", "--trials", 1), ("tune", "--focal-per-class", 1),
+    ("stack", "--trials", 0), ("tune", "--trials", 0), ("tune", "--focal-per-class", 1),
 ]
 
 
