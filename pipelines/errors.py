@@ -11,7 +11,7 @@ The library: reports/error_page.py.
 
 from __future__ import annotations
 
-from pipelines._cli import add_store, non_negative_int, parser, positive_int, run_main
+from pipelines._cli import add_store, non_negative_int, parser, run_main
 from reports.error_page import ErrorPageParams, summary_line, write_error_page
 
 EPILOG = """
@@ -29,11 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None,
                     help="competition data folder holding the audio (default: the one ingest recorded)")
     defaults = ErrorPageParams()
-    ap.add_argument("--worst", type=positive_int, default=defaults.worst,
+    ap.add_argument("--worst", type=non_negative_int, default=defaults.worst,
                     help=f"classes shown with audio examples, worst AUC first (default {defaults.worst})")
     ap.add_argument("--examples", type=non_negative_int, default=defaults.examples,
                     help=f"false positives and missed positives per class (default {defaults.examples})")
-    ap.add_argument("--diversity-heads", type=positive_int, default=defaults.diversity_heads,
+    ap.add_argument("--diversity-heads", type=non_negative_int, default=defaults.diversity_heads,
                     help=f"other heads in the diversity matrix (default {defaults.diversity_heads})")
     args = ap.parse_args(argv)
     params = ErrorPageParams(worst=args.worst, examples=args.examples, diversity_heads=args.diversity_heads)

@@ -44,8 +44,7 @@ def _one_error_line(err: str) -> str:
     (tune, ["--head-kind", "prior", "--study", "s"], "head 'prior' has nothing to tune"),
     (tune, ["--head-kind", "svm", "--study", "s"], "unknown head kind 'svm'"),
     (tune, ["--head-kind", "linear", "--study", "s", "--params", '{"Cee": 1}'], "unknown linear parameter(s) ['Cee']"),
-    (tune, ["--head-kind", "linear", "--study", "s", "--mode", "fast", "--focal-per-class", "0"],
-     "fast mode needs"),
+    # (--focal-per-class 0 is now argparse's: tests/pipelines/test_cli_options.py, every count option)
 ])
 def test_bad_invocations_exit_2_with_one_error_line(job, argv, expected, demo_store: Path, capsys) -> None:
     code, _, err = _run(job, ["--store", str(demo_store), *argv], capsys)

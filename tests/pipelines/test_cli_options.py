@@ -41,8 +41,8 @@ def test_every_job_refuses_bad_params_json_the_same_way(job, argv, tmp_path, cap
 COUNT_OPTIONS = [
     ("cnn", "--epochs", 1), ("cnn", "--distill-epochs", 1), ("demo", "--workers", 1), ("distill", "--cost-files", 0),
     ("dryrun", "--files", 1), ("dryrun", "--cpus", 1), ("embed", "--batch-size", 1), ("embed", "--threads", 1),
-    ("embed", "--workers", 1), ("errors", "--worst", 1), ("errors", "--examples", 0),
-    ("errors", "--diversity-heads", 1), ("folds", "--k", 2), ("folds", "--date-block-days", 1),
+    ("embed", "--workers", 1), ("errors", "--worst", 0), ("errors", "--examples", 0),
+    ("errors", "--diversity-heads", 0), ("folds", "--k", 2), ("folds", "--date-block-days", 1),
     ("ingest", "--batch-size", 1), ("plan", "--files", 1), ("plan", "--cpus", 1), ("plan", "--measure-files", 1),
     ("predict", "--workers", 1), ("pseudo", "--round", 1), ("selftrain", "--rounds", 1), ("sql", "--max-rows", 0),
     ("stack", "--trials", 0), ("tune", "--trials", 0), ("tune", "--focal-per-class", 1),
