@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embed.custom import CustomModel, ModelConfig, OnnxRunner, load_config, rescale_logits, scale_frames
+from embed.custom import CustomModel, ModelConfig, OnnxRunner, load_config
 from embed.extractors import View
 from embed.perch_map import (
     ClassMapRow,
@@ -353,8 +353,7 @@ class Perch(CustomModel):
         _ = self.runner
 
     def _run(self, frames: np.ndarray) -> dict[str, np.ndarray]:
-        out = rescale_logits(self.runner.run(scale_frames(frames, self.config.input_scaling,
-                                                          self.config.target_peak)), self.config)
+        out = super()._run(frames)          # scaled frames in, rescaled logits out (CustomModel's path)
         if "logits" in out and self.logits_mode == "mapped":
             out["logits"] = mapped_logits(out["logits"], self.class_rows)
         return out

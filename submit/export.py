@@ -447,14 +447,7 @@ def _ship_perch(name: str, p: dict, dst: Path) -> str:
                           "perch.tflite and retrain")
     if src.suffix.lower() not in PERCH_SHIPPED:
         raise BundleError(f"extractor {name}: {src} is not a .tflite or .onnx Perch model")
-    if not src.is_file():
-        raise BundleError(f"extractor {name}: model file {src} not found; the export copies it into the bundle")
-    digest = file_sha256(src)
-    if digest != p.get("model_sha256"):
-        raise BundleError(f"extractor {name}: {src} has sha256 {digest}, but the head's {name} version was made from "
-                          f"sha256 {p.get('model_sha256')}: not the model the head was trained with")
-    _copy_file(src, dst / src.name)
-    return f"models/{dst.name}/{src.name}"
+    return _ship_model(name, p, dst, [], False)
 
 
 def _ship_model(name: str, p: dict, dst: Path, companions: list[str], required: bool) -> str:
@@ -464,8 +457,10 @@ def _ship_model(name: str, p: dict, dst: Path, companions: list[str], required: 
     src = Path(p["model_path"])
     if not src.is_file():
         raise BundleError(f"extractor {name}: model file {src} not found; the export copies it into the bundle")
-    if file_sha256(src) != p.get("model_sha256"):
-        raise BundleError(f"extractor {name}: {src} is not the model the head was trained with (sha256 differs)")
+    digest = file_sha256(src)
+    if digest != p.get("model_sha256"):
+        raise BundleError(f"extractor {name}: {src} has sha256 {digest}, but the head's {name} version was made from "
+                          f"sha256 {p.get('model_sha256')}: not the model the head was trained with")
     _copy_file(src, dst / src.name)
     for companion in companions:
         if (src.parent / companion).is_file():
