@@ -115,9 +115,11 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2   # KiB on Linux
 
 
-def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None, *,
+             interrupted: str = "interrupted") -> None:
     """Run a job's main; a user error prints one clear line and exits with status 2. A job that prints
-    nothing for 30 s says it still works (:class:`Heartbeat`; not with ``--quiet``)."""
+    nothing for 30 s says it still works (:class:`Heartbeat`; not with ``--quiet``). Ctrl-C prints
+    ``interrupted``: the job's own words for what it keeps (each job says it; nothing is promised here)."""
     quiet = "--quiet" in (sys.argv[1:] if argv is None else argv)
     try:
         with contextlib.nullcontext() if quiet else Heartbeat(HEARTBEAT_S):
@@ -141,7 +143,7 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
         print(f"error: {message}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
-        print("interrupted; finished parts are kept, re-run to resume", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         code = 130
     sys.exit(code)
 
