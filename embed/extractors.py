@@ -249,6 +249,10 @@ class Extractor(ABC):
         files the workers share (e.g. BirdNET's patched model in the cache) so they never race to."""
         return None
 
+    def release(self) -> None:
+        """Free what :meth:`warm_up` loaded in the parent once worker processes do the work (default: nothing)."""
+        return None
+
 
 class FrameModel(Extractor):
     """A model applied to frames of ``frame_s`` seconds at ``sample_rate``, ``hop_s`` apart in a window.
@@ -262,6 +266,12 @@ class FrameModel(Extractor):
     hop_s: float
     logit_indices: list[int] | None = None   # model logit columns kept (None: no logits)
     model_sha256: str
+    _runner: object | None = None            # the loaded model (subclasses load it on first use)
+
+    def release(self) -> None:
+        """Drop the loaded model: the parent's copy after :meth:`warm_up` checked it, once worker processes
+        load their own (a real Perch v2 held in the parent is ~1 GB for nothing). Loaded again on next use."""
+        self._runner = None
 
     @property
     def version(self) -> str:

@@ -279,6 +279,8 @@ def execute(extractors: list[Extractor], tasks: Iterable[list[FileTask]], parts_
         return
     params = [ex.params() for ex in extractors]
     n = len(head)
+    for ex in extractors:
+        ex.release()              # each worker loads its own model: the parent's checked copy is not needed
     with worker_pool(n, init_worker, (params, runtime, str(parts_root)), env=pool_env(n)) as pool:
         yield from pool.imap_unordered(_worker_task, itertools.chain(head, tasks), chunksize=1)
 
@@ -320,6 +322,8 @@ def execute_ray(extractors: list[Extractor], tasks: Iterable[list[FileTask]], pa
     from embed.ray_engine import run_actor_tasks
 
     params = [ex.params() for ex in extractors]
+    for ex in extractors:
+        ex.release()              # the actors load their own models
     make = partial(EmbedActor, params, runtime, str(parts_root), str(audio_root), str(lock_file), holder)
     tasks = iter(tasks)
     while chunk := list(itertools.islice(tasks, RAY_CHUNK_TASKS)):   # the driver holds one chunk, not the plan

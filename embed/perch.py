@@ -183,24 +183,6 @@ class SavedModelRunner:
                 for role, parts in results.items()}
 
 
-def tflite_signature_outputs(path: Path, outputs: dict[str, tuple[str | None, int | None]],
-                             ) -> dict[str, tuple[str | None, int | None]]:
-    """``outputs`` with each name replaced by its tensor's name through the file's ``serving_default``
-    signature: the TFLite converter names the tensors of a SavedModel ``StatefulPartitionedCall:N`` and keeps
-    ``embedding``, ``label`` only in the signature. Unchanged when the file has no such signature or name."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    try:
-        interpreter = Interpreter(model_path=str(path))
-        if SIGNATURE not in interpreter.get_signature_list():
-            return outputs
-        details = interpreter.get_signature_runner(SIGNATURE).get_output_details()
-    except (ValueError, RuntimeError) as exc:
-        raise ModelError(f"{path}: cannot load TFLite model ({exc})") from exc
-    tensor = {name: d["name"] for name, d in details.items()}
-    return {role: (tensor.get(name, name) if name else name, dim) for role, (name, dim) in outputs.items()}
-
-
 class Perch(CustomModel):
     """Perch v2 from its SavedModel folder, .onnx or .tflite (module docstring); the extractor ``perch``."""
 
@@ -336,8 +318,8 @@ class Perch(CustomModel):
             return SavedModelRunner(self.model_path, outputs, input_name=c.input_name, threads=self.threads,
                                     batch_size=self.batch_size)
         if self.runtime == "tflite":
-            return TFLiteRunner(self.model_path, tflite_signature_outputs(self.model_path, outputs),
-                                input_name=c.input_name, threads=self.threads, batch_size=self.batch_size)
+            return TFLiteRunner(self.model_path, outputs, input_name=c.input_name, threads=self.threads,
+                                batch_size=self.batch_size, signature=SIGNATURE)
         try:
             return OnnxRunner(self.model_path, outputs, input_name=c.input_name, threads=self.threads,
                               batch_size=self.batch_size)

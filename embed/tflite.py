@@ -106,11 +106,14 @@ class TFLiteRunner:
     e.g., (n, mels, frames, 1) spectrograms (``input_rank=4``: the CNN student); ``item_shape`` is one
     item's shape. ``outputs`` maps a role (``embedding``, ``logits``) to ``(tensor name or None, last
     dim or None)``. Batches are formed by resizing the input's batch dimension; a model with a fixed
-    batch of 1 is run item by item.
+    batch of 1 is run item by item. With ``signature`` (e.g. ``serving_default``) an output name may be the
+    signature's own name for it: the TFLite converter names a SavedModel's tensors ``StatefulPartitionedCall:N``
+    and keeps ``embedding``, ``label`` only in the signature (read from this interpreter, not a second one).
     """
 
     def __init__(self, model_path: str | os.PathLike, outputs: dict[str, tuple[str | None, int | None]], *,
-                 input_name: str | None = None, threads: int = 1, batch_size: int = 1, input_rank: int = 2):
+                 input_name: str | None = None, threads: int = 1, batch_size: int = 1, input_rank: int = 2,
+                 signature: str | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(model_path)
@@ -133,6 +136,10 @@ class TFLiteRunner:
         self.batch_size = max(1, int(batch_size))
         self._allocated = int(shape[0])
         self.interpreter.allocate_tensors()
+        if signature and signature in self.interpreter.get_signature_list():
+            by_signature = {name: d["name"] for name, d in
+                            self.interpreter.get_signature_runner(signature).get_output_details().items()}
+            outputs = {role: (by_signature.get(n, n) if n else n, d) for role, (n, d) in outputs.items()}
         details = self.interpreter.get_output_details()
         self.outputs = {role: match_output(details, role, n, d, str(self.path)) for role, (n, d) in outputs.items()}
 

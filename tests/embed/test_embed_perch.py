@@ -160,6 +160,13 @@ def test_versions_and_params_round_trip(built: dict, models: dict, shared_data: 
         assert rebuilt.logit_labels() == ex.logit_labels() and rebuilt.view_names() == ["perch", "perch_logits"]
         a, b = ex.compute(Audio.open(clip), STARTS), rebuilt.compute(Audio.open(clip), STARTS)
         assert np.array_equal(a.embedding, b.embedding) and np.array_equal(a.logits, b.logits)
+        # the embed job's parent drops its checked model once workers load theirs; the next use loads it again
+        rebuilt.warm_up()
+        assert rebuilt._runner is not None
+        rebuilt.release()
+        assert rebuilt._runner is None
+        c = rebuilt.compute(Audio.open(clip), STARTS)
+        assert np.array_equal(a.embedding, c.embedding) and rebuilt._runner is not None
     # a moved model: same version through the model_path override, with no labels file beside it
     moved = tmp_path / "elsewhere" / "perch"
     shutil.copytree(models["savedmodel"], moved)

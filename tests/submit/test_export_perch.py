@@ -18,7 +18,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from embed_helpers import build_tiny_perch, convert_tiny_perch_tflite, write_perch_labels
+from embed_helpers import (
+    build_tiny_perch,
+    build_tiny_perch_onnx,
+    convert_tiny_perch_tflite,
+    write_perch_labels,
+)
 
 from embed import registry
 from featurestore.errors import BundleError
@@ -28,6 +33,12 @@ from submit.export import copy_models, export_bundle
 from submit.plan import Costs
 from submit.runtime import bundle_environment, bundle_runtime, predict_with_guard, verify_bundle
 from submit.submission import list_audio
+
+
+def read_submission(path: Path) -> tuple[list[str], np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    return [r[0] for r in rows], np.array([[float(x) for x in r[1:]] for r in rows])
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +168,62 @@ def test_export_plan_guard_and_dry_run_without_tensorflow(models: SimpleNamespac
                            capture_output=True, text=True)
     assert probe.returncode == 1 and "No module named 'tensorflow' (hidden by the dry run" in probe.stderr
     assert subprocess.run([str(venv_python), "-c", "import ai_edge_litert"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_onnx_and_savedmodel_forms_from_store_to_submission(models: SimpleNamespace, perch_store: SimpleNamespace,
+                                                            demo_data: Path, store_copy, tmp_path: Path) -> None:
+    """The other two forms end to end: the .onnx (a second perch version) and the SavedModel folder (a third)
+    each embed the store, train a head and a ridge stack with Perch's zero-shot logits as a source, and predict
+    a validated submission from the store; the .onnx stack exports (the .onnx shipped, onnxruntime listed) and
+    its bundle predicts the store's numbers; the SavedModel stack is refused by the export in one line."""
+    from embed.job import run_embed
+    from models.frame import FrameSpec
+    from models.training import train_head
+    from stack.run import run_stack
+    from submit.predict import open_predictor, predict_audio, predict_submission
+
+    onnx = build_tiny_perch_onnx(models.root / "perch.onnx", len(models.labels))
+    store = store_copy(perch_store.store, "perch_forms")
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for f in list_audio(demo_data / "test_soundscapes")[:2]:
+        shutil.copy(f, audio / f.name)
+    heads, stacks, subs, versions = {}, {}, {}, {}
+    for form, path in (("onnx", onnx), ("savedmodel", models.saved)):
+        versions[form] = run_embed(store, ("perch",), model=path, workers=1).versions["perch"]
+        result = train_head(store, "linear", FrameSpec("perch"))      # the most recent perch version
+        heads[form] = result.head_id
+        stacks[form] = run_stack(store, [heads[form], perch_store.fallback], "ridge", {"min_positives": 3},
+                                 zero_shot=("perch_logits",)).head_id
+        subs[form] = predict_submission(store, audio, tmp_path / f"{form}.csv", head_id=stacks[form])
+        assert subs[form].n_rows == 24 and not subs[form].warnings
+        used = json.loads((store / "heads" / heads[form] / "extractors.json").read_text())["perch"]
+        assert used["runtime"] == form and registry.from_params(used).version == versions[form]
+    tflite_version = json.loads((store / "heads" / perch_store.head / "extractors.json").read_text())["perch"]
+    assert len({*versions.values(), registry.from_params(tflite_version).version}) == 3
+    assert len({*heads.values(), perch_store.head}) == 3 and stacks["onnx"] != stacks["savedmodel"]
+    # the same math in three runtimes: the submissions agree closely though each head fit its own features
+    (ids_a, a), (ids_b, b) = (read_submission(tmp_path / f"{form}.csv") for form in ("onnx", "savedmodel"))
+    assert ids_a == ids_b
+    np.testing.assert_allclose(a, b, atol=1e-3)
+
+    bundle = tmp_path / "bundle"
+    export_bundle(store, stacks["onnx"], bundle, fallback=None, measure=audio, measure_files=1, say=lambda _: None)
+    manifest = verify_bundle(bundle)
+    assert manifest["perch_model"] == "models/perch/perch.onnx" and "onnxruntime" in manifest["runtime_packages"]
+    entry = next(f for f in manifest["files"] if f["path"] == manifest["perch_model"])
+    assert entry["sha256"] == file_sha256(onnx)
+    with bundle_environment(bundle):
+        shipped = open_predictor(bundle / "heads" / stacks["onnx"], **bundle_runtime(bundle, manifest))
+        row_ids, probs, warnings = predict_audio(bundle / "heads" / stacks["onnx"], audio, manifest["columns"],
+                                                 workers=1, runtime=bundle_runtime(bundle, manifest))
+    assert shipped is not None and not warnings and len(row_ids) == 24
+    ids, expected, _ = predict_audio(store / "heads" / stacks["onnx"], audio, manifest["columns"], workers=1)
+    assert ids == row_ids
+    np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
+
+    with pytest.raises(BundleError) as err:
+        export_bundle(store, stacks["savedmodel"], tmp_path / "saved_bundle", fallback=None, measure=audio,
+                      measure_files=1, say=lambda _: None)
+    assert "\n" not in str(err.value) and "the Kaggle runtime runs no TensorFlow" in str(err.value)
