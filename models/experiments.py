@@ -224,32 +224,87 @@ def best_on(store: FeatureStore, *, head: str, features: str, fold_version: str,
 
 
 # ---------------------------------------------------------------------------- rendering
+BASELINE_HEADS = ("prior", "zeroshot")     # shown with tag base/<tag>: floors to beat, not candidates
+
+
 def _f(value, fmt: str = ".4f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _pooled(r: dict) -> str:
+    """The pooled OOF AUC with its file-bootstrap CI beside it (the CI is of the pooled AUC, not the fold mean)."""
+    if r["oof_auc"] is None:
+        return "-"
+    ci = f" [{_f(r['ci_low'], '.3f')}, {_f(r['ci_high'], '.3f')}]" if r["ci_low"] is not None else ""
+    return f"{r['oof_auc']:.3f}{ci}"
+
+
+# header, alignment, the row's cell, the columns it shows (a column whose columns are NULL in every row of a
+# section is left out of that section)
+BOARD_TEXT_COLUMNS: tuple[tuple[str, str, object, tuple[str, ...]], ...] = (
+    ("#", ">", lambda r: str(r["rank"]), ("rank",)),
+    ("head_id", "<", lambda r: str(r["head_id"]), ("head_id",)),
+    ("tag", "<", lambda r: f"base/{r['tag']}" if r["head"] in BASELINE_HEADS else str(r["tag"] or "-"), ("tag",)),
+    ("features", "<", lambda r: str(r["features"] or "-"), ("features",)),
+    ("fold mean", ">", lambda r: _f(r["fold_mean"]), ("fold_mean",)),
+    ("± std", ">", lambda r: _f(r["fold_std"]), ("fold_std",)),
+    ("pooled [95% CI]", "<", _pooled, ("oof_auc", "ci_low")),
+    ("gap", ">", lambda r: _f(r["calibration_gap"], "+.3f"), ("calibration_gap",)),
+    ("rare", ">", lambda r: _f(r["rare_auc"], ".3f"), ("rare_auc",)),
+    ("cls", ">", lambda r: _f(r["n_classes_scored"], "d"), ("n_classes_scored",)),
+    ("degen", ">", lambda r: _f(r["n_classes_degenerate"], "d"), ("n_classes_degenerate",)),
+    ("scored on", "<", lambda r: str(r["scored_on"] or "-"), ("scored_on",)),
+    ("windows", ">", lambda r: _f(r["n_eval_windows"], "d"), ("n_eval_windows",)),
+    ("train s", ">", lambda r: _f(r["train_seconds"], ".1f"), ("train_seconds",)),
+)
+
+
+def _legend(rows: list[dict], shown: set[str]) -> list[str]:
+    """One line per tag or column of the board that needs words (only those the board shows)."""
+    from models.metrics import FREQUENCY_BUCKETS
+
+    lines = []
+    if any(r["head"] in BASELINE_HEADS for r in rows):
+        lines.append("tag base/...: a baseline head (prior, zero-shot): the floor to beat, not a candidate")
+    if "pooled [95% CI]" in shown:
+        lines.append("pooled [95% CI]: AUC of all folds' OOF scores at once and its file-bootstrap CI - an interval "
+                     "for the pooled AUC, not for the fold mean; gap = pooled - fold mean")
+    if "rare" in shown:
+        lines.append(f"rare: macro AUC over the classes with fewer than {FREQUENCY_BUCKETS[0]} focal training "
+                     "windows")
+    return lines
+
+
+MODE_NOTES = {"fast": " (trained on a subset; not comparable with full)",
+              "replay": " (trained on a subset; not comparable with full)",
+              "cnn": " (CNN students: fully cross-validated; used through --extractor cnn, never 'best')"}
+
+
 def render(table: pa.Table) -> str:
-    """The ranked table (:func:`ranked`) as text: one section per mode, full cross-validation first."""
+    """The ranked table (:func:`ranked`) as text: one section per mode, full cross-validation first, each with
+    only the columns some of its rows fill (widths fitted to the values), then a legend of the tags and columns
+    that need words: ``base/<tag>`` baselines, the pooled AUC's CI (not a CI of the fold mean) and ``rare``."""
     rows = table.to_pylist()
     lines: list[str] = []
-    header = (f"{'#':>2}  {'head_id':<22} {'tag':<9} {'features':<18} {'fold mean':>9} {'± std':>7} "
-              f"{'pooled':>7} {'gap':>7} {'95% CI':>15} {'rare':>6} {'cls':>4} {'degen':>5} {'scored on':<10} "
-              f"{'windows':>7} {'train s':>8}")
+    shown: set[str] = set()
     for mode in MODES:
         section = [r for r in rows if r["mode"] == mode]
         if not section:
             continue
-        lines += ["", f"[{mode}]" + ("" if mode == "full" else " (trained on a subset; not comparable with full)"),
-                  header]
-        for r in section:
-            ci = f"[{_f(r['ci_low'], '.3f')}, {_f(r['ci_high'], '.3f')}]" if r["ci_low"] is not None else "-"
-            tag = r["tag"] if r["head"] not in ("prior", "zeroshot") else f"base/{r['tag']}"
-            lines.append(
-                f"{r['rank']:>2}  {r['head_id']:<22} {tag:<9} {r['features']:<18} {_f(r['fold_mean']):>9} "
-                f"{_f(r['fold_std']):>7} {_f(r['oof_auc'], '.3f'):>7} {_f(r['calibration_gap'], '+.3f'):>7} "
-                f"{ci:>15} {_f(r['rare_auc'], '.3f'):>6} {_f(r['n_classes_scored'], 'd'):>4} "
-                f"{_f(r['n_classes_degenerate'], 'd'):>5} {r['scored_on'] or '-':<10} "
-                f"{_f(r['n_eval_windows'], 'd'):>7} {_f(r['train_seconds'], '.1f'):>8}")
+        columns = [c for c in BOARD_TEXT_COLUMNS if any(r[k] is not None for r in section for k in c[3])]
+        shown |= {c[0] for c in columns}
+        cells = [[cell(r) for _, _, cell, _ in columns] for r in section]
+        widths = [max(len(head), *(len(row[i]) for row in cells)) for i, (head, *_) in enumerate(columns)]
+        aligns = [align for _, align, _, _ in columns]
+
+        def line(values: list[str], widths=widths, aligns=aligns) -> str:
+            return "  ".join(format(v, f"{a}{w}") for v, a, w in zip(values, aligns, widths, strict=True)).rstrip()
+
+        lines += ["", f"[{mode}]" + MODE_NOTES.get(mode, ""), line([c[0] for c in columns])]
+        lines += [line(row) for row in cells]
+    legend = _legend(rows, shown)
+    if legend:
+        lines += ["", *legend]
     return "\n".join(lines).lstrip("\n")
 
 

@@ -18,16 +18,20 @@ EPILOG = """
 Example:
   python -m pipelines.leaderboard --store work/store
   python -m pipelines.errors --store work/store --head-id stack-1a2b3c4d5e6f --out errors.html
+  python -m pipelines.errors --store work/store --head-id best --data /kaggle/input/birdclef-2026
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser("errors", __doc__, EPILOG)
     add_store(ap, help="feature store folder holding the head's OOF table")
-    ap.add_argument("--head-id", "--head", required=True, help="trained or stacked head id (pipelines.leaderboard)")
-    ap.add_argument("--out", default="errors.html", help="HTML file to write (default errors.html)")
+    ap.add_argument("--head-id", "--head", required=True,
+                    help="trained or stacked head id (pipelines.leaderboard), or 'best': the best full-CV head")
+    ap.add_argument("--out", default="errors.html",
+                    help="HTML file to write, in an existing folder (default errors.html)")
     ap.add_argument("--data", default=None,
-                    help="competition data folder holding the audio (default: the one ingest recorded)")
+                    help="competition data folder holding the audio (default: the one ingest recorded); a folder "
+                         "that does not exist or holds none of the examples' audio is refused")
     defaults = ErrorPageParams()
     ap.add_argument("--worst", type=non_negative_int, default=defaults.worst,
                     help=f"classes shown with audio examples, worst AUC first (default {defaults.worst})")
@@ -43,4 +47,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted="interrupted; nothing written (--out is replaced only by a complete page)")

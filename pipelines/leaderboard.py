@@ -2,8 +2,10 @@
 
 Full cross-validation runs are ranked first; fast (tuner subsample) and replay runs in sections
 of their own, since they were trained on less. Each row shows the fold mean +/- std (the
-headline), the pooled OOF score and the calibration gap between them, the file-bootstrap CI,
-classes scored and dropped as degenerate, and which windows were scored.
+headline), the pooled OOF score with its file-bootstrap CI (an interval for the pooled score, not
+for the fold mean) and the calibration gap between them, the rare-class AUC, classes scored and
+dropped as degenerate, and which windows were scored. Columns empty in every row of a section are
+left out; a legend under the board explains the base/ tag, the CI and the rare column.
 """
 
 from __future__ import annotations
@@ -30,4 +32,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted="interrupted; nothing written (the leaderboard only reads the store)")

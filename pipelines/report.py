@@ -23,7 +23,7 @@ Example:
 def main(argv: list[str] | None = None) -> int:
     ap = parser("report", __doc__, EPILOG)
     add_store(ap)
-    ap.add_argument("--out", default="memo.html", help="HTML file to write (default memo.html)")
+    ap.add_argument("--out", default="memo.html", help="HTML file to write, in an existing folder (default memo.html)")
     args = ap.parse_args(argv)
     path = write_memo(args.store, args.out)
     print(f"data memo written to {path} ({path.stat().st_size / 1024:.0f} KiB)")
@@ -31,4 +31,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted="interrupted; nothing written (--out is replaced only by a complete memo)")

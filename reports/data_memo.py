@@ -33,7 +33,7 @@ from featurestore.folds import stored_version
 from featurestore.ingest import latest_data_version
 from featurestore.sqlfiles import run_sql_file
 from featurestore.store import FeatureStore
-from reports.htmlpage import html_table, img, png, pyplot, render_page, write_page
+from reports.htmlpage import check_out, html_table, img, png, pyplot, render_page, write_page
 
 SECTIONS = (
     ("key-numbers", "Key numbers"), ("inventory", "Inventory"), ("class-imbalance", "Class imbalance"),
@@ -741,7 +741,9 @@ def render_html(memo: Memo, names: dict[str, dict] | None = None) -> str:
 
 
 def write_memo(store_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Write the data memo of the store at ``store_dir`` to ``out_path`` (atomically); returns the path."""
+    """Write the data memo of the store at ``store_dir`` to ``out_path`` (atomically; its folder must exist,
+    checked before any work); returns the path."""
+    check_out(out_path)
     with FeatureStore.open(store_dir, create=False, read_only=True) as store:
         memo = gather(store)
         names = taxonomy_names(store)

@@ -26,7 +26,11 @@ Definitions (also printed on the page):
   scores above ``c`` in that window.
 
 Reads the store only (opened read-only) and the audio under the data folder recorded by ingest (or
-``data_dir``); a missing audio file becomes a note on its thumbnail, never an error.
+``data_dir``). ``head_id`` may be ``best``: the leaderboard's best full-CV head, as predict and export read it.
+Refused before any work (:class:`UserInputError`, one line): a missing ``--out`` folder, and, when the page shows
+examples, a data folder that does not exist or holds none of the examples' audio files (a page of notes instead of
+audio is not what was asked for). An example whose own file is missing or unreadable, among others that are found,
+becomes a note on its card.
 """
 
 from __future__ import annotations
@@ -43,7 +47,18 @@ import numpy as np
 from featurestore.errors import DataError, UserInputError
 from featurestore.windows import SOUNDSCAPE, WINDOW_SECONDS, parse_window_id
 from models.metrics import evaluate, fast_auc, frequency_bucket
-from reports.htmlpage import audio_ogg, audio_tag, html_table, img, png, pyplot, render_page, write_page
+from reports.htmlpage import (
+    audio_ogg,
+    audio_tag,
+    check_out,
+    fixed,
+    html_table,
+    img,
+    png,
+    pyplot,
+    render_page,
+    write_page,
+)
 from stack.inputs import Diversity, StackInputs, available_heads, head_correlation, load_inputs
 
 SECTIONS = (("summary", "Summary"), ("per-class", "Per-class AUC, worst first"),
@@ -181,11 +196,26 @@ def mel_thumbnail(y: np.ndarray, sr: int) -> str:
     return png(fig, dpi=72)
 
 
+def check_data_dir(data_dir: Path, given: bool) -> None:
+    """Refuse a data folder that does not exist (``given``: it came from ``--data``; else ingest recorded it)."""
+    if data_dir.is_dir():
+        return
+    what = f"--data {data_dir}" if given else f"the data folder ingest recorded, {data_dir},"
+    raise UserInputError(f"{what} does not exist: pass --data DIR, the competition folder holding train_soundscapes/ "
+                         "and train_audio/ (or --worst 0 for a page without audio examples)")
+
+
 def attach_media(examples: list[Example], data_dir: Path) -> None:
-    """Fill each example's thumbnail and audio from the audio under ``data_dir`` (notes when missing)."""
-    for ex in examples:
-        file_key, start = parse_window_id(ex.window_id)
-        path = data_dir / file_key
+    """Fill each example's thumbnail and audio from the audio under ``data_dir`` (a note on an example whose file
+    is missing or unreadable). Refused (:class:`UserInputError`) when the folder holds none of the examples'
+    files: the wrong folder, not a few missing files."""
+    paths = [data_dir / parse_window_id(ex.window_id)[0] for ex in examples]
+    if paths and not any(p.exists() for p in paths):
+        raise UserInputError(f"none of the {len(paths)} example windows' audio files is under {data_dir} (e.g. "
+                             f"{paths[0]}): pass --data DIR, the competition folder holding train_soundscapes/ and "
+                             "train_audio/ (or --worst 0 for a page without audio examples)")
+    for ex, path in zip(examples, paths, strict=True):
+        start = parse_window_id(ex.window_id)[1]
         if not path.exists():
             ex.note = f"audio not found: {path} (pass --data DIR)"
             continue
@@ -233,14 +263,19 @@ def diversity_heads(store, store_dir: Path, head_id: str, experiment: dict, limi
 
 def gather(store_dir: str | os.PathLike, head_id: str, params: ErrorPageParams = ErrorPageParams(), *,
            data_dir: str | os.PathLike | None = None) -> ErrorReport:
-    """Everything the page shows, computed from the store (read-only) and the audio."""
+    """Everything the page shows, computed from the store (read-only) and the audio; ``head_id`` ``best`` is the
+    leaderboard's best full-CV head (the report names the head it resolved to)."""
     from embed.job import data_dir_of
     from featurestore.store import FeatureStore
-    from models.experiments import latest_row
+    from models.experiments import latest_row, resolve_head_id
 
     params.check()
     root = Path(store_dir).expanduser().resolve()
     with FeatureStore.open(root, create=False, read_only=True) as store:
+        head_id = resolve_head_id(store, head_id)
+        audio_root = Path(data_dir).expanduser().resolve() if data_dir else data_dir_of(store)
+        if data_dir or (params.worst and params.examples):     # a wrong --data is refused even when unused
+            check_data_dir(audio_root, given=bool(data_dir))
         present = available_heads(root)
         if head_id not in present:
             raise UserInputError(f"no OOF table for head {head_id!r} in {root / 'oof'}; heads present: {present} "
@@ -249,7 +284,6 @@ def gather(store_dir: str | os.PathLike, head_id: str, params: ErrorPageParams =
         meta = _class_meta(store)
         common = _common_names(store)
         candidates = diversity_heads(store, root, head_id, experiment, params.diversity_heads)
-        audio_root = Path(data_dir).expanduser().resolve() if data_dir else data_dir_of(store)
     notes: list[str] = []
     data = load_inputs(root, [head_id])
     scored_on = "soundscape"
@@ -364,18 +398,33 @@ def _examples_html(report: ErrorReport) -> str:
                         if ex.confuser and ex.confuser_score is not None and ex.confuser_score > ex.score else "")
                 media = (img(ex.mel_b64, f"mel {ex.window_id}") + audio_tag(ex.audio_b64)) if ex.audio_b64 else \
                     f"<p class='note'>{html.escape(ex.note or '')}</p>"
-                cards.append(f"<div class='clip' data-kind='{kind}'><code>{html.escape(ex.window_id)}</code><br>"
+                cards.append(f"<div class='clip' data-kind='{kind}'><code>{html.escape(ex.window_id)}</code>"
                              f"score {ex.score:.3f}, fold {ex.fold}; labels: "
                              f"{html.escape(', '.join(ex.labels) or 'none')}{conf}{media}</div>")
             parts.append(f"<h4>{kind}s</h4><div class='clips'>{''.join(cards) or '<p class=none>none</p>'}</div>")
     return "".join(parts)
 
 
+AUC_DECIMALS = 4      # every AUC cell of the page: one column never mixes 0.9 and 0.8123
+
+
+def class_auc_cell(row: dict, column: str) -> str | None:
+    """The per-class table's AUC cell: 4 decimals, or why the class has none on the analysed windows."""
+    if column != "auc" or not np.isnan(row["auc"]):
+        return None
+    return "no positives" if row["n_pos_scored"] == 0 else "no negatives"
+
+
+def per_class_html(per_class: list[dict]) -> str:
+    return html_table(per_class, None, formats={"auc": fixed(AUC_DECIMALS)}, cell=class_auc_cell)
+
+
 def _slices_html(slices: list[dict]) -> str:
     out = []
     for name in dict.fromkeys(r["slice"] for r in slices):
         rows = [{k: r[k] for k in ("value", "n_windows", "n_classes", "auc")} for r in slices if r["slice"] == name]
-        out.append(f"<h3>{html.escape(name)}</h3>" + html_table(rows, 60))
+        out.append(f"<h3>{html.escape(name)}</h3>"
+                   + html_table(rows, 60, formats={"auc": fixed(AUC_DECIMALS, "no class scorable")}))
     return "".join(out) or "<p class='none'>no slices</p>"
 
 
@@ -399,16 +448,18 @@ def _diversity_html(report: ErrorReport) -> str:
     rows = [{"head": h, **{f"[{j}]": float(div.matrix[i, j]) for j in range(n)}} for i, h in enumerate(div.heads)]
     return ("<p>Mean over classes of the Spearman correlation between two heads' OOF scores on the labelled "
             "soundscape windows: low values mark heads worth stacking.</p>"
-            + img(png(fig), "head diversity") + html_table(rows, None))
+            + img(png(fig), "head diversity") + html_table(rows, None, formats={f"[{j}]": fixed(2) for j in range(n)}))
 
 
 def render_html(report: ErrorReport) -> str:
     bodies = {
         "summary": _summary(report),
-        "per-class": html_table(report.per_class, None),
+        "per-class": per_class_html(report.per_class),
         "worst": _examples_html(report),
         "confusions": ("<p>On missed positives: the class that outscored the true one in the same window, most "
-                       "frequent first.</p>" + html_table(report.confusions, None)),
+                       "frequent first.</p>"
+                       + html_table(report.confusions, None,
+                                    formats={"share_of_missed": fixed(2), "mean_margin": fixed(3)})),
         "slices": _slices_html(report.slices),
         "diversity": _diversity_html(report),
     }
@@ -420,12 +471,14 @@ def write_error_page(store_dir: str | os.PathLike, head_id: str, out_path: str |
                      params: ErrorPageParams = ErrorPageParams(), *,
                      data_dir: str | os.PathLike | None = None) -> tuple[Path, ErrorReport]:
     """Gather, render and write the page atomically; returns its path and the report."""
+    check_out(out_path)                       # before the work: a bad --out costs nothing
     report = gather(store_dir, head_id, params, data_dir=data_dir)
     return write_page(out_path, render_html(report)), report
 
 
 def summary_line(path: Path, report: ErrorReport) -> str:
     worst = [f"{r['label']} {r['auc']:.3f}" for r in report.per_class[:3] if not np.isnan(r["auc"])]
-    return (f"error page written to {path} ({path.stat().st_size / 1024:.0f} KiB): {report.n_windows} windows, "
+    return (f"error page written to {path} ({path.stat().st_size / 1024:.0f} KiB): head {report.head_id}, "
+            f"{report.n_windows} windows, "
             f"worst classes {', '.join(worst) or 'none'}; {len(report.confusions)} confusion pairs"
             + (f"; {json.dumps(report.notes)}" if report.notes else ""))

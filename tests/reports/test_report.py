@@ -251,7 +251,7 @@ def test_memo_renders_every_section_with_decodable_images(demo_store: Path, tmp_
     store = tmp_path / "store"
     shutil.copytree(demo_store, store)
     make_folds(store)
-    out = write_memo(store, tmp_path / "memo" / "memo.html")
+    out = write_memo(store, tmp_path / "memo.html")
     parser = parse(out.read_text(encoding="utf-8"))
     assert parser.sections == [sid for sid, _ in SECTIONS]
     assert len(parser.images) >= 6   # imbalance, durations, site x hour, co-occurrence, audio QA, folds
