@@ -18,9 +18,11 @@ Guarantees:
   :meth:`HeadConfig.from_json` is the exact inverse of ``to_json``.
 * :class:`BundleWriter` assembles a bundle under a hidden temporary name and renames it into place
   only after its last fold (:meth:`BundleWriter.publish`): no reader ever sees half a bundle. The
-  writer is a context manager: any error inside it (a full disk: one
-  :class:`~featurestore.errors.DiskFullError` naming the file being written) removes the partial
-  folder ``heads/.partial-<head_id>-<pid>``.
+  writer is a context manager: an error inside it removes the partial folder
+  ``heads/.partial-<head_id>-<pid>`` (a full disk: one :class:`~featurestore.errors.DiskFullError` naming
+  the file being written) - except for a resumable writer (training), whose finished folds survive an
+  error, Ctrl-C or ``kill -9`` and are taken over by the next run of the same head on the same inputs,
+  so a re-run resumes at the next fold with a bit-identical result (see :class:`BundleWriter`).
 * **A head folder is whole or refused.** :meth:`BundleWriter.publish` writes ``record.json`` (the
   folds written and the size + sha256 of every file) before the rename; every reader
   (:func:`load_bundle`, and for stacked heads :func:`stack.bundle.load_stack`) first checks the
@@ -63,6 +65,8 @@ TRAIN_WINDOWS_FILE = "train_windows.parquet"
 HEAD_FILE = "head.json"                  # written by Head.save: marks a complete fold folder
 RECORD_FILE = "record.json"              # the fold ids and every file's size + sha256, written by publish
 RECORD_FORMAT = 1
+RESUME_FILE = ".resume.npz"              # in a finished fold of a partial bundle: key, file checksums, state
+INCOMPLETE_DIR = ".incomplete"           # folds being written (resumable writers), renamed out when finished
 OPTIONAL_FILES = frozenset({TRAIN_WINDOWS_FILE})   # provenance: a copy may leave these out
 
 
@@ -149,40 +153,132 @@ _OPTIONAL = ("subsample", "feature_coverage", "allow_partial", "pseudo")
 class BundleWriter:
     """Writes one bundle: config and extractor parameters, then the fold Heads, then :meth:`publish`.
 
-    Everything goes to ``heads/.partial-<head_id>-<pid>/``; partial folders a killed run left for
-    the same head id are removed when a new writer starts. :meth:`publish` writes ``record.json``
-    and renames the folder to ``heads/<head_id>`` (replacing an older copy), so a bundle appears
-    complete or not at all. Use it as a context manager: an error before :meth:`publish` removes the
-    partial folder, and a full disk is one :class:`DiskFullError` naming the file being written.
+    Everything goes to ``heads/.partial-<head_id>-<pid>/``, which the writer holds locked (``flock``) while
+    it lives, so a folder nobody holds is the remains of a stopped run. :meth:`publish` writes
+    ``record.json`` and renames the folder to ``heads/<head_id>`` (replacing an older copy), so a bundle
+    appears complete or not at all. Use it as a context manager; a full disk is one :class:`DiskFullError`
+    naming the file being written, and the partial folder is removed.
+
+    Without ``resume_key`` (stacked heads) an error before :meth:`publish` removes the partial folder, and
+    the remains of stopped runs of the same head id are removed when a new writer starts.
+
+    With ``resume_key`` (training: a digest of everything the fold models are computed from, see
+    :func:`models.training.fold_inputs_key`) a fold is finished in one step: :meth:`add_fold` writes it to
+    ``.incomplete/fold_<k>/`` with :data:`RESUME_FILE` (the key, the size + sha256 of every file of the fold
+    and the caller's ``state``, e.g. its out-of-fold predictions) and then renames it to ``fold_<k>/``. An
+    error or interrupt (Ctrl-C) keeps the finished folds (a full disk still removes them); a new writer of
+    the same head id takes over the folder of a stopped run (Ctrl-C or ``kill -9``) and keeps exactly its
+    folds whose key is the same and whose files still match their sizes and checksums: :attr:`kept` maps
+    each to its ``state``, and the caller trains only the other folds. Anything else there (a half-written
+    fold, a fold of other inputs) is removed. The resume files are deleted by :meth:`publish`, so a
+    published bundle is byte for byte what an uninterrupted run writes. A partial folder that another
+    live writer holds is never touched.
     """
 
-    def __init__(self, heads_dir: str | os.PathLike, config: HeadConfig, extractor_params: Mapping[str, dict]):
+    def __init__(self, heads_dir: str | os.PathLike, config: HeadConfig, extractor_params: Mapping[str, dict], *,
+                 resume_key: str | None = None):
         heads_dir = Path(heads_dir)
         self.head_id = config.head_id
         self.final_dir = heads_dir / self.head_id
         self.work_dir = heads_dir / f".partial-{self.head_id}-{os.getpid()}"
+        self.resume_key = resume_key
         self.fold_ids: list[int] = []
-        for stale in heads_dir.glob(f".partial-{self.head_id}-*"):  # left by a killed run
-            shutil.rmtree(stale, ignore_errors=True)
+        self.kept: dict[int, dict[str, np.ndarray]] = {}   # fold -> state, folds a stopped run finished
+        self._lock: int | None = None
+        self._owned = False                                  # work_dir is this writer's (made or taken over)
         try:
             with self.writing(self.work_dir):
-                self.work_dir.mkdir(parents=True)
+                heads_dir.mkdir(parents=True, exist_ok=True)
+                self._take_over(heads_dir)
             self.write_text(CONFIG_FILE, json.dumps(config.to_json(), indent=1, sort_keys=True))
             self.write_text(EXTRACTORS_FILE, json.dumps(dict(extractor_params), indent=1))
-        except BaseException:
-            self.discard()
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, None)
             raise
+
+    def _take_over(self, heads_dir: Path) -> None:
+        """Make :attr:`work_dir`, locked: the folder of a stopped run of this head id with the most folds
+        to keep (resume), else a new one; the other stopped runs' folders are removed."""
+        stopped: dict[Path, int | None] = {}
+        for folder in sorted(heads_dir.glob(f".partial-{self.head_id}-*")):
+            held, fd = _lock_folder(folder)
+            if not held:
+                stopped[folder] = fd
+            elif folder == self.work_dir:
+                raise BundleError(f"{folder}: head {self.head_id} is being written by this process already")
+        try:
+            keep = {folder: self._keepable(folder) for folder in stopped} if self.resume_key is not None else {}
+            base = max(keep, key=lambda f: (len(keep[f]), f == self.work_dir), default=None)
+            if base is not None and not keep[base]:
+                base = None
+            for folder in [f for f in stopped if f != base]:
+                shutil.rmtree(folder, ignore_errors=True)
+                _unlock(stopped.pop(folder))
+            if base is None:
+                self.work_dir.mkdir()
+                self._owned = True
+                held, self._lock = _lock_folder(self.work_dir)
+                if held:
+                    self._owned = False
+                    raise BundleError(f"{self.work_dir}: another run of head {self.head_id} took this folder as "
+                                      "it was made; run one train command per head at a time")
+            else:
+                self._lock = stopped.pop(base)
+                if base != self.work_dir:
+                    base.rename(self.work_dir)
+                self._owned = True
+                self._clear_except(keep[base])
+        except BaseException:
+            for fd in stopped.values():
+                _unlock(fd)
+            raise
+
+    def _keepable(self, folder: Path) -> dict[int, dict[str, np.ndarray]]:
+        """The finished folds in a stopped run's folder that this writer may keep (see the class doc)."""
+        kept = {}
+        for fold_dir in folder.glob("fold_*"):
+            tail = fold_dir.name.removeprefix("fold_")
+            if tail.isdigit() and fold_dir.is_dir() and not fold_dir.is_symlink():
+                state = _finished_fold_state(fold_dir, self.resume_key)
+                if state is not None:
+                    kept[int(tail)] = state
+        return kept
+
+    def _clear_except(self, kept: dict[int, dict[str, np.ndarray]]) -> None:
+        """Empty the taken-over folder but for the folds kept, and note them as written."""
+        keep = {fold_dir_name(k) for k in kept}
+        for entry in self.work_dir.iterdir():
+            if entry.name in keep:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        self.kept = dict(sorted(kept.items()))
+        self.fold_ids = list(self.kept)
 
     def __enter__(self) -> BundleWriter:
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
-        if exc is not None:
+        if exc is None or not self._owned:
+            self._release()
+            return
+        if self.resume_key is None or isinstance(exc, DiskFullError) or not self.work_dir.is_dir():
             self.discard()
+        else:   # keep the finished folds for a re-run; a half-written one is of no use to it
+            shutil.rmtree(self.work_dir / INCOMPLETE_DIR, ignore_errors=True)
+            self._release()
+
+    def _release(self) -> None:
+        _unlock(self._lock)
+        self._lock = None
 
     def discard(self) -> None:
-        """Remove the partial folder (nothing to do once published)."""
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        """Remove the partial folder (nothing to do once published, or when it is not this writer's)."""
+        if self._owned:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        self._release()
 
     @contextlib.contextmanager
     def writing(self, path: Path) -> Iterator[None]:
@@ -214,26 +310,44 @@ class BundleWriter:
         return self.work_dir / fold_dir_name(fold)
 
     def add_fold(self, fold: int, head: Head, train_window_ids: Sequence[str] | np.ndarray,
-                 pseudo_teacher_fold: Sequence[int | None] | None = None) -> Path:
+                 pseudo_teacher_fold: Sequence[int | None] | None = None,
+                 state: Mapping[str, np.ndarray] | None = None) -> Path:
         """Save the fold's Head and the ids of the windows it was trained on (for leakage audits);
         with pseudo-labels, ``pseudo_teacher_fold`` names the teacher fold model that labelled each
-        pseudo-labelled window (None for labelled windows)."""
+        pseudo-labelled window (None for labelled windows). With a ``resume_key``, ``state`` (arrays) is
+        kept with the fold until :meth:`publish` and the fold appears finished in one rename (class doc)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        folder = self.fold_folder(fold)
+        if fold in self.fold_ids:
+            raise BundleError(f"{self.work_dir}: fold {fold} written twice")
+        final = self.work_dir / fold_dir_name(fold)
+        folder = self.work_dir / INCOMPLETE_DIR / fold_dir_name(fold) if self.resume_key is not None else final
         with self.writing(folder):
+            shutil.rmtree(folder, ignore_errors=True)
             head.save(folder)
         columns = {"window_id": pa.array(list(train_window_ids), pa.string())}
         if pseudo_teacher_fold is not None:
             columns["pseudo_teacher_fold"] = pa.array(list(pseudo_teacher_fold), pa.int32())
         with self.writing(folder / TRAIN_WINDOWS_FILE):
             pq.write_table(pa.table(columns), folder / TRAIN_WINDOWS_FILE, compression="zstd")
-        return folder
+        if self.resume_key is not None:
+            files, _dirs, _other = walk_tree(folder)
+            manifest = {rel: [size, file_sha256(folder / rel)] for rel, size in files.items()}
+            arrays = {f"state_{k}": np.asarray(v) for k, v in (state or {}).items()}
+            with self.writing(folder / RESUME_FILE):
+                np.savez(folder / RESUME_FILE, key=np.array(self.resume_key), files=np.array(json.dumps(manifest)),
+                         **arrays)
+            folder.rename(final)          # the fold is finished: one atomic step
+        self.fold_ids.append(int(fold))
+        return final
 
     def publish(self) -> Path:
         """Record the folds and every file's checksum (``record.json``), then make the fully written
         bundle visible under its final name (an older copy is replaced)."""
+        for fold in self.fold_ids:           # resume state: not part of the bundle
+            (self.work_dir / fold_dir_name(fold) / RESUME_FILE).unlink(missing_ok=True)
+        shutil.rmtree(self.work_dir / INCOMPLETE_DIR, ignore_errors=True)
         with self.writing(self.work_dir / RECORD_FILE):
             write_record(self.work_dir, self.head_id, self.fold_ids)
         if self.final_dir.exists():
@@ -243,7 +357,68 @@ class BundleWriter:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             self.work_dir.rename(self.final_dir)
+        self._owned = False                  # published: nothing of it is the writer's to remove
+        self._release()
         return self.final_dir
+
+
+def _lock_folder(folder: Path) -> tuple[bool, int | None]:
+    """``(held, fd)``: whether a live writer holds ``folder`` (``flock``), else the descriptor now locking
+    it for this writer (None where the folder vanished, or the filesystem has no flock: then the pid in the
+    folder's name decides)."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False, None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return True, None
+    except OSError:     # no flock here (some network filesystems): a live pid of this machine holds it
+        os.close(fd)
+        pid = folder.name.rpartition("-")[2]
+        return pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)), None
+    return False, fd
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)      # closing the descriptor releases its flock
+
+
+def _finished_fold_state(fold_dir: Path, resume_key: str | None) -> dict[str, np.ndarray] | None:
+    """The state saved with a finished fold of a partial bundle, or None when it cannot be kept: no or an
+    unreadable :data:`RESUME_FILE`, another key, or a file that is not the size and sha256 written."""
+    try:
+        with np.load(fold_dir / RESUME_FILE, allow_pickle=False) as saved:
+            if str(saved["key"]) != resume_key:
+                return None
+            manifest = json.loads(str(saved["files"]))
+            state = {k.removeprefix("state_"): saved[k] for k in saved.files if k.startswith("state_")}
+        files, _dirs, other = walk_tree(fold_dir)
+        files.pop(RESUME_FILE, None)
+        if other or set(files) != set(manifest):
+            return None
+        for rel, (size, sha) in manifest.items():
+            if files[rel] != size or file_sha256(fold_dir / rel) != sha:
+                return None
+    except Exception:   # a torn or foreign file: the fold is trained again
+        return None
+    return state
 
 
 # ---------------------------------------------------------------------------- the record

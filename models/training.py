@@ -4,7 +4,8 @@ Artifacts land in plain folders inside the store:
 
 * the bundle ``heads/<head_id>/`` (:mod:`models.bundle`: ``config.json``, ``extractors.json`` and
   one saved Head per fold, plus the window ids it was trained on, so leakage can be audited, and
-  ``record.json``: the folds and every file's checksum, which every reader checks);
+  ``record.json``: the folds and every file's checksum, which every reader checks), assembled fold by
+  fold in ``heads/.partial-<head_id>-<pid>/``, where a stopped run's finished folds wait for its re-run;
 * ``oof/<head_id>.parquet``: one row per training window (window_id, head_id, fold, source and one
   float32 column per class), byte-identical for the same configuration and seed;
 * a row in the DuckDB table ``experiments`` (:mod:`models.experiments`).
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from featurestore.errors import MetricError, StoreError
+from featurestore.errors import BundleError, MetricError, StoreError
 from featurestore.folds import fold_assignment, folds_to_run
 from featurestore.ingest import latest_data_version
 from featurestore.store import FeatureStore, write_parquet_atomic
@@ -61,6 +62,7 @@ class ExperimentResult:
     n_classes_scored: int = 0
     n_classes_degenerate: int = 0
     warnings: list[str] = field(default_factory=list)
+    kept_folds: tuple[int, ...] = ()   # folds a stopped run of the same inputs had finished (not trained again)
 
     @property
     def calibration_gap(self) -> float:
@@ -73,7 +75,11 @@ class ExperimentResult:
                 f"(calibration gap {self.calibration_gap:+.4f}); {self.n_classes_scored} classes scored, "
                 f"{self.n_classes_degenerate} degenerate; train {self.train_seconds:.1f} s, "
                 f"predict {self.predict_seconds:.1f} s")
-        lines = [head, *(f"warning: {w}" for w in self.warnings)]
+        lines = [head]
+        if self.kept_folds:
+            lines.append(f"resumed: fold(s) {', '.join(map(str, self.kept_folds))} kept from a stopped run of this "
+                         "head on the same inputs (not trained again)")
+        lines += [f"warning: {w}" for w in self.warnings]
         if self.report is not None:
             lines.append(self.report.render())
         return "\n".join(lines)
@@ -149,13 +155,25 @@ def cross_validate(frame: TrainingFrame, folds: np.ndarray, kind: str, overrides
     ``pseudo`` adds each fold's pseudo-labelled rows (:class:`PseudoRows`) to its training rows.
     Each fold's Head goes into ``bundle`` when given (training; the tuner passes None).
     ``progress(fold, oof)`` is called after each fold (the tuner reports and prunes there).
+    A fold the bundle kept from a stopped run of the same inputs (:attr:`BundleWriter.kept`) is not trained
+    again: its saved out-of-fold predictions and seconds are used, bit for bit what training it gives.
     """
     oof = np.full(frame.Y.shape, np.nan, dtype=np.float32)
     train_s = predict_s = 0.0
     fold_ids = folds_to_run(folds, run_folds)
     usable = np.ones(len(folds), bool) if train_mask is None else train_mask
+    kept = bundle.kept if bundle is not None else {}
     for f in fold_ids:
         held = folds == f
+        if f in kept:
+            saved = kept[f]["oof"]
+            if saved.dtype != oof.dtype or saved.shape != (int(held.sum()), oof.shape[1]):
+                raise BundleError(f"{bundle.work_dir}: fold {f} kept from a stopped run holds {saved.shape} "
+                                  f"{saved.dtype} predictions, not {(int(held.sum()), oof.shape[1])} float32")
+            oof[held] = saved
+            train_s += float(kept[f]["train_seconds"])
+            predict_s += float(kept[f]["predict_seconds"])
+            continue
         train = (folds != f) & (folds != -1) & usable
         if not train.any():
             raise StoreError(f"fold {f}: no training windows outside it")
@@ -170,10 +188,12 @@ def cross_validate(frame: TrainingFrame, folds: np.ndarray, kind: str, overrides
         del X
         t1 = time.perf_counter()
         oof[held] = head.predict_proba(frame.X[held])
-        predict_s += time.perf_counter() - t1
+        t2 = time.perf_counter()
+        predict_s += t2 - t1
         train_s += t1 - t0
         if bundle is not None:
-            bundle.add_fold(f, head, ids, teacher_fold)
+            bundle.add_fold(f, head, ids, teacher_fold, state={"oof": oof[held], "train_seconds": np.float64(t1 - t0),
+                                                             "predict_seconds": np.float64(t2 - t1)})
         if progress:
             progress(f, oof)
     return oof, train_s, predict_s
@@ -305,8 +325,15 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
     scorable soundscape window the focal windows are scored (``scored_on``); with nothing
     scorable the headline is NaN and a warning says why. The bundle is assembled under a
     temporary name and renamed into place after its last fold (with its ``record.json``), so no
-    reader sees half a bundle; a run that fails before that (a full disk: one DiskFullError naming
-    the file being written) removes its partial folder.
+    reader sees half a bundle, and the experiment row is written once, at the end.
+
+    **Resumable per fold.** Each finished fold is kept in the partial folder with its out-of-fold
+    predictions; a run stopped by an error, Ctrl-C or ``kill -9`` and then re-run with the same
+    arguments trains only the folds not finished (``ExperimentResult.kept_folds`` names the others).
+    A fold is kept only under the same :func:`fold_inputs_key` (head id, the frame's bytes, folds,
+    pseudo-labels, library versions) and with its files as written, so the bundle, the OOF file and
+    the scores are bit for bit those of an uninterrupted run. A full disk (one DiskFullError naming
+    the file being written) removes the partial folder.
     """
     params = head_params(kind, overrides, seed)
     spec.check()
@@ -323,7 +350,9 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
             config = replace(config, feature_coverage=frame.coverage.as_dict(),  # a partial frame is another head
                              allow_partial=allow_partial)
         head_id = config.head_id
-        with BundleWriter(store.root / HEADS_DIR, config, extractor_params(store, frame.feature_versions)) as bundle:
+        with BundleWriter(store.root / HEADS_DIR, config, extractor_params(store, frame.feature_versions),
+                          resume_key=fold_inputs_key(plan, config)) as bundle:
+            kept_folds = tuple(bundle.kept)
             store.release_catalog()   # the folds train on the frame in memory: readers get in meanwhile
             oof, train_s, predict_s = plan.run(kind, params, bundle, progress and (lambda f, _oof: progress(f)))
             eval_mask, scored_on = plan.eval_mask, plan.scored_on
@@ -361,7 +390,57 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
             "mode": mode, "scored_on": plan.scored_on, "n_eval_windows": int(plan.eval_mask.sum()), **metrics})
     return ExperimentResult(head_id, kind, fold_mean, fold_std, pooled, report, train_s, predict_s, oof_path,
                             SCORED_ON_TEXT[scored_on], scored_on, mode, metrics["n_classes_scored"],
-                            metrics["n_classes_degenerate"], warnings)
+                            metrics["n_classes_degenerate"], warnings, kept_folds)
+
+
+FIT_LIBRARIES = ("numpy", "scikit-learn", "scipy", "lightgbm")   # their versions are part of a fold's inputs
+
+
+def fold_inputs_key(plan: CVPlan, config: HeadConfig) -> str:
+    """A digest of everything a run's fold models and out-of-fold predictions are computed from: the head
+    id (kind, parameters, frame spec, fold/data/feature versions, seed...), the frame's bytes (features,
+    labels, weights, ids, groups, sources, class and feature names), each window's fold, the training
+    mask, the folds run, the pseudo-labelled rows and the versions of the fitting libraries. A fold a
+    stopped run finished is kept only under the same key, so a resumed run is bit for bit an uninterrupted
+    one; features re-embedded under the same extractor version, or another library version, give another
+    key (the head id alone does not see them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    digest = hashlib.blake2b(digest_size=20)
+
+    def add(name: str, value) -> None:
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            value = np.ascontiguousarray(value)
+            digest.update(f"{name}:{value.dtype.str}:{value.shape};".encode())
+            digest.update(value.reshape(-1).view(np.uint8) if value.size else b"")
+        else:
+            items = value.tolist() if isinstance(value, np.ndarray) else value
+            digest.update(f"{name}:{json.dumps(items, default=str)};".encode())
+
+    frame = plan.frame
+    add("head_id", config.head_id)
+    add("config", json.dumps(config.to_json(), sort_keys=True))
+    for name in ("window_ids", "X", "Y", "weight", "groups", "source", "class_names", "feature_names"):
+        add(name, getattr(frame, name))
+    add("folds", plan.folds)
+    add("train_mask", plan.train_mask if plan.train_mask is not None else "none")
+    add("run_folds", list(plan.run_folds))
+    pseudo = plan.pseudo
+    if pseudo is not None:
+        add("pseudo", [pseudo.version, pseudo.teacher_id, pseudo.weight, pseudo.alpha])
+        for name in ("extra_ids", "extra_X", "extra_groups", "extra_folds", "blend_rows"):
+            add(name, getattr(pseudo, name))
+        for name in ("extra_labels", "blend_labels"):
+            for k, labels in sorted(getattr(pseudo, name).items()):
+                add(f"{name}[{k}]", labels)
+    versions = {}
+    for dist in FIT_LIBRARIES:
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            versions[dist] = None
+    add("libraries", versions)
+    return digest.hexdigest()
 
 
 def head_params(kind: str, overrides: dict | None, seed: int):

@@ -62,4 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; every finished epoch is checkpointed and the front-end cache is kept: re-run the "
+        "same command to resume at the next epoch"
+    ))

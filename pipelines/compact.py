@@ -37,4 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; no row is lost or doubled (new parts are written before old ones are removed): "
+        "re-run pipelines.compact to finish"
+    ))

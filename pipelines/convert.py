@@ -51,4 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; a conversion is written whole or not at all, but --out may hold a converted model "
+        "whose parity check did not finish: re-run the same command (it converts and checks again)"
+    ))

@@ -60,4 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; the teacher's finished pseudo-label parts and the finished folds of the student "
+        "being trained are kept: re-run the same command to resume"
+    ))

@@ -111,4 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; windows embedded so far are kept (each part is written whole): re-run the same "
+        "command to embed the rest"
+    ))

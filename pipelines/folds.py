@@ -67,4 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; each fold table is written whole or not at all: re-run the same command to write "
+        "the rest (the same folds)"
+    ))

@@ -42,4 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; audio files finished so far are kept in the store: re-run the same command to "
+        "resume"
+    ))

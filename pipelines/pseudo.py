@@ -38,4 +38,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; pseudo-labels of finished parts are kept: re-run the same command to resume"
+    ))

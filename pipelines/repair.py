@@ -32,4 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; parts already moved stay in quarantine/ and the catalog is replaced only by a whole "
+        "rebuild: re-run pipelines.repair to finish (it deletes nothing)"
+    ))

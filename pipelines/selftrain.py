@@ -36,4 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; finished rounds, stored pseudo-labels and the finished folds of the student being "
+        "trained are kept: re-run the same command to resume"
+    ))

@@ -49,4 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; nothing written (the store is opened read-only; --out is written whole or not at "
+        "all)"
+    ))

@@ -84,4 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; a stacked head is written only at its end (nothing of it kept); with --trials, "
+        "finished trials stay in the study and --trials N on the same --study adds N more"
+    ))

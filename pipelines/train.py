@@ -67,4 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; the finished folds of this head are kept: re-run the same command to resume at the "
+        "next fold"
+    ))
