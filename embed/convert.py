@@ -343,14 +343,28 @@ def parity(saved_model: Path, converted: Path, clips: Sequence[Path], *, say: Sa
 
 def convert_checked(saved_model: Path, to: str, out: Path, clips: Sequence[Path] | None, *, say: Say = _quiet,
                     taxonomy: pa.Table | None = None) -> tuple[Path, ParityResult | None]:
-    """:func:`convert`, then :func:`check_or_move_aside` on ``clips`` (skipped when None): a conversion that fails
-    parity is moved to ``<out>.failed`` (nothing is left at ``out``) and refused."""
+    """:func:`convert`, then :func:`check_or_move_aside` on ``clips`` (skipped when None). The conversion is
+    checked under a hidden name beside ``out`` (``.<stem>.checking<suffix>``) and renamed to ``out`` only once
+    it passed, so ``out`` never holds an unchecked model (an interrupt or a crash mid-check leaves the previous
+    ``out``, if any, as it was); one that fails parity is moved to ``<out>.failed`` and refused."""
     out = Path(out).expanduser()
-    convert(saved_model, to, out, say=say)
     if clips is None:
+        convert(saved_model, to, out, say=say)
         say("parity check skipped (--no-check)")
         return out, None
-    return out, check_or_move_aside(saved_model, out, clips, say=say, taxonomy=taxonomy)
+    checking = out.with_name(f".{out.stem}.checking{out.suffix}")
+    try:
+        convert(saved_model, to, checking, say=lambda line: say(line.replace(str(checking), str(out))))
+        try:
+            result = parity(Path(saved_model).expanduser(), checking, clips, say=say, taxonomy=taxonomy)
+        except ModelError as exc:
+            failed = out.with_name(out.name + ".failed")
+            shutil.move(str(checking), failed)
+            raise ModelError(f"{str(exc).replace(str(checking), str(out))}; moved to {failed}") from exc
+        os.replace(checking, out)
+    finally:
+        checking.unlink(missing_ok=True)
+    return out, result
 
 
 def check_or_move_aside(saved_model: Path, converted: Path, clips: Sequence[Path], *, say: Say = _quiet,

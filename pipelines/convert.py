@@ -51,7 +51,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main, interrupted=(
-        "interrupted; a conversion is written whole or not at all, but --out may hold a converted model "
-        "whose parity check did not finish: re-run the same command (it converts and checks again)"
-    ))
+    run_main(main, interrupted="interrupted; --out is replaced only by a conversion that passed its parity check, "
+                                "so it is as it was: re-run the same command")

@@ -164,9 +164,27 @@ def test_parity_failure_moves_the_file_aside(models: dict, shared_data: Path, tm
         check_or_move_aside(models["savedmodel"], out, clips[1:])
     assert not out.exists() and (tmp_path / "perch.tflite.failed").read_bytes() == models["other_tflite"].read_bytes()
     # and the whole route on a good conversion leaves the file at --out
+    # (checked under a hidden name: --out appears only once the check passed; its lines name --out)
     good = tmp_path / "good" / "perch.onnx"
-    _, result = convert_checked(models["savedmodel"], "onnx", good, clips[1:])
-    assert good.is_file() and result is not None and result.ok and result.frames == 1
+    checking = good.with_name(".perch.checking.onnx")
+    seen: list[tuple[str, bool, bool]] = []
+    _, result = convert_checked(models["savedmodel"], "onnx", good, clips[1:],
+                                say=lambda line: seen.append((line, good.exists(), checking.exists())))
+    assert good.is_file() and result is not None and result.ok and result.frames == 1 and not checking.exists()
+    assert seen[-1][0].startswith("parity on 1 frames") and seen[-1][1:] == (False, True)
+    assert all(str(checking) not in line for line, _, _ in seen) and any(str(good) in line for line, _, _ in seen)
+
+    # Ctrl-C during the check: the previous --out is left as it was, no unchecked file anywhere
+    before = good.read_bytes()
+
+    def interrupt(line: str) -> None:
+        if line.startswith("parity on"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert_checked(models["savedmodel"], "onnx", good, clips[1:], say=interrupt)
+    assert good.read_bytes() == before and sorted(p.name for p in good.parent.iterdir()) == ["labels.csv",
+                                                                                           "perch.onnx"]
 
 
 def test_xla_call_module_refused_for_onnx_and_lowered_for_tflite(models: dict, tmp_path: Path) -> None:
