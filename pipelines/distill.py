@@ -28,7 +28,9 @@ from students.distill import run_distill
 EPILOG = """
 Example:
   python -m pipelines.distill --store work/store --teacher stack-1a2b3c4d5e6f --head-kind linear --features classical
-  python -m pipelines.export --store work/store --head-id stack-1a2b3c4d5e6f --fallback-head <student id> --out bundle
+  # then ship the student as the time guard's fallback (its head id is printed by distill)
+  python -m pipelines.export --store work/store --head-id stack-1a2b3c4d5e6f --fallback-head linear-5f4e3d2c1b0a \
+      --out bundle
 """
 
 
