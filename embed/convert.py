@@ -285,18 +285,18 @@ class ParityResult:
 def audio_files(paths: Sequence[Path | str], max_files: int | None = None) -> list[Path]:
     """The audio files of ``paths`` (files as given, folders searched recursively, sorted), the first
     ``max_files``; DataError when a path is missing or none is found."""
-    from featurestore.windows import AUDIO_SUFFIXES
+    from featurestore.windows import decodable_suffixes
 
     found: list[Path] = []
     for p in map(lambda x: Path(x).expanduser(), paths):
         if p.is_dir():
-            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES))
+            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in decodable_suffixes()))
         elif p.is_file():
             found.append(p)
         else:
             raise DataError(f"{p}: no such audio file or folder (--check-audio)")
     if not found:
-        raise DataError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {', '.join(map(str, paths))}")
+        raise DataError(f"no audio files ({', '.join(decodable_suffixes())}) under {', '.join(map(str, paths))}")
     return found[:max_files] if max_files else found
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,12 @@ FULL = DemoSize(clips_per_class=10, clip_seconds=(1.0, 40.0), train_soundscapes=
 SMALL = DemoSize(clips_per_class=4, clip_seconds=(1.0, 12.0), train_soundscapes=8, test_soundscapes=4,
                  unlabelled_soundscapes=24)
 ANSWERS_FILE = "unlabelled_answers.csv"   # beside data/, like test_solution.csv: only ever scored against, never trained on
+
+
+def audio_file_count(size: DemoSize) -> int:
+    """How many audio files :func:`generate_demo_dataset` writes for ``size`` (its progress total)."""
+    return (len(DEMO_CLASSES) * size.clips_per_class + size.train_soundscapes + size.test_soundscapes
+            + size.unlabelled_soundscapes)
 
 
 # ---------------------------------------------------------------------------- synthesis
@@ -210,8 +217,12 @@ def _soundscape(rng: np.random.Generator, site_classes: list[DemoClass]) -> tupl
     return track, events
 
 
-def generate_demo_dataset(out_dir: str | Path, size: DemoSize = FULL, seed: int = 2026) -> Path:
-    """Write the demo dataset under ``out_dir/data`` (and ``out_dir/test_solution.csv``); returns the data dir."""
+def generate_demo_dataset(out_dir: str | Path, size: DemoSize = FULL, seed: int = 2026, *,
+                          progress: Callable[[int], object] | None = None) -> Path:
+    """Write the demo dataset under ``out_dir/data`` (and ``out_dir/test_solution.csv``); returns the data dir.
+    ``progress(1)`` is called after each audio file written (:func:`audio_file_count` in all); the files are
+    the same with or without it."""
+    tick = progress or (lambda _n: None)
     out_dir = Path(out_dir)
     data = out_dir / "data"
     rng = np.random.default_rng(seed)
@@ -241,6 +252,7 @@ def generate_demo_dataset(out_dir: str | Path, size: DemoSize = FULL, seed: int 
             stem = f"{'XC' if collection == 'XC' else 'iNat'}{100000 + ci * 1000 + k}"
             filename = f"{cls.primary_label}/{stem}.ogg"
             _write_ogg(data / FOCAL / filename, track)
+            tick(1)
             author = AUTHORS[int(rng.integers(0, len(AUTHORS)))]
             lat, lon = homes[author]
             train_rows.append([cls.primary_label, str(secondary), "['call']", f"{lat + rng.normal(0, 0.01):.4f}",
@@ -265,6 +277,7 @@ def generate_demo_dataset(out_dir: str | Path, size: DemoSize = FULL, seed: int 
         name = f"BC2026_{split}_{i + 1:04d}_{site}_{day}_{clock}.ogg"
         track, events = _soundscape(rng, site_pool[site])
         _write_ogg(data / (SOUNDSCAPE if split == "Train" else TEST) / name, track)
+        tick(1)
         per_window = window_labels(events, SOUNDSCAPE_SECONDS)
         for w_idx, present in enumerate(per_window):
             start = w_idx * WINDOW_SECONDS
@@ -286,12 +299,12 @@ def generate_demo_dataset(out_dir: str | Path, size: DemoSize = FULL, seed: int 
         w = csv.writer(fh)
         w.writerow(["row_id", *labels])
         w.writerows(solution_rows)
-    _unlabelled(data, out_dir, size, rng, site_pool)
+    _unlabelled(data, out_dir, size, rng, site_pool, tick)
     return data
 
 
 def _unlabelled(data: Path, out_dir: Path, size: DemoSize, rng: np.random.Generator,
-                site_pool: dict[str, list[DemoClass]]) -> None:
+                site_pool: dict[str, list[DemoClass]], tick: Callable[[int], object]) -> None:
     """Unlabelled train soundscapes (same sites and call mix as the labelled ones, numbered after them)
     written into ``train_soundscapes/`` with no row in the labels file; their true window labels go to
     ``out_dir/unlabelled_answers.csv`` (the labels file's columns, one row per window, empty labels for
@@ -306,6 +319,7 @@ def _unlabelled(data: Path, out_dir: Path, size: DemoSize, rng: np.random.Genera
         name = f"BC2026_Train_{i + 1:04d}_{site}_{day}_{clock}.ogg"
         track, events = _soundscape(rng, site_pool[site])
         _write_ogg(data / SOUNDSCAPE / name, track)
+        tick(1)
         for w_idx, present in enumerate(window_labels(events, SOUNDSCAPE_SECONDS)):
             start = w_idx * WINDOW_SECONDS
             rows.append([name, _clock(start), _clock(start + WINDOW_SECONDS), ";".join(present)])

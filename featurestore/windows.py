@@ -10,6 +10,7 @@ This module imports no third-party package at import time: the inference path us
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -26,7 +27,6 @@ WINDOW_SECONDS = 5
 SOUNDSCAPE_SECONDS = 60            # every competition soundscape covers at least this long
 MIN_TAIL_SECONDS = 1.0
 MAX_AUDIO_SECONDS = 24 * 3600     # no recording lasts longer: a label time past it is a typo, refused
-AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
 FOCAL = "train_audio"              # source folders of the competition layout
 SOUNDSCAPE = "train_soundscapes"
 TEST = "test_soundscapes"
@@ -66,8 +66,43 @@ def row_ids(filename: str, starts) -> list[str]:
 
 
 def is_audio(path: Path) -> bool:
-    """An audio file the toolkit reads (by suffix; hidden files excluded)."""
-    return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
+    """An audio file the toolkit reads: by suffix (:func:`decodable_suffixes`), hidden files excluded."""
+    return path.suffix.lower() in decodable_suffixes() and not path.name.startswith(".")
+
+
+# suffix -> (libsndfile major format, the subtype it needs or None): what soundfile decodes without ffmpeg.
+# A suffix counts where this machine's libsndfile has the format (:func:`decodable_suffixes`; mp3 needs
+# libsndfile >= 1.1, opus 1.0.29); libsndfile reads by content, the suffix only picks the files.
+SOUNDFILE_SUFFIXES: dict[str, tuple[str, str | None]] = {
+    ".ogg": ("OGG", None), ".oga": ("OGG", None), ".opus": ("OGG", "OPUS"), ".flac": ("FLAC", None),
+    ".wav": ("WAV", None), ".wave": ("WAV", None), ".mp3": ("MP3", None), ".aif": ("AIFF", None),
+    ".aiff": ("AIFF", None), ".aifc": ("AIFF", None), ".au": ("AU", None), ".snd": ("AU", None),
+    ".caf": ("CAF", None), ".w64": ("W64", None), ".rf64": ("RF64", None), ".voc": ("VOC", None),
+    ".sph": ("NIST", None), ".nist": ("NIST", None), ".sd2": ("SD2", None), ".paf": ("PAF", None),
+    ".svx": ("SVX", None), ".avr": ("AVR", None), ".htk": ("HTK", None), ".pvf": ("PVF", None),
+    ".sds": ("SDS", None), ".wve": ("WVE", None), ".xi": ("XI", None), ".sf": ("IRCAM", None),
+}
+# audio containers/codecs libsndfile does not read (ffmpeg territory): skipped, by name, with what to do
+NEEDS_FFMPEG = (".m4a", ".m4b", ".aac", ".mp4", ".wma", ".webm", ".amr", ".3gp", ".ac3", ".mka", ".ape", ".wv",
+                ".mp2", ".mpga")
+
+
+@functools.cache
+def decodable_suffixes() -> tuple[str, ...]:
+    """The suffixes of :data:`SOUNDFILE_SUFFIXES` whose format (and subtype) this machine's libsndfile decodes
+    (``soundfile.available_formats()``): the one rule for what is audio, for ingest, the embed job, predict
+    (:func:`submit.submission.list_audio`) and the Kaggle runtime."""
+    import soundfile as sf  # here, not at import: the inference path imports this module bare
+
+    formats = sf.available_formats()
+    ok = []
+    for suffix, (fmt, subtype) in SOUNDFILE_SUFFIXES.items():
+        try:
+            if fmt in formats and (subtype is None or subtype in sf.available_subtypes(fmt)):
+                ok.append(suffix)
+        except Exception:  # noqa: BLE001 - an odd libsndfile build: the format counts as absent
+            continue
+    return tuple(ok)
 
 
 # The labels of every trainable window: a focal clip's primary + secondary labels on each of its

@@ -25,6 +25,13 @@ Guarantees:
   that task forever. Here every blocking call (``map``, ``starmap``, ``apply``, iterating ``imap`` /
   ``imap_unordered``) checks the workers every :data:`WATCH_SECONDS` while it waits and raises a
   ``ChildProcessError`` naming the worker and its signal or exit code.
+* **Ctrl-C is the parent's.** A terminal's Ctrl-C sends SIGINT to the whole process group, workers
+  included; a worker ignores it (it would otherwise print ``Process SpawnPoolWorker-2:`` and a
+  traceback beside the job's own one line): the parent gets the ``KeyboardInterrupt``, leaving the
+  ``with`` block terminates the workers. A worker the main thread starts ignores SIGINT from its first
+  instruction (the disposition is inherited through ``exec``; the parent ignores SIGINT only for the
+  instant of each fork + exec); one started from another thread (a pool made in a thread, a worker the
+  pool replaces) ignores it from its initializer on.
 * **One BLAS/OpenMP thread per worker**: the workers start with :data:`ONE_THREAD_ENV` (and the caller's
   ``env``) in their environment (this process's own environment is restored): the toolkit parallelises
   by process.
@@ -74,7 +81,9 @@ _INIT_ERROR: list[BaseException] = []      # the initializer's exception, if it 
 
 
 def _start_worker(lifeline, initializer: Callable | None, initargs: tuple) -> None:
-    """Every worker's initializer: watch the parent, then run the caller's initializer, keeping its error."""
+    """Every worker's initializer: ignore Ctrl-C (the parent reports it), watch the parent, then run the
+    caller's initializer, keeping its error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(lifeline,), name="exit-with-parent", daemon=True).start()
     if initializer is None:
         return
@@ -130,8 +139,28 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+class _SpawnedWorker(multiprocessing.get_context("spawn").Process):
+    """A spawned worker process that starts with SIGINT ignored when the main thread starts it: SIG_IGN is
+    inherited through ``exec``, and Python installs its KeyboardInterrupt handler only over the default,
+    so a Ctrl-C while the worker still imports its modules cannot print a traceback either. (The
+    parent's own Ctrl-C in the instant of the fork + exec is lost: press it again.)"""
+
+    def start(self) -> None:
+        if threading.current_thread() is not threading.main_thread():   # only the main thread sets handlers
+            return super().start()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            super().start()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
 class WorkerPool(multiprocessing.pool.Pool):
     """A spawn-context pool with the guarantees of this module (see :func:`worker_pool`)."""
+
+    @staticmethod
+    def Process(ctx, *args, **kwds):   # noqa: N802 (multiprocessing.pool.Pool's name)
+        return _SpawnedWorker(*args, **kwds)
 
     def __init__(self, processes: int, initializer: Callable | None = None, initargs: Iterable = (),
                  env: Mapping[str, str | None] | None = None):

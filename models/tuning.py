@@ -7,7 +7,7 @@
   A trial in ``full`` mode with the default parameters scores exactly the fold mean that
   ``pipelines.train`` records.
 * **Intermediate values** are the per-fold AUCs, reported at step = fold id, so the median pruner
-  compares a trial's fold 2 with other trials' fold 2.
+  compares a trial's fold 2 with other trials' fold 2; each fold also advances the caller's ``progress`` bar.
 * **Fast mode** (named, fixed) keeps full evaluation but trains on at most ``focal_per_class``
   focal windows per class and/or only the ``folds`` listed; it never trains on the evaluation
   subset alone.
@@ -15,8 +15,12 @@
   trial n's sampler is seeded with ``seed + n`` (trial numbers are unique across processes, so a resumed
   study and cooperating processes draw new parameter sets), an exact repeat of a finished parameter set is
   answered from the earlier trial without training (a repeat of one still running elsewhere waits for it),
-  and trials left RUNNING by a killed process are marked FAIL (:func:`fail_stale`). Re-using a study name
-  with another head, features, fold version or mode is refused.
+  and trials left RUNNING by a killed process are marked FAIL (:func:`fail_stale`). A trial stopped before its
+  end (Ctrl-C: at once, :func:`fail_interrupted`; a killed process: when the next command finds it) is marked
+  FAIL and its parameters queued (:func:`requeue`): queued trials run first, so a new study interrupted in its
+  defaults trial still starts from the defaults. ``trials`` 0 records the best of an existing study and is
+  refused for a new one (:func:`check_trials`). Re-using a study name with another head, features, fold
+  version or mode is refused.
 * **Many processes, many machines** (:func:`resolve_storage`): ``journal:PATH`` (Optuna's JournalStorage on
   a file: many processes on one machine; the default of ``workers > 1``), ``postgresql://`` / ``mysql://``
   (RDBStorage: many machines), SQLite (one process only: refused with ``workers > 1``). Processes sharing a
@@ -41,6 +45,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
 import socket
 import threading
 import time
@@ -53,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.errors import StackError, StoreError, UserInputError
+from featurestore.folds import folds_to_run
 from featurestore.store import FeatureStore
 from models.frame import FrameSpec
 from models.heads import PARAMS_BY_KIND, make_params
@@ -141,6 +147,27 @@ class Storage:
 
         return make_url(self.url).render_as_string(hide_password=True)
 
+    @property
+    def file(self) -> Path | None:
+        """The file a journal or SQLite study lives in (None for a database server or an in-memory SQLite)."""
+        if self.kind == "journal":
+            return Path(self.url.removeprefix("journal:"))
+        if self.kind == "sqlite":
+            from sqlalchemy.engine import make_url
+
+            database = make_url(self.url).database
+            return Path(database).expanduser() if database and database != ":memory:" else None
+        return None
+
+    def has_study(self, name: str) -> bool:
+        """Whether study ``name`` exists here. A missing journal or SQLite file means no, and is not created."""
+        import optuna
+
+        path = self.file
+        if path is not None and not path.exists():
+            return False
+        return name in optuna.get_all_study_names(self.open())
+
     def dashboard(self) -> str:
         """What to give ``optuna-dashboard`` (a journal file is given as its path)."""
         return self.url.removeprefix("journal:") if self.kind == "journal" else self.shown
@@ -207,6 +234,19 @@ def resolve_storage(store_dir: str | Path, storage: str | None = None, workers: 
     raise UserInputError(f"unknown tuning storage {storage!r}; use one of: {STORAGE_FORMS}")
 
 
+def check_trials(trials: int, where: Storage, study_name: str) -> None:
+    """Refuse (UserInputError) a negative ``trials``, and ``0`` for a study that does not exist yet: a command adding
+    no trial only records the best of a study other commands filled (:func:`record_best_once`); on a new one it
+    would make an empty study with the defaults left waiting. Checked before anything is made (not even the
+    SQLite or journal file)."""
+    if trials < 0:
+        raise UserInputError(f"--trials must be >= 0, got {trials}")
+    if trials == 0 and not where.has_study(study_name):
+        raise UserInputError(f"--trials 0 adds no trial and study {study_name!r} does not exist in {where.shown}: "
+                             "nothing to record; give --trials 1 or more to start it (--trials 0 records the best "
+                             "of an existing study)")
+
+
 @dataclass(frozen=True)
 class TuneSpec:
     """Everything a study is about; stored as study attributes and checked on resume."""
@@ -259,10 +299,12 @@ class TuneResult:
     best_fold_mean: float | None = None
     best_fold_std: float | None = None
     recorded_as: str = "re-trained with full cross-validation as"   # how the best trial was kept
+    waiting: int = 0        # queued (an interrupted or killed trial's parameters): they run first on resume
 
     def render(self) -> str:
+        waiting = f", {self.waiting} queued to run first on resume" if self.waiting else ""
         lines = [f"study {self.study}: {self.trials} trials ({self.completed} complete, {self.pruned} pruned, "
-                 f"{self.failed} failed)"]
+                 f"{self.failed} failed{waiting})"]
         if self.best_value is not None:
             lines.append(f"best trial {self.best_trial}: {METRIC_NAME} {self.best_value:.4f} with {self.best_params}")
         if self.best_head_id:
@@ -361,9 +403,34 @@ def _dead(who: dict, beat: float | None, now: float, machine: str | None, one_pr
     return None
 
 
+RETRY_ATTR, ATTEMPT_ATTR = "retry_of", "attempt"
+KILLED_ATTEMPTS = 3   # a parameter set whose process died this many times is not queued again (it may kill it)
+
+
+def requeue(study, trial, *, interrupted: bool) -> bool:
+    """Queue ``trial``'s parameters again (a WAITING trial, attributes ``retry_of`` = its number and ``attempt``):
+    a trial stopped before it measured anything (Ctrl-C, its process killed) says nothing about them, and
+    WAITING trials run first, so a study interrupted in its defaults trial still starts from the defaults.
+    Not queued: a trial without parameters, one already queued again, and (unless ``interrupted``: the
+    user's act, not the trial's) a parameter set whose process died :data:`KILLED_ATTEMPTS` times.
+    ``trial`` is a FrozenTrial; returns whether a copy was queued. (Several processes stopped at once queue their
+    copies in the order they stop, so a resumed many-process study runs them side by side, not defaults first.)"""
+    import optuna
+
+    attempt = int(trial.user_attrs.get(ATTEMPT_ATTR, 1))
+    if not trial.params or (not interrupted and attempt >= KILLED_ATTEMPTS):
+        return False
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    if any(t.user_attrs.get(RETRY_ATTR) == trial.number for t in waiting):
+        return False
+    study.enqueue_trial(dict(trial.params), user_attrs={RETRY_ATTR: trial.number, ATTEMPT_ATTR: attempt + 1})
+    return True
+
+
 def fail_stale(study, one_process: bool = False) -> int:
-    """Mark FAIL (attribute ``failed_because``) the RUNNING trials whose process is dead (:func:`stale_reason`):
-    a live process's trial, on this machine or another, is left alone. Returns how many were failed."""
+    """Mark FAIL (attribute ``failed_because``) the RUNNING trials whose process is dead (:func:`stale_reason`)
+    and queue their parameters again (:func:`requeue`): a live process's trial, on this machine or another, is
+    left alone. Returns how many were failed."""
     import optuna
 
     S = optuna.trial.TrialState
@@ -378,7 +445,29 @@ def fail_stale(study, one_process: bool = False) -> int:
         except optuna.exceptions.UpdateFinishedTrialError:
             continue    # it finished meanwhile
         failed += 1
+        requeue(study, t, interrupted=False)
     return failed
+
+
+INTERRUPTED = "interrupted (Ctrl-C)"
+
+
+def fail_interrupted(study, trial) -> None:
+    """The trial this process was running when Ctrl-C came: its parameters queued again first (so a second
+    Ctrl-C in between leaves at worst a RUNNING trial for :func:`fail_stale` and a harmless repeat), then
+    marked FAIL with ``failed_because`` = :data:`INTERRUPTED`; a trial already finished is left as it is."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state != S.RUNNING:
+        return
+    requeue(study, frozen, interrupted=True)
+    try:
+        study._storage.set_trial_user_attr(frozen._trial_id, "failed_because", INTERRUPTED)
+        study._storage.set_trial_state_values(frozen._trial_id, state=S.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass    # another process took it for dead meanwhile
 
 
 class _Beating:
@@ -518,22 +607,61 @@ class Slots:
             time.sleep(0.1)
 
 
+STALE_TEXT = (f"trial(s) left running by a killed process as failed; their parameters are queued to run first (at "
+              f"most {KILLED_ATTEMPTS} attempts each)")
+
+
 def run_trials(study, objective: Callable, slots: Slots, storage: Storage, callbacks: list,
                say: Callable[[str], None]) -> None:
-    """Run trials while ``slots`` gives one: dead processes' trials failed before each, the objective under a
-    heartbeat (:class:`_Alive`). A trial another process failed meanwhile (it took this one for dead) is
-    dropped, not fatal."""
-    import optuna
-
-    def alive(trial) -> float:
-        with _Alive(trial):
-            return objective(trial)
-
+    """Run trials while ``slots`` gives one (Optuna's ask and tell; queued trials first): dead processes' trials
+    failed before each, the objective under a heartbeat (:class:`_Alive`), ``callbacks(study, frozen_trial)``
+    after each. A trial another process failed meanwhile (it took this one for dead) is dropped, not fatal.
+    An error in the objective marks the trial FAIL (``failed_because``) and is raised as it is (no Optuna
+    traceback on the way). Ctrl-C (KeyboardInterrupt) marks the running trial FAIL and queues its parameters
+    again (:func:`fail_interrupted`), then propagates: a resumed study runs it first."""
     while slots.take():
         stale = fail_stale(study, storage.one_process)
         if stale:
-            say(f"marked {stale} trial(s) left running by a killed process as failed")
-        study.optimize(alive, n_trials=1, callbacks=callbacks, catch=(optuna.exceptions.UpdateFinishedTrialError,))
+            say(f"marked {stale} {STALE_TEXT}")
+        trial = study.ask()
+        try:
+            frozen = _run_one(study, trial, objective, say)
+        except KeyboardInterrupt:
+            fail_interrupted(study, trial)
+            raise
+        if frozen is not None:
+            for callback in callbacks:
+                callback(study, frozen)
+
+
+def _run_one(study, trial, objective: Callable, say: Callable[[str], None]):
+    """One asked trial: the objective, then its tell. Returns the finished FrozenTrial, or None when another
+    process finished it meanwhile."""
+    import optuna
+
+    S, finished = optuna.trial.TrialState, optuna.exceptions.UpdateFinishedTrialError
+    state, value = S.COMPLETE, None
+    try:
+        with _Alive(trial):
+            value = objective(trial)
+    except optuna.TrialPruned:
+        state = S.PRUNED
+    except finished:
+        say(f"trial {trial.number} was marked failed by another process (taken for dead); dropped")
+        return None
+    except Exception as exc:
+        with contextlib.suppress(Exception):     # the objective's error is the one to raise, not a storage one
+            trial.set_user_attr("failed_because", f"{type(exc).__name__}: {exc}"[:500])
+            study.tell(trial, state=S.FAIL, skip_if_finished=True)
+        raise
+    try:
+        frozen = study.tell(trial, value, state=state, skip_if_finished=True)
+    except finished:
+        frozen = None
+    if frozen is None or frozen.state != state:
+        say(f"trial {trial.number} was marked failed by another process (taken for dead); dropped")
+        return None
+    return frozen
 
 
 def start_helpers(n: int, target: Callable, args: tuple) -> list:
@@ -551,7 +679,15 @@ def start_helpers(n: int, target: Callable, args: tuple) -> list:
     return helpers
 
 
+def _interrupt_once(signum, frame) -> None:
+    """A helper's SIGINT handler: the first raises KeyboardInterrupt (its trial is put back), later ones (the
+    terminal's Ctrl-C reaches the whole process group, and the parent passes it on too) are ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _helper_main(target: Callable, index: int, args: tuple, conn) -> None:
+    signal.signal(signal.SIGINT, _interrupt_once)
     try:
         target(index, *args)
     except BaseException as exc:    # the parent re-raises it
@@ -563,11 +699,25 @@ def _helper_main(target: Callable, index: int, args: tuple, conn) -> None:
     conn.send(None)
 
 
+HELPER_STOP_S = 2.0   # stopped helpers get this long to put their running trial back before they are terminated
+
+
 def join_helpers(helpers: list, *, stop: bool = False) -> None:
-    """Wait for the helpers (``stop``: end them first); re-raise the first one's error."""
+    """Wait for the helpers; re-raise the first one's error. ``stop`` (the parent failed or was interrupted):
+    interrupt them (SIGINT: each puts its running trial back, :func:`fail_interrupted`), wait up to
+    :data:`HELPER_STOP_S`, then terminate the rest (a trial left running is failed and queued again by the
+    next command, :func:`fail_stale`)."""
     errors = []
+    if stop:
+        for _, proc, _ in helpers:
+            if proc.exitcode is None and proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGINT)
+        deadline = time.monotonic() + HELPER_STOP_S
+        for _, proc, _ in helpers:
+            proc.join(max(0.0, deadline - time.monotonic()))
     for index, proc, conn in helpers:
-        if stop:
+        if stop and proc.exitcode is None:
             proc.terminate()
         proc.join()
         try:
@@ -650,7 +800,8 @@ def summarize(study, study_name: str, recorded_as: str | None = None) -> TuneRes
 
     S = optuna.trial.TrialState
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    out = TuneResult(study_name, len(states), states.count(S.COMPLETE), states.count(S.PRUNED), states.count(S.FAIL))
+    out = TuneResult(study_name, len(states), states.count(S.COMPLETE), states.count(S.PRUNED), states.count(S.FAIL),
+                     waiting=states.count(S.WAITING))
     if recorded_as:
         out.recorded_as = recorded_as
     if out.completed:
@@ -677,10 +828,14 @@ def _plan(store_dir: str | Path, spec: TuneSpec):
     return plan
 
 
-def _head_objective(spec: TuneSpec, plan, study) -> Callable:
+def _head_objective(spec: TuneSpec, plan, study, progress: Callable | None = None) -> Callable:
+    """The objective (module docstring). ``progress(total, desc)`` (optional) makes a trial's bar of its folds:
+    advanced after each fold and closed when the trial is done or pruned (not on an error or Ctrl-C, so a
+    log gets no "done" line for them)."""
     import optuna
 
     frame, folds, eval_mask, space = plan.frame, plan.folds, plan.eval_mask, spec.space()
+    n_folds = len(folds_to_run(folds, plan.run_folds or None))
 
     def objective(trial) -> float:
         params = {**spec.fixed, **{name: dim.suggest(trial, name) for name, dim in space.items()}}
@@ -693,18 +848,25 @@ def _head_objective(spec: TuneSpec, plan, study) -> Callable:
             return repeated
         per_fold: dict[int, float] = {}
         t0 = time.perf_counter()
+        bar = progress(n_folds, f"trial {trial.number}") if progress is not None else None
 
         def on_fold(f: int, oof: np.ndarray) -> None:
             value = fold_score(frame, oof, folds, eval_mask, f)
             per_fold[f] = value
             trial.set_user_attr(f"fold_{f}_auc", None if math.isnan(value) else value)
+            if bar is not None:
+                bar.update(1)
             if not math.isnan(value):
                 trial.report(value, step=f)
                 if trial.should_prune():
                     trial.set_user_attr("seconds", time.perf_counter() - t0)
+                    if bar is not None:
+                        bar.close()
                     raise optuna.TrialPruned(f"fold {f} AUC {value:.4f} below the median of earlier trials")
 
         plan.run(spec.kind, chosen, None, on_fold)
+        if bar is not None:
+            bar.close()
         values = np.array([v for v in per_fold.values() if not math.isnan(v)])
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         trial.set_user_attr("fold_std", float(values.std()) if values.size else None)
@@ -745,15 +907,21 @@ def _head_worker(index: int, store_dir: str | Path, spec: TuneSpec, study_name: 
 
 
 def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str, *, storage: str | None = None,
-             workers: int = 1, record_best: bool = True, say: Callable[[str], None] = print) -> TuneResult:
+             workers: int = 1, record_best: bool = True, say: Callable[[str], None] = print,
+             progress: Callable | None = None) -> TuneResult:
     """Add ``trials`` trials to the study (made or resumed) on ``storage`` (:func:`resolve_storage`; default the
     store's ``optuna.db``), run by ``workers`` processes on this machine that share the count (``trials`` in
     all), then re-train the best with full CV as a ``tuned`` experiment, once for every process and machine
-    working on the study (:func:`record_best_once`)."""
+    working on the study (:func:`record_best_once`).
+
+    ``trials`` 0 records the best of an existing study and is refused for a new one (:func:`check_trials`).
+    ``progress(total, desc)`` (optional; this process's trials and the re-training) returns a bar of folds
+    with ``update(n)`` and ``close()``, e.g. ``pipelines._cli.progress``. Ctrl-C (KeyboardInterrupt) propagates
+    after the running trials are marked FAIL and their parameters queued to run first (:func:`run_trials`);
+    finished trials stay in the study."""
     spec.check()
-    if trials < 0:
-        raise UserInputError("--trials must be >= 0")
     where = resolve_storage(store_dir, storage, workers)
+    check_trials(trials, where, study_name)
     slots = Slots(trials, shared=workers > 1)
     # the helpers plan while this process does: all start their trials at about the same time
     helpers = start_helpers(workers - 1, _head_worker, (store_dir, spec, study_name, where, slots))
@@ -770,7 +938,7 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
                 f"{plan.scored_on} ({int(plan.eval_mask.sum())} windows), {n_before} earlier trial(s), storage "
                 f"{where.shown}{f', {workers} processes' if workers > 1 else ''}")
             slots.wait_ready(helpers, say)
-            run_trials(study, _head_objective(spec, plan, study), slots, where, [trial_reporter(say)], say)
+            run_trials(study, _head_objective(spec, plan, study, progress), slots, where, [trial_reporter(say)], say)
         except BaseException:
             join_helpers(helpers, stop=True)
             raise
@@ -779,8 +947,12 @@ def run_tune(store_dir: str | Path, spec: TuneSpec, trials: int, study_name: str
         if out.completed and record_best:
             def retrain(best) -> tuple[str, float, float]:
                 say(f"re-training the best parameters (trial {best.number}) with full cross-validation ...")
+                bar = progress(len(folds_to_run(plan.folds)), "re-training") if progress is not None else None
                 result = train_head(store_dir, spec.kind, spec.frame, overrides={**spec.fixed, **best.params},
-                                    fold_version=plan.fold_version, seed=spec.seed, tag="tuned")
+                                    fold_version=plan.fold_version, seed=spec.seed, tag="tuned",
+                                    progress=None if bar is None else (lambda _fold: bar.update(1)))
+                if bar is not None:
+                    bar.close()
                 return result.head_id, result.fold_mean, result.fold_std
 
             record_best_once(store_dir, study, where, out, retrain, say, me)
@@ -812,7 +984,7 @@ def open_study(store_dir: str | Path, study_name: str, attrs: dict, seed: int, s
     n_before = len(study.get_trials(deepcopy=False))
     stale = fail_stale(study, where.one_process)
     if stale:
-        say(f"marked {stale} trial(s) left running by a killed process as failed")
+        say(f"marked {stale} {STALE_TEXT}")
     study.set_metric_names([METRIC_NAME])
     for k, v in attrs.items():
         study.set_user_attr(k, v)

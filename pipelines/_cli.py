@@ -10,7 +10,13 @@
 * :func:`progress` is a tqdm bar on a terminal and a periodic one-line status otherwise (a log
   file gets a few readable lines, not hundreds of carriage returns). Jobs create it only after
   their inputs are validated, so an error never lands on a half-drawn bar (:class:`PlannedProgress`:
-  once the library reports its total); :func:`say` prints a progress line at once.
+  once the library reports its total); a bar left by an exception (an error, Ctrl-C) prints no
+  "done" line, so the job's one error or interrupt line stands alone; :func:`say` prints a progress
+  line at once. The library never imports this module: a job passes its bars down as callables
+  (``progress=bar.update``, ``on_total=bar.start``, or a factory such as :class:`PlannedProgress`).
+* The status period (:data:`HEARTBEAT_S`: a bar's status line about this often in a log, a still-working
+  line after this much silence) is 30 s, or ``$BIRDCLEF_STACK_STATUS_S`` seconds (the tests run jobs
+  at 0.2 s instead of waiting 30).
 * ``--params``-style options parse with ``type=`` :func:`json_object` (:func:`json_list`): one error
   message for every job.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import resource
 import signal
@@ -41,7 +48,31 @@ def parser(prog: str, description: str, epilog: str | None = None) -> argparse.A
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-HEARTBEAT_S = 30.0   # a job silent this long prints a line saying it still works
+STATUS_ENV = "BIRDCLEF_STACK_STATUS_S"
+DEFAULT_STATUS_S = 30.0
+
+
+def status_seconds() -> float:
+    """The status period: ``$BIRDCLEF_STACK_STATUS_S`` (seconds > 0), else 30 s. A value that is not a positive
+    number is not used: one warning on stderr names it, and the period is 30 s."""
+    text = os.environ.get(STATUS_ENV, "").strip()
+    if not text:
+        return DEFAULT_STATUS_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        if multiprocessing.parent_process() is None:   # said once, by the job (its workers import this too)
+            print(f"warning: ${STATUS_ENV}={text!r} is not a number of seconds > 0; status lines every "
+                  f"{DEFAULT_STATUS_S:.0f} s", file=sys.stderr)
+        return DEFAULT_STATUS_S
+    return value
+
+
+# the status period, read once per process: a job silent this long prints a line saying it still works
+# (Heartbeat), and a progress bar in a log prints a line at most this often (LineProgress)
+HEARTBEAT_S = status_seconds()
 
 
 class _Stamped:
@@ -143,7 +174,8 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
         print(f"error: {message}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
-        print(interrupted, file=sys.stderr)
+        # on a terminal a progress bar may be half drawn: start the line afresh (a log gets whole lines only)
+        print(("\n" if sys.stderr.isatty() else "") + interrupted, file=sys.stderr)
         code = 130
     sys.exit(code)
 
@@ -264,10 +296,16 @@ non_negative_int = at_least(0)
 
 # ---------------------------------------------------------------------------- progress
 class LineProgress:
-    """tqdm's ``update``/``close`` for a non-terminal: one status line every ``every`` seconds and at the end."""
+    """tqdm's ``update``/``close`` for a non-terminal: a status line (``n/N unit (pct) in t s, ~eta left``) at the
+    first update about ``every`` seconds (default :data:`HEARTBEAT_S`; a tenth of it, at most 1 s, early) after
+    the last one, and a ``done:`` line at
+    :meth:`close`, or at the end of a ``with`` block that ends normally (one ended by an exception, or a
+    ``close`` in a ``finally`` an exception runs through, says nothing: the job's error or interrupt line is the
+    last word)."""
 
-    def __init__(self, total: float, desc: str, unit: str, every: float = 30.0, stream=None):
-        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+    def __init__(self, total: float, desc: str, unit: str, every: float | None = None, stream=None):
+        self.total, self.desc, self.unit = total, desc, unit
+        self.every = HEARTBEAT_S if every is None else every
         self.n = 0.0
         self.stream = stream or sys.stderr
         self.t0 = self.last = time.monotonic()
@@ -276,7 +314,9 @@ class LineProgress:
     def update(self, n: float = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if now - self.last >= self.every:
+        # due a little before a full period: the heartbeat speaks after a full period of silence, so a bar that
+        # moves gets its own line in first rather than a still-working line just before it
+        if now - self.last >= self.every - min(1.0, self.every / 10):
             self.last = now
             self._line()
 
@@ -290,15 +330,19 @@ class LineProgress:
               file=self.stream, flush=True)
 
     def close(self) -> None:
+        """The ``done:`` line, once; none while an exception propagates (a ``finally: bar.close()`` on Ctrl-C)."""
         if not self.closed:
             self.closed = True
-            self._line(final=True)
+            if sys.exc_info()[0] is None:
+                self._line(final=True)
 
     def __enter__(self) -> LineProgress:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        self.closed = True
 
 
 class _Silent:
@@ -315,8 +359,9 @@ class _Silent:
         pass
 
 
-def progress(total: float, desc: str, unit: str = "file", *, quiet: bool = False, every: float = 30.0):
-    """A progress reporter: a tqdm bar when stderr is a terminal, periodic status lines otherwise."""
+def progress(total: float, desc: str, unit: str = "file", *, quiet: bool = False, every: float | None = None):
+    """A progress reporter: a tqdm bar when stderr is a terminal, status lines every ``every`` seconds (default
+    :data:`HEARTBEAT_S`) otherwise; a context manager (see :class:`LineProgress`)."""
     if quiet:
         return _Silent()
     if sys.stderr.isatty():
@@ -329,7 +374,9 @@ def progress(total: float, desc: str, unit: str = "file", *, quiet: bool = False
 class PlannedProgress:
     """A :func:`progress` bar for a job whose total is known only once its work is planned: pass
     :meth:`start` as the library's ``on_total`` and :meth:`update` as its ``progress``; the bar appears
-    at ``start`` (so an input error never lands on a half-drawn bar) and ``with`` closes it."""
+    at ``start`` (so an input error never lands on a half-drawn bar) and ``with`` closes it (with its
+    ``done:`` line only when the block ends normally). ``PlannedProgress`` itself is the factory a
+    library takes as ``progress(desc, unit)`` (e.g. :func:`pipelines._demo.run_demo`)."""
 
     def __init__(self, desc: str, unit: str = "file", *, quiet: bool = False):
         self.desc, self.unit, self.quiet = desc, unit, quiet
@@ -349,7 +396,8 @@ class PlannedProgress:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 def say(message: str) -> None:

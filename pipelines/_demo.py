@@ -8,19 +8,28 @@ a ridge stack over the trained heads → pseudo-labels of the unlabelled train s
 scored against the demo's held-back answers → leaderboard → predict the test soundscapes with the best head
 → validated submission, scored against the demo's hidden test labels → the error-analysis page of
 the best head. Re-running re-uses everything already computed.
+
+Progress: every stage that can run past the status period reports ``n of N`` through the ``progress``
+factory the caller passes (the job passes :class:`pipelines._cli.PlannedProgress`: a bar on a terminal,
+a line every 30 s in a log): the dataset's files, ingest's audio QA, embed's audio seconds, each head's
+folds, predict's files. The other stages take seconds (the job's heartbeat covers a slow machine). Each
+stage's own summary line is flushed at once, so a log shows it as it happens.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from embed.job import run_embed
-from featurestore.demo_data import ANSWERS_FILE, FULL, SMALL, generate_demo_dataset
+from featurestore.demo_data import ANSWERS_FILE, FULL, SMALL, audio_file_count, generate_demo_dataset
 from featurestore.folds import make_folds
 from featurestore.ingest import run_ingest
 from featurestore.store import FeatureStore
@@ -40,14 +49,54 @@ from submit.submission import expected_ids_for_audio, validate_submission, write
 MARKER = "demo.json"
 
 
-def ensure_dataset(out: Path, small: bool, seed: int) -> Path:
-    """Generate the dataset unless ``out`` already holds the same one (same size and seed)."""
+class Planned(Protocol):
+    """A progress bar whose total is known once the work is planned (:class:`pipelines._cli.PlannedProgress`):
+    ``start(total)`` draws it, ``update(n)`` advances it, ``with`` closes it (its ``done`` line only when the
+    block ends normally). Nothing is drawn when ``start`` is never called."""
+
+    def start(self, total: float) -> None: ...
+
+    def update(self, n: float = 1) -> None: ...
+
+    def __enter__(self) -> Planned: ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+ProgressFactory = Callable[[str, str], Planned]    # (description, unit) -> a bar, started by the stage
+
+
+class NoProgress:
+    """The :data:`ProgressFactory` of a quiet run (or a library call without one): draws nothing."""
+
+    def __init__(self, desc: str = "", unit: str = "") -> None:
+        pass
+
+    def start(self, total: float) -> None:
+        pass
+
+    def update(self, n: float = 1) -> None:
+        pass
+
+    def __enter__(self) -> NoProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def ensure_dataset(out: Path, small: bool, seed: int, bar: Planned | None = None) -> Path:
+    """Generate the dataset unless ``out`` already holds the same one (same size and seed); ``bar`` counts the
+    audio files written (started only when the dataset is generated)."""
     wanted = {"size": "small" if small else "full", "seed": seed, "generator": 3}
     marker = out / MARKER
     data = out / "data"
     if marker.exists() and json.loads(marker.read_text()) == wanted and (data / "train.csv").exists():
         return data
-    data = generate_demo_dataset(out, SMALL if small else FULL, seed=seed)
+    size = SMALL if small else FULL
+    bar = bar or NoProgress()
+    bar.start(audio_file_count(size))
+    data = generate_demo_dataset(out, size, seed=seed, progress=bar.update)
     marker.write_text(json.dumps(wanted))
     return data
 
@@ -61,34 +110,52 @@ STACKED_KINDS = ("linear", "lgbm")     # the stack's base heads: every trained h
 
 
 def run_demo(out: Path, *, small: bool = False, seed: int = 2026, workers: int | None = None,
-             quiet: bool = False) -> dict:
-    """Run every stage on the demo dataset; returns the stage summaries by name."""
-    say = (lambda *_: None) if quiet else print
+             quiet: bool = False, progress: ProgressFactory | None = None) -> dict:
+    """Run every stage on the demo dataset; returns the stage summaries by name. ``progress(desc, unit)``
+    makes each stage's bar (default, and with ``quiet``: none); ``quiet`` prints nothing."""
+    def say(text: str) -> None:
+        if not quiet:
+            print(text, flush=True)      # a log file shows each stage as it ends
+
+    bars: ProgressFactory = NoProgress if quiet or progress is None else progress
     out = Path(out).expanduser().resolve()
     store = out / "store"
     summaries: dict = {}
 
-    def stage(name: str, run, render=lambda r: r.render()) -> None:
+    def stage(name: str, run: Callable[[Planned], object], render=lambda r: r.render(), *,
+              bar: tuple[str, str] | None = None) -> None:
+        """Run one stage; ``bar`` (description, unit): its progress bar, which ``run`` starts once it knows
+        its total (a stage without one runs with a bar that draws nothing)."""
         t0 = time.perf_counter()
-        summaries[name] = run()
+        with (bars(*bar) if bar else NoProgress()) as planned:
+            summaries[name] = run(planned)
         say(f"[demo] {name} ({time.perf_counter() - t0:.1f} s)\n{render(summaries[name])}")
 
-    stage("dataset", lambda: ensure_dataset(out, small, seed), lambda d: f"competition layout at {d}")
+    stage("dataset", lambda b: ensure_dataset(out, small, seed, b), lambda d: f"competition layout at {d}",
+          bar=("demo data", "file"))
     data = summaries["dataset"]
-    stage("ingest", lambda: run_ingest(data, store, workers=workers))
-    stage("folds", lambda: make_folds(store, new_version=True))  # regenerated demo data = new fold inputs
-    stage("embed", lambda: run_embed(store, ("birdnet", "classical"), workers=workers))
-    stage("report", lambda: write_memo(store, out / "memo.html"), lambda p: f"data memo: {p}")
+    stage("ingest", lambda b: run_ingest(data, store, workers=workers, progress=b.update, on_total=b.start),
+          bar=("audio QA", "file"))
+    stage("folds", lambda _b: make_folds(store, new_version=True))  # regenerated demo data = new fold inputs
+    stage("embed", lambda b: run_embed(store, ("birdnet", "classical"), workers=workers, progress=b.update,
+                                       on_total=b.start), bar=("embed", "audio-s"))
+    stage("report", lambda _b: write_memo(store, out / "memo.html"), lambda p: f"data memo: {p}")
+    n_folds = int(summaries["folds"].params["k"])
+
+    def train(bar: Planned, kind: str, features: str, params: dict):
+        bar.start(n_folds)      # each fold trained this run (a fold kept from an interrupted run is not counted)
+        return train_head(store, kind, FrameSpec(features), overrides=params, seed=seed,
+                          progress=lambda _fold: bar.update(1))
+
     for kind, features, params in DEMO_LADDER:
-        stage(f"train {kind} on {features}",
-              lambda k=kind, f=features, p=params: train_head(store, k, FrameSpec(f), overrides=p, seed=seed),
-              lambda r: r.render().splitlines()[0])
+        stage(f"train {kind} on {features}", lambda b, k=kind, f=features, p=params: train(b, k, f, p),
+              lambda r: r.render().splitlines()[0], bar=(f"train {kind} on {features}", "fold"))
     bases = [summaries[f"train {k} on {f}"].head_id for k, f, _ in DEMO_LADDER if k in STACKED_KINDS]
-    stage("stack", lambda: run_stack(store, bases, "ridge"), lambda r: r.render().splitlines()[0])
+    stage("stack", lambda _b: run_stack(store, bases, "ridge"), lambda r: r.render().splitlines()[0])
     # the stack labels the unlabelled train soundscapes fold by fold; the demo holds their true labels back
     # (ANSWERS_FILE beside the data folder), so the labels' quality is measured, not guessed
-    stage("pseudo-labels", lambda: run_pseudo(store, summaries["stack"].head_id, {},
-                                              answers=data.parent / ANSWERS_FILE, say=lambda _m: None))
+    stage("pseudo-labels", lambda _b: run_pseudo(store, summaries["stack"].head_id, {},
+                                                 answers=data.parent / ANSWERS_FILE, say=lambda _m: None))
     with FeatureStore.open(store, read_only=True) as fs:
         board = ranked(fs)
         # the best head of THIS run: a re-run makes new fold versions, and a head an earlier run (or an older
@@ -100,17 +167,30 @@ def run_demo(out: Path, *, small: bool = False, seed: int = 2026, workers: int |
     summaries["leaderboard"] = board
     say(render_board(board))
     submission = out / "submission.csv"
-    stage("predict", lambda: predict_to_csv(bundle_dir(store, best), data, submission, columns, workers),
-          lambda score: f"{submission} from head {best} (validated); demo test-set AUC {score:.4f}")
-    stage("errors", lambda: write_error_page(store, best, out / "errors.html"), lambda r: summary_line(*r))
-    say(f"[demo] store: {store}\n[demo] try: duckdb {store / 'catalog.duckdb'} "
-        "\"SELECT head_id, fold_mean, fold_std, oof_auc FROM experiments ORDER BY fold_mean DESC\"")
+    stage("predict", lambda b: predict_to_csv(bundle_dir(store, best), data, submission, columns, workers, b),
+          lambda score: f"{submission} from head {best} (validated); demo test-set AUC {score:.4f}",
+          bar=("predict", "file"))
+    stage("errors", lambda _b: write_error_page(store, best, out / "errors.html"), lambda r: summary_line(*r))
+    say(f"[demo] store: {store}\n[demo] try: {try_command(store)}")
     return summaries
 
 
-def predict_to_csv(head_dir: Path, data: Path, out: Path, columns: list[str], workers: int | None) -> float:
-    """Predict the demo's test soundscapes, validate the file and score it against the hidden labels."""
-    row_ids, probs, errors = predict_audio(head_dir, data / "test_soundscapes", columns, workers=workers or 1)
+TRY_SQL = "SELECT head_id, fold_mean, fold_std, oof_auc FROM experiments ORDER BY fold_mean DESC"
+
+
+def try_command(store: Path) -> str:
+    """The closing hint: a query of the demo's store with this toolkit's own SQL job (the DuckDB CLI is not
+    installed by ``pip install``), quoted for a POSIX shell."""
+    return f"python -m pipelines.sql --store {shlex.quote(str(store))} -c {shlex.quote(TRY_SQL)}"
+
+
+def predict_to_csv(head_dir: Path, data: Path, out: Path, columns: list[str], workers: int | None,
+                   bar: Planned | None = None) -> float:
+    """Predict the demo's test soundscapes, validate the file and score it against the hidden labels; ``bar``
+    counts the files predicted."""
+    bar = bar or NoProgress()
+    row_ids, probs, errors = predict_audio(head_dir, data / "test_soundscapes", columns, workers=workers or 1,
+                                           progress=bar.update, on_start=bar.start)
     if errors:
         raise RuntimeError("; ".join(errors))
     write_submission(out, row_ids, probs, columns)

@@ -2,10 +2,12 @@
 a fresh venv into which the notebook installs the bundle's wheels with ``--no-index``, the audio laid
 out under a fake ``/kaggle/input``, the notebook executed headless (nbclient) inside a network
 namespace (``unshare -n``) - then compare its submission with ``pipelines.predict`` on the same files.
-Prints ``projected Kaggle minutes: X (budget B)`` last and exits 1 above budget, or when the notebook's
-probabilities differ from pipelines.predict's by more than 1e-4 (one ``error:`` line naming the row;
-a good bundle differs by ~1e-7, float32 rounding). The work folder must be new, empty or one a dry
-run made: a re-run clears only what a dry run writes there. The library: submit/dryrun.py.
+Prints the one-time cost and the steady per-file rate of the notebook's run (with a warning when too few
+files were given to trust the rate), then ``projected Kaggle minutes: X (budget B)`` last, and exits 1
+above budget, or when the notebook's probabilities differ from pipelines.predict's by more than 1e-4
+(one ``error:`` line naming the row; a good bundle differs by ~1e-7, float32 rounding). The work folder
+must be new, empty or one a dry run made: a re-run clears only what a dry run writes there. The library:
+submit/dryrun.py.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ Example:
 def main(argv: list[str] | None = None) -> int:
     ap = parser("dryrun", __doc__, EPILOG)
     ap.add_argument("--bundle", required=True, help="bundle folder written by pipelines.export")
-    ap.add_argument("--audio", required=True, help="soundscapes to predict (laid out as test_soundscapes)")
+    ap.add_argument("--audio", required=True,
+                    help="soundscapes to predict (laid out as test_soundscapes): the folder's own files, as "
+                         "pipelines.predict lists them (sub-folders are not searched); give at least 2 x the "
+                         "workers' count of files for a steady per-file rate")
     ap.add_argument("--work", default=None,
                     help=f"work folder: new, empty, or one a dry run made (it holds {WORK_MARKER}); a non-empty "
                          "folder without it is refused (default: .<bundle>-dryrun beside the bundle)")
@@ -49,4 +54,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; nothing is reused: a re-run clears the dry run's work folder and starts over"
+    ))

@@ -10,7 +10,7 @@ from ``--wheels DIR`` on an offline machine). The library: submit/export.py.
 
 from __future__ import annotations
 
-from pipelines._cli import add_store, parser, run_main
+from pipelines._cli import add_quiet, add_store, parser, run_main, say
 from submit.export import export_bundle
 
 EPILOG = """
@@ -35,13 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measure", default=None,
                     help="audio folder to measure per-stage costs on (default: the store's train/test soundscapes)")
     ap.add_argument("--budget-min", type=float, default=90.0, help="notebook time budget in minutes (default 90)")
+    add_quiet(ap)
     args = ap.parse_args(argv)
+    # a line as each step starts, "export [i/N] ..." (the job's heartbeat quotes it during a long step)
     result = export_bundle(args.store, args.head_id, args.out,
                            fallback=None if args.fallback_head == "none" else args.fallback_head, wheels=args.wheels,
-                           owner=args.owner, slug=args.slug, budget_min=args.budget_min, measure=args.measure)
+                           owner=args.owner, slug=args.slug, budget_min=args.budget_min, measure=args.measure,
+                           say=(lambda _line: None) if args.quiet else say)
     print(result.render())
     return 0
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; nothing written (the partial bundle folder is removed; downloaded wheels stay in "
+        "the cache): re-run to export from the start"
+    ))

@@ -9,6 +9,11 @@ row it has no usable audio for, with one warning, so the submission stays comple
 for the run. Two files with the same stem (``x.ogg``, ``x.flac``) would write the same row ids: they
 are refused at once, naming both, before anything is predicted.
 
+Which files: the ``--audio`` folder's own files in a format soundfile decodes here (ogg, flac, wav, mp3,
+aiff, ... - the Kaggle notebook and the dry run use the same list). Sub-folders are not searched (Kaggle's
+test_soundscapes/ is flat and a row id carries only the file's stem); they, hidden files, m4a/aac (they
+need ffmpeg) and other suffixes are skipped, with one warning naming them and saying why.
+
 ``--format windows`` is batch prediction for monitoring data: any audio under ``--audio`` (any length, any
 name, nested folders) -> one row per 5-s window (``file, start_s, end_s`` + one column per class) or, with
 ``--long``, one row per window and class at or above ``--min-prob``, in ``--out`` (.parquet or .csv). Each
@@ -52,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-id", default="best",
                     help="trained or stacked head id from pipelines.leaderboard (default: the best full-CV head)")
     ap.add_argument("--audio", required=True, type=Path,
-                    help="folder of soundscapes (e.g. test_soundscapes); --format windows: any folder or audio file")
+                    help="folder of soundscapes (e.g. test_soundscapes): its own files only, sub-folders are not "
+                         "searched (skipped with a warning), in any format soundfile decodes (not m4a/aac); "
+                         "--format windows: any folder (nested folders searched) or audio file")
     ap.add_argument("--out", required=True, type=Path,
                     help="submission.csv to write; --format windows: a .parquet or .csv")
     ap.add_argument("--format", choices=("submission", "windows"), default="submission",
@@ -88,4 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=(
+        "interrupted; a submission is written only when every file is predicted (nothing kept, --out "
+        "untouched); with --format windows each finished file's rows are kept in <out>.parts/ and the "
+        "same command resumes"
+    ))

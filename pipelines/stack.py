@@ -86,5 +86,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     run_main(main, interrupted=(
         "interrupted; a stacked head is written only at its end (nothing of it kept); with --trials, "
-        "finished trials stay in the study and --trials N on the same --study adds N more"
+        "finished trials stay in the study, the running one is queued to run first, and --trials N on the "
+        "same --study adds N more"
     ))

@@ -12,6 +12,8 @@ once, the best re-trained once, by the last process to finish.
 
 from __future__ import annotations
 
+from functools import partial
+
 from models.frame import FrameSpec
 from models.training import Subsample
 from models.tuning import (
@@ -31,7 +33,9 @@ from pipelines._cli import (
     non_negative_int,
     parser,
     positive_int,
+    progress,
     run_main,
+    say,
 )
 
 EPILOG = f"""
@@ -45,6 +49,9 @@ Storage (--storage): the store's optuna.db (SQLite, the default: one process onl
   many processes on one machine; the default with --workers > 1 is journal:<store>/{JOURNAL_FILE}), or
   postgresql://USER@HOST:PORT/DB / mysql://... (many machines; pip install -e '.[postgres]' for PostgreSQL).
   --trials T with --workers N is T trials in all, shared by the N processes.
+--trials 0 records the best of an existing study (e.g. one other commands filled); a new study is refused.
+Ctrl-C: finished trials are kept; the running trial is marked failed and its parameters queued, so re-running
+  the same command runs it first. Progress: a bar of each trial's folds on a terminal, a line every 30 s in a log.
 
 Examples:
   python -m pipelines.tune --store work/store --head-kind linear --trials 30 --study linear-birdnet
@@ -74,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fold-version", default=None, help="fold version (default: the current folds table)")
     ap.add_argument("--mode", choices=MODES, default="full", help="full or fast (see below; default full)")
     ap.add_argument("--focal-per-class", type=positive_int, default=DEFAULT_FAST.focal_per_class,
-                    help=f"fast mode: focal training windows kept per class (default {DEFAULT_FAST.focal_per_class}; "
-                         "0 = all)")
+                    help="fast mode: focal training windows kept per class, at least 1 (default "
+                         f"{DEFAULT_FAST.focal_per_class}; for all of them use --mode full, or --tune-folds alone)")
     ap.add_argument("--tune-folds", default="", help="fast mode: only these held-out folds, e.g. 0,1,2")
     add_seed(ap)
     args = ap.parse_args(argv)
@@ -88,11 +95,16 @@ def main(argv: list[str] | None = None) -> int:
                     fixed=args.params, fold_version=args.fold_version, mode=args.mode,
                     subsample=Subsample(args.focal_per_class, folds), seed=args.seed)
     where = resolve_storage(args.store, args.storage, args.workers)   # a bad URL: refused before any planning
-    result = run_tune(args.store, spec, args.trials, args.study, storage=args.storage, workers=args.workers)
+    result = run_tune(args.store, spec, args.trials, args.study, storage=args.storage, workers=args.workers,
+                      say=say, progress=partial(progress, unit="fold"))   # each trial's folds: a bar or a line / 30 s
     print(result.render())
     print(f"dashboard: pip install -e '.[dashboard]' && optuna-dashboard {where.dashboard()}")
     return 0
 
 
+INTERRUPTED = ("interrupted: finished trials are kept in the study; the running trial was marked failed and its "
+               "parameters queued to run first: re-run the same command to resume (or with --trials 0 to only "
+               "record the best)")
+
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted=INTERRUPTED)

@@ -39,6 +39,7 @@ from models.tuning import (
     Slots,
     Storage,
     TuneResult,
+    check_trials,
     helper_say,
     join_helpers,
     open_study,
@@ -207,9 +208,8 @@ def tune_stack(store_dir: str | Path, spec: StackTuneSpec, trials: int, study_na
     from stack.run import run_stack
 
     spec.check()
-    if trials < 0:
-        raise UserInputError("--trials must be >= 0")
     where = resolve_storage(store_dir, storage, workers)
+    check_trials(trials, where, study_name)    # 0: only on an existing study (records its best)
     slots = Slots(trials, shared=workers > 1)
     helpers = start_helpers(workers - 1, _stack_worker, (store_dir, spec, study_name, where, zero_shot_pooling, slots))
     try:

@@ -16,8 +16,13 @@
    rounding separate them: 9e-8 on the demo, three orders of magnitude below the tolerance; a stale
    toolkit wheel or a head other than the one checked differs by 1e-2 or more. Above it
    :attr:`DryRun.agrees` is False and ``pipelines.dryrun`` exits 1 with one line naming the row;
-5. ``projected Kaggle minutes: X (budget B)`` printed last, from the notebook's own measured predict
-   time scaled to 60-s files, the target file count and CPUs with the planner's scaling model.
+5. ``projected Kaggle minutes: X (budget B)`` printed last, from the notebook's own run with the planner's
+   model (:func:`project_dry_run`): the one-time cost (kernel start, install, verify, predictor loads, each
+   worker's first-file warm-up, write) apart from the steady per-file rate (the files after each worker's
+   first, scaled to 60-s files and to the target CPUs with the planner's scaling), both printed, whatever
+   the file count; too few files to trust the rate (fewer than ``max(2, workers)`` after each worker's
+   first) is said. The audio is :func:`submit.submission.list_audio`'s (pipelines.predict's rule: the
+   folder's own files; what it skips is a note).
 
 Guarantees: the work folder (``--work``, default ``.<bundle>-dryrun`` beside the bundle) is new, empty,
 or one a dry run made (it holds :data:`WORK_MARKER`, written first); a non-empty folder without the
@@ -86,6 +91,7 @@ class DryRun:
     planner_min: float | None = None
     notes: list[str] = field(default_factory=list)
     worst: str = ""                        # "row R, column C" of the largest difference
+    projection: RunProjection | None = None     # the one-time cost and steady rate behind projected_min
 
     @property
     def within_budget(self) -> bool:
@@ -115,6 +121,7 @@ class DryRun:
         if self.planner_min is not None:
             lines.append(f"planner (costs measured at export): {self.planner_min:.1f} min")
         lines += [f"note: {n}" for n in self.notes]
+        lines += self.projection.lines() if self.projection else []
         lines.append(f"projected Kaggle minutes: {self.projected_min:.1f} (budget {self.budget_min:.0f})")
         return "\n".join(lines)
 
@@ -199,12 +206,12 @@ def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | 
 
     bundle, audio = Path(bundle).expanduser().resolve(), Path(audio).expanduser().resolve()
     manifest = verify_bundle(bundle)
-    if not audio.is_dir() or not list_audio(audio):
-        raise DataError(f"{audio}: no audio files to dry-run on")
+    notes: list[str] = []
+    if not audio.is_dir() or not list_audio(audio, on_skipped=notes.append):
+        raise DataError(f"{audio}: no audio files to dry-run on" + (f" ({notes[0]})" if notes else ""))
     budget_min = float(budget_min or manifest.get("budget_min") or 90.0)
     work = Path(work).expanduser().resolve() if work else bundle.parent / f".{bundle.name}-dryrun"
     prepare_work(work)
-    notes: list[str] = []
     t = time.perf_counter()
     if hide is None:
         hide = ("tensorflow",) if manifest.get("perch_model") else ()
@@ -258,10 +265,10 @@ def dry_run(bundle: str | os.PathLike, audio: str | os.PathLike, *, work: str | 
     write_submission(reference, row_ids, probs, columns)
     _max_abs_diff(submission, reference)                 # same columns and row ids, else BundleError
     diff, worst = compare_probabilities(np.load(working / PROBS_FILE), probs, row_ids, columns)
-    projected, planner = project_dry_run(report, manifest, n_files, cpus, wall, _windows_per_file(list_audio(audio)))
+    projection = project_dry_run(report, manifest, n_files, cpus, wall)
     return DryRun(work, submission, reference, diff, len(row_ids), network, report,
-                  {k: v for k, v in modules.items() if k in ("ai_edge_litert", "submit")}, projected / 60.0,
-                  budget_min, planner, notes, worst)
+                  {k: v for k, v in modules.items() if k in ("ai_edge_litert", "submit")},
+                  projection.projected_s / 60.0, budget_min, projection.planner_min, notes, worst, projection)
 
 
 def prepare_work(work: Path) -> None:
@@ -349,46 +356,81 @@ def _max_abs_diff(a: Path, b: Path) -> float:
     return float(np.abs(pa_ - pb).max()) if pa_.size else 0.0
 
 
-def _windows_per_file(files: list[Path]) -> float:
-    """Mean 5-s windows of audio per file (an undecodable file counts 0: it costs nothing to predict)."""
-    import soundfile as sf
+@dataclass(frozen=True)
+class RunProjection:
+    """The notebook's run here, split in two and projected to Kaggle (:func:`project_dry_run`)."""
 
-    from featurestore.windows import WINDOW_SECONDS
+    once_s: float               # one-time seconds here: the notebook's wall minus the steady per-file work
+    per_file_s: float           # steady seconds per 60-s file in one process (S(n)-corrected to one worker)
+    rate_files: int             # files the rate is from (after their worker's first, unless too few)
+    steady: bool                # the rate is from files after each worker's first (else first files: warm-up in)
+    trusted: bool               # enough such files: at least max(2, pool) of them
+    pool: int                   # processes that ran at once here
+    load_s: float               # mean predictor load per worker here (part of once_s)
+    n_files: int
+    cpus: int
+    target_per_file_s: float    # wall seconds per 60-s file on ``cpus`` CPUs: per_file_s / S(cpus)
+    projected_s: float          # once_s + n_files x target_per_file_s
+    model: str                  # the scaling model's words (:func:`submit.plan.speedup_model`)
+    planner_min: float | None = None    # the planner's total for the bundle's costs measured at export
 
-    counts = []
-    for f in files:
-        try:
-            counts.append(max(1, round(sf.info(str(f)).duration / WINDOW_SECONDS)))
-        except Exception:  # soundfile raises several types for unreadable input
-            counts.append(0)
-    return float(np.mean(counts)) if counts else 0.0
+    def lines(self) -> list[str]:
+        """The two figures, the scaling, and a warning when the rate cannot be trusted."""
+        rate = (f"from {self.rate_files} file(s) after their worker's first" if self.steady else
+                f"from {self.rate_files} first file(s) of their workers: warm-up included, an upper bound")
+        out = [f"one-time cost here: {self.once_s:.1f} s (kernel start, install, verify, predictor loads "
+               f"{self.load_s:.1f} s per worker, first-file warm-up, finish, write)",
+               f"steady rate: {self.per_file_s:.2f} s per 60-s file in one process ({rate}; {self.pool} ran at once "
+               f"here) -> {self.target_per_file_s:.3f} s per file on {self.cpus} CPUs with {self.model}",
+               f"projection: {self.once_s:.0f} s + {self.n_files} files x {self.target_per_file_s:.3f} s = "
+               f"{self.projected_s / 60:.1f} min"]
+        if not self.trusted:
+            need = self.pool + max(2, self.pool)
+            out.append(f"warning: too few files to trust the rate ({self.rate_files} usable; each of the {self.pool} "
+                       f"worker(s)' first file pays its warm-up): dry-run at least {need} files"
+                       + (f"; the planner's {self.planner_min:.1f} min uses the costs measured at export"
+                          if self.planner_min is not None else ""))
+        return out
 
 
-def project_dry_run(report: dict, manifest: dict, n_files: int, cpus: int, wall: float,
-                    windows_per_file: float) -> tuple[float, float | None]:
-    """Kaggle seconds: what the notebook paid once here (kernel start, install, verify, predictor loads,
-    writing) + ``n_files`` x its steady per-file wall time, scaled to 60-s files (x 12 /
-    ``windows_per_file`` of the audio given) and from the workers used here to ``cpus`` with the
-    planner's scaling model (``S(n) = n`` when the bundle holds no measured costs).
+def project_dry_run(report: dict, manifest: dict, n_files: int, cpus: int, wall: float) -> RunProjection:
+    """Kaggle seconds for ``n_files`` 60-s files on ``cpus`` CPUs from the notebook's own run here
+    (``report``: its :data:`~submit.runtime.REPORT_FILE`; ``wall``: the notebook's wall seconds here).
 
-    The steady rate is taken after the first ``workers`` completions (the pool's start-up):
-    ``(t[-1] - t[w-1]) / (n - w)``; with no more files than workers it is ``predict / n``."""
+    The planner's model (:mod:`submit.plan`): one-time cost + files x per-file cost / ``S(cpus)``, with
+    the planner's scaling ``S`` (:func:`submit.plan.speedup_model`; ``S(n) = n`` without measured costs).
+    Each predicted file's seconds in its worker (``file_timing``) is scaled to 60 s (x 12 / its windows) and to
+    one process (x ``S(pool) / pool``: ``pool`` processes shared the CPUs); the steady per-file cost is the mean
+    over the files after their worker's first (a worker's first file pays its warm-up), or over the first
+    files when there are no others (then an upper bound, and not trusted). The one-time cost is the rest:
+    ``wall`` minus each file's steady share of the wall (its steady cost x its windows / 12 / ``S(pool)``) -
+    kernel start, install, verify, predictor loads, first-file warm-up, finish and write, whatever the file
+    count. Files without decodable audio (0 windows) cost only their one-time share. The rate is trusted
+    with at least ``max(2, pool)`` files after their worker's first."""
     from featurestore.windows import SOUNDSCAPE_SECONDS, WINDOW_SECONDS
-    from submit.plan import Costs, project
+    from submit.plan import Costs, project, speedup_model
 
+    timing = report.get("file_timing")
+    if timing is None:
+        raise BundleError(f"the notebook's {REPORT_FILE} has no per-file timing (file_timing): the bundle's toolkit "
+                          "predates this dry run; re-export the bundle with pipelines.export")
     costs = Costs.from_json(manifest["stage_costs"]) if "stage_costs" in manifest else None
-    w = max(1, int(report.get("workers") or 1))
-    speed = costs.speedup if costs else float
-    done = report.get("file_done_s") or []
-    predict = report["stage_seconds"]["predict"]
-    n = len(done)
-    if n > w:
-        per_file = (done[-1] - done[w - 1]) / (n - w)
-        start_up = max(0.0, done[w - 1] - w * per_file)
-    else:
-        per_file, start_up = predict / max(1, n), 0.0
-    once = max(0.0, wall - predict) + start_up + max(0.0, predict - (done[-1] if done else predict))
-    to_60s = SOUNDSCAPE_SECONDS / WINDOW_SECONDS / max(windows_per_file, 1e-9)
-    projected = once + n_files * per_file * to_60s * speed(min(w, n_files)) / speed(cpus)
+    speedup, model = speedup_model(costs)
+    per_window = SOUNDSCAPE_SECONDS / WINDOW_SECONDS
+    audio = [t for t in timing if t["windows"] > 0]
+    steady = [t for t in audio if not t["first"]]
+    used = steady or [t for t in audio if t["first"]]
+
+    def one_process(t: dict) -> float:         # seconds of a 60-s file in one process
+        return t["s"] * per_window / t["windows"] * speedup(t["pool"]) / t["pool"]
+
+    per_file = float(np.mean([one_process(t) for t in used])) if used else 0.0
+    share = sum(per_file * t["windows"] / per_window / speedup(t["pool"]) for t in audio)
+    once = max(0.0, wall - share)
+    pool = max((t["pool"] for t in timing), default=1)
+    loads = [t["load_s"] for t in timing if t["first"] and t["load_s"] > 0]
+    target = per_file / speedup(cpus)
     planner = project(costs, n_files, cpus)[0].total_s / 60.0 if costs else None
-    return projected, planner
+    return RunProjection(once, per_file, len(used), bool(steady), len(steady) >= max(2, pool), pool,
+                         float(np.mean(loads)) if loads else 0.0, n_files, cpus, target, once + n_files * target,
+                         model, planner)

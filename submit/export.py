@@ -24,6 +24,10 @@ fetched once with ``pip download`` into the user cache; nothing else reaches the
 BirdNET model is rebuilt at run time from the shipped original. The export writes into a temporary
 folder and renames it into place: an interrupted export leaves no half bundle. A full disk is one
 ``BundleError`` naming the bundle file being written, and says the partial bundle was removed.
+
+Progress: ``say`` gets one line as each step starts, ``export [i/N] what (t s in)``; the longest is
+measuring the per-stage costs (it predicts the measured files, then times pools of 1 and several
+worker processes: a minute or more with BirdNET on 2 cores).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -181,6 +186,18 @@ class ExportResult:
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
+class _Steps:
+    """The export's progress: ``say`` one line as each of its ``total`` steps starts,
+    ``export [i/N] what (t s in)``."""
+
+    def __init__(self, total: int, say: Callable[[str], object]):
+        self.total, self.say, self.done, self.t0 = total, say, 0, time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        self.done += 1
+        self.say(f"export [{self.done}/{self.total}] {what} ({time.perf_counter() - self.t0:.0f} s in)")
+
+
 def _heads_needed(store_dir: Path, head_id: str) -> list[str]:
     """The head and, for a stacked head, its base heads (UserInputError for an unknown head)."""
     from stack.bundle import StackConfig, head_config
@@ -296,7 +313,8 @@ def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.Path
                   measure: str | os.PathLike | None = None, measure_files: int = 3, say=print) -> ExportResult:
     """Write the bundle (see the module doc); ``head_id`` may be ``best``; ``fallback`` a head id,
     ``auto`` or None; per-stage costs are measured on ``measure_files`` files of ``measure`` (default:
-    the store's test, else train soundscapes)."""
+    the store's test, else train soundscapes). ``say`` gets the progress lines (one as each step starts)
+    and what is fetched."""
     from featurestore.store import FeatureStore
     from models.bundle import HEADS_DIR
     from models.experiments import resolve_head_id
@@ -323,19 +341,26 @@ def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.Path
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     notes: list[str] = []
+    step = _Steps(8 if measure_audio else 7, say)
     try:
+        step(f"copying {len(needed)} head folder(s) ({', '.join(needed)})")
         for h in needed:
             copy_head(heads_dir / h, work / "heads" / h)
+        step(f"copying the model files of extractor(s) {', '.join(sorted(params)) or '(none)'}")
         manifest_extra = copy_models(params, work)
         packages = dict(RUNTIME_PACKAGES)
         if any(manifest_extra.get(k, "").endswith(".onnx") for k in ("custom_model", "perch_model")):
             packages.update(ONNX_PACKAGES)
         (work / "wheels").mkdir()
+        step(f"runtime wheels {', '.join(packages)} for Python {', '.join(pythons)}"
+             + (f" from {wheels}" if wheels else f" (fetched once into {wheel_cache()})"))
         for w in fetch_wheels(packages, pythons, Path(wheels).expanduser().resolve() if wheels else None, say):
             _copy_file(w, work / "wheels" / w.name)
+        step("building the toolkit wheel from this checkout (pip wheel)")
         toolkit = build_toolkit_wheel(work / "wheels")
         from submit.notebook import kaggle_files
 
+        step("writing the notebook, the Kaggle metadata and LICENSES.md")
         slug = slug or f"birdclef-stack-{head_id}".lower()[:50]
         for name, text in kaggle_files(owner=owner, slug=slug, competition=competition, head_id=head_id,
                                        levels=levels).items():
@@ -354,10 +379,14 @@ def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.Path
         if measure_audio:
             from submit.plan import measure_costs
 
+            step(f"measuring per-stage costs on {len(measure_audio)} file(s) (predicts them, then times pools of "
+                 "1 and several worker processes: the longest step)")
             manifest["stage_costs"] = measure_costs(work, manifest, measure_audio).to_json()
         else:
             notes.append("no audio to measure per-stage costs on: run python -m pipelines.plan --bundle BUNDLE --audio DIR")
+        step(f"the class prior of head {head_id} (the notebook's fallback)")
         manifest["prior"] = head_prior(work, head_id, columns, manifest)
+        step("writing manifest.json (size and sha256 of every file) and moving the bundle into place")
         manifest = write_manifest(work, manifest)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 
+from featurestore.windows import SOUNDFILE_SUFFIXES
+
 NOTEBOOK = "birdclef_stack_inference.ipynb"
 FALLBACK = "birdclef-stack FALLBACK:"      # printed first by the prior-only path (the dry run looks for it)
 
@@ -76,8 +78,9 @@ def fallback(why):                       # the prior-only submission, without th
         "sample_submission.csv", lambda p: os.path.isdir(os.path.join(os.path.dirname(p), "test_soundscapes")))
     with open(os.path.join(comp, "sample_submission.csv"), newline="") as f:
         rows = list(csv.reader(f))
-    audio = sorted(n for n in os.listdir(os.path.join(comp, "test_soundscapes"))
-                   if n.lower().endswith((".ogg", ".flac", ".wav", ".mp3")) and not n.startswith("."))
+    tests = os.path.join(comp, "test_soundscapes")       # submit.submission.list_audio's suffixes, folder's own files
+    audio = sorted(n for n in os.listdir(tests) if n.lower().endswith(AUDIO_SUFFIXES) and not n.startswith(".")
+                   and os.path.isfile(os.path.join(tests, n)))
     ids = [f"{os.path.splitext(n)[0]}_{end}" for n in audio for end in range(5, 65, 5)] or [r[0] for r in rows[1:] if r]
     prior = MANIFEST.get("prior") if isinstance(MANIFEST, dict) and isinstance(MANIFEST.get("prior"), dict) else {}
     p = [v if type(v := prior.get(c)) in (int, float) and 0 <= v <= 1 else 0.5 for c in rows[0][1:]]
@@ -104,6 +107,9 @@ try:
 except Exception as exc:                 # anything at all: still leave a submission
     fallback(f"{type(exc).__name__}: {exc}")
 '''
+# the fallback lists the test audio as submit.submission.list_audio does (the suffix table; it cannot ask
+# soundfile which formats it decodes before anything is installed)
+INSTALL = INSTALL.replace("AUDIO_SUFFIXES", repr(tuple(SOUNDFILE_SUFFIXES)))
 
 RUN = '''# 2. verify the bundle (every rule), predict every test soundscape under the time guard, write + validate the submission
 if FAILED is None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -229,6 +229,16 @@ def _measure_scaling(head_dir: Path, files: list[Path], workers: int, runtime: d
     return min(times[1]) / min(times[workers])
 
 
+def speedup_model(costs: Costs | None) -> tuple[Callable[[int], float], str]:
+    """The planner's process-scaling model ``S(n)`` and how it was got: :meth:`Costs.speedup` of measured costs,
+    else ``S(n) = n`` (every worker adds a full CPU: an optimistic bound, and said so). The one scaling model the
+    planner and the dry run's projection (:func:`submit.dryrun.project_dry_run`) share."""
+    if costs is None:
+        return float, "S(n) = n (no measured scaling in the bundle: optimistic)"
+    return costs.speedup, (f"S(n) = n * e^log2(n), e = {costs.efficiency:.3f} from S({costs.workers_measured}) = "
+                           f"{costs.speedup_measured:.2f} measured at export")
+
+
 @dataclass
 class Projection:
     head_id: str
@@ -293,7 +303,11 @@ def plan_bundle(bundle: str | Path, audio: str | Path | None, *, n_files: int = 
         costs = Costs.from_json(manifest["stage_costs"])
         head = "costs measured at export time"
     else:
-        files = list_audio(audio)[:measure_files]
+        skipped: list[str] = []
+        files = list_audio(audio, on_skipped=skipped.append)[:measure_files]
+        if not files:
+            raise UserInputError(f"--audio {audio}: no audio files to measure on"
+                                 + (f" ({skipped[0]})" if skipped else ""))
         costs = measure_costs(bundle, manifest, files, target_cpus=cpus)
-        head = "costs measured now"
+        head = "\n".join(["costs measured now", *(f"note: {line}" for line in skipped)])
     return costs, f"{head}\n{render(costs, n_files, cpus, budget_min)}"

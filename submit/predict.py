@@ -5,14 +5,18 @@ for one head bundle, :class:`submit.stack_predictor.StackPredictor` for a stacke
 per file feeds every base head; the level-2 model and post steps run over all rows once every file is
 predicted). Both answer the :class:`Predictor` protocol. Every file gets exactly its expected rows
 (:func:`submit.submission.expected_row_ids`); a bad file gets the prior where it has no usable audio.
-The audio list (:func:`submit.submission.list_audio`) refuses two files with one stem before any work;
-files not named as competition soundscapes and files below 32 kHz are predicted, with a warning.
+The audio list (:func:`submit.submission.list_audio`: the folder's own files in a format soundfile decodes
+here; sub-folders are not searched) refuses two files with one stem before any work, and what it skips
+(sub-folders, m4a/aac, other suffixes) is one warning naming them; files not named as competition
+soundscapes and files below 32 kHz are predicted, with a warning.
 Only numpy, scipy, soundfile, ai-edge-litert, lightgbm and scikit-learn are imported on this path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,14 +149,44 @@ def _gone_or_empty(path: Path) -> bool:
 _WORKER: dict = {}
 
 
+@dataclass(frozen=True)
+class FileTiming:
+    """How long one file took where it was predicted (:func:`predict_one_timed`): the runtime's report keeps
+    these so the dry run can tell one-time costs from the steady per-file rate (:mod:`submit.dryrun`)."""
+
+    seconds: float           # file_rows in the worker: decode, extractors, heads (not the predictor's load)
+    first: bool              # the first file of its worker (or of an in-process run): it pays the warm-up
+    load_s: float            # the worker's predictor load, on its first file (0 otherwise, or loaded by the caller)
+    windows: int             # 5-s windows of audio its header states (0: unreadable; its cost is not a file's)
+    pool: int = 1            # processes predicting at once (the pool's size)
+
+    def to_json(self) -> dict:
+        return {"s": round(self.seconds, 4), "first": self.first, "load_s": round(self.load_s, 4),
+                "windows": self.windows, "pool": self.pool}
+
+
 def init_worker(head_dir: str, runtime: dict) -> None:
     """A predict worker process's initializer: open the head's predictor once (:func:`predict_one` uses it)."""
+    t = time.perf_counter()
     _WORKER.update(predictor=open_predictor(head_dir, **runtime))
+    _WORKER.update(load_s=time.perf_counter() - t, files=0)
 
 
 def predict_one(path: str) -> tuple[str, list[str], np.ndarray, str | None, np.ndarray]:
     """``(path, *file_rows)`` of one file with the worker's predictor (:func:`init_worker`)."""
-    return (path, *file_rows(Path(path), _WORKER["predictor"]))
+    return predict_one_timed(path)[0]
+
+
+def predict_one_timed(path: str) -> tuple[tuple[str, list[str], np.ndarray, str | None, np.ndarray], FileTiming]:
+    """:func:`predict_one` and its :class:`FileTiming` (``pool`` left 1: the caller knows the pool)."""
+    first = not _WORKER.get("files")
+    t = time.perf_counter()
+    rows = (path, *file_rows(Path(path), _WORKER["predictor"]))
+    seconds = time.perf_counter() - t
+    _WORKER["files"] = _WORKER.get("files", 0) + 1
+    header = header_info(Path(path))
+    windows = max(1, round(header[0] / WINDOW_SECONDS)) if header else 0
+    return rows, FileTiming(seconds, first, _WORKER.get("load_s", 0.0) if first else 0.0, windows)
 
 
 class RayFileRows:
@@ -170,10 +204,11 @@ class RayFileRows:
 
 def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: dict,
                      predictor=None, engine: str = "local", address: str | None = None,
-                     actors: int | None = None) -> Iterator[tuple]:
+                     actors: int | None = None, timings: list[FileTiming] | None = None) -> Iterator[tuple]:
     """(path, row_ids, probs, error, usable rows) per file, in file order (``predictor``: an already loaded one, used
     when predicting in this process; ``engine`` ``ray``: the files run on a Ray actor pool, results put back in
-    file order as they arrive - each is one file's rows, a few KB)."""
+    file order as they arrive - each is one file's rows, a few KB). ``timings`` (a list, local engine) receives
+    each file's :class:`FileTiming` as it is yielded."""
     if engine == "ray":
         import functools
 
@@ -191,16 +226,23 @@ def iter_predictions(head_dir: Path, files: list[Path], workers: int, runtime: d
                     yield waiting.pop(at)
                     at += 1
         return
+
+    def unpack(results, pool: int) -> Iterator[tuple]:
+        for rows, timing in results:
+            if timings is not None:
+                timings.append(dataclasses.replace(timing, pool=pool))
+            yield rows
+
     if workers <= 1 or len(files) <= 1:
         if predictor is not None:
-            _WORKER.update(predictor=predictor)
+            _WORKER.update(predictor=predictor, load_s=0.0, files=0)   # loaded by the caller: its load is theirs
         else:
             init_worker(str(head_dir), runtime)
-        yield from map(predict_one, map(str, files))
+        yield from unpack(map(predict_one_timed, map(str, files)), 1)
         return
     n = min(workers, len(files))
     with worker_pool(n, init_worker, (str(head_dir), runtime), env=pool_env(n)) as pool:
-        yield from pool.imap(predict_one, map(str, files), chunksize=1)
+        yield from unpack(pool.imap(predict_one_timed, map(str, files), chunksize=1), n)
 
 
 def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, columns: list[str], *,
@@ -213,14 +255,18 @@ def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, col
     The row ids are exactly :func:`expected_row_ids` of every file (what the validator expects);
     a bad file gets the class prior where it has no usable audio, and one warning.
 
-    ``on_start(n_files)`` is called once every input is checked, before any file is decoded. Two files with
-    one stem are refused first (:func:`list_audio`); files not named as competition soundscapes get one
-    warning for the run (:func:`submit.submission.name_warning`), the first of the returned warnings.
+    ``on_start(n_files)`` is called once every input is checked, before any file is decoded. The files are
+    :func:`list_audio`'s: the folder's own files in a format soundfile decodes here; what it skips (sub-folders,
+    m4a/aac, other suffixes) is the first returned warning, naming them. Two files with one stem are refused
+    first; files not named as competition soundscapes get one warning for the run
+    (:func:`submit.submission.name_warning`), next.
     """
     head_dir = Path(head_dir)
-    files = list_audio(audio_dir)   # refuses two files with one stem (x.ogg, x.flac) before any work
+    skipped: list[str] = []
+    files = list_audio(audio_dir, on_skipped=skipped.append)   # refuses two files with one stem before any work
     if not files:
-        raise DataError(f"no audio files in {audio_dir}")
+        raise DataError(f"no audio files to predict in {audio_dir}" + (f" ({skipped[0]})" if skipped else "")
+                        + "; point --audio at the folder holding the soundscapes (.ogg, .flac, .wav, ...)")
     predictor = open_predictor(head_dir, **(runtime or {}))  # fails fast on a version mismatch, before any work
     missing = [c for c in columns if c not in predictor.class_names]
     if missing:
@@ -232,7 +278,7 @@ def predict_audio(head_dir: str | os.PathLike, audio_dir: str | os.PathLike, col
     window_ids: list[str] = []
     blocks: list[np.ndarray] = []
     usable: list[np.ndarray] = []
-    errors: list[str] = [names] if (names := name_warning(files)) else []
+    errors: list[str] = skipped + ([names] if (names := name_warning(files)) else [])
     for path, ids, probs, error, ok in iter_predictions(head_dir, files, workers, runtime or {}, predictor,
                                                         engine, address, actors):
         row_ids += ids

@@ -10,7 +10,8 @@ Guarantees:
 * **inputs** are found by probing the mount layouts Kaggle has used - ``/kaggle/input/competitions/
   <slug>``, ``/kaggle/input/<slug>``, ``/kaggle/input/datasets/<owner>/<slug>`` - or taken from
   ``$BIRDCLEF_STACK_COMPETITION`` / ``$BIRDCLEF_STACK_BUNDLE`` (``$BIRDCLEF_STACK_INPUT`` moves the
-  root, which the dry run uses);
+  root, which the dry run uses); the test audio is :func:`submit.submission.list_audio`'s, pipelines.predict's
+  one rule (the folder's own files in a format soundfile decodes), and what it skips is a warning naming it;
 * the bundle is untrusted input, checked against ``manifest.json`` before any prediction
   (:func:`verify_bundle`): every listed path is relative, normalised and inside the bundle; nothing
   in the bundle is a symbolic link (its root may be reached through one, as Kaggle and the dry run
@@ -29,7 +30,10 @@ Guarantees:
 * **time guard**: after every file the total run time is projected from the recent per-file rate; when
   it would pass ``guard`` x the budget, the remaining files go to the next cheaper level - the
   bundle's fallback head (fewer extractors, no stack), then the class prior (instant) - and the run says
-  so. Levels are data in the manifest (``levels``).
+  so. Levels are data in the manifest (``levels``);
+* the run report (:data:`REPORT_FILE`) keeps each predicted file's completion time (``file_done_s``) and its
+  :class:`submit.predict.FileTiming` (``file_timing``: seconds in its worker, first of its worker, the
+  worker's load, windows, pool size), from which the dry run separates one-time costs from the steady rate.
 """
 
 from __future__ import annotations
@@ -342,12 +346,13 @@ def _projected(start: float, done_times: list[float], remaining: int, window: in
 def predict_with_guard(heads_dir: Path, levels: Sequence[str], files: list[Path], columns: list[str], *,
                        workers: int, budget_s: float, start: float, guard: float = GUARD,
                        runtime: dict | None = None, say: Callable[[str], object] = print,
-                       every: int = 25, timeline: list[float] | None = None,
+                       every: int = 25, timeline: list[float] | None = None, timings: list | None = None,
                        ) -> tuple[list[str], np.ndarray, list[str], dict[str, int], list[str]]:
     """Predict ``files`` with the first level in ``levels`` (head ids), moving the remaining files down a
     level whenever the projected total passes ``guard * budget_s``; the last level is always the class
     prior. Returns row ids, probabilities in ``columns`` order, warnings, files per level, guard events;
-    ``timeline`` (a list) receives the ``perf_counter`` time of each file's completion."""
+    ``timeline`` (a list) receives the ``perf_counter`` time of each file's completion, ``timings`` each
+    predicted file's :class:`submit.predict.FileTiming` (in the same order; prior-level files have none)."""
     from submit.predict import iter_predictions, open_predictor
     from submit.submission import file_window_ids
 
@@ -371,7 +376,8 @@ def predict_with_guard(heads_dir: Path, levels: Sequence[str], files: list[Path]
             break
         predictors[name] = open_predictor(heads_dir / name, **runtime)
         level_times: list[float] = []
-        gen = iter_predictions(heads_dir / name, pending, workers, runtime, predictors[name] if workers <= 1 else None)
+        gen = iter_predictions(heads_dir / name, pending, workers, runtime, predictors[name] if workers <= 1 else None,
+                               timings=timings)
         taken = 0
         try:
             for path, ids, probs, error, ok in gen:
@@ -454,9 +460,11 @@ def run(bundle: str | os.PathLike | None = None, competition: str | os.PathLike 
     columns = read_header(sample)[1:]
     audio_dir = competition / audio_subdir
     # the notebook must always leave a submission: two files with one stem (never in the competition)
-    # are predicted once, the first by name, with a warning - pipelines.predict refuses them instead
+    # are predicted once, the first by name, with a warning - pipelines.predict refuses them instead.
+    # What the listing skips (sub-folders, m4a/aac, other suffixes) is said too: pipelines.predict's one rule
     duplicates: list[str] = []
-    files = list_audio(audio_dir, on_duplicate=duplicates.append) if audio_dir.is_dir() else []
+    files = list_audio(audio_dir, on_duplicate=duplicates.append, on_skipped=duplicates.append) \
+        if audio_dir.is_dir() else []
     for line in duplicates:
         say(f"warning: {line}")
     out = Path(out) if out else Path(WORKING) / "submission.csv"
@@ -464,10 +472,11 @@ def run(bundle: str | os.PathLike | None = None, competition: str | os.PathLike 
         f"levels {' -> '.join([*manifest['levels'], PRIOR_LEVEL])}")
     t = time.perf_counter()
     timeline: list[float] = []
+    timings: list = []
     with bundle_environment(bundle, out.parent / ".birdclef-stack-cache"):
         row_ids, probs, warnings, levels, events = predict_with_guard(
             bundle / "heads", manifest["levels"], files, columns, workers=workers, budget_s=budget_min * 60.0,
-            start=start, runtime=runtime, say=say, timeline=timeline)
+            start=start, runtime=runtime, say=say, timeline=timeline, timings=timings)
         warnings[:0] = duplicates
         if not files:
             warnings.append(f"no audio in {audio_dir} (Kaggle hides the test set outside a submission run): "
@@ -486,7 +495,8 @@ def run(bundle: str | os.PathLike | None = None, competition: str | os.PathLike 
     (out.parent / REPORT_FILE).write_text(json.dumps({
         "submission": str(out), "n_files": len(files), "n_rows": len(row_ids), "stage_seconds": stages,
         "levels": levels, "warnings": warnings, "guard_events": events, "workers": workers,
-        "budget_min": budget_min, "file_done_s": [round(x - t_predict, 4) for x in timeline]},
+        "budget_min": budget_min, "file_done_s": [round(x - t_predict, 4) for x in timeline],
+        "file_timing": [t.to_json() for t in timings]},
         indent=1), encoding="utf-8")
     say(report.render())
     return report

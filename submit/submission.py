@@ -6,6 +6,7 @@ import csv
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,12 @@ import soundfile as sf
 
 from featurestore.errors import DataError, SubmissionError
 from featurestore.windows import (
+    NEEDS_FFMPEG,
+    SOUNDFILE_SUFFIXES,
     SOUNDSCAPE_SECONDS,
     TEST,
     WINDOW_SECONDS,
-    is_audio,
+    decodable_suffixes,
     parse_soundscape_name,
     row_id,
     row_ids,
@@ -187,20 +190,118 @@ def expected_row_ids(path: Path, min_seconds: float = SOUNDSCAPE_SECONDS) -> lis
 
 
 
+MORE_THAN = 3               # names shown per reason before "and N more"
+
+
+def _names(paths: list[Path], slash: str = "") -> str:
+    shown = ", ".join(p.name + slash for p in paths[:MORE_THAN])
+    return shown + (f" and {len(paths) - MORE_THAN} more" if len(paths) > MORE_THAN else "")
+
+
+@dataclass(frozen=True)
+class AudioListing:
+    """What one folder holds for predict (:func:`scan_audio`): the files predicted and every entry skipped,
+    by reason. Only the folder's own files count: sub-folders are not searched (Kaggle's test_soundscapes/ is
+    flat, and a row id is ``<stem>_<end s>``, with no folder in it)."""
+
+    folder: Path
+    files: list[Path]                 # decodable here (:func:`decodable_suffixes`), sorted by name
+    needs_ffmpeg: list[Path]          # m4a, aac, ... (:data:`NEEDS_FFMPEG`)
+    not_here: list[Path]              # a soundfile format this libsndfile build lacks (mp3 below 1.1)
+    not_audio: list[Path]             # any other suffix
+    hidden: list[Path]                # names starting with "."
+    other: list[Path]                 # neither a file nor a folder (a broken link, a socket)
+    folders: list[Path]               # sub-folders, not searched
+    nested_audio: int                 # decodable files anywhere below those sub-folders
+
+    @property
+    def n_skipped(self) -> int:
+        """Entries of the folder not predicted (sub-folders count once each)."""
+        return sum(map(len, (self.needs_ffmpeg, self.not_here, self.not_audio, self.hidden, self.other,
+                             self.folders)))
+
+    def note(self) -> str | None:
+        """One line: how many entries were skipped and why, naming them (None when none was)."""
+        if not self.n_skipped:
+            return None
+        parts = []
+        if self.needs_ffmpeg:
+            first = self.needs_ffmpeg[0]
+            parts.append(f"{len(self.needs_ffmpeg)} audio file(s) soundfile cannot decode without ffmpeg "
+                         f"({_names(self.needs_ffmpeg)}): convert them first, e.g. ffmpeg -i {first.name} "
+                         f"{first.stem}.flac")
+        if self.not_here:
+            mp3 = " (mp3 needs libsndfile >= 1.1)" if any(p.suffix.lower() == ".mp3" for p in self.not_here) else ""
+            parts.append(f"{len(self.not_here)} file(s) in a format this libsndfile {sf.__libsndfile_version__} "
+                         f"does not decode ({_names(self.not_here)}){mp3}")
+        if self.not_audio:
+            parts.append(f"{len(self.not_audio)} file(s) not audio by their suffix ({_names(self.not_audio)}; "
+                         f"predicted: {' '.join(decodable_suffixes())})")
+        if self.hidden:
+            parts.append(f"{len(self.hidden)} hidden file(s) ({_names(self.hidden)})")
+        if self.other:
+            parts.append(f"{len(self.other)} entr(y/ies) that are not regular files, e.g. broken links "
+                         f"({_names(self.other)})")
+        if self.folders:
+            parts.append(f"{len(self.folders)} sub-folder(s) not searched ({_names(self.folders, '/')}, holding "
+                         f"{self.nested_audio} audio file(s)): only the folder's own files are predicted, as in "
+                         "Kaggle's flat test_soundscapes/ - move them up, or predict them with --format windows")
+        return (f"{self.folder}: skipped {self.n_skipped} of its {self.n_skipped + len(self.files)} entries - "
+                + "; ".join(parts))
+
+
+def scan_audio(audio_dir: str | os.PathLike) -> AudioListing:
+    """Sort the entries of one folder (not its sub-folders) into the files predict reads and the skipped
+    ones (:class:`AudioListing`); DataError when ``audio_dir`` is not a folder. Never opens a file."""
+    folder = Path(audio_dir)
+    if not folder.is_dir():
+        raise DataError(f"audio folder {folder} not found")
+    decodable = decodable_suffixes()
+    kinds: dict[str, list[Path]] = {k: [] for k in ("files", "needs_ffmpeg", "not_here", "not_audio", "hidden",
+                                                     "other", "folders")}
+    for entry in sorted(folder.iterdir()):
+        suffix = entry.suffix.lower()
+        if entry.name.startswith("."):
+            kind = "hidden"
+        elif entry.is_dir():
+            kind = "folders"
+        elif not entry.is_file():
+            kind = "other"
+        elif suffix in decodable:
+            kind = "files"
+        elif suffix in NEEDS_FFMPEG:
+            kind = "needs_ffmpeg"
+        elif suffix in SOUNDFILE_SUFFIXES:
+            kind = "not_here"
+        else:
+            kind = "not_audio"
+        kinds[kind].append(entry)
+    nested = sum(1 for sub in kinds["folders"] for _, _, names in os.walk(sub)
+                 for name in names if Path(name).suffix.lower() in decodable and not name.startswith("."))
+    return AudioListing(folder, nested_audio=nested, **kinds)
+
+
 def list_audio(audio_dir: str | os.PathLike, *,
-               on_duplicate: Callable[[str], object] | None = None) -> list[Path]:
-    """The audio files of a folder, sorted by name: the one list predict, the Kaggle runtime and the
-    validator's expected rows are made from.
+               on_duplicate: Callable[[str], object] | None = None,
+               on_skipped: Callable[[str], object] | None = None) -> list[Path]:
+    """The audio files of a folder, sorted by name: the one list predict, the Kaggle runtime, the dry run
+    and the validator's expected rows are made from (so the rows expected are the rows predicted).
+
+    The rule (:func:`scan_audio`): the folder's own files whose suffix names a format this machine's
+    soundfile decodes (:func:`decodable_suffixes`: ogg, flac, wav, mp3, aiff, ...); sub-folders are not
+    searched, hidden files, m4a/aac (ffmpeg only) and other suffixes are skipped. ``on_skipped`` gets one
+    line naming what was skipped and why (:meth:`AudioListing.note`) when anything was.
 
     Two files with the same stem (``x.ogg``, ``x.flac``) would write the same row ids (``x_5``, ...), so
     the submission could not be valid: they are refused at once with a :class:`DataError` naming both
     (the competition never has two), before anything is predicted. With ``on_duplicate`` the first file
     of each stem (in name order) is kept instead and ``on_duplicate`` gets one warning naming the others.
     """
-    audio_dir = Path(audio_dir)
-    if not audio_dir.is_dir():
-        raise DataError(f"audio folder {audio_dir} not found")
-    files = sorted(p for p in audio_dir.iterdir() if is_audio(p) and p.is_file())
+    listing = scan_audio(audio_dir)
+    audio_dir = listing.folder
+    if on_skipped is not None and (note := listing.note()):
+        on_skipped(note)
+    files = listing.files
     by_stem: dict[str, list[Path]] = {}
     for path in files:
         by_stem.setdefault(path.stem, []).append(path)

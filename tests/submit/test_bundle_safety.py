@@ -379,7 +379,7 @@ def test_a_full_disk_during_export_names_the_bundle_file_and_removes_the_partial
     disk = tmp_path / "disk"
     disk.mkdir()
     script = (f'mount -t tmpfs -o size=4m tmpfs "$1" && {sys.executable} -m pipelines.export --store "$2" '
-              f'--head-id "$3" --fallback-head none --out "$1/bundle" --wheels "$4"; rc=$?; '
+              f'--head-id "$3" --fallback-head none --out "$1/bundle" --wheels "$4" --quiet; rc=$?; '
               'echo "left: $(ls -A "$1")"; exit $rc')
     (tmp_path / "wheels").mkdir()
     result = subprocess.run([*prefix, "sh", "-c", script, "sh", str(disk), str(store), demo_trained.head("zeroshot"),
@@ -415,3 +415,13 @@ def test_the_runtime_predicts_one_of_two_files_with_one_stem_and_warns(good: Pat
     with open(tmp_path / "out" / "submission.csv", newline="") as f:
         ids = [r[0] for r in csv.reader(f)][1:]
     assert ids == expected_row_ids(comp / "test_soundscapes" / f"{first.stem}.flac") and len(set(ids)) == 12
+    # its run report times the file apart from the predictor's load (loaded before it, in this process), and the
+    # dry run's projection from one file says it cannot trust the rate (issue 28 item 10)
+    from submit.dryrun import project_dry_run
+
+    saved = json.loads((tmp_path / "out" / runtime.REPORT_FILE).read_text())
+    assert [(t["first"], t["windows"], t["pool"], t["load_s"]) for t in saved["file_timing"]] == [(True, 12, 1, 0.0)]
+    assert 0 < saved["file_timing"][0]["s"] <= saved["stage_seconds"]["predict"]
+    p = project_dry_run(saved, {}, 600, 4, wall=saved["stage_seconds"]["total"])
+    assert (p.rate_files, p.steady, p.trusted) == (1, False, False) and p.lines()[-1].startswith("warning: too few")
+    assert p.per_file_s == pytest.approx(saved["file_timing"][0]["s"])

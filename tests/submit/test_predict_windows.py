@@ -171,7 +171,9 @@ def test_the_ray_engine_writes_the_same_rows_and_submission_as_the_local_one(dem
     assert row_ids == [f"{Path(f).stem}_{e}" for f, e, t in zip(table.column("file").to_pylist(),
                                                                  table.column("end_s").to_pylist(), top, strict=True) if t]
     np.testing.assert_array_equal(probs, np.stack([table.column(c).to_numpy() for c in classes], axis=1)[top])
-    assert said == []
+    # the submission reads only the folder's own files, and says what it left (issue 28 item 9)
+    assert len(said) == 1 and said[0].startswith(f"{audio}: skipped 1 of its ")
+    assert "1 sub-folder(s) not searched (site_b/, holding 2 audio file(s))" in said[0]
 
 
 def test_each_engine_refuses_the_others_options(demo_trained, audio: Path, tmp_path: Path) -> None:

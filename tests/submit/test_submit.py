@@ -220,7 +220,12 @@ def test_export_plan_and_offline_dry_run_of_the_notebook(store: Path, heads: dic
         shutil.copy(f, audio / f.name)
     corrupt = audio / "BC2026_Test_9999_S01_20240101_000000.ogg"
     corrupt.write_bytes(b"OggS" + bytes(300))
+    shutil.copy(list_audio(demo_data / "test_soundscapes")[3], audio / "BC2026_Test_9998_S01_20240101_000000.m4a")
+    (audio / "day2").mkdir()                                    # skipped by the one listing rule, and said
     run = dry_run(bundle, audio, work=tmp_path / "dry", allow_network=True, say=lambda _: None)
+    assert len(run.notes) == 1 and "skipped 2 of its 6 entries" in run.notes[0] and "day2/" in run.notes[0]
+    assert any("BC2026_Test_9998_S01_20240101_000000.m4a" in w and "without ffmpeg" in w
+               for w in run.run_report["warnings"])              # the notebook's runtime says it too
     assert run.network.startswith("off") or "unshare" in run.network
     assert all(str(tmp_path / "dry" / "venv") in p for p in run.modules.values())
     assert run.max_abs_diff <= 1e-6 and run.agrees and (tmp_path / "dry" / WORK_MARKER).is_file()
@@ -232,6 +237,14 @@ def test_export_plan_and_offline_dry_run_of_the_notebook(store: Path, heads: dic
                                expected_ids_for_audio(audio)) == 4 * 12
     assert any(corrupt.name in w for w in run.run_report["warnings"])
     assert 0 < run.projected_min < 1e4 and run.render().splitlines()[-1].startswith("projected Kaggle minutes: ")
+    timing = run.run_report["file_timing"]                     # the real report the projection is made from
+    assert len(timing) == 4 and timing[-1]["windows"] == 0 and [t["windows"] for t in timing[:3]] == [12] * 3
+    assert 1 <= sum(t["first"] for t in timing) <= min(run.run_report["workers"], 4)
+    p = run.projection
+    assert p is not None and run.projected_min == pytest.approx(p.projected_s / 60) and p.once_s > 0
+    assert p.projected_s == pytest.approx(p.once_s + 600 * p.per_file_s / Costs.from_json(manifest["stage_costs"])
+                                          .speedup(4))
+    assert [line for line in run.render().splitlines() if line.startswith(("one-time cost here:", "steady rate:"))]
 
     # a stale toolkit wheel (its runtime predicts sqrt(p)), listed in a rewritten manifest: the files verify, the
     # notebook runs, and the comparison must fail - re-run on the first dry run's own work folder, one file
@@ -265,14 +278,3 @@ def test_export_plan_and_offline_dry_run_of_the_notebook(store: Path, heads: dic
                          cwd=REPO, capture_output=True, text=True)
     assert cli.returncode == 2
     assert f"error: bundle file heads/{best_base}/config.json does not match manifest.json" in cli.stderr
-
-
-def test_dry_run_projection_by_hand() -> None:
-    """Steady per-file rate after the pool's start-up, scaled to 60-s files and from 2 workers to 4."""
-    from submit.dryrun import project_dry_run
-
-    report = {"workers": 2, "file_done_s": [10.0, 10.5, 12.5, 13.0], "stage_seconds": {"predict": 13.2}}
-    # per file (13.0 - 10.5) / 2 = 1.25 s; start-up 10.5 - 2 x 1.25 = 8; once = (20 - 13.2) + 8 + (13.2 - 13.0)
-    # = 15; files of 6 windows -> x2 for 60 s; S(n) = n without measured costs -> x 2/4
-    projected, planner = project_dry_run(report, {}, n_files=600, cpus=4, wall=20.0, windows_per_file=6.0)
-    assert projected == pytest.approx(15 + 600 * 1.25 * 2 * 0.5) and planner is None
