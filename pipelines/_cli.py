@@ -4,7 +4,7 @@
   become one ``error: ...`` line on stderr and exit status 2 (no traceback); Ctrl-C exits 130.
 * Shared options, so every job spells them the same: :func:`add_store` (``--store``; only ingest
   creates a store, every other job refuses a missing one), :func:`add_workers`, :func:`add_seed`,
-  :func:`add_quiet`.
+  ``--quiet`` (every job, from :func:`parser`), :func:`add_measure`.
 * Words: ``--head-kind`` is a kind of head (train, tune), ``--head-id`` one trained head
   (predict); ``--fold-version`` a stored fold version, ``--k`` a number of folds.
 * :func:`progress` is a tqdm bar on a terminal and a periodic one-line status otherwise (a log
@@ -44,8 +44,12 @@ USER_ERRORS: tuple[type[Exception], ...] = (StackError, FileNotFoundError, NotAD
 
 
 def parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=f"python -m pipelines.{prog}", description=description, epilog=epilog,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A job's parser; every job takes ``--quiet`` (no progress bars, status or heartbeat lines; results and
+    errors still print)."""
+    ap = argparse.ArgumentParser(prog=f"python -m pipelines.{prog}", description=description, epilog=epilog,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quiet", action="store_true", help="no progress output (bars, status and heartbeat lines)")
+    return ap
 
 
 STATUS_ENV = "BIRDCLEF_STACK_STATUS_S"
@@ -249,8 +253,19 @@ def add_seed(ap: argparse.ArgumentParser, default: int = 0) -> None:
     ap.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
 
 
-def add_quiet(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--quiet", action="store_true", help="no progress output")
+def add_measure(ap: argparse.ArgumentParser, *, audio_help: str, files_help: str, files_default: int = 3,
+                zero_skips: bool = False, many: bool = False, audio_alias: str | None = None,
+                files_alias: str | None = None) -> None:
+    """The cost-measurement options, spelt the same by every job that measures (export, plan, distill):
+    ``--measure-audio`` (a folder; ``many``: one or more files) and ``--measure-files N`` (how many files;
+    ``zero_skips``: 0 skips the measurement). ``*_alias``: the job's earlier spelling, still accepted."""
+    audio = ["--measure-audio", *([audio_alias] if audio_alias else [])]
+    files = ["--measure-files", *([files_alias] if files_alias else [])]
+    ap.add_argument(*audio, dest="measure_audio", default=None, nargs="*" if many else None, type=Path,
+                    metavar="FILES" if many else "DIR", help=audio_help)
+    ap.add_argument(*files, dest="measure_files", default=files_default, metavar="N",
+                    type=non_negative_int if zero_skips else positive_int,
+                    help=f"{files_help} (default {files_default}{'; 0: skip' if zero_skips else ''})")
 
 
 def json_object(text: str) -> dict:

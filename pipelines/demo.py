@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from featurestore.demo_data import default_out
-from pipelines._cli import PlannedProgress, add_quiet, parser, positive_int, run_main
+from pipelines._cli import PlannedProgress, parser, positive_int, run_main
 from pipelines._demo import run_demo
 
 
@@ -22,7 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", action="store_true", help="a smaller dataset (used by the tests)")
     ap.add_argument("--seed", type=int, default=2026, help="generator seed (default 2026)")
     ap.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: all cores)")
-    add_quiet(ap)
     args = ap.parse_args(argv)
     # each long stage's bar: a bar on a terminal, a line every 30 s in a log ($BIRDCLEF_STACK_STATUS_S)
     run_demo(args.out, small=args.small, seed=args.seed, workers=args.workers,

@@ -8,16 +8,15 @@ teacher's, measured in one run on the same audio. The library: students/distill.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from models.heads import PARAMS_BY_KIND
 from models.pseudo_labels import PseudoParams, make_params
 from pipelines._cli import (
+    add_measure,
     add_pseudo_params,
     add_seed,
     add_store,
     json_object,
-    non_negative_int,
     parser,
     pseudo_overrides,
     run_main,
@@ -46,16 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=1.0,
                     help="labelled windows learn (1 - alpha) * label + alpha * teacher (default 1: the teacher)")
     add_pseudo_params(ap, d)
-    ap.add_argument("--audio", type=Path, nargs="*", default=None,
-                    help="audio files for the cost measurement (default: 3 of the store's train soundscapes)")
-    ap.add_argument("--cost-files", type=non_negative_int, default=3, help="files measured when --audio is not given (0: skip)")
+    add_measure(ap, audio_help="audio files for the cost measurement (default: --measure-files of the store's "
+                               "train soundscapes)", files_help="store files measured when --measure-audio is not given",
+                zero_skips=True, many=True, audio_alias="--audio", files_alias="--cost-files")
     ap.add_argument("--no-baseline", action="store_true",
                     help="skip training the student's head on the labels alone (the comparison row)")
     add_seed(ap)
     args = ap.parse_args(argv)
     params = make_params({**pseudo_overrides(args), "pool": "all"})
     result = run_distill(args.store, args.teacher, args.head_kind, args.features, alpha=args.alpha, params=params,
-                         overrides=args.params, audio=args.audio, n_cost_files=args.cost_files, seed=args.seed,
+                         overrides=args.params, audio=args.measure_audio, n_cost_files=args.measure_files, seed=args.seed,
                          baseline=not args.no_baseline, say=say)
     print(result.render())
     return 0

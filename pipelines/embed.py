@@ -6,7 +6,6 @@ from embed.job import EXTRACTORS, run_embed
 from pipelines._cli import (
     PlannedProgress,
     add_engine,
-    add_quiet,
     add_store,
     check_engine,
     parser,
@@ -89,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="audio seconds per task = per atomic part (default: automatic, <= 600)")
     ap.add_argument("--cache-dir", help="cache for the patched BirdNET model "
                                         "(default $BIRDCLEF_STACK_CACHE or ~/.cache/birdclef-stack)")
-    add_quiet(ap)
     args = ap.parse_args(argv)
     if (args.batch_size is not None and args.batch_size < 1) or args.threads < 1:
         ap.error("--batch-size and --threads must be >= 1")

@@ -10,13 +10,14 @@ from ``--wheels DIR`` on an offline machine). The library: submit/export.py.
 
 from __future__ import annotations
 
-from pipelines._cli import add_quiet, add_store, parser, run_main, say
+from pipelines._cli import add_measure, add_store, parser, run_main, say
 from submit.export import export_bundle
 
 EPILOG = """
 Examples:
   python -m pipelines.export --store work/store --head-id best --out bundle --owner myname
-  python -m pipelines.dryrun --bundle bundle --audio data/train_soundscapes_sample
+  mkdir -p work/sample && ls data/train_soundscapes/*.ogg | head -8 | xargs cp -t work/sample
+  python -m pipelines.dryrun --bundle bundle --audio work/sample
   kaggle datasets create -p bundle && kaggle kernels push -p bundle
 """
 
@@ -32,15 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wheels", default=None, help="take runtime wheels from this folder only (offline export)")
     ap.add_argument("--owner", default="your-kaggle-username", help="Kaggle user name for the metadata files")
     ap.add_argument("--slug", default=None, help="dataset slug (default birdclef-stack-<head id>)")
-    ap.add_argument("--measure", default=None,
-                    help="audio folder to measure per-stage costs on (default: the store's train/test soundscapes)")
+    add_measure(ap, audio_help="audio folder to measure per-stage costs on (default: the store's test, else train "
+                               "soundscapes)", files_help="files of it measured", audio_alias="--measure")
     ap.add_argument("--budget-min", type=float, default=90.0, help="notebook time budget in minutes (default 90)")
-    add_quiet(ap)
     args = ap.parse_args(argv)
     # a line as each step starts, "export [i/N] ..." (the job's heartbeat quotes it during a long step)
     result = export_bundle(args.store, args.head_id, args.out,
                            fallback=None if args.fallback_head == "none" else args.fallback_head, wheels=args.wheels,
-                           owner=args.owner, slug=args.slug, budget_min=args.budget_min, measure=args.measure,
+                           owner=args.owner, slug=args.slug, budget_min=args.budget_min, measure=args.measure_audio, measure_files=args.measure_files,
                            say=(lambda _line: None) if args.quiet else say)
     print(result.render())
     return 0

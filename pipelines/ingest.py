@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from featurestore.ingest import run_ingest
-from pipelines._cli import PlannedProgress, add_quiet, add_store, add_workers, parser, positive_int, run_main
+from pipelines._cli import PlannedProgress, add_store, add_workers, parser, positive_int, run_main
 
 EPILOG = """
 The data folder is the unzipped competition: taxonomy.csv, train.csv, train_soundscapes_labels.csv,
@@ -29,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     add_workers(ap, "decode processes for the audio pass")
     ap.add_argument("--batch-size", type=positive_int, default=64,
                     help="audio files per atomic Parquet part; a kill loses at most one batch (default 64)")
-    add_quiet(ap)
     args = ap.parse_args(argv)
     if args.batch_size < 1:
         ap.error("--batch-size must be >= 1")

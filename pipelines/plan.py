@@ -2,30 +2,30 @@
 resample, each extractor, each head and the stack) measured on this machine on real audio, scaled to
 the target CPU count with the process-scaling factor measured here, printed as projected minutes per
 stage for the head and for each cheaper time-guard level. The scaling model is printed with it.
-Without ``--audio`` the costs measured at export time are used. The library: submit/plan.py.
+Without ``--measure-audio`` the costs measured at export time are used. The library: submit/plan.py.
 """
 
 from __future__ import annotations
 
-from pipelines._cli import parser, positive_int, run_main
+from pipelines._cli import add_measure, parser, positive_int, run_main
 from submit.plan import plan_bundle
 
 EPILOG = """
 Example:
-  python -m pipelines.plan --bundle bundle --audio data/train_soundscapes --files 600 --cpus 4 --budget-min 90
+  python -m pipelines.plan --bundle bundle --measure-audio data/train_soundscapes --files 600 --cpus 4 --budget-min 90
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser("plan", __doc__, EPILOG)
     ap.add_argument("--bundle", required=True, help="bundle folder written by pipelines.export")
-    ap.add_argument("--audio", default=None, help="soundscapes to measure on (default: the export's measurement)")
+    add_measure(ap, audio_help="soundscapes to measure on here (default: the costs the export measured)",
+                files_help="files of --measure-audio measured", audio_alias="--audio")
     ap.add_argument("--files", type=positive_int, default=600, help="test files to project for (default 600)")
     ap.add_argument("--cpus", type=positive_int, default=4, help="Kaggle CPUs (default 4)")
     ap.add_argument("--budget-min", type=float, default=90.0, help="budget in minutes (default 90)")
-    ap.add_argument("--measure-files", type=positive_int, default=3, help="files of --audio to measure on (default 3)")
     args = ap.parse_args(argv)
-    _, text = plan_bundle(args.bundle, args.audio, n_files=args.files, cpus=args.cpus, budget_min=args.budget_min,
+    _, text = plan_bundle(args.bundle, args.measure_audio, n_files=args.files, cpus=args.cpus, budget_min=args.budget_min,
                           measure_files=args.measure_files)
     print(text)
     return 0

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from pipelines._cli import (
     add_engine,
-    add_quiet,
     add_store,
     check_engine,
     parser,
@@ -71,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=Path, default=None,
                     help="sample_submission.csv for the column order (default: the store's taxonomy order)")
     add_engine(ap)
-    add_quiet(ap)
     args = ap.parse_args(argv)
     check_engine(ap, args)
     if args.format == "windows":

@@ -39,7 +39,7 @@ def test_every_job_refuses_bad_params_json_the_same_way(job, argv, tmp_path, cap
 # every count option of every job, its minimum and one value below it (issue 28 item 2: plan --cpus 0 divided by
 # zero, --files -5 projected -0.3 min, demo --workers 0 took another rule)
 COUNT_OPTIONS = [
-    ("cnn", "--epochs", 1), ("cnn", "--distill-epochs", 1), ("demo", "--workers", 1), ("distill", "--cost-files", 0),
+    ("cnn", "--epochs", 1), ("cnn", "--distill-epochs", 1), ("demo", "--workers", 1), ("distill", "--measure-files", 0), ("export", "--measure-files", 1),
     ("dryrun", "--files", 1), ("dryrun", "--cpus", 1), ("embed", "--batch-size", 1), ("embed", "--threads", 1),
     ("embed", "--workers", 1), ("errors", "--worst", 0), ("errors", "--examples", 0),
     ("errors", "--diversity-heads", 0), ("folds", "--k", 2), ("folds", "--date-block-days", 1),
