@@ -51,6 +51,9 @@ COLUMNS: dict[str, str] = {
     "mode": "VARCHAR", "scored_on": "VARCHAR", "n_eval_windows": "INTEGER", "n_folds_scored": "INTEGER",
     "fold_scores": "JSON", "calibration_gap": "DOUBLE", "n_classes_scored": "INTEGER",
     "n_classes_degenerate": "INTEGER", "degenerate_classes": "JSON",
+    # user labels (featurestore.user_labels) the head trained with: windows, positives, negatives used (0: none)
+    # and models.frame.UserLabelUse as JSON (digest, new windows, what was skipped); NULL for older rows
+    "n_user_windows": "INTEGER", "n_user_positives": "INTEGER", "n_user_negatives": "INTEGER", "user_labels": "JSON",
 }
 
 BOARD_COLUMNS = ("rank", "head_id", "head", "tag", "mode", "features", "fold_mean", "fold_std", "oof_auc",

@@ -3,6 +3,20 @@
 Focal-clip windows carry weak labels (the clip's primary + secondary labels on every window);
 labelled soundscape windows carry the experts' strong 5-s labels. Unlabelled soundscape windows
 are not training rows. Every row keeps its ``window_id`` so OOF predictions join back exactly.
+
+User labels (:mod:`featurestore.user_labels`, resolved by :func:`~featurestore.user_labels.training_labels`)
+enter by one rule (:func:`apply_user_labels`):
+
+* on a window the experts labelled (``soundscape_labels``) they are **not** applied, only counted: those
+  windows are the scoring truth, fully annotated, and stay the same for every head;
+* on a focal window a positive sets that class to 1 and a negative to 0; every other class keeps the
+  clip's label;
+* an otherwise unlabelled window becomes a training row of source ``user_labels`` whose positives are 1
+  and **every other class 0** - the focal clips' rule (a class nobody named counts as absent); a window
+  with negatives only is an all-zero row (a hard negative). It has the soundscape weight, its file's fold
+  (a window whose file has no fold is left out and counted by :func:`models.training.plan_cv`), and it is
+  never scored (the headline is scored on expert soundscape windows, or focal windows), so scores stay
+  comparable with heads trained without user labels.
 """
 
 from __future__ import annotations
@@ -14,7 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from featurestore.errors import BundleError, StoreError, UserInputError
-from featurestore.windows import SOUNDSCAPE, WINDOW_LABEL_PARTS, file_of, start_of, window_labels_sql
+from featurestore.user_labels import USER, TrainingLabels
+from featurestore.windows import FOCAL, SOUNDSCAPE, WINDOW_LABEL_PARTS, file_of, start_of, window_labels_sql
 
 if TYPE_CHECKING:  # the inference path (add_context) loads no store, so no duckdb
     from featurestore.store import FeatureStore
@@ -56,11 +71,12 @@ class TrainingFrame:
     feature_names: list[str]
     feature_versions: FeatureVersions       # extractor versions read, and the pooling
     coverage: Coverage | None = None
+    user_labels: UserLabelUse | None = None  # what the user labels changed (None: not used)
 
     def subset(self, mask: np.ndarray) -> TrainingFrame:
         return TrainingFrame(self.window_ids[mask], self.X[mask], self.Y[mask], self.weight[mask],
                              self.groups[mask], self.source[mask], self.class_names, self.feature_names,
-                             self.feature_versions, self.coverage)
+                             self.feature_versions, self.coverage, self.user_labels)
 
 
 def class_names_of(store: FeatureStore) -> list[str]:
@@ -74,6 +90,99 @@ def window_labels(store: FeatureStore) -> dict[str, tuple[str, list[str]]]:
     if query is None:
         return {}
     return {wid: (source, list(labels)) for wid, source, labels in store.rows(query)}
+
+
+@dataclass(frozen=True)
+class UserLabelUse:
+    """What user labels a frame was built with (:func:`apply_user_labels`); counts are of the frame's rows."""
+
+    digest: str                  # applied_digest: the user labels on ``windows``
+    windows: tuple[str, ...]     # frame windows whose labels user labels set or changed, sorted
+    n_positive: int              # (window, class) positives applied
+    n_negative: int              # (window, class) negatives applied
+    n_new_windows: int           # windows that are training rows only through user labels (source user_labels)
+    skipped_expert: int = 0      # windows left alone: the experts labelled them
+    skipped_no_fold: int = 0     # windows left out: their file has no fold (plan_cv)
+    n_uncertain: int = 0         # (window, class) pairs only 'uncertain'
+    n_conflicts: int = 0         # (window, class) pairs with a positive and a negative
+    n_unknown_class: int = 0     # (window, class) pairs whose class the taxonomy no longer has
+
+    def as_dict(self) -> dict:
+        return {"digest": self.digest, "n_windows": len(self.windows), "n_positive": self.n_positive,
+                "n_negative": self.n_negative, "n_new_windows": self.n_new_windows,
+                "skipped_expert": self.skipped_expert, "skipped_no_fold": self.skipped_no_fold,
+                "n_uncertain": self.n_uncertain, "n_conflicts": self.n_conflicts,
+                "n_unknown_class": self.n_unknown_class}
+
+    def render(self) -> str:
+        skipped = [f"{n} {what}" for n, what in ((self.skipped_expert, "on expert-labelled windows (not applied)"),
+                                                 (self.skipped_no_fold, "windows in files with no fold (left out)"),
+                                                 (self.n_uncertain, "uncertain"), (self.n_conflicts, "conflicting"),
+                                                 (self.n_unknown_class, "of classes not in the taxonomy"))
+                   if n]
+        return (f"user labels {self.digest}: {len(self.windows)} windows ({self.n_new_windows} new), "
+                f"{self.n_positive} positives, {self.n_negative} negatives used"
+                + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
+
+
+def apply_user_labels(labelled: dict[str, tuple[str, list[str]]], user: TrainingLabels,
+                      classes: list[str]) -> tuple[dict[str, tuple[str, list[str]]], UserLabelUse]:
+    """``labelled`` (window -> (source, labels)) with the user labels applied by the module's rule, and what
+    changed. Expert soundscape windows are left alone (counted); a class the taxonomy lacks is counted, not
+    used; a focal window whose labels the user labels leave as they were is not counted as changed. The
+    counts are the user positives / negatives on the changed windows."""
+    out = dict(labelled)
+    known = set(classes)
+    changed: list[str] = []
+    n_pos = n_neg = n_new = expert = unknown = 0
+    for wid, (pos, neg) in sorted(user.windows.items()):
+        if wid in labelled and labelled[wid][0] == SOUNDSCAPE:
+            expert += 1
+            continue
+        unknown += len((pos | neg) - known)
+        pos, neg = pos & known, neg & known
+        if wid in labelled:
+            source, labels = labelled[wid]
+            new = sorted((set(labels) | pos) - neg)
+            if new == sorted(labels):
+                continue
+            out[wid] = (source, new)
+        elif pos or neg:
+            out[wid] = (USER, sorted(pos))
+            n_new += 1
+        else:
+            continue
+        changed.append(wid)
+        n_pos += len(pos)
+        n_neg += len(neg)
+    return out, UserLabelUse(applied_digest(tuple(changed), user, known), tuple(changed), n_pos, n_neg, n_new,
+                             skipped_expert=expert,
+                             n_uncertain=user.n_uncertain, n_conflicts=user.n_conflicts, n_unknown_class=unknown)
+
+
+def restrict_use(use: UserLabelUse, kept: set[str], user: TrainingLabels, classes: list[str],
+                 sources: dict[str, str]) -> UserLabelUse:
+    """``use`` counted over its windows in ``kept`` only (a replay cut, windows without features), its digest
+    that of the labels those windows carry."""
+    from dataclasses import replace
+
+    windows = tuple(w for w in use.windows if w in kept)
+    known = set(classes)
+    n_pos = sum(len(user.windows[w][0] & known) for w in windows)
+    n_neg = sum(len(user.windows[w][1] & known) for w in windows)
+    n_new = sum(sources[w] == USER for w in windows)
+    return replace(use, digest=applied_digest(windows, user, known), windows=windows, n_positive=n_pos,
+                   n_negative=n_neg, n_new_windows=n_new)
+
+
+def applied_digest(windows: tuple[str, ...], user: TrainingLabels, known: set[str]) -> str:
+    """sha256 (16 hex) of the user positives and negatives on ``windows``: what a head trained with them saw
+    of the user labels (labels skipped or undone change nothing, so they do not change it)."""
+    import hashlib
+    import json
+
+    items = [[w, sorted(user.windows[w][0] & known), sorted(user.windows[w][1] & known)] for w in sorted(windows)]
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
 
 
 def label_matrix(labels: list[list[str]], class_names: list[str]) -> np.ndarray:
@@ -128,18 +237,22 @@ class Coverage:
 
 
 def build_frame(store: FeatureStore, spec: FrameSpec, window_ids: list[str] | None = None, *,
-                allow_partial: bool = False) -> TrainingFrame:
+                allow_partial: bool = False, user_labels: TrainingLabels | None = None) -> TrainingFrame:
     """Labelled windows with their features, in a deterministic (window_id) order.
 
     Each feature view is read at ONE extractor version (the most recently written one). Every
     labelled window must have features at that version: a window whose file the embed job recorded
     as undecodable (``embed_errors``) is left out and counted; any other missing window (an embed
     still running or killed, a deleted part) is refused with the command that completes it, unless
-    ``allow_partial``. ``frame.coverage`` holds the counts.
+    ``allow_partial``. ``frame.coverage`` holds the counts. ``user_labels``: applied by
+    :func:`apply_user_labels` before ``window_ids`` cuts the windows (``frame.user_labels`` says what changed).
     """
     from embed.features import load_window_features
 
     labelled = window_labels(store)
+    use = None
+    if user_labels:
+        labelled, use = apply_user_labels(labelled, user_labels, class_names_of(store))
     if window_ids is not None:
         labelled = {w: labelled[w] for w in window_ids if w in labelled}
     if not labelled:
@@ -171,10 +284,13 @@ def build_frame(store: FeatureStore, spec: FrameSpec, window_ids: list[str] | No
     classes = class_names_of(store)
     sources = np.array([labelled[w][0] for w in ids])
     Y = label_matrix([labelled[w][1] for w in ids], classes)
-    weight = np.where(sources == SOUNDSCAPE, spec.soundscape_weight, spec.focal_weight).astype(np.float64)
+    weight = np.where(sources == FOCAL, spec.focal_weight, spec.soundscape_weight).astype(np.float64)
     groups = np.array([file_of(w) for w in ids])
+    if use is not None:   # count only the windows the frame holds (replay cut, windows without features)
+        kept = ids.tolist()
+        use = restrict_use(use, set(kept), user_labels, classes, dict(zip(kept, sources.tolist(), strict=True)))
     return TrainingFrame(ids, X, Y, weight, groups, sources, classes, list(names),
-                         FeatureVersions(dict(versions), spec.pooling), coverage)
+                         FeatureVersions(dict(versions), spec.pooling), coverage, use)
 
 
 POOLING_KEY = "pooling"                  # the flat key FeatureVersions.to_json adds beside the versions

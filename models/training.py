@@ -10,6 +10,13 @@ Artifacts land in plain folders inside the store:
   float32 column per class), byte-identical for the same configuration and seed;
 * a row in the DuckDB table ``experiments`` (:mod:`models.experiments`).
 
+User labels (:mod:`featurestore.user_labels`) train by default once the store has any (``user_labels=False``:
+not): :mod:`models.frame` states how they enter the label matrix. A window they label keeps its file's
+fold (the folds table; a window whose file has no fold is left out and counted); the digest of the labels
+used enters the head id (as ``+user-labels-<digest>`` on the run's ``data_version``), so another label set
+is another head and never resumes this one's folds; the experiments row counts the windows, positives and
+negatives used (``n_user_windows``, ``n_user_positives``, ``n_user_negatives``, ``user_labels``).
+
 The cross-validation set-up (:func:`plan_cv`) and loop (:func:`cross_validate`) exist once: the
 tuner (:mod:`models.tuning`) runs the same code, so a tuning trial scores what training records.
 """
@@ -26,10 +33,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from featurestore.errors import BundleError, MetricError, StoreError
+from featurestore.errors import BundleError, MetricError, StoreError, UserInputError
 from featurestore.folds import fold_assignment, folds_to_run
 from featurestore.ingest import latest_data_version
 from featurestore.store import FeatureStore, write_parquet_atomic
+from featurestore.user_labels import USER, TrainingLabels, has_labels, training_labels
+from featurestore.windows import FOCAL
 from models.bundle import HEADS_DIR, BundleWriter, HeadConfig
 from models.experiments import metric_columns, record
 from models.frame import SOUNDSCAPE, FeatureVersions, FrameSpec, TrainingFrame, build_frame
@@ -63,6 +72,7 @@ class ExperimentResult:
     n_classes_degenerate: int = 0
     warnings: list[str] = field(default_factory=list)
     kept_folds: tuple[int, ...] = ()   # folds a stopped run of the same inputs had finished (not trained again)
+    user_labels: str | None = None     # what user labels the run used (UserLabelUse.render), None: none
 
     @property
     def calibration_gap(self) -> float:
@@ -79,6 +89,8 @@ class ExperimentResult:
         if self.kept_folds:
             lines.append(f"resumed: fold(s) {', '.join(map(str, self.kept_folds))} kept from a stopped run of this "
                          "head on the same inputs (not trained again)")
+        if self.user_labels:
+            lines.append(self.user_labels)
         lines += [f"warning: {w}" for w in self.warnings]
         if self.report is not None:
             lines.append(self.report.render())
@@ -125,10 +137,11 @@ def replay_window_ids(store: FeatureStore) -> set[str]:
 def focal_cap_mask(frame: TrainingFrame, per_class: int, seed: int) -> np.ndarray:
     """Rows kept for training under a per-class cap on focal windows (soundscape rows always kept).
 
+    Windows labelled by users only (source ``user_labels``) are always kept too.
     Deterministic: windows are ranked by a seeded hash of their id, and a focal window is kept
     when it is among the first ``per_class`` of any of its classes.
     """
-    keep = frame.source == SOUNDSCAPE
+    keep = np.isin(frame.source, (SOUNDSCAPE, USER))
     if per_class <= 0:
         return np.ones(len(keep), bool)
     focal = np.flatnonzero(~keep)
@@ -217,14 +230,15 @@ def _scorable(Y: np.ndarray, folds: np.ndarray) -> bool:
 def evaluation_rows(frame: TrainingFrame, folds: np.ndarray,
                     run_folds: Sequence[int] | None = None) -> tuple[np.ndarray, str]:
     """Rows that score a run and what they are: labelled soundscape windows (the test domain) when
-    any of them is scorable, else the labelled focal windows, else ``none``."""
+    any of them is scorable, else the labelled focal windows, else ``none``. Windows labelled by users
+    only are never scored."""
     scored = folds != -1
     if run_folds:
         scored &= np.isin(folds, list(run_folds))
     scape = scored & (frame.source == SOUNDSCAPE)
     if scape.any() and _scorable(frame.Y[scape], folds[scape]):
         return scape, "soundscape"
-    focal = scored & (frame.source != SOUNDSCAPE)
+    focal = scored & (frame.source == FOCAL)
     if focal.any() and _scorable(frame.Y[focal], folds[focal]):
         return focal, "focal"
     return (scape if scape.any() else scored), "none"
@@ -242,7 +256,7 @@ def score_run(store: FeatureStore, frame: TrainingFrame, folds: np.ndarray, oof:
     """The full metric report on ``eval_mask`` rows, or None if nothing is scorable."""
     if not eval_mask.any():
         return None
-    focal_counts = frame.Y[frame.source != SOUNDSCAPE].sum(axis=0)
+    focal_counts = frame.Y[frame.source == FOCAL].sum(axis=0)
     taxon = dict(store.rows("SELECT primary_label, class_name FROM taxonomy"))
     return evaluate(frame.Y[eval_mask], oof[eval_mask], frame.class_names, folds=folds[eval_mask],
                     file_ids=frame.groups[eval_mask], train_counts=focal_counts,
@@ -290,14 +304,40 @@ class CVPlan:
         return replace(config, pseudo=self.pseudo.config()) if self.pseudo is not None else config
 
 
+def user_label_set(store: FeatureStore, use: bool | None, fold_version: str | None) -> tuple[TrainingLabels | None, int]:
+    """The user labels a run trains with (None: none) and how many labelled windows were left out because
+    their file has no fold. ``use``: None = if the store has any, True = required, False = none."""
+    if use is False:
+        return None, 0
+    if not has_labels(store):
+        if use:
+            raise UserInputError(f"--user-labels: store {store.root} has no user labels (the user_labels table); "
+                                 "label windows first, or leave the option out")
+        return None, 0
+    labels = training_labels(store)
+    ids = sorted(labels.windows)
+    if not ids:
+        return None, 0
+    folds, _ = fold_assignment(store, np.array(ids, dtype=str), fold_version)
+    no_fold = {w for w, f in zip(ids, folds.tolist(), strict=True) if f == -1}
+    for w in no_fold:
+        del labels.windows[w]
+    return labels, len(no_fold)
+
+
 def plan_cv(store: FeatureStore, spec: FrameSpec, *, fold_version: str | None = None, replay: bool = False,
             subsample: Subsample | None = None, seed: int = 0, allow_partial: bool = False,
-            pseudo: PseudoSpec | None = None) -> CVPlan:
+            pseudo: PseudoSpec | None = None, user_labels: bool | None = None) -> CVPlan:
     """Build the frame (the replay subset when ``replay``), assign folds and fix the training and
     evaluation rows (``subsample``: the fast mode's focal cap and folds; ``pseudo``: pseudo-labelled
-    rows for every fold, see :class:`PseudoRows`)."""
+    rows for every fold, see :class:`PseudoRows`; ``user_labels``: None = the store's user labels if it
+    has any, True = required, False = none, see :func:`user_label_set`). With user labels that change a
+    window, ``data_version`` ends in ``+user-labels-<digest>`` (:func:`labelled_data_version`)."""
     replay_ids = sorted(replay_window_ids(store)) if replay else None
-    frame = build_frame(store, spec, window_ids=replay_ids, allow_partial=allow_partial)
+    labels, no_fold = user_label_set(store, user_labels, fold_version)
+    frame = build_frame(store, spec, window_ids=replay_ids, allow_partial=allow_partial, user_labels=labels)
+    if frame.user_labels is not None:
+        frame.user_labels = replace(frame.user_labels, skipped_no_fold=no_fold)
     folds, fold_version = fold_assignment(store, frame.window_ids, fold_version)
     if (folds == -1).all():
         raise StoreError("none of the training windows has a fold; re-run pipelines.folds")
@@ -310,14 +350,24 @@ def plan_cv(store: FeatureStore, spec: FrameSpec, *, fold_version: str | None = 
         from models.pseudo_labels import student_rows
 
         rows = student_rows(store, pseudo, frame, spec, folds_to_run(folds, run_folds), fold_version)
-    return CVPlan(frame, folds, fold_version, latest_data_version(store), train_mask, run_folds, eval_mask,
-                  scored_on, rows)
+    data_version = labelled_data_version(latest_data_version(store), frame)
+    return CVPlan(frame, folds, fold_version, data_version, train_mask, run_folds, eval_mask, scored_on, rows)
+
+
+def labelled_data_version(data_version: str | None, frame: TrainingFrame) -> str | None:
+    """The run's data version: the ingested one, with ``+user-labels-<digest>`` when user labels changed a
+    window of the frame (so the digest enters the head id; the same labels give the same id)."""
+    use = frame.user_labels
+    if use is None or not use.windows:
+        return data_version
+    return f"{data_version}+user-labels-{use.digest}"
 
 
 def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: dict | None = None,
                fold_version: str | None = None, replay: bool = False, subsample: Subsample | None = None,
                seed: int = 0, tag: str | None = None, allow_partial: bool = False,
-               pseudo: PseudoSpec | None = None, progress=None) -> ExperimentResult:
+               pseudo: PseudoSpec | None = None, user_labels: bool | None = None,
+               progress=None) -> ExperimentResult:
     """Cross-validate head kind ``kind`` on the store's features, write its bundle and record the experiment.
 
     The bundle, the OOF file and the experiment row are kept whatever the scoring finds: a
@@ -334,6 +384,9 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
     pseudo-labels, library versions) and with its files as written, so the bundle, the OOF file and
     the scores are bit for bit those of an uninterrupted run. A full disk (one DiskFullError naming
     the file being written) removes the partial folder.
+
+    ``user_labels``: None (default) trains with the store's user labels when it has any, True requires them,
+    False leaves them out (:func:`plan_cv`).
     """
     params = head_params(kind, overrides, seed)
     spec.check()
@@ -343,7 +396,7 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
     mode = "replay" if replay else ("fast" if subsample else "full")
     with FeatureStore.open(store_dir, create=False) as store:
         plan = plan_cv(store, spec, fold_version=fold_version, replay=replay, subsample=subsample, seed=seed,
-                       allow_partial=allow_partial, pseudo=pseudo)
+                       allow_partial=allow_partial, pseudo=pseudo, user_labels=user_labels)
         frame, folds = plan.frame, plan.folds
         config = plan.config(kind, params, spec, seed=seed, replay=replay, subsample=subsample)
         if frame.coverage and (frame.coverage.unexplained or frame.coverage.failed):
@@ -387,10 +440,23 @@ def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: 
             "feature_versions": json.dumps(frame.feature_versions.to_json()), "seed": seed,
             "eval_rows": SCORED_ON_TEXT[plan.scored_on], "n_train_windows": plan.n_train_windows,
             "train_seconds": train_s, "predict_seconds": predict_s, "training_version": TRAINING_VERSION,
-            "mode": mode, "scored_on": plan.scored_on, "n_eval_windows": int(plan.eval_mask.sum()), **metrics})
+            "mode": mode, "scored_on": plan.scored_on, "n_eval_windows": int(plan.eval_mask.sum()),
+            **user_label_columns(frame), **metrics})
+    use = frame.user_labels
     return ExperimentResult(head_id, kind, fold_mean, fold_std, pooled, report, train_s, predict_s, oof_path,
                             SCORED_ON_TEXT[scored_on], scored_on, mode, metrics["n_classes_scored"],
-                            metrics["n_classes_degenerate"], warnings, kept_folds)
+                            metrics["n_classes_degenerate"], warnings, kept_folds,
+                            use.render() if use is not None else None)
+
+
+def user_label_columns(frame: TrainingFrame) -> dict:
+    """The experiments row's user-label columns: windows / positives / negatives used (0 without user
+    labels) and the whole :class:`models.frame.UserLabelUse` as JSON (NULL when none were offered)."""
+    use = frame.user_labels
+    if use is None:
+        return {"n_user_windows": 0, "n_user_positives": 0, "n_user_negatives": 0, "user_labels": None}
+    return {"n_user_windows": len(use.windows), "n_user_positives": use.n_positive,
+            "n_user_negatives": use.n_negative, "user_labels": json.dumps(use.as_dict(), sort_keys=True)}
 
 
 FIT_LIBRARIES = ("numpy", "scikit-learn", "scipy", "lightgbm")   # their versions are part of a fold's inputs
@@ -400,7 +466,7 @@ def fold_inputs_key(plan: CVPlan, config: HeadConfig) -> str:
     """A digest of everything a run's fold models and out-of-fold predictions are computed from: the head
     id (kind, parameters, frame spec, fold/data/feature versions, seed...), the frame's bytes (features,
     labels, weights, ids, groups, sources, class and feature names), each window's fold, the training
-    mask, the folds run, the pseudo-labelled rows and the versions of the fitting libraries. A fold a
+    mask, the folds run, the user labels used (digest and windows), the pseudo-labelled rows and the versions of the fitting libraries. A fold a
     stopped run finished is kept only under the same key, so a resumed run is bit for bit an uninterrupted
     one; features re-embedded under the same extractor version, or another library version, give another
     key (the head id alone does not see them)."""
@@ -425,6 +491,8 @@ def fold_inputs_key(plan: CVPlan, config: HeadConfig) -> str:
     add("folds", plan.folds)
     add("train_mask", plan.train_mask if plan.train_mask is not None else "none")
     add("run_folds", list(plan.run_folds))
+    use = frame.user_labels
+    add("user_labels", [use.digest, list(use.windows)] if use is not None else "none")
     pseudo = plan.pseudo
     if pseudo is not None:
         add("pseudo", [pseudo.version, pseudo.teacher_id, pseudo.weight, pseudo.alpha])

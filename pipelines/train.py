@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from models.frame import FrameSpec
 from models.heads import PARAMS_BY_KIND
 from models.pseudo_labels import PseudoSpec
@@ -18,6 +20,11 @@ fold scored by the model that held it out); the pooled OOF score and their diffe
 calibration gap) are shown beside it. Classes positive in every window of a fold are dropped
 there and counted; with no scorable soundscape window the focal windows are scored instead.
 
+User labels (pipelines.label; the user_labels table) train by default once any exist: a user positive sets
+its class to 1, a negative to 0; a window only users labelled becomes a training row (other classes 0) in its
+file's fold and is never scored; labels on expert-labelled soundscape windows are not applied. The label
+set's digest is part of the head id and the experiment row counts the windows, positives and negatives.
+
 Writes heads/<head_id>/fold_<k>/ (loadable from the folder), oof/<head_id>.parquet (one row per window,
 one column per class) and a row in the `experiments` table; see pipelines.leaderboard.
 
@@ -25,6 +32,7 @@ Example:
   python -m pipelines.train --store work/store --head-kind lgbm --features birdnet,classical
   python -m pipelines.train --store work/store --head-kind linear --params '{"C": 0.05, "pca_components": 256}'
   python -m pipelines.train --store work/store --head-kind lgbm --pseudo pseudo-0123456789ab --pseudo-weight 0.5
+  python -m pipelines.train --store work/store --head-kind linear --no-user-labels
 """
 
 
@@ -51,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
                     help="with pseudo-labels made with --pool all: labelled windows train on "
                          "(1 - ALPHA) * label + ALPHA * teacher (default 0: their own labels)")
+    ap.add_argument("--user-labels", action=argparse.BooleanOptionalAction, default=None,
+                    help="train with the store's user labels (featurestore.user_labels; default: yes once any "
+                         "exist); --no-user-labels leaves them out. They count in the head id and the experiment")
     ap.add_argument("--allow-partial", action="store_true",
                     help="train even if some labelled windows have no features yet (recorded in the experiment)")
     args = ap.parse_args(argv)
@@ -61,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     pseudo = PseudoSpec(args.pseudo, args.pseudo_weight, args.distill) if args.pseudo else None
     result = train_head(args.store, args.head_kind, spec, overrides=args.params, fold_version=args.fold_version,
                         replay=args.replay, seed=args.seed, tag=args.tag, allow_partial=args.allow_partial,
-                        pseudo=pseudo, progress=lambda f: say(f"  fold {f} done"))
+                        pseudo=pseudo, user_labels=args.user_labels, progress=lambda f: say(f"  fold {f} done"))
     print(result.render())
     return 0
 
