@@ -93,8 +93,9 @@ class HeadConfig:
 
     :attr:`head_id` (``<kind>-<hash of to_json()>``) names the run: the same inputs give the same id.
     ``subsample`` is set for the tuner's fast runs; ``feature_coverage`` and ``allow_partial`` for a
-    run trained on a partial frame; ``pseudo`` for a student trained with pseudo-labels (each is
-    omitted from the JSON when None).
+    run trained on a partial frame; ``pseudo`` for a student trained with pseudo-labels; ``user_labels``
+    for a run whose frame user labels changed (the label set's digest: the same labels give the same
+    head id). Each is omitted from the JSON when None, so older head ids are unchanged.
     """
 
     kind: str                       # head kind ("head" in the JSON)
@@ -110,6 +111,7 @@ class HeadConfig:
     feature_coverage: dict | None = None
     allow_partial: bool | None = None
     pseudo: dict | None = None      # pseudo-labels trained on: {"version", "weight", "teacher_id", "n_windows"}
+    user_labels: dict | None = None  # user labels trained on: {"digest", "n_windows"} (models.training)
 
     def to_json(self) -> dict:
         out = {"head": self.kind, "params": dict(self.params), "frame": asdict(self.frame),
@@ -146,7 +148,7 @@ class HeadConfig:
 
 _REQUIRED = ("head", "params", "frame", "fold_version", "data_version", "feature_versions", "seed", "replay",
              "training_version")
-_OPTIONAL = ("subsample", "feature_coverage", "allow_partial", "pseudo")
+_OPTIONAL = ("subsample", "feature_coverage", "allow_partial", "pseudo", "user_labels")
 
 
 # ---------------------------------------------------------------------------- writer

@@ -13,8 +13,9 @@ Artifacts land in plain folders inside the store:
 User labels (:mod:`featurestore.user_labels`) train by default once the store has any (``user_labels=False``:
 not): :mod:`models.frame` states how they enter the label matrix. A window they label keeps its file's
 fold (the folds table; a window whose file has no fold is left out and counted); the digest of the labels
-used enters the head id (as ``+user-labels-<digest>`` on the run's ``data_version``), so another label set
-is another head and never resumes this one's folds; the experiments row counts the windows, positives and
+used enters the head id (the config's ``user_labels``; the data version stays the ingested one, so a
+user-labelled head stacks with the others), so another label set is another head and never resumes this
+one's folds; the experiments row counts the windows, positives and
 negatives used (``n_user_windows``, ``n_user_positives``, ``n_user_negatives``, ``user_labels``).
 
 The cross-validation set-up (:func:`plan_cv`) and loop (:func:`cross_validate`) exist once: the
@@ -301,6 +302,7 @@ class CVPlan:
         config = run_config(kind, params, spec, fold_version=self.fold_version, data_version=self.data_version,
                             feature_versions=self.frame.feature_versions, seed=seed, replay=replay,
                             subsample=subsample)
+        config = replace(config, user_labels=user_labels_config(self.frame))
         return replace(config, pseudo=self.pseudo.config()) if self.pseudo is not None else config
 
 
@@ -332,7 +334,8 @@ def plan_cv(store: FeatureStore, spec: FrameSpec, *, fold_version: str | None = 
     evaluation rows (``subsample``: the fast mode's focal cap and folds; ``pseudo``: pseudo-labelled
     rows for every fold, see :class:`PseudoRows`; ``user_labels``: None = the store's user labels if it
     has any, True = required, False = none, see :func:`user_label_set`). With user labels that change a
-    window, ``data_version`` ends in ``+user-labels-<digest>`` (:func:`labelled_data_version`)."""
+    window, the head config records their digest (:meth:`CVPlan.config`; the data version stays the
+    ingested one, so such a head stacks with the others)."""
     replay_ids = sorted(replay_window_ids(store)) if replay else None
     labels, no_fold = user_label_set(store, user_labels, fold_version)
     frame = build_frame(store, spec, window_ids=replay_ids, allow_partial=allow_partial, user_labels=labels)
@@ -350,17 +353,17 @@ def plan_cv(store: FeatureStore, spec: FrameSpec, *, fold_version: str | None = 
         from models.pseudo_labels import student_rows
 
         rows = student_rows(store, pseudo, frame, spec, folds_to_run(folds, run_folds), fold_version)
-    data_version = labelled_data_version(latest_data_version(store), frame)
+    data_version = latest_data_version(store)
     return CVPlan(frame, folds, fold_version, data_version, train_mask, run_folds, eval_mask, scored_on, rows)
 
 
-def labelled_data_version(data_version: str | None, frame: TrainingFrame) -> str | None:
-    """The run's data version: the ingested one, with ``+user-labels-<digest>`` when user labels changed a
-    window of the frame (so the digest enters the head id; the same labels give the same id)."""
+def user_labels_config(frame: TrainingFrame) -> dict | None:
+    """The head config's ``user_labels`` entry: the digest and count of the user labels that changed a
+    window of the frame (None when none did, so the plain run's head id is unchanged)."""
     use = frame.user_labels
     if use is None or not use.windows:
-        return data_version
-    return f"{data_version}+user-labels-{use.digest}"
+        return None
+    return {"digest": use.digest, "n_windows": len(use.windows)}
 
 
 def train_head(store_dir: str | Path, kind: str, spec: FrameSpec, *, overrides: dict | None = None,

@@ -16,6 +16,7 @@ from featurestore.errors import UserInputError
 from featurestore.store import FeatureStore
 from featurestore.user_labels import LabelClick, append_labels, undo
 from models.frame import FrameSpec
+from models.heads import make_params
 from models.training import plan_cv, train_head
 
 UNLABELLED = ("SELECT w.window_id FROM windows w LEFT JOIN soundscape_labels l ON w.filename = l.filename "
@@ -79,13 +80,20 @@ def test_linear_head_with_user_labels(demo_embedded_store: Path, demo_trained, s
     assert {k: summary[k] for k in ("n_new_windows", "skipped_expert", "skipped_no_fold", "n_uncertain",
                                     "n_conflicts")} == {"n_new_windows": 2, "skipped_expert": 1,
                                                         "skipped_no_fold": 1, "n_uncertain": 1, "n_conflicts": 1}
-    assert got[4] == f"{base[0]}+user-labels-{summary['digest']}"   # the digest is in the head id
+    assert got[4] == base[0]                                         # the data version stays the ingested one
     assert got[5] == base[1]                                         # the same windows are scored
     assert got[6] == base[2] + 2                                     # two more training windows
-    # the head's config differs from the plain one in the data version only
+    # the head's config differs from the plain one in its user_labels entry only (the digest is in the head id)
     mine = json.loads((root / "heads" / result.head_id / "config.json").read_text())
     theirs = json.loads((demo_trained.store / "heads" / plain / "config.json").read_text())
-    assert {**mine, "data_version": None} == {**theirs, "data_version": None}
+    assert mine.pop("user_labels") == {"digest": summary["digest"], "n_windows": 3} and mine == theirs
+    # so it stacks with a plain head of the same data (the prior, trained here without the labels)
+    from stack.run import run_stack
+
+    plain_prior = train_head(root, "prior", FrameSpec("birdnet"), user_labels=False).head_id
+    assert "user_labels" not in json.loads((root / "heads" / plain_prior / "config.json").read_text())
+    stacked = run_stack(root, [result.head_id, plain_prior], "ridge", {"min_positives": 3})
+    assert stacked.head_id.startswith("stack-")
 
     # each user-labelled window is held out by its file's fold and trained on by every other fold's model
     oof = pq.read_table(root / "oof" / f"{result.head_id}.parquet").to_pylist()
@@ -103,4 +111,5 @@ def test_linear_head_with_user_labels(demo_embedded_store: Path, demo_trained, s
         for who, clicks in (("ann", 9), ("bob", 1)):
             for _ in range(clicks):
                 undo(store, who)
-        assert plan_cv(store, FrameSpec("birdnet")).data_version == base[0]
+        plan = plan_cv(store, FrameSpec("birdnet"))
+        assert plan.config("linear", make_params("linear", {}), FrameSpec("birdnet"), seed=0).user_labels is None
