@@ -436,6 +436,61 @@ def export_labels(store_dir: str | os.PathLike, fmt: str, out: str | os.PathLike
     return ExportResult(out, fmt, len(rows))
 
 
+LABEL_WORDS = {"positive": "positive", "pos": "positive", "p": "positive", "y": "positive", "yes": "positive",
+               "1": "positive", "negative": "negative", "neg": "negative", "n": "negative", "no": "negative",
+               "0": "negative", "uncertain": "uncertain", "u": "uncertain", "?": "uncertain"}
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What :func:`import_labels` wrote: labels by value, rows left blank, the CSV."""
+
+    path: Path
+    counts: dict[str, int]
+    blank: int
+
+    def render(self) -> str:
+        given = ", ".join(f"{n} {label}" for label, n in self.counts.items() if n) or "no label"
+        return (f"imported {sum(self.counts.values())} label(s) from {self.path} ({given}); "
+                f"{self.blank} row(s) left blank were skipped")
+
+
+def import_labels(store_dir: str | os.PathLike, path: str | os.PathLike, primary_label: str, annotator: str, *,
+                  session: str | None = None) -> ImportResult:
+    """Label a search result in a spreadsheet, then store it: ``path`` is a CSV with a ``window_id`` column
+    (``pipelines.search --out hits.csv``) and a ``label`` column the user filled in per row with positive /
+    negative / uncertain (or p/n/u, y/n, 1/0, ?); a blank label is skipped. Every label is for class
+    ``primary_label``; its ``query`` is the row's ``best_query`` when the CSV has one. All rows are checked
+    first (an unknown word names its line; unknown window ids and classes are refused by
+    :func:`append_labels`) and written as one durable part: all or nothing."""
+    from featurestore.store import FeatureStore
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"--import {path}: no such file")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        if "window_id" not in columns or "label" not in columns:
+            raise UserInputError(f"{path}: needs the columns window_id and label (found {', '.join(columns) or 'none'}); "
+                                 "add a label column to a pipelines.search CSV and fill it in")
+        clicks, blank = [], 0
+        for line, row in enumerate(reader, start=2):
+            word = (row.get("label") or "").strip().lower()
+            if not word:
+                blank += 1
+                continue
+            if word not in LABEL_WORDS:
+                raise UserInputError(f"{path}:{line}: label {row['label']!r} is not one of positive, negative, "
+                                     "uncertain (or p/n/u, y/n, 1/0, ?)")
+            clicks.append(LabelClick((row.get("window_id") or "").strip(), primary_label, LABEL_WORDS[word], annotator,
+                                     session=session or f"import:{path.name}", query=row.get("best_query") or None))
+    with FeatureStore.open(store_dir, create=False) as store:
+        append_labels(store, clicks)
+    counts = {label: sum(c.label == label for c in clicks) for label in LABELS[:3]}
+    return ImportResult(path, counts, blank)
+
+
 def has_labels(store: FeatureStore) -> bool:
     """Whether the store has any user-label part (current labels may still all be cleared)."""
     return bool(store.part_files(TABLE))

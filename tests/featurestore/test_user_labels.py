@@ -201,3 +201,51 @@ def test_compaction_keeps_every_click_and_a_reader_may_append(labelled):
     with FeatureStore.open(root, create=False) as store:
         assert (state(store), store.rows(f"SELECT * FROM {TABLE} ORDER BY event_id")) == before
         assert undo(store, "dana").now == "positive"                # the history is still there to undo
+
+
+def test_import_a_filled_in_search_csv(labelled, tmp_path: Path, capsys) -> None:
+    """pipelines.label --import: the user filled the label column of a search CSV; blank rows skipped, every
+    word of the table understood, a bad word or a missing column refused naming the line, nothing written."""
+    root = labelled[0]
+    with FeatureStore.open(root, create=False, read_only=True) as store:
+        ids = [r[0] for r in store.rows(UNLABELLED)][10:16]
+    hits = tmp_path / "hits.csv"
+
+    def write(rows: list[tuple[str, str]], header=("rank", "window_id", "score", "best_query", "label")) -> None:
+        with open(hits, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for i, (wid, label) in enumerate(rows, 1):
+                w.writerow([i, wid, 0.9 - i / 100, "class:banana", label][:len(header)])
+
+    write([(ids[0], "y"), (ids[1], " Negative "), (ids[2], ""), (ids[3], "?"), (ids[4], "maybe"), (ids[5], "p")])
+    with FeatureStore.open(root, create=False, read_only=True) as store:
+        before = state(store)
+    with pytest.raises(SystemExit) as info:
+        run_main(label_main, ["--store", str(root), "--import", str(hits), "--class", "banana", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and err == [f"error: {hits}:6: label 'maybe' is not one of positive, negative, "
+                                            "uncertain (or p/n/u, y/n, 1/0, ?)"]
+    with FeatureStore.open(root, create=False, read_only=True) as store:
+        assert state(store) == before                      # all or nothing
+
+    write([(ids[0], "y"), (ids[1], " Negative "), (ids[2], ""), (ids[3], "?"), (ids[4], "0"), (ids[5], "p")])
+    assert label_main(["--store", str(root), "--import", str(hits), "--class", "banana", "--annotator", "cat"]) == 0
+    assert capsys.readouterr().out.strip() == (f"imported 5 label(s) from {hits} (2 positive, 2 negative, "
+                                               "1 uncertain); 1 row(s) left blank were skipped")
+    with FeatureStore.open(root, create=False, read_only=True) as store:
+        now = state(store)
+        rows = {r["window_id"]: r for r in current_labels(store).to_pylist() if r["annotator"] == "cat"}
+    assert {k: v for k, v in now.items() if k not in before} == {
+        (ids[0], "banana", "cat"): "positive", (ids[1], "banana", "cat"): "negative",
+        (ids[3], "banana", "cat"): "uncertain", (ids[4], "banana", "cat"): "negative",
+        (ids[5], "banana", "cat"): "positive"}
+    assert {r["query"] for r in rows.values()} == {"class:banana"} and {r["session"] for r in rows.values()} == {
+        "import:hits.csv"}
+
+    write([(ids[0], "y")], header=("rank", "window_id"))
+    with pytest.raises(UserInputError, match=r"needs the columns window_id and label \(found rank, window_id\)"):
+        label_main(["--store", str(root), "--import", str(hits), "--class", "banana"])
+    with pytest.raises(SystemExit):
+        label_main(["--store", str(root), "--import", str(hits)])          # no --class: a usage error
+    assert "--import needs --class CODE" in capsys.readouterr().err
