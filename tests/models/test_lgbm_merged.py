@@ -104,14 +104,15 @@ def test_fast_paths_equal_the_per_class_path_bit_for_bit(fitted, path: str, rows
 
 def test_merged_raw_scores_are_each_models_own(fitted) -> None:
     """The merge itself: output k of a merged model is class k's raw score, bit for bit; and our sigmoid
-    is LightGBM's own transform (to the ulp: numpy's exp may be a SIMD one)."""
+    is LightGBM's own transform to a few ulp (numpy's exp is a SIMD one, LightGBM's libm's: 2 ulp seen with
+    numpy 2.4.6 on AVX-512; both of our paths use the same numpy transform, so they agree bit for bit)."""
     head, X = fitted
     for merged in head._load_boosters():
         raw = merged.booster.predict(X, raw_score=True).reshape(len(X), -1)
         for k, c in enumerate(merged.classes):
             own = lgb.Booster(model_str=head.models_[c])
             assert np.array_equal(raw[:, k], own.predict(X, raw_score=True))
-            np.testing.assert_array_max_ulp(model_sigmoid(raw[:, k], merged.sigmoid[k]), own.predict(X), maxulp=1)
+            np.testing.assert_array_max_ulp(model_sigmoid(raw[:, k], merged.sigmoid[k]), own.predict(X), maxulp=4)
 
 
 def test_loading_leaves_the_saved_folder_as_it_was(fitted, tmp_path: Path) -> None:
