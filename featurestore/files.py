@@ -49,3 +49,16 @@ def walk_tree(folder: str | os.PathLike) -> tuple[dict[str, int], list[str], lis
                 else:
                     other.append(rel)
     return dict(sorted(files.items())), sorted(dirs), sorted(other)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a process of another user counts as running)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

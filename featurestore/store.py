@@ -96,6 +96,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurestore.errors import DiskFullError, StoreBusyError, StoreError
+from featurestore.files import pid_alive
 
 CATALOG_FILE = "catalog.duckdb"
 PARTS_DIR = "parts"
@@ -186,18 +187,6 @@ def _command_line() -> str:
     else:
         words = ["python", *sys.argv]
     return shlex.join(words)[:400]
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_record(fd: int) -> dict | None:
@@ -376,7 +365,7 @@ class StoreLock:
             host = socket.gethostname()
             if previous and previous.get("state") == "held":
                 same_host = previous.get("host") == host
-                alive = _pid_alive(int(previous.get("pid", 0) or 0)) if same_host else True
+                alive = pid_alive(int(previous.get("pid", 0) or 0)) if same_host else True
                 if advisory and alive:
                     os.close(fd)
                     return previous

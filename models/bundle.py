@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.errors import BundleError, DiskFullError
-from featurestore.files import file_sha256, walk_tree
+from featurestore.files import file_sha256, pid_alive, walk_tree
 from models.frame import FeatureVersions, FrameSpec
 from models.heads import Head, config_hash, load_head
 
@@ -382,18 +382,8 @@ def _lock_folder(folder: Path) -> tuple[bool, int | None]:
     except OSError:     # no flock here (some network filesystems): a live pid of this machine holds it
         os.close(fd)
         pid = folder.name.rpartition("-")[2]
-        return pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)), None
+        return pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)), None
     return False, fd
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _unlock(fd: int | None) -> None:

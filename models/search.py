@@ -63,6 +63,7 @@ import numpy as np
 from embed.features import POOLINGS, load_window_features, resolve_version
 from embed.registry import split_views
 from featurestore.errors import DataError, StoreError, UserInputError
+from featurestore.progress import NoProgress
 from featurestore.windows import AUDIO_SOURCES, FOCAL
 
 if TYPE_CHECKING:
@@ -79,25 +80,6 @@ HEAD_CHUNK_WINDOWS = 32768              # windows scored per chunk of a head que
 SCAN_EPS = 1e-3
 OVERFETCH = 4                           # first candidate pool: OVERFETCH * k * (per-file cap slack)
 USER_LABELS = "user_labels"
-
-
-class _NoBar:
-    """The progress bar of a caller that wants none."""
-
-    def __init__(self, desc: str = "", unit: str = "") -> None:
-        pass
-
-    def start(self, total: float) -> None:
-        pass
-
-    def update(self, n: float = 1) -> None:
-        pass
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
 
 
 # ---------------------------------------------------------------------------- parameters and results
@@ -551,7 +533,7 @@ def search(store: FeatureStore, features: str, query: Sequence[str], params: Sea
     import pyarrow as pa
 
     params = params.check()
-    bars = bars or _NoBar
+    bars = bars or NoProgress
     _check_store(store)
     items = parse_query(list(query), store)
     if items[0].kind == "head":

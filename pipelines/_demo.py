@@ -23,7 +23,6 @@ import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -32,6 +31,7 @@ from embed.job import run_embed
 from featurestore.demo_data import ANSWERS_FILE, FULL, SMALL, audio_file_count, generate_demo_dataset
 from featurestore.folds import make_folds
 from featurestore.ingest import run_ingest
+from featurestore.progress import NoProgress, Planned, ProgressFactory  # noqa: E402
 from featurestore.store import FeatureStore
 from models.bundle import bundle_dir
 from models.experiments import FULL_MODE, BoardFilter, best_head_id, ranked
@@ -47,42 +47,6 @@ from submit.predict import predict_audio
 from submit.submission import expected_ids_for_audio, validate_submission, write_submission
 
 MARKER = "demo.json"
-
-
-class Planned(Protocol):
-    """A progress bar whose total is known once the work is planned (:class:`pipelines._cli.PlannedProgress`):
-    ``start(total)`` draws it, ``update(n)`` advances it, ``with`` closes it (its ``done`` line only when the
-    block ends normally). Nothing is drawn when ``start`` is never called."""
-
-    def start(self, total: float) -> None: ...
-
-    def update(self, n: float = 1) -> None: ...
-
-    def __enter__(self) -> Planned: ...
-
-    def __exit__(self, *exc) -> None: ...
-
-
-ProgressFactory = Callable[[str, str], Planned]    # (description, unit) -> a bar, started by the stage
-
-
-class NoProgress:
-    """The :data:`ProgressFactory` of a quiet run (or a library call without one): draws nothing."""
-
-    def __init__(self, desc: str = "", unit: str = "") -> None:
-        pass
-
-    def start(self, total: float) -> None:
-        pass
-
-    def update(self, n: float = 1) -> None:
-        pass
-
-    def __enter__(self) -> NoProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
 
 
 def ensure_dataset(out: Path, small: bool, seed: int, bar: Planned | None = None) -> Path:
