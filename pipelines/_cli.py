@@ -309,6 +309,14 @@ positive_int = at_least(1)
 non_negative_int = at_least(0)
 
 
+def cap_or_none(text: str) -> int | None:
+    """The argparse ``type`` of a cap that may be off: a whole number >= 1, or ``none`` (also ``0``) for no cap."""
+    return None if text.strip().lower() in ("none", "0") else positive_int(text)
+
+
+cap_or_none.__name__ = "whole number >= 1, or none"
+
+
 # ---------------------------------------------------------------------------- progress
 class LineProgress:
     """tqdm's ``update``/``close`` for a non-terminal: a status line (``n/N unit (pct) in t s, ~eta left``) at the

@@ -28,7 +28,7 @@ import shlex
 import sys
 
 from models.search import COMBINES, SearchParams
-from pipelines._cli import PlannedProgress, add_store, at_least, parser, run_main
+from pipelines._cli import PlannedProgress, add_store, at_least, cap_or_none, parser, run_main
 from reports.search_page import run_search, summary_line
 
 EPILOG = """
@@ -41,13 +41,6 @@ Examples:
       --out more.csv
   python -m pipelines.search --store work/store --query head:linear-1a2b3c4d5e6f:banana --out banana.csv
 """
-
-
-def _cap(text: str) -> int | None:
-    return None if text.strip().lower() in ("none", "0") else at_least(1)(text)
-
-
-_cap.__name__ = "whole number >= 1, or none"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="frames -> window pooling of the view (default mean)")
     ap.add_argument("--where", default=None,
                     help="SQL condition over window_id, source, filename, start_s, site, date, hour")
-    ap.add_argument("--per-file", type=_cap, default=defaults.per_file,
+    ap.add_argument("--per-file", type=cap_or_none, default=defaults.per_file,
                     help=f"at most this many hits per audio file (default {defaults.per_file}; none: no cap)")
-    ap.add_argument("--per-site", type=_cap, default=defaults.per_site,
+    ap.add_argument("--per-site", type=cap_or_none, default=defaults.per_site,
                     help="at most this many hits per site (default: no cap)")
     ap.add_argument("--exclude-labelled", action="store_true", help="skip windows that already have labels")
     ap.add_argument("--data", default=None,
