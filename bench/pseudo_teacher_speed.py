@@ -52,17 +52,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store_scale import (  # noqa: E402
-    FRAMES,
     SyntheticExtractor,
     embed_chunks,
-    frames_part,
     soundscape_files,
+    write_frames,
 )
 from store_scale import side_by_side as alternated  # noqa: E402
 
 from embed.features import load_window_features  # noqa: E402
-from embed.job import version_row  # noqa: E402
-from embed.registry import PART_TABLES, VERSIONS_TABLE  # noqa: E402
 from featurestore.store import FeatureStore  # noqa: E402
 from featurestore.windows import SOUNDSCAPE, window_id  # noqa: E402
 from models.bundle import HEADS_DIR, BundleWriter, HeadConfig
@@ -86,12 +83,7 @@ def build_store(root: Path, ex: SyntheticExtractor, n_windows: int, seed: int) -
     files = soundscape_files(n_windows, seed)
     chunks = embed_chunks(files, n_windows)
     with FeatureStore.open(root) as store:
-        for name in (FRAMES, VERSIONS_TABLE):
-            store.register_part_table(name, PART_TABLES[name])
-        store.append_part(VERSIONS_TABLE, version_row(ex))
-        for chunk in chunks:
-            store.append_part(FRAMES, frames_part(ex, chunk, rng))
-        store.refresh_part_views()
+        write_frames(store, ex, chunks, rng)
     return sorted(window_id(SOUNDSCAPE, f, s) for chunk in chunks for f, starts in chunk for s in starts)
 
 

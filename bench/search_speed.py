@@ -37,10 +37,8 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from store_scale import FRAMES, SyntheticExtractor, embed_chunks, frames_part, soundscape_files  # noqa: E402
+from store_scale import SyntheticExtractor, embed_chunks, soundscape_files, write_frames  # noqa: E402
 
-from embed.job import version_row  # noqa: E402
-from embed.registry import PART_TABLES, VERSIONS_TABLE  # noqa: E402
 from featurestore.store import FeatureStore  # noqa: E402
 from featurestore.windows import SOUNDSCAPE, parse_soundscape_name, window_id  # noqa: E402
 from models.search import SearchParams, load_vectors, scan, search  # noqa: E402
@@ -57,19 +55,16 @@ def write_store(store_dir: Path, windows: int, dim: int, seed: int) -> list[str]
     ids: list[str] = []
     cols: dict[str, list] = {"window_id": [], "source": [], "filename": [], "start_s": []}
     t0 = time.perf_counter()
+    for chunk in chunks:
+        for f, starts in chunk:
+            for s in starts:
+                ids.append(window_id(SOUNDSCAPE, f, s))
+                cols["window_id"].append(ids[-1])
+                cols["source"].append(SOUNDSCAPE)
+                cols["filename"].append(f)
+                cols["start_s"].append(s)
     with FeatureStore.open(store_dir) as store:
-        for name in (FRAMES, VERSIONS_TABLE):
-            store.register_part_table(name, PART_TABLES[name])
-        store.append_part(VERSIONS_TABLE, version_row(ex))
-        for chunk in chunks:
-            store.append_part(FRAMES, frames_part(ex, chunk, rng))
-            for f, starts in chunk:
-                for s in starts:
-                    ids.append(window_id(SOUNDSCAPE, f, s))
-                    cols["window_id"].append(ids[-1])
-                    cols["source"].append(SOUNDSCAPE)
-                    cols["filename"].append(f)
-                    cols["start_s"].append(s)
+        write_frames(store, ex, chunks, rng)
         store.write_table("windows", pa.table({**{k: pa.array(v) for k, v in cols.items() if k != "start_s"},
                                                "start_s": pa.array(cols["start_s"], pa.int32())}))
         names = [parse_soundscape_name(f) for f in files]

@@ -158,6 +158,18 @@ def frames_part(ex: SyntheticExtractor, chunk: list[tuple[str, list[int]]], rng:
     return pa.concat_tables(pieces)
 
 
+def write_frames(store: FeatureStore, ex: SyntheticExtractor, chunks: list[list[tuple[str, list[int]]]],
+                 rng: np.random.Generator) -> None:
+    """What the embed job writes for ``chunks`` into an open store: the frames and versions part tables
+    registered, ``ex``'s version row, one :func:`frames_part` per chunk, then the part views."""
+    for name in (FRAMES, VERSIONS_TABLE):
+        store.register_part_table(name, PART_TABLES[name])
+    store.append_part(VERSIONS_TABLE, version_row(ex))
+    for chunk in chunks:
+        store.append_part(FRAMES, frames_part(ex, chunk, rng))
+    store.refresh_part_views()
+
+
 def pseudo_part(ids: list[str], classes: int, folds: int, rng: np.random.Generator) -> pa.Table:
     """One part as :func:`students.pseudo.run_pseudo` writes it (fold rows, then the full labels)."""
     tables = []

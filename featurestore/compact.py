@@ -31,6 +31,7 @@ journal lists. A tmp file a killed run left is removed by the next run. ``keep``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -45,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurestore.errors import StoreError
+from featurestore.files import fsync_dir
 from featurestore.store import (
     PART_FILE_COLUMN,
     DiskFullGuard,
@@ -334,16 +336,9 @@ def _remove_in_order(directory: Path, names: list[str]) -> int:
 
 
 def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Best effort: a folder that cannot be synced leaves the renames as they stand."""
+    with contextlib.suppress(OSError):
+        fsync_dir(directory)
 
 
 def compact_store(store_dir: str | os.PathLike, table: str | None = None, *, target_bytes: int = TARGET_BYTES,

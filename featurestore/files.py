@@ -62,3 +62,13 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """fsync a folder, so a file renamed into it survives a power cut; raises the OSError of a folder that cannot
+    be opened or synced (some network filesystems) - each caller decides whether that matters."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from featurestore.errors import DiskFullError, StoreError, UserInputError
+from featurestore.files import fsync_dir
 from featurestore.windows import FOCAL, WINDOW_SECONDS, file_of, start_of
 
 if TYPE_CHECKING:   # models.frame imports this module on the inference path: no pyarrow, no duckdb there
@@ -149,14 +150,6 @@ def _log(store: FeatureStore, where: str = "", params: list | None = None) -> li
     return table.to_pylist()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write(store: FeatureStore, rows: list[dict]) -> Path:
     import pyarrow as pa
 
@@ -169,7 +162,7 @@ def _write(store: FeatureStore, rows: list[dict]) -> Path:
     path = store.append_part(TABLE, table, prefix=f"labels-{stamp:020d}")
     try:
         with DiskFullGuard(path, path.parent):
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
     except DiskFullError:
         raise
     except OSError as exc:   # a folder that cannot be fsynced (some network filesystems): the rename stands
