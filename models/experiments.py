@@ -54,7 +54,23 @@ COLUMNS: dict[str, str] = {
     # user labels (featurestore.user_labels) the head trained with: windows, positives, negatives used (0: none)
     # and models.frame.UserLabelUse as JSON (digest, new windows, what was skipped); NULL for older rows
     "n_user_windows": "INTEGER", "n_user_positives": "INTEGER", "n_user_negatives": "INTEGER", "user_labels": "JSON",
+    # the search log (issue 29): the question a run asked (--question), and what was learned
+    # (pipelines.answer: the answer, a verdict of ANSWER_VERDICTS, when)
+    "question": "VARCHAR", "answer": "VARCHAR", "verdict": "VARCHAR", "answered_at": "TIMESTAMP",
+    # the predict cost measured once on real audio by the planner's code (submit.plan): JSON with the seconds per
+    # 60-s file, the projected Kaggle minutes, the files and CPUs it was measured on, when
+    "predict_cost": "JSON",
+    # a student's teacher (distill, selftrain): the head id whose behaviour it should keep
+    "teacher_id": "VARCHAR",
+    # the submission track a head was exported on (pipelines.export --track): JSON with the track, the bundle
+    # folder, its projected minutes, when
+    "track": "JSON",
 }
+# what pipelines.answer may say of an idea a run tested
+ANSWER_VERDICTS = ("reproduced", "rejected", "postponed")
+# the columns written after a run, by annotate() (the run's own record() keeps them: a re-run of the same head id
+# keeps its question and answer unless the run gives new ones)
+ANNOTATION_COLUMNS = ("question", "answer", "verdict", "answered_at", "predict_cost", "teacher_id", "track")
 
 BOARD_COLUMNS = ("rank", "head_id", "head", "tag", "mode", "features", "fold_mean", "fold_std", "oof_auc",
                  "calibration_gap", "ci_low", "ci_high", "rare_auc", "n_classes_scored", "n_classes_degenerate",
@@ -115,7 +131,8 @@ def record(store: FeatureStore, row: dict) -> None:
     if unknown:
         raise StoreError(f"unknown experiment column(s) {unknown}")
     ensure_table(store)
-    row = {"created_at": utc_now(), **row}
+    kept = {k: v for k, v in latest_row(store, row["head_id"]).items() if k in ANNOTATION_COLUMNS and v is not None}
+    row = {"created_at": utc_now(), **kept, **row}
     values = [json.dumps(v, default=float) if COLUMNS[k] == "JSON" and not isinstance(v, str) and v is not None
               else v for k, v in row.items()]
     names = ", ".join(row)
@@ -123,6 +140,25 @@ def record(store: FeatureStore, row: dict) -> None:
     with store.transaction() as con:
         con.execute(f"DELETE FROM {TABLE} WHERE head_id = ?", [row["head_id"]])
         con.execute(f"INSERT INTO {TABLE} ({names}) VALUES ({marks})", values)
+
+
+def annotate(store: FeatureStore, head_id: str, **columns) -> None:
+    """Set some of :data:`ANNOTATION_COLUMNS` of the existing row of ``head_id`` in one transaction (JSON columns
+    take a dict). :class:`StoreError` naming the head when it has no row (run it first)."""
+    unknown = sorted(set(columns) - set(ANNOTATION_COLUMNS))
+    if unknown:
+        raise StoreError(f"not annotation column(s) {unknown}; annotate sets only {', '.join(ANNOTATION_COLUMNS)}")
+    if not columns:
+        return
+    ensure_table(store)
+    if not store.first(f"SELECT 1 FROM {TABLE} WHERE head_id = ?", [head_id]):
+        raise StoreError(f"no experiment {head_id!r} in {store.root}; list them with python -m pipelines.leaderboard "
+                         f"--store {store.root}")
+    values = [json.dumps(v, default=float) if COLUMNS[k] == "JSON" and not isinstance(v, str) and v is not None
+              else v for k, v in columns.items()]
+    sets = ", ".join(f"{k} = ?" for k in columns)
+    with store.transaction() as con:
+        con.execute(f"UPDATE {TABLE} SET {sets} WHERE head_id = ?", [*values, head_id])
 
 
 @dataclass(frozen=True)
