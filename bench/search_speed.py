@@ -17,9 +17,21 @@ Measured, the two ways of reading the stored embeddings side by side:
 Goal (issue 27): one exact query over 1M x 1,024 float16 windows in <= 2 s on 2 cores. Nothing is asserted;
 the figures and ratios are printed.
 
+The probe part (the labelling loop, :mod:`models.probe`): ``--probe-labels`` user labels (half positive, one
+part of the ``user_labels`` log, for a one-class ``taxonomy`` the bench adds) and ``--weak-negatives`` weak
+negatives; timed: the probe's retrain (:class:`models.heads.LinearHead` fit, goal <= 5 s on 2 cores for 2,000
+labels + 20,000 weak negatives), one round's scoring of every window (the effective-weight matvec over the exact
+rows), the held-out AUC's fold fits, and the whole :meth:`~models.probe.LabelLoop.next_page` (median of
+``--repeats``). The synthetic features are noise: the probe's AUC is ~0.5 and is not the point. Measured
+2026-12-05 at 1M x 1,024 on the 2-core box (load ~2, other jobs running): fit 1.5 s (a first fit in a process
+~3.5 s: library warm-up), scoring every window 1.6 s, one whole round 9.7 s of which ~5 s are the 3 held-out fold
+fits; at 200k: fit 1.3 s, scoring 0.3 s, a round 6.8 s.
+
 Usage: python bench/search_speed.py [--windows 1000000] [--dim 1024] [--k 50] [--repeats 3] [--out DIR] [--keep]
-       [--reuse [--reuse-cache]] [--skip-parquet]
+       [--reuse [--reuse-cache]] [--skip-parquet] [--probe-only | --skip-probe] [--probe-labels 2000]
+       [--weak-negatives 20000]
   e.g. python bench/search_speed.py --windows 50000     (a quick sanity run, well under a minute)
+       python bench/search_speed.py --windows 100000 --probe-only   (just the probe, a quick check)
 """
 
 from __future__ import annotations
@@ -41,9 +53,12 @@ from store_scale import SyntheticExtractor, embed_chunks, soundscape_files, writ
 
 from featurestore.store import FeatureStore  # noqa: E402
 from featurestore.windows import SOUNDSCAPE, parse_soundscape_name, window_id  # noqa: E402
+from models.probe import LabelLoop, ProbeParams  # noqa: E402
 from models.search import SearchParams, load_vectors, scan, search  # noqa: E402
 
 GOAL_S = 2.0
+PROBE_GOAL_S = 5.0
+PROBE_CLASS = "synth"
 
 
 def write_store(store_dir: Path, windows: int, dim: int, seed: int) -> list[str]:
@@ -96,7 +111,13 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="measure the store a --keep run left in --out again")
     ap.add_argument("--reuse-cache", action="store_true", help="with --reuse: keep the search cache a run left")
     ap.add_argument("--skip-parquet", action="store_true", help="skip the (slow) no-cache query")
+    ap.add_argument("--probe-only", action="store_true", help="only the probe part (the cache is built if missing)")
+    ap.add_argument("--skip-probe", action="store_true", help="skip the probe part")
+    ap.add_argument("--probe-labels", type=int, default=2000, help="user labels the probe trains on")
+    ap.add_argument("--weak-negatives", type=int, default=20_000)
     args = ap.parse_args()
+    if args.probe_only and args.skip_probe:
+        ap.error("--probe-only and --skip-probe exclude each other")
     work = Path(tempfile.mkdtemp(prefix="search-speed-")) if args.out is None else args.out
     store_dir = work / "store"
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores; "
@@ -109,7 +130,10 @@ def main() -> None:
             if store_dir.exists():
                 raise SystemExit(f"{store_dir} exists; pick an empty --out or pass --reuse")
             ids = write_store(store_dir, args.windows, args.dim, args.seed)
-        measure(args, store_dir, ids)
+        if not args.probe_only:
+            measure(args, store_dir, ids)
+        if not args.skip_probe:
+            measure_probe(args, store_dir, ids)
     finally:
         if not args.keep:
             shutil.rmtree(store_dir, ignore_errors=True)
@@ -156,6 +180,47 @@ def measure(args: argparse.Namespace, store_dir: Path, ids: list[str]) -> None:
           f"filtered query searched {results['cache, where + per-file 2'].scanned:,} windows)")
     print(f"goal: one exact query <= {GOAL_S:.0f} s on 2 cores: {'met' if best <= GOAL_S else 'MISSED'} "
           f"({best:.2f} s)")
+
+
+def measure_probe(args: argparse.Namespace, store_dir: Path, ids: list[str]) -> None:
+    """The probe part (module docstring). Writes a taxonomy and the labels into the store (a --reuse store
+    keeps them: the labels are written once)."""
+    from featurestore.user_labels import LabelClick, append_labels, current_labels
+
+    rng = np.random.default_rng(args.seed + 1)
+    with FeatureStore.open(store_dir, create=False) as store:
+        if not store.has_table("taxonomy"):
+            store.write_table("taxonomy", pa.table({"primary_label": [PROBE_CLASS], "common_name": ["synthetic"]}))
+        if not current_labels(store).num_rows:
+            picked = rng.choice(len(ids), min(args.probe_labels, len(ids)), replace=False)
+            t, _ = timed(lambda: append_labels(store, [
+                LabelClick(ids[r], PROBE_CLASS, "positive" if i % 2 == 0 else "negative", "bench", session="bench",
+                           query="bench", probe_round=0) for i, r in enumerate(picked.tolist())]))
+            print(f"{'append ' + str(len(picked)) + ' labels (one durable part)':<52} {t:8.2f} s")
+        params = ProbeParams(weak_negatives=args.weak_negatives)
+        t_init, loop = timed(lambda: LabelLoop(store, "birdnet", PROBE_CLASS, "bench", query=[ids[len(ids) // 3]],
+                                               params=params))
+        print(f"{'LabelLoop start (cache, labels, first page)':<52} {t_init:8.2f} s  (cache "
+              f"{'found' if loop.cache.path else 'in memory'})")
+        rounds, cpu = [], []
+        for _ in range(args.repeats):
+            c0 = time.process_time()
+            t, page = timed(loop.next_page)
+            cpu.append(time.process_time() - c0)
+            rounds.append((t, page.stats))
+    med = statistics.median
+    fit = med(s.fit_seconds for _, s in rounds)
+    score = med(s.score_seconds for _, s in rounds)
+    total = med(t for t, _ in rounds)
+    st = rounds[-1][1]
+    print(f"{'probe fit (' + f'{st.positives + st.negatives:,} labels + {st.n_weak:,} weak negatives)':<52} "
+          f"{fit:8.2f} s")
+    print(f"{'score every window (' + f'{len(ids):,} x {args.dim}, effective weights)':<52} {score:8.2f} s")
+    print(f"{'held-out AUC folds + page pick':<52} {total - fit - score:8.2f} s")
+    print(f"{'one round: next_page()':<52} {total:8.2f} s  (CPU {med(cpu):.2f} s over all threads; {st.line()})")
+    print(f"goal: probe retrain on 2,000 labels + 20,000 weak negatives <= {PROBE_GOAL_S:.0f} s on 2 cores: "
+          f"{'met' if fit <= PROBE_GOAL_S else 'MISSED'} ({fit:.2f} s at {st.positives + st.negatives:,} + "
+          f"{st.n_weak:,})")
 
 
 if __name__ == "__main__":
