@@ -57,8 +57,9 @@ COLUMNS: dict[str, str] = {
     # the search log (issue 29): the question a run asked (--question), and what was learned
     # (pipelines.answer: the answer, a verdict of ANSWER_VERDICTS, when)
     "question": "VARCHAR", "answer": "VARCHAR", "verdict": "VARCHAR", "answered_at": "TIMESTAMP",
-    # the predict cost measured once on real audio by the planner's code (submit.plan): JSON with the seconds per
-    # 60-s file, the projected Kaggle minutes, the files and CPUs it was measured on, when
+    # the predict cost measured once on real audio by the planner's code (submit.plan.record_predict_costs): JSON
+    # with per_file_s (seconds per 60-s file, one process), kaggle_minutes (projected for n_files test files on
+    # cpus Kaggle CPUs), n_files, cpus, measured_at, audio (the folder), measured_files and the projection's parts
     "predict_cost": "JSON",
     # a student's teacher (distill, selftrain): the head id whose behaviour it should keep
     "teacher_id": "VARCHAR",
@@ -260,6 +261,108 @@ def best_on(store: FeatureStore, *, head: str, features: str, fold_version: str,
                       "AND features = ? AND fold_mean IS NOT NULL ORDER BY fold_mean DESC LIMIT 1",
                       [head, fold_version, mode, features])
     return (row[0], row[1]) if row else None
+
+
+# ---------------------------------------------------------------------------- the search log (issue 29)
+# a question asked by a run that writes no experiments row (pipelines.pseudo: a pseudo-label version), with its
+# answer: the same columns as the experiments row's, keyed by the run's id
+QUESTIONS_TABLE = "run_questions"
+QUESTIONS_COLUMNS = {"subject": "VARCHAR", "kind": "VARCHAR", "question": "VARCHAR", "asked_at": "TIMESTAMP",
+                     "answer": "VARCHAR", "verdict": "VARCHAR", "answered_at": "TIMESTAMP"}
+
+
+def stack_bases(store: FeatureStore, head_id: str) -> list[str]:
+    """The base head ids of a stacked head's row (its ``config`` JSON), [] for a plain head or no row."""
+    config = latest_row(store, head_id).get("config")
+    data = json.loads(config) if isinstance(config, str) else (config or {})
+    return list(data.get("base_heads") or []) if isinstance(data, dict) else []
+
+
+def record_question(store: FeatureStore, head_ids: Sequence[str], question: str, *,
+                    with_bases: bool = False) -> list[str]:
+    """Store ``question`` on the experiments row of each of ``head_ids`` (replacing the question they had), in one
+    call; ``with_bases``: also on the base heads of those that are stacked heads (:func:`stack_bases`; for a run that
+    re-trained them, e.g. selftrain's stacked student - never for pipelines.stack, whose bases are earlier runs').
+    Returns the ids. A blank question is refused (UserInputError); an id with no row: StoreError naming it
+    (:func:`annotate`) - checked for every id before any is written."""
+    from featurestore.errors import UserInputError
+
+    question = (question or "").strip()
+    if not question:
+        raise UserInputError("--question is empty; say what this run asks, e.g. --question 'does max pooling help?'")
+    ensure_table(store)
+    ids = list(dict.fromkeys(head_ids))
+    if with_bases:
+        ids = list(dict.fromkeys(x for h in ids for x in (h, *stack_bases(store, h))))
+    missing = [h for h in ids if not store.first(f"SELECT 1 FROM {TABLE} WHERE head_id = ?", [h])]
+    if missing:
+        raise StoreError(f"no experiment {missing[0]!r} in {store.root} to store the question on; list them with "
+                         f"python -m pipelines.leaderboard --store {store.root}")
+    for h in ids:
+        annotate(store, h, question=question)
+    return ids
+
+
+def record_run_question(store: FeatureStore, subject: str, kind: str, question: str) -> None:
+    """Store ``question`` for a run that writes no experiments row (``kind`` ``pseudo``: ``subject`` is the
+    pseudo-label version), replacing an earlier question of the same subject; :func:`record_answer` answers it."""
+    from featurestore.errors import UserInputError
+
+    question = (question or "").strip()
+    if not question:
+        raise UserInputError("--question is empty; say what this run asks")
+    cols = ", ".join(f"{n} {k}" for n, k in QUESTIONS_COLUMNS.items())
+    with store.transaction() as con:
+        con.execute(f"CREATE TABLE IF NOT EXISTS {QUESTIONS_TABLE} ({cols})")
+        con.execute(f"DELETE FROM {QUESTIONS_TABLE} WHERE subject = ?", [subject])
+        con.execute(f"INSERT INTO {QUESTIONS_TABLE} (subject, kind, question, asked_at) VALUES (?, ?, ?, ?)",
+                    [subject, kind, question, utc_now()])
+
+
+def record_answer(store: FeatureStore, head_id: str, answer: str, verdict: str | None = None) -> dict:
+    """Record what was learned from the run ``head_id`` (an experiments row, else a question of
+    :func:`record_run_question`): ``answer``, ``verdict`` (one of :data:`ANSWER_VERDICTS` or None) and
+    ``answered_at`` (now, UTC), replacing an earlier answer. Returns ``{head_id, question, answer, verdict,
+    answered_at}``. A blank answer or an unknown verdict: UserInputError; an unknown id: StoreError naming the
+    store and what lists its ids. Nothing is written on an error."""
+    from featurestore.errors import UserInputError
+
+    answer = (answer or "").strip()
+    if not answer:
+        raise UserInputError("the answer is empty; say what was learned, e.g. \"max pooling adds 0.01 on rare "
+                             "classes\"")
+    if verdict is not None and verdict not in ANSWER_VERDICTS:
+        raise UserInputError(f"unknown verdict {verdict!r}; use one of {', '.join(ANSWER_VERDICTS)}")
+    when = utc_now()
+    row = latest_row(store, head_id)
+    if row:
+        annotate(store, head_id, answer=answer, verdict=verdict, answered_at=when)
+        question = row.get("question")
+    elif store.has_table(QUESTIONS_TABLE) and (got := store.first(
+            f"SELECT question FROM {QUESTIONS_TABLE} WHERE subject = ?", [head_id])):
+        question = got[0]
+        with store.transaction() as con:
+            con.execute(f"UPDATE {QUESTIONS_TABLE} SET answer = ?, verdict = ?, answered_at = ? WHERE subject = ?",
+                        [answer, verdict, when, head_id])
+    else:
+        raise StoreError(f"no experiment {head_id!r} in {store.root}; list the head ids with python -m "
+                         f"pipelines.leaderboard --store {store.root}")
+    return {"head_id": head_id, "question": question, "answer": answer, "verdict": verdict, "answered_at": when}
+
+
+def search_log(store: FeatureStore) -> list[dict]:
+    """Every asked question, newest first: ``{head_id, kind, question, answer, verdict, answered_at}`` of the
+    experiments rows with a question (``kind`` the row's head kind) and of :func:`record_run_question`'s runs
+    (``kind`` e.g. ``pseudo``, ``head_id`` the run's id)."""
+    out: list[dict] = []
+    if store.has_table(TABLE) and "question" in _columns(store):
+        out += store.sql(f"SELECT head_id, head AS kind, question, answer, verdict, answered_at, created_at AS at "
+                         f"FROM {TABLE} WHERE question IS NOT NULL").to_pylist()
+    if store.has_table(QUESTIONS_TABLE):
+        out += store.sql(f"SELECT subject AS head_id, kind, question, answer, verdict, answered_at, asked_at AS at "
+                         f"FROM {QUESTIONS_TABLE}").to_pylist()
+    out.sort(key=lambda r: (r["at"] is not None, r["at"]), reverse=True)
+    return [{k: v for k, v in r.items() if k != "at"} for r in out]
 
 
 # ---------------------------------------------------------------------------- rendering

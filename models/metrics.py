@@ -7,7 +7,8 @@ in the solution, then ``sklearn.metrics.roc_auc_score(solution, submission, aver
 * :func:`competition_score` - the same on solution / submission tables matched by ``row_id``;
 * :func:`per_class_auc` / :func:`per_class_table` - ROC-AUC and PR-AUC (average precision) per class;
 * :func:`padded_cmap` - the BirdCLEF 2021-22 padded class-mean average precision (rare-class view);
-* :func:`row_slices` - the macro AUC on subsets of windows (fold, site, hour, overlap-heavy, ...);
+* :func:`row_slices` - the macro AUC on subsets of windows (fold, site, hour bucket, overlap-heavy, ...);
+* :func:`hour_bucket` - the time-of-day bucket (:data:`HOUR_BUCKETS`) of a soundscape's hour;
 * :func:`class_slices` - the macro AUC over subsets of classes (class_name, frequency bucket, ...);
 * :func:`fold_mean_std` and :func:`bootstrap_ci` (resampling whole files).
 
@@ -34,6 +35,15 @@ from featurestore.errors import MetricError
 
 FREQUENCY_BUCKETS = (10, 100)  # training count < 10 -> rare, < 100 -> mid, else head
 OVERLAP_HEAVY_LABELS = 3
+# Time-of-day buckets of a soundscape's hour (the hour of its file name, [start, end) hours) for the Pantanal
+# (16-22 S, local time UTC-4): sunrise 05:30-06:30 and sunset 17:30-18:50 across the year, so "dawn" holds the
+# pre-dawn and dawn chorus up to ~3 h after sunrise, "dusk" the sunset chorus and the first hours of the frog
+# chorus, "night" the nocturnal frogs, insects, nightjars and owls. The hour is taken as the recorder's local
+# clock: the labelled train soundscapes cover 18-07 h and none 08-17 h (dusk, night and dawn), which is local
+# time's pattern; read as UTC it would be local 14-03 h, a labelled set with no morning chorus at all.
+HOUR_BUCKETS: tuple[tuple[int, int, str], ...] = ((0, 5, "night"), (5, 9, "dawn"), (9, 17, "day"),
+                                                  (17, 21, "dusk"), (21, 24, "night"))
+UNKNOWN_HOUR = "(unknown)"     # the bucket of a window with no hour (a focal clip, an unparsed file name)
 
 
 # ---------------------------------------------------------------------------- input checks
@@ -203,6 +213,32 @@ def frequency_bucket(train_counts: np.ndarray, edges: tuple[int, int] = FREQUENC
     return np.where(counts < edges[0], "rare", np.where(counts < edges[1], "mid", "head"))
 
 
+def hour_bucket(hours: Sequence) -> np.ndarray:
+    """The :data:`HOUR_BUCKETS` name of each hour (object array of str).
+
+    An integer hour 0-23 (any int or integral float type) gets its bucket; ``None``, NaN, a negative number
+    (the stores' -1 for "no hour") and the text :data:`UNKNOWN_HOUR` get :data:`UNKNOWN_HOUR`. Anything else
+    (an hour >= 24, a fractional hour, other text) is a :class:`MetricError` naming it, never a silent bucket.
+    """
+    table = np.empty(24, dtype=object)
+    for start, end, name in HOUR_BUCKETS:
+        table[start:end] = name
+    out = np.empty(len(hours), dtype=object)
+    for i, h in enumerate(hours):
+        if h is None or (isinstance(h, str) and h == UNKNOWN_HOUR):
+            out[i] = UNKNOWN_HOUR
+            continue
+        if isinstance(h, bool | np.bool_) or not isinstance(h, int | float | np.integer | np.floating):
+            raise MetricError(f"hour {h!r} (window {i}) is not an hour of the day 0-23 (or None for unknown)")
+        if h != h or h < 0:                       # NaN or the -1 of "no hour"
+            out[i] = UNKNOWN_HOUR
+        elif h >= 24 or h != int(h):
+            raise MetricError(f"hour {h!r} (window {i}) is not an hour of the day 0-23")
+        else:
+            out[i] = table[int(h)]
+    return out
+
+
 def per_class_table(y_true, y_score, class_names: Sequence[str], train_counts: np.ndarray | None = None,
                     taxon_class: Sequence[str] | None = None) -> pa.Table:
     """One row per class: positives, ROC-AUC, PR-AUC, and (if given) training count, bucket and class_name."""
@@ -222,7 +258,7 @@ def per_class_table(y_true, y_score, class_names: Sequence[str], train_counts: n
 
 
 def row_slices(y_true, y_score, keys: Sequence, slice_name: str) -> pa.Table:
-    """Metric on each subset of windows sharing a key (fold, site, hour, ...).
+    """Metric on each subset of windows sharing a key (fold, site, hour bucket, ...).
 
     ``auc`` is the macro ROC-AUC over the classes with both positives and negatives in the subset
     (a small subset may hold a class only as positives, which the strict metric would reject).
@@ -354,12 +390,16 @@ def evaluate(y_true, y_score, class_names: Sequence[str], *, folds: Sequence[int
              n_boot: int = 200, seed: int = 0) -> MetricReport:
     """Macro AUC (pooled) plus per-class table, slices, fold mean +/- std and a file bootstrap CI.
 
+    Slices: ``fold``, ``site``, ``hour`` (the :func:`hour_bucket` of each window's hour, not the raw hour),
+    ``overlap``, ``class_name`` (taxon group) and ``frequency`` (training-count bucket), each when its keys
+    are given.
+
     Never raises for label shape: classes without a negative in a set are dropped from that set
     and listed in ``degenerate``; with no scorable class at all the AUCs are NaN.
     """
     t, s = check_inputs(y_true, y_score, class_names)
     parts = []
-    for name, keys in (("fold", folds), ("site", sites), ("hour", hours)):
+    for name, keys in (("fold", folds), ("site", sites), ("hour", None if hours is None else hour_bucket(hours))):
         if keys is not None:
             parts.append(row_slices(t, s, keys, name))
     n_labels = t.sum(axis=1)

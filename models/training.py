@@ -259,9 +259,30 @@ def score_run(store: FeatureStore, frame: TrainingFrame, folds: np.ndarray, oof:
         return None
     focal_counts = frame.Y[frame.source == FOCAL].sum(axis=0)
     taxon = dict(store.rows("SELECT primary_label, class_name FROM taxonomy"))
+    sites, hours = site_hour_of(store, frame.groups[eval_mask], frame.source[eval_mask])
     return evaluate(frame.Y[eval_mask], oof[eval_mask], frame.class_names, folds=folds[eval_mask],
-                    file_ids=frame.groups[eval_mask], train_counts=focal_counts,
+                    sites=sites, hours=hours, file_ids=frame.groups[eval_mask], train_counts=focal_counts,
                     taxon_class=[taxon.get(c, "?") for c in frame.class_names], n_boot=100, seed=seed)
+
+
+def site_hour_of(store: FeatureStore, file_keys: Sequence[str],
+                 sources: Sequence[str]) -> tuple[list[str] | None, list[int | None] | None]:
+    """The recorder site and hour of each window (by its file key ``<source>/<filename>`` and source) from the
+    store's ``soundscapes`` table, for the ``site`` and ``hour`` slices of :func:`models.metrics.evaluate`.
+
+    A window that is no soundscape, or whose soundscape the table lacks, gets site ``(unknown)`` and hour
+    None (bucket ``(unknown)``). ``(None, None)`` - no site or hour slices - when the store has no
+    ``soundscapes`` table or none of the windows is in it (an hour-less store keeps working)."""
+    if not store.has_table("soundscapes"):
+        return None, None
+    meta = {fn: (site, None if hour is None else int(hour))
+            for fn, site, hour in store.rows("SELECT filename, site, hour FROM soundscapes")}
+    found = [meta.get(key.partition("/")[2]) if src == SOUNDSCAPE else None
+             for key, src in zip(file_keys, sources, strict=True)]
+    if not any(found):
+        return None, None
+    return ([f[0] if f and f[0] is not None else "(unknown)" for f in found],
+            [f[1] if f else None for f in found])
 
 
 def oof_table(frame: TrainingFrame, folds: np.ndarray, oof: np.ndarray, head_id: str) -> pa.Table:

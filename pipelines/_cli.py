@@ -151,13 +151,14 @@ def _peak_rss_gb() -> float:
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None, *,
-             interrupted: str = "interrupted") -> None:
+             interrupted: str = "interrupted", heartbeat: bool = True) -> None:
     """Run a job's main; a user error prints one clear line and exits with status 2. A job that prints
-    nothing for 30 s says it still works (:class:`Heartbeat`; not with ``--quiet``). Ctrl-C prints
+    nothing for 30 s says it still works (:class:`Heartbeat`; not with ``--quiet``, nor with ``heartbeat=False``:
+    a server that waits for its user, whose long steps report through their own bars). Ctrl-C prints
     ``interrupted``: the job's own words for what it keeps (each job says it; nothing is promised here)."""
     quiet = "--quiet" in (sys.argv[1:] if argv is None else argv)
     try:
-        with contextlib.nullcontext() if quiet else Heartbeat(HEARTBEAT_S):
+        with contextlib.nullcontext() if quiet or not heartbeat else Heartbeat(HEARTBEAT_S):
             code = main(argv)
     except BrokenPipeError:
         # the reader went away (``| head``): Python's own recipe - point stdout at /dev/null so the interpreter's
@@ -185,6 +186,17 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
 
 
 # ---------------------------------------------------------------------------- shared options
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port 0-65535 (0: the system picks a free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0 picks a free port)")
+    return port
+
+
 def add_store(ap: argparse.ArgumentParser, *, creates: bool = False, help: str | None = None) -> None:
     text = help or ("feature store folder (created if missing)" if creates else
                     "feature store folder (made by pipelines.ingest)")
@@ -247,6 +259,51 @@ def add_storage(ap: argparse.ArgumentParser) -> None:
                          "(default: the store's optuna.db; journal:<store>/optuna.journal with --workers > 1)")
     ap.add_argument("--workers", type=positive_int, default=1,
                     help="tuning processes on this machine, sharing --trials (default 1)")
+
+
+def _question(text: str) -> str:
+    """argparse ``type=`` of ``--question``: the text, stripped; blank is refused before the run starts."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; say what this run asks, e.g. --question 'does max pooling help?'")
+    return text.strip()
+
+
+_question.__name__ = "question"
+
+
+def add_question(ap: argparse.ArgumentParser) -> None:
+    """``--question TEXT``, spelt the same by every job that writes experiments (train, tune, stack, pseudo,
+    selftrain, distill, cnn): the search log's question, stored by :func:`store_question` after the run."""
+    ap.add_argument("--question", type=_question, default=None, metavar="TEXT",
+                    help="the question this run asks, for the search log (e.g. 'does max pooling help rare "
+                         "classes?'): stored on every experiments row the run writes; record what was learned "
+                         "with python -m pipelines.answer --store DIR --head-id ID 'answer'")
+
+
+def store_question(store_dir, head_ids, question: str | None, *, kind: str | None = None,
+                   with_bases: bool = False) -> None:
+    """After a run: ``question`` (``--question``; None: nothing to do) stored on the experiments rows ``head_ids``
+    (:func:`models.experiments.record_question`), or with ``kind`` on a run that writes no row (its id the one of
+    ``head_ids``: :func:`models.experiments.record_run_question`); ``with_bases``: a stacked head's base heads too
+    (selftrain's stacked students, whose bases the run re-trained); one line says where. No id: says nothing was
+    stored (the run wrote no row)."""
+    if question is None:
+        return
+    from featurestore.store import FeatureStore
+    from models.experiments import record_question, record_run_question
+
+    ids = [h for h in head_ids if h]
+    if not ids:
+        say("question not stored: this run wrote no experiments row")
+        return
+    with FeatureStore.open(store_dir, create=False) as store:
+        if kind is None:
+            ids = record_question(store, ids, question, with_bases=with_bases)
+        else:
+            for subject in ids:
+                record_run_question(store, subject, kind, question)
+    say(f"question stored on {', '.join(ids)}; answer it with python -m pipelines.answer --store {store_dir} "
+        f"--head-id {ids[0]} 'what was learned'")
 
 
 def add_seed(ap: argparse.ArgumentParser, default: int = 0) -> None:

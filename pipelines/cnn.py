@@ -12,7 +12,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines._cli import add_seed, add_store, add_workers, json_object, parser, positive_int, run_main
+from pipelines._cli import (
+    add_question,
+    add_seed,
+    add_store,
+    add_workers,
+    json_object,
+    parser,
+    positive_int,
+    run_main,
+    store_question,
+)
 from students.cnn import make_cnn_params, train_cnn
 
 EPILOG = """
@@ -46,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", help="experiments tag (default cnn)")
     add_workers(ap, "worker processes for the front-end cache")
     add_seed(ap)
+    add_question(ap)
     args = ap.parse_args(argv)
     overrides, frontend = args.params, args.frontend
     for key, value in (("epochs", args.epochs), ("distill_epochs", args.distill_epochs)):
@@ -58,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     result = train_cnn(args.store, args.out, teacher=args.teacher, params=params, frontend=frontend, folds=args.folds,
                        fold_version=args.fold_version, pseudo=args.pseudo, workers=args.workers, tag=args.tag)
     print(result.render())
+    # an experiments row only with --folds (mode cnn)
+    store_question(args.store, [result.cnn_id] if args.folds else [], args.question)
     return 0
 
 

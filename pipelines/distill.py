@@ -14,6 +14,7 @@ from models.pseudo_labels import PseudoParams, make_params
 from pipelines._cli import (
     add_measure,
     add_pseudo_params,
+    add_question,
     add_seed,
     add_store,
     json_object,
@@ -21,6 +22,7 @@ from pipelines._cli import (
     pseudo_overrides,
     run_main,
     say,
+    store_question,
 )
 from students.distill import run_distill
 
@@ -51,12 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-baseline", action="store_true",
                     help="skip training the student's head on the labels alone (the comparison row)")
     add_seed(ap)
+    add_question(ap)
     args = ap.parse_args(argv)
     params = make_params({**pseudo_overrides(args), "pool": "all"})
     result = run_distill(args.store, args.teacher, args.head_kind, args.features, alpha=args.alpha, params=params,
                          overrides=args.params, audio=args.measure_audio, n_cost_files=args.measure_files, seed=args.seed,
                          baseline=not args.no_baseline, say=say)
     print(result.render())
+    store_question(args.store, [result.student.head_id, *([result.baseline.head_id] if result.baseline else [])],
+                   args.question)
     return 0
 
 

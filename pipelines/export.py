@@ -11,11 +11,12 @@ from ``--wheels DIR`` on an offline machine). The library: submit/export.py.
 from __future__ import annotations
 
 from pipelines._cli import add_measure, add_store, parser, run_main, say
-from submit.export import export_bundle
+from submit.export import TRACKS, export_bundle
 
 EPILOG = """
 Examples:
   python -m pipelines.export --store work/store --head-id best --out bundle --owner myname
+  python -m pipelines.export --store work/store --head-id stack-1a2b3c4d5e6f --out bundle-bold --track bold
   mkdir -p work/sample && ls data/train_soundscapes/*.ogg | head -8 | xargs cp -t work/sample
   python -m pipelines.dryrun --bundle bundle --audio work/sample
   kaggle datasets create -p bundle && kaggle kernels push -p bundle
@@ -36,11 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     add_measure(ap, audio_help="audio folder to measure per-stage costs on (default: the store's test, else train "
                                "soundscapes)", files_help="files of it measured", audio_alias="--measure")
     ap.add_argument("--budget-min", type=float, default=90.0, help="notebook time budget in minutes (default 90)")
+    ap.add_argument("--track", choices=TRACKS, default=None,
+                    help="submission track of this bundle: safe (the proven blend) or bold (the higher-upside one); "
+                         "recorded in manifest.json and on the head's experiments row (default: none)")
     args = ap.parse_args(argv)
     # a line as each step starts, "export [i/N] ..." (the job's heartbeat quotes it during a long step)
     result = export_bundle(args.store, args.head_id, args.out,
                            fallback=None if args.fallback_head == "none" else args.fallback_head, wheels=args.wheels,
                            owner=args.owner, slug=args.slug, budget_min=args.budget_min, measure=args.measure_audio, measure_files=args.measure_files,
+                           track=args.track,
                            say=(lambda _line: None) if args.quiet else say)
     print(result.render())
     return 0

@@ -9,7 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.pseudo_labels import PseudoParams, make_params
-from pipelines._cli import add_pseudo_params, add_store, parser, positive_int, pseudo_overrides, run_main
+from pipelines._cli import (
+    add_pseudo_params,
+    add_question,
+    add_store,
+    parser,
+    positive_int,
+    pseudo_overrides,
+    run_main,
+    store_question,
+)
 from students.pseudo import run_pseudo
 
 EPILOG = """
@@ -31,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="held-back labels of some unlabelled windows (train_soundscapes_labels.csv layout, e.g. "
                          "the demo's unlabelled_answers.csv): print the labels' macro ROC-AUC against them")
     ap.add_argument("--round", type=positive_int, default=1, help="self-training round recorded with the labels (default 1)")
+    add_question(ap)
     args = ap.parse_args(argv)
     params = make_params({**pseudo_overrides(args), "pool": args.pool})
-    print(run_pseudo(args.store, args.teacher, params, round_=args.round, answers=args.answers).render())
+    result = run_pseudo(args.store, args.teacher, params, round_=args.round, answers=args.answers)
+    print(result.render())
+    # no experiments row: the question is kept with the pseudo-label version (models.experiments.run_questions)
+    store_question(args.store, [result.version], args.question, kind="pseudo")
     return 0
 
 

@@ -8,7 +8,17 @@ base head re-trained, then re-stacked). No re-embedding. The library: students/s
 from __future__ import annotations
 
 from models.pseudo_labels import PseudoParams, make_params
-from pipelines._cli import add_pseudo_params, add_store, parser, positive_int, pseudo_overrides, run_main, say
+from pipelines._cli import (
+    add_pseudo_params,
+    add_question,
+    add_store,
+    parser,
+    positive_int,
+    pseudo_overrides,
+    run_main,
+    say,
+    store_question,
+)
 from students.selftrain import run_selftrain
 
 EPILOG = """
@@ -27,11 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-gain", type=float, default=0.0,
                     help="stop when a round's fold mean does not beat the best by more than this (default 0)")
     add_pseudo_params(ap, d)
+    add_question(ap)
     args = ap.parse_args(argv)
     params = make_params(pseudo_overrides(args))
     result = run_selftrain(args.store, args.teacher, args.rounds, params, min_gain=args.min_gain,
                            say=say)
     print(result.render())
+    # each round's student and, for a stacked student, the base heads the round re-trained (new rows too)
+    store_question(args.store, [r.student_id for r in result.rounds], args.question, with_bases=True)
     return 0
 
 

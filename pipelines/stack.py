@@ -13,6 +13,7 @@ is recorded as a ``tuned`` stacked head.
 from __future__ import annotations
 
 from pipelines._cli import (
+    add_question,
     add_seed,
     add_storage,
     add_store,
@@ -21,6 +22,7 @@ from pipelines._cli import (
     non_negative_int,
     parser,
     run_main,
+    store_question,
 )
 from stack.post import POST_OPS
 from stack.stackers import PARAMS_BY_KIND
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     add_storage(ap)
     ap.add_argument("--tag", default=None, help="leaderboard tag (default full; tuned for a study's best)")
     add_seed(ap)
+    add_question(ap)
     args = ap.parse_args(argv)
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     zero_shot = tuple(v.strip() for v in args.zero_shot.split(",") if v.strip())
@@ -71,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         if post_json is not None:
             ap.error("--trials searches the ops named by --post; --post-json is a fixed chain (use it without --trials)")
         spec = StackTuneSpec(tuple(heads), args.method, post_names(args.post), params, zero_shot, args.seed)
-        print(tune_stack(args.store, spec, args.trials, args.study, zero_shot_pooling=args.zero_shot_pooling,
-                         storage=args.storage, workers=args.workers).render())
+        tuned = tune_stack(args.store, spec, args.trials, args.study, zero_shot_pooling=args.zero_shot_pooling,
+                           storage=args.storage, workers=args.workers)
+        print(tuned.render())
+        store_question(args.store, [tuned.best_head_id], args.question)
         return 0
     from stack.run import run_stack
 
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_stack(args.store, heads, args.method, params, post, zero_shot=zero_shot,
                        zero_shot_pooling=args.zero_shot_pooling, tag=args.tag)
     print(result.render())
+    store_question(args.store, [result.head_id], args.question)
     return 0
 
 

@@ -8,7 +8,16 @@ from models.frame import FrameSpec
 from models.heads import PARAMS_BY_KIND
 from models.pseudo_labels import PseudoSpec
 from models.training import train_head
-from pipelines._cli import add_seed, add_store, json_object, parser, run_main, say
+from pipelines._cli import (
+    add_question,
+    add_seed,
+    add_store,
+    json_object,
+    parser,
+    run_main,
+    say,
+    store_question,
+)
 
 EPILOG = """
 Heads: prior (class base rate), zeroshot (BirdNET's own logits; use --features birdnet_logits),
@@ -33,6 +42,7 @@ Example:
   python -m pipelines.train --store work/store --head-kind linear --params '{"C": 0.05, "pca_components": 256}'
   python -m pipelines.train --store work/store --head-kind lgbm --pseudo pseudo-0123456789ab --pseudo-weight 0.5
   python -m pipelines.train --store work/store --head-kind linear --no-user-labels
+  python -m pipelines.train --store work/store --head-kind linear --pooling max --question 'does max pooling help?'
 """
 
 
@@ -64,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                          "exist); --no-user-labels leaves them out. They count in the head id and the experiment")
     ap.add_argument("--allow-partial", action="store_true",
                     help="train even if some labelled windows have no features yet (recorded in the experiment)")
+    add_question(ap)
     args = ap.parse_args(argv)
     spec = FrameSpec(features=args.features, pooling=args.pooling, context=args.context,
                      soundscape_weight=args.soundscape_weight)
@@ -74,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                         replay=args.replay, seed=args.seed, tag=args.tag, allow_partial=args.allow_partial,
                         pseudo=pseudo, user_labels=args.user_labels, progress=lambda f: say(f"  fold {f} done"))
     print(result.render())
+    store_question(args.store, [result.head_id], args.question)
     return 0
 
 

@@ -26,6 +26,7 @@ from models.tuning import (
     run_tune,
 )
 from pipelines._cli import (
+    add_question,
     add_seed,
     add_storage,
     add_store,
@@ -36,6 +37,7 @@ from pipelines._cli import (
     progress,
     run_main,
     say,
+    store_question,
 )
 
 EPILOG = f"""
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{DEFAULT_FAST.focal_per_class}; for all of them use --mode full, or --tune-folds alone)")
     ap.add_argument("--tune-folds", default="", help="fast mode: only these held-out folds, e.g. 0,1,2")
     add_seed(ap)
+    add_question(ap)
     args = ap.parse_args(argv)
     try:
         folds = tuple(int(f) for f in args.tune_folds.split(",") if f.strip())
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_tune(args.store, spec, args.trials, args.study, storage=args.storage, workers=args.workers,
                       say=say, progress=partial(progress, unit="fold"))   # each trial's folds: a bar or a line / 30 s
     print(result.render())
+    store_question(args.store, [result.best_head_id], args.question)
     print(f"dashboard: pip install -e '.[dashboard]' && optuna-dashboard {where.dashboard()}")
     return 0
 

@@ -180,6 +180,9 @@ def experiment_row(store, data: StackInputs, cv: StackCV, config: StackConfig, c
         try:
             report = evaluate(data.Y[mask], np.nan_to_num(cv.oof[mask], nan=0.0), data.class_names,
                               folds=data.folds[mask], file_ids=[file_of(w) for w in data.window_ids[mask]],
+                              # the same site and hour-bucket slices as every head's row (models.training.score_run)
+                              sites=["(unknown)" if s is None else s for s in data.site[mask].tolist()],
+                              hours=data.hour[mask],
                               train_counts=focal, taxon_class=[str(g) for g in data.class_groups], n_boot=100,
                               seed=0)
         except MetricError:

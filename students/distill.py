@@ -10,7 +10,10 @@ the true labels of its held-out fold.
 
 The report puts teacher and student side by side: fold mean and the predict cost per 60-s file
 measured in one run on the same audio (decode, resample, extractors, heads; :func:`submit.plan.measure_heads`),
-so the Kaggle notebook's fallback (``pipelines.export --fallback-head``) can trade accuracy for time.
+so the Kaggle notebook's fallback (``pipelines.export --fallback-head``) can trade accuracy for time; then
+their slices (site, hour bucket, overlap, taxon group, frequency bucket) side by side with the largest
+drop, flagged when it exceeds the headline drop (:mod:`models.subgroups`). The student's experiments row
+records its teacher (``teacher_id``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from featurestore.errors import UserInputError
 from models.pseudo_labels import PseudoParams, make_params
+from models.subgroups import SliceComparison
 from students.pseudo import run_pseudo
 from students.selftrain import fold_mean_of
 
@@ -45,6 +49,7 @@ class DistillResult:
     student: Side
     n_cost_files: int
     baseline: Side | None = None        # the student's configuration trained on the labels alone
+    subgroups: SliceComparison | None = None   # teacher vs student slices (None: not compared)
 
     def render(self) -> str:
         lines = [f"distillation labels {self.pseudo_version}; predict cost per 60-s file measured on "
@@ -65,6 +70,8 @@ class DistillResult:
         if self.baseline is not None:
             lines.append(f"student - labels only: {s.fold_mean - self.baseline.fold_mean:+.4f} (what distillation "
                          "adds to this head)")
+        if self.subgroups is not None:
+            lines.append(self.subgroups.render())
         return "\n".join(lines)
 
 
@@ -108,8 +115,10 @@ def run_distill(store_dir: str | os.PathLike, teacher_id: str, kind: str = "line
     train soundscapes; ``n_cost_files=0`` skips it); ``baseline``: also train the student's configuration
     on the labels alone (it costs what the student's features cost)."""
     from featurestore.store import FeatureStore
+    from models.experiments import annotate
     from models.frame import FrameSpec
     from models.pseudo_labels import PseudoSpec, pseudo_run
+    from models.subgroups import compare_heads
     from models.training import train_head
 
     # the teacher's soft predictions as they are (no threshold) unless asked otherwise
@@ -124,6 +133,8 @@ def run_distill(store_dir: str | os.PathLike, teacher_id: str, kind: str = "line
     student = train_head(root, kind, FrameSpec(features), overrides=overrides, fold_version=fold_version, seed=seed,
                          tag=TAG, pseudo=PseudoSpec(labels.version, alpha=alpha))
     say(f"student {student.head_id}: fold mean {student.fold_mean:.4f}")
+    with FeatureStore.open(root, create=False) as store:
+        annotate(store, student.head_id, teacher_id=teacher_id)
     plain = None
     if baseline:   # the same head on the labels alone: what the distillation itself adds
         plain = train_head(root, kind, FrameSpec(features), overrides=overrides, fold_version=fold_version, seed=seed)
@@ -139,4 +150,5 @@ def run_distill(store_dir: str | os.PathLike, teacher_id: str, kind: str = "line
         return DistillResult(labels.version, _side(store, teacher_id, _features_of(root, teacher_id), costs, 0),
                              _side(store, student.head_id, features, costs, 1), len(files),
                              # the same kind on the same features as the student: the student's measured cost
-                             _side(store, plain.head_id, features, costs, 1) if plain else None)
+                             _side(store, plain.head_id, features, costs, 1) if plain else None,
+                             compare_heads(store, teacher_id, student.head_id))

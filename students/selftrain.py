@@ -17,6 +17,15 @@ best head is the result (the teacher itself when no round helped).
 
 Resumable: a killed run re-run with the same arguments re-uses the stored pseudo-labels (same version)
 and every student whose bundle and experiment row an earlier run finished.
+
+Subgroups: every round's student is compared with the *original* teacher (round 0), slice by slice (site,
+hour bucket, overlap, taxon group, frequency bucket; :mod:`models.subgroups`), and flagged when its
+largest slice drop exceeds its headline drop. The original, not the previous round: the question is
+whether self-training keeps the behaviour of the model it started from, and a drift of a little per
+round would pass every round-to-round check. For the same reason each student's experiments row records
+the original teacher as ``teacher_id`` (a stacked student's base students: the teacher's matching base
+head); the head that actually produced a round's labels is in the student's ``config.json``
+(``pseudo.teacher_id``) and in :class:`Round`.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from pathlib import Path
 
 from featurestore.errors import UserInputError
 from models.pseudo_labels import PseudoParams, make_params
+from models.subgroups import SliceComparison
 from students.pseudo import run_pseudo
 
 TAG = "selftrain-r{round}"
@@ -44,6 +54,8 @@ class Round:
     fold_std: float
     pooled: float                 # pooled OOF AUC, beside the fold mean
     seconds: float
+    base_ids: tuple[str, ...] = ()          # a stacked student's re-trained base heads (plain teacher: none)
+    subgroups: SliceComparison | None = None  # this student vs the original teacher, slice by slice
 
 
 @dataclass
@@ -54,6 +66,11 @@ class SelfTrainResult:
     best_id: str = ""
     stopped: str = ""
 
+    def written_ids(self) -> list[str]:
+        """Every head id whose experiment row this run wrote or re-used: each round's base students (a
+        stacked teacher) and student, in round order."""
+        return [h for r in self.rounds for h in (*r.base_ids, r.student_id)]
+
     def render(self) -> str:
         lines = [f"round 0 (teacher {self.teacher_id}): fold mean {self.teacher_fold_mean:.4f}"]
         for r in self.rounds:
@@ -61,6 +78,10 @@ class SelfTrainResult:
                          f"fold mean {r.fold_mean:.4f} +/- {r.fold_std:.4f} ({r.fold_mean - self.teacher_fold_mean:+.4f} "
                          f"vs round 0; pooled OOF {r.pooled:.4f}), {r.seconds:.0f} s")
         lines.append(f"best: {self.best_id} ({self.stopped})")
+        for r in self.rounds:
+            if r.subgroups is not None:
+                lines.append(f"round {r.round} student {r.student_id} vs the round-0 teacher {self.teacher_id}:")
+                lines.append(r.subgroups.render())
         return "\n".join(lines)
 
 
@@ -106,8 +127,9 @@ class Student:
                 return head_id, float("nan") if mean is None else float(mean)
         return None
 
-    def train(self, version: str, round_: int, say) -> str:
-        """The student's head id (a stacked one for a stacked teacher)."""
+    def train(self, version: str, round_: int, say) -> tuple[str, tuple[str, ...]]:
+        """The student's head id (a stacked one for a stacked teacher) and its re-trained base heads (a plain
+        teacher: none). Every head it trains or re-uses records the teacher it re-trains as ``teacher_id``."""
         from models.pseudo_labels import PseudoSpec
         from models.training import train_head
 
@@ -127,14 +149,25 @@ class Student:
                     "(trained by an earlier run)")
             ids.append(done[0])
         if self.stack is None:
-            return done[0]
+            self._record_teacher(done[0], c.head_id)
+            return done[0], ()
+        for base_id, c in zip(ids, self.bases, strict=True):
+            self._record_teacher(base_id, c.head_id)
         from stack.run import run_stack
 
         s = self.stack
         stacked = run_stack(self.store_dir, ids, s.stacker, s.params, list(s.post), zero_shot=s.zero_shot,
                             zero_shot_pooling=s.zero_shot_pooling, tag=tag)
         say(f"  stacked student {stacked.head_id}: fold mean {stacked.fold_mean:.4f}")
-        return stacked.head_id
+        self._record_teacher(stacked.head_id, self.stack.head_id)
+        return stacked.head_id, tuple(ids)
+
+    def _record_teacher(self, head_id: str, teacher_id: str) -> None:
+        from featurestore.store import FeatureStore
+        from models.experiments import annotate
+
+        with FeatureStore.open(self.store_dir, create=False) as store:
+            annotate(store, head_id, teacher_id=teacher_id)
 
 
 def run_selftrain(store_dir: str | os.PathLike, teacher_id: str, rounds: int = 3,
@@ -142,6 +175,7 @@ def run_selftrain(store_dir: str | os.PathLike, teacher_id: str, rounds: int = 3
                   say=print) -> SelfTrainResult:
     """Run up to ``rounds`` teacher -> pseudo-labels -> student rounds; see the module doc."""
     from featurestore.store import FeatureStore
+    from models.subgroups import compare_heads
 
     if rounds < 1:
         raise UserInputError("--rounds must be >= 1")
@@ -163,10 +197,17 @@ def run_selftrain(store_dir: str | os.PathLike, teacher_id: str, rounds: int = 3
         say(f"round {r}: teacher {teacher}")
         labels = run_pseudo(root, teacher, params, round_=r, say=say)   # its per-chunk progress
         say(f"  {labels.render()}")
-        student_id = student.train(labels.version, r, say)
+        student_id, base_ids = student.train(labels.version, r, say)
         with FeatureStore.open(root, read_only=True) as store:
             mean, std, pooled = fold_mean_of(store, student_id)
-        result.rounds.append(Round(r, teacher, labels.version, student_id, mean, std, pooled, time.perf_counter() - t0))
+            subgroups = compare_heads(store, teacher_id, student_id, teacher_label="round 0",
+                                      student_label=f"round {r}")
+        result.rounds.append(Round(r, teacher, labels.version, student_id, mean, std, pooled,
+                                   time.perf_counter() - t0, base_ids, subgroups))
+        if subgroups.flagged:
+            worst = subgroups.largest_drop
+            say(f"  round {r} student loses {worst.drop:+.4f} on {worst.slice} = {worst.value} against the round-0 "
+                f"teacher, more than its headline drop {subgroups.headline_drop:+.4f}")
         if not mean > best + min_gain:
             result.stopped = (f"stopped after round {r}: fold mean {mean:.4f} did not beat {best:.4f} "
                               f"by more than {min_gain:g}")

@@ -310,16 +310,23 @@ def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.Path
                   fallback: str | None = "auto", wheels: str | os.PathLike | None = None,
                   pythons: tuple[str, ...] = KAGGLE_PYTHONS, owner: str = "your-kaggle-username",
                   slug: str | None = None, competition: str = COMPETITION_SLUG, budget_min: float = 90.0,
-                  measure: str | os.PathLike | None = None, measure_files: int = 3, say=print) -> ExportResult:
+                  measure: str | os.PathLike | None = None, measure_files: int = 3, track: str | None = None,
+                  say=print) -> ExportResult:
     """Write the bundle (see the module doc); ``head_id`` may be ``best``; ``fallback`` a head id,
     ``auto`` or None; per-stage costs are measured on ``measure_files`` files of ``measure`` (default:
     the store's test, else train soundscapes). ``say`` gets the progress lines (one as each step starts)
-    and what is fetched."""
+    and what is fetched. ``track`` (one of :data:`TRACKS`, or None): the submission track, recorded as the
+    manifest's ``track`` and, once the bundle is in place, on the head's experiments row
+    (``annotate(track={track, bundle, kaggle_minutes, exported_at})``; ``kaggle_minutes``: the head level's
+    projection from the measured costs for :data:`TRACK_FILES` files on :data:`TRACK_CPUS` CPUs, None when not
+    measured). An unknown track is refused before anything is written."""
     from featurestore.store import FeatureStore
     from models.bundle import HEADS_DIR
     from models.experiments import resolve_head_id
     from models.frame import class_names_of
 
+    if track is not None and track not in TRACKS:
+        raise UserInputError(f"unknown track {track!r}; use one of {', '.join(TRACKS)}")
     store_dir = Path(store_dir).expanduser().resolve()
     out = Path(out).expanduser().resolve()
     if out.exists() and any(out.iterdir()):
@@ -376,6 +383,8 @@ def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.Path
             "budget_min": budget_min, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "competition": competition, **manifest_extra,
         }
+        if track is not None:
+            manifest["track"] = track
         if measure_audio:
             from submit.plan import measure_costs
 
@@ -399,8 +408,42 @@ def export_bundle(store_dir: str | os.PathLike, head_id: str, out: str | os.Path
         if isinstance(exc, OSError) and is_disk_full(exc):
             raise _disk_full(exc, work, out) from exc
         raise
+    if track is not None:
+        notes.append(_record_track(store_dir, head_id, track, out, manifest))
     total = sum(f["bytes"] for f in manifest["files"])
     return ExportResult(out, head_id, levels, len(manifest["files"]) + 1, total, notes)
+
+
+TRACKS = ("safe", "bold")     # the two submission tracks (issue 29): a proven blend, a higher-upside one
+TRACK_FILES, TRACK_CPUS = 600, 4     # the test set the track's projected minutes are for (the planner's defaults)
+
+
+def track_minutes(manifest: dict) -> float | None:
+    """The head level's projected Kaggle minutes from the manifest's measured costs (:func:`submit.plan.project`,
+    :data:`TRACK_FILES` files on :data:`TRACK_CPUS` CPUs), None when the export measured none."""
+    from submit.plan import Costs, project
+
+    if "stage_costs" not in manifest:
+        return None
+    return project(Costs.from_json(manifest["stage_costs"]), TRACK_FILES, TRACK_CPUS)[0].total_s / 60.0
+
+
+def _record_track(store_dir: Path, head_id: str, track: str, out: Path, manifest: dict) -> str:
+    """The track on the head's experiments row (the bundle is already in place); the note saying so."""
+    from featurestore.errors import StoreError
+    from featurestore.store import FeatureStore
+    from models.experiments import annotate
+
+    minutes = track_minutes(manifest)
+    entry = {"track": track, "bundle": str(out), "kaggle_minutes": minutes,
+             "exported_at": manifest["created_at"]}
+    try:
+        with FeatureStore.open(store_dir, create=False, wait_s=30.0) as store:
+            annotate(store, head_id, track=entry)
+    except StoreError as exc:   # the bundle is written and valid: say what was not recorded, and why
+        return f"track {track} recorded in manifest.json but NOT on experiment {head_id}: {exc}"
+    projected = f", projected {minutes:.1f} min" if minutes is not None else ""
+    return f"track {track} recorded in manifest.json and on experiment {head_id}{projected}"
 
 
 def _measure_files(store, measure: str | os.PathLike | None, n: int) -> list[Path]:

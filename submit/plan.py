@@ -311,3 +311,150 @@ def plan_bundle(bundle: str | Path, audio: str | Path | None, *, n_files: int = 
         costs = measure_costs(bundle, manifest, files, target_cpus=cpus)
         head = "\n".join(["costs measured now", *(f"note: {line}" for line in skipped)])
     return costs, f"{head}\n{render(costs, n_files, cpus, budget_min)}"
+
+
+# ---------------------------------------------------------------------------- the stored predict cost (issue 29)
+@dataclass
+class RecordedCosts:
+    """What :func:`record_predict_costs` did: head id -> the ``predict_cost`` JSON it stored (``measured``), head id
+    -> why it was not measured (``skipped``: it already had a cost, or has no head folder to predict with)."""
+    measured: dict[str, dict] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def predict_cost_entry(costs: Costs, head_id: str, *, n_files: int, cpus: int, audio: str | Path,
+                       measured: Sequence[Path], measured_at: str) -> dict:
+    """The ``predict_cost`` JSON of one measured level of ``costs`` (see :func:`record_predict_costs`): its seconds
+    per 60-s file, its projected Kaggle minutes (:func:`project`, the planner's own projection, stage by stage), the
+    speed-up used and how it was got."""
+    level = next(lv for lv in costs.levels if lv.head_id == head_id)
+    projection = next(p for p in project(costs, n_files, cpus) if p.head_id == head_id)
+    scaling = (f"S(n) = n * e^log2(n), e = {costs.efficiency:.3f} from S({costs.workers_measured}) = "
+               f"{costs.speedup_measured:.2f} measured with the cost" if costs.workers_measured >= 2
+               else "S(n) = n (process scaling not measured: optimistic)")
+    return {"per_file_s": level.per_file_s, "kaggle_minutes": projection.total_s / 60.0, "n_files": n_files,
+            "cpus": cpus, "measured_at": measured_at, "audio": str(audio),
+            "measured_files": [Path(f).name for f in measured], "heads_s": level.heads_s,
+            "load_s": level.load_s, "finish_per_window_s": level.finish_per_window_s,
+            "speedup": costs.speedup(cpus), "scaling": scaling,
+            "stages_min": {k: v / 60.0 for k, v in projection.seconds.items()}}
+
+
+def record_predict_costs(store_dir: str | Path, head_ids: Sequence[str], audio_dir: str | Path, *,
+                         n_files: int = 600, cpus: int = 4, measure_files: int = 3, scaling: bool = True,
+                         force: bool = False) -> RecordedCosts:
+    """Measure each head's predict cost on real audio with the planner's own code and store it on the head's
+    experiments row (``models.experiments.annotate(predict_cost=...)``), so a page needs no audio afterwards.
+
+    Measured on the first ``measure_files`` files of ``audio_dir`` (:func:`submit.submission.list_audio`), all heads
+    in one run as :func:`measure_heads` does (each extractor runs once per file; a head's ``per_file_s`` is decode +
+    resample + its extractors + its heads, per 60-s file); ``scaling`` also times the process pools of the
+    planner (:func:`_measure_scaling`, on the first head measured) for the speed-up ``S(cpus)``, else ``S(n) = n``
+    (optimistic, said so in ``scaling``). ``kaggle_minutes`` = :func:`project` of ``n_files`` 60-s test files on
+    ``cpus`` CPUs, for that head alone.
+
+    Stored JSON: ``per_file_s``, ``kaggle_minutes``, ``n_files`` (test files projected for), ``cpus`` (Kaggle CPUs
+    projected for), ``measured_at`` (UTC ISO), ``audio`` (the folder), ``measured_files`` (their names), and the parts
+    of the projection (``heads_s``, ``load_s``, ``finish_per_window_s``, ``speedup``, ``scaling``, ``stages_min``).
+
+    A head that already has a cost is skipped unless ``force``; a head with a row but no head folder (a CNN student)
+    is skipped, said why. A head with no experiments row, or an audio folder with no audio file: StoreError /
+    UserInputError naming it, before anything is measured.
+    """
+    from featurestore.errors import StoreError, UserInputError
+    from featurestore.store import FeatureStore, utc_now
+    from models.bundle import HEADS_DIR
+    from models.experiments import annotate, latest_row
+    from submit.submission import list_audio
+
+    store_dir = Path(store_dir)
+    out = RecordedCosts()
+    todo: list[str] = []
+    with FeatureStore.open(store_dir, create=False, read_only=True) as store:
+        for head in dict.fromkeys(head_ids):
+            row = latest_row(store, head)
+            if not row:
+                raise StoreError(f"no experiment {head!r} in {store_dir}; list them with python -m "
+                                 f"pipelines.leaderboard --store {store_dir}")
+            if row.get("predict_cost") is not None and not force:
+                out.skipped[head] = "already measured (force to measure again)"
+            elif not (store_dir / HEADS_DIR / head).is_dir():
+                out.skipped[head] = f"no head folder {store_dir / HEADS_DIR / head} to predict with"
+            else:
+                todo.append(head)
+    if not todo:
+        return out
+    skipped_audio: list[str] = []
+    files = list_audio(audio_dir, on_skipped=skipped_audio.append)[:measure_files]
+    if not files:
+        raise UserInputError(f"{audio_dir}: no audio files to measure predict costs on"
+                             + (f" ({skipped_audio[0]})" if skipped_audio else ""))
+    if scaling:
+        costs = _measure(store_dir, {"levels": todo}, files, {}, cpus, None)
+    else:
+        costs = measure_heads(store_dir, todo, files)
+    when = utc_now().isoformat(timespec="seconds")
+    entries = {h: predict_cost_entry(costs, h, n_files=n_files, cpus=cpus, audio=audio_dir, measured=files,
+                                     measured_at=when) for h in todo}
+    with FeatureStore.open(store_dir, create=False) as store:
+        for head, entry in entries.items():
+            annotate(store, head, predict_cost=entry)
+    out.measured.update(entries)
+    return out
+
+
+# ---------------------------------------------------------------------------- two tracks side by side (issue 29)
+@dataclass
+class TrackPlan:
+    """One bundle's plan: its folder, track (the manifest's ``track``, None: exported without one), head, the head
+    level's projected minutes, the budget and the headroom it leaves (minutes and % of the budget; negative: over)."""
+    bundle: Path
+    track: str | None
+    head_id: str
+    projected_min: float
+    budget_min: float
+    text: str                              # plan_bundle's full rendering
+
+    @property
+    def headroom_min(self) -> float:
+        return self.budget_min - self.projected_min
+
+    @property
+    def headroom_pct(self) -> float:
+        return 100.0 * self.headroom_min / self.budget_min
+
+
+def plan_tracks(bundles: Sequence[str | Path], audio: str | Path | None, *, n_files: int = 600, cpus: int = 4,
+                budget_min: float = 90.0, measure_files: int = 3) -> list[TrackPlan]:
+    """:func:`plan_bundle` of each bundle (the same audio, files, CPUs and budget for all), with the head level's
+    projection (what runs while the time guard keeps it) and the headroom it leaves in the budget."""
+    from submit.runtime import verify_bundle
+
+    out = []
+    for bundle in bundles:
+        costs, text = plan_bundle(bundle, audio, n_files=n_files, cpus=cpus, budget_min=budget_min,
+                                  measure_files=measure_files)
+        head = project(costs, n_files, cpus)[0]
+        manifest = verify_bundle(Path(bundle))
+        out.append(TrackPlan(Path(bundle), manifest.get("track"), head.head_id, head.total_s / 60.0, budget_min,
+                             text))
+    return out
+
+
+def render_tracks(plans: Sequence[TrackPlan], n_files: int = 600, cpus: int = 4) -> str:
+    """Each bundle's plan under a header naming its track, then one table of the bundles side by side: track,
+    head, projected minutes and the headroom each leaves in the budget (minutes, %)."""
+    lines = []
+    for p in plans:
+        lines += [f"== bundle {p.bundle} (track {p.track or 'none'}) ==", p.text, ""]
+    budget = plans[0].budget_min if plans else 90.0
+    rows = [("bundle", "track", "head", "projected min", "headroom min", "headroom %")]
+    rows += [(str(p.bundle), p.track or "none", p.head_id, f"{p.projected_min:.1f}", f"{p.headroom_min:+.1f}",
+              f"{p.headroom_pct:+.0f}%") for p in plans]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines.append(f"side by side: {n_files} files x 60 s on {cpus} CPUs, budget {budget:.0f} min (headroom < 0: "
+                 "over budget, the time guard falls back)")
+    for r in rows:
+        lines.append("  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
+                     .rstrip())
+    return "\n".join(lines)

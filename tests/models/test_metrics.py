@@ -148,7 +148,7 @@ def test_evaluate_report(multilabel):
     assert report.n_scored_classes == 10
     slices = {(r["slice"], r["value"]) for r in report.slices.to_pylist()}
     assert {("site", "S22"), ("frequency", "rare"), ("frequency", "head"), ("class_name", "Amphibia"),
-            ("overlap", ">=3 labels"), ("fold", "4"), ("hour", "23")} <= slices
+            ("overlap", ">=3 labels"), ("fold", "4"), ("hour", "night")} <= slices
     assert report.per_class.column("bucket").to_pylist()[:5] == ["rare", "rare", "rare", "rare", "mid"]
     text = report.render()
     assert "pooled AUC" in text and "fold mean" in text and "bootstrap CI" in text

@@ -18,6 +18,7 @@ from featurestore.store import FeatureStore
 from featurestore.windows import SOUNDSCAPE, window_id
 from models.frame import FrameSpec
 from models.pseudo_labels import FULL_FOLD, PseudoParams, load_pseudo, make_params
+from models.subgroups import compare_slices
 from models.training import train_head
 from students.pseudo import run_pseudo, transform
 
@@ -188,6 +189,12 @@ def student(store: Path, teacher: str, pseudo):
     return train_head(store, "linear", FrameSpec("birdnet"), pseudo=PseudoSpec(pseudo.version, weight=0.5))
 
 
+def _row(store: Path, head_id: str) -> dict:
+    with FeatureStore.open(store, read_only=True) as fs:
+        return fs.sql("SELECT * FROM experiments WHERE head_id = ? ORDER BY created_at DESC LIMIT 1",
+                      [head_id]).to_pylist()[0]
+
+
 def _experiment(store: Path, head_id: str) -> tuple[float, str]:
     with FeatureStore.open(store, read_only=True) as fs:
         return fs.first("SELECT fold_mean, tag FROM experiments WHERE head_id = ? ORDER BY created_at DESC LIMIT 1",
@@ -301,6 +308,15 @@ def test_selftrain_rounds_reuse_the_labels_and_students_and_stop_when_the_fold_m
     again = run_selftrain(store, teacher, rounds=2, params={"min_prob": 0.2}, say=said.append)
     assert [r.student_id for r in again.rounds] == [r.student_id for r in result.rounds]
     assert sum("trained by an earlier run" in m for m in said) == len(result.rounds)
+    # subgroups: every round's student against the ORIGINAL teacher, which its row records as its teacher
+    assert result.written_ids() == [r.student_id for r in result.rounds]
+    for r in result.rounds:
+        row = _row(store, r.student_id)
+        assert row["teacher_id"] == teacher
+        expected = compare_slices(_row(store, teacher)["slices"], row["slices"], teacher_mean, row["fold_mean"])
+        assert r.subgroups.rows == expected.rows and r.subgroups.headline_drop == expected.headline_drop
+        assert f"round {r.round} student {r.student_id} vs the round-0 teacher {teacher}:" in result.render()
+    assert r.subgroups.render() in result.render()
 
 
 def test_distilled_classical_student_learns_the_teacher_on_every_window_and_is_cheaper(
@@ -324,3 +340,18 @@ def test_distilled_classical_student_learns_the_teacher_on_every_window_and_is_c
     assert "birdnet" in result.teacher.stages and "birdnet" not in result.student.stages
     assert result.baseline is not None and result.baseline.head_id != result.student.head_id
     assert np.isfinite([result.student.fold_mean, result.baseline.fold_mean]).all()
+    # subgroups: the student's row names its teacher (the labels-only baseline has none) and the report ends
+    # with both heads' slices side by side, read here from the rows independently
+    student_row, teacher_row = _row(store, result.student.head_id), _row(store, teacher)
+    assert student_row["teacher_id"] == teacher and _row(store, result.baseline.head_id)["teacher_id"] is None
+    expected = compare_slices(teacher_row["slices"], student_row["slices"], teacher_row["fold_mean"],
+                              student_row["fold_mean"])
+    assert result.subgroups.rows == expected.rows and result.render().endswith(expected.render())
+    kinds = {r.slice for r in expected.rows}
+    assert kinds == {"site", "hour", "overlap", "class_name", "frequency"}     # every head now has site and hour
+    assert expected.headline_drop == pytest.approx(result.teacher.fold_mean - result.student.fold_mean)
+    assert expected.largest_drop is not None and all(r.drop <= expected.largest_drop.drop
+                                                     for r in expected.rows if r.counts)
+    for kind in ("site", "hour"):                          # each scored window in exactly one site and hour bucket
+        assert sum(r["n_windows"] for r in json.loads(student_row["slices"]) if r["slice"] == kind) \
+            == student_row["n_eval_windows"]

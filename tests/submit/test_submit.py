@@ -194,9 +194,18 @@ def test_export_plan_and_offline_dry_run_of_the_notebook(store: Path, heads: dic
 
     bundle = tmp_path / "bundle"
     result = export_bundle(store, heads["stack"], bundle, measure=demo_data / "test_soundscapes", measure_files=2,
-                           say=lambda _: None)
+                           track="safe", say=lambda _: None)
     manifest = verify_bundle(bundle)
     from featurestore.store import FeatureStore
+    from models.experiments import latest_row
+    from submit.export import track_minutes
+
+    with FeatureStore.open(store, read_only=True) as fs:        # the track: in the manifest and on the head's row
+        track = json.loads(latest_row(fs, heads["stack"])["track"])
+    assert manifest["track"] == "safe" and any("track safe recorded" in n for n in result.notes)
+    assert track == {"track": "safe", "bundle": str(bundle), "exported_at": manifest["created_at"],
+                     "kaggle_minutes": pytest.approx(project(Costs.from_json(manifest["stage_costs"]))[0].total_s / 60)}
+    assert track["kaggle_minutes"] == track_minutes(manifest)
 
     with FeatureStore.open(store, read_only=True) as fs:        # auto fallback: the best one-extractor base head
         best_base = fs.rows("SELECT head_id FROM experiments WHERE head = 'linear' ORDER BY fold_mean DESC")[0][0]
@@ -261,7 +270,29 @@ def test_export_plan_and_offline_dry_run_of_the_notebook(store: Path, heads: dic
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
         for info, data in parts.items():
             z.writestr(info, patched.encode() if info.filename == "submit/runtime.py" else data)
-    write_manifest(stale, {k: v for k, v in manifest.items() if k not in ("kind", "format", "files")})
+    write_manifest(stale, {**{k: v for k, v in manifest.items() if k not in ("kind", "format", "files")},
+                           "track": "bold"})
+    # two tracks side by side (costs stored at export): each bundle's projection and the headroom it leaves
+    from submit.plan import plan_tracks, render_tracks
+
+    safe, bold = plan_tracks([bundle, stale], None, budget_min=90.0)
+    assert (safe.track, bold.track) == ("safe", "bold") and safe.head_id == heads["stack"]
+    assert safe.projected_min == pytest.approx(track["kaggle_minutes"])
+    assert safe.headroom_min == pytest.approx(90.0 - safe.projected_min)
+    assert safe.headroom_pct == pytest.approx(100 * (90.0 - safe.projected_min) / 90.0)
+    table = render_tracks([safe, bold]).splitlines()
+    assert f"== bundle {bundle} (track safe) ==" in table and f"== bundle {stale} (track bold) ==" in table
+    row = next(line for line in table if line.startswith(str(stale)))
+    assert row.split()[1:] == ["bold", heads["stack"], f"{bold.projected_min:.1f}", f"{bold.headroom_min:+.1f}",
+                               f"{bold.headroom_pct:+.0f}%"]
+    import contextlib
+    import io
+
+    from pipelines.plan import main as plan_main
+
+    with contextlib.redirect_stdout(io.StringIO()) as printed:   # the job prints the same table
+        assert plan_main(["--bundle", str(bundle), "--bundle", str(stale), "--quiet"]) == 0
+    assert printed.getvalue().strip() == render_tracks([safe, bold]).strip()
     cli = subprocess.run([sys.executable, "-m", "pipelines.dryrun", "--bundle", str(stale), "--audio", str(one),
                           "--work", str(tmp_path / "dry"), "--allow-network"], cwd=REPO, capture_output=True, text=True)
     assert cli.returncode == 1, cli.stderr
