@@ -329,6 +329,27 @@ def _unlabelled(data: Path, out_dir: Path, size: DemoSize, rng: np.random.Genera
         w.writerows(rows)
 
 
+def held_back_calls(out_dir: str | Path) -> dict[str, set[str]]:
+    """Window ids of each class's true calls among the demo's windows that have no label in a store: the test
+    soundscapes (``test_solution.csv``) and the unlabelled train soundscapes (:data:`ANSWERS_FILE`), both beside
+    the data folder ``out_dir/data``. What search and the labelling loop are measured against (recall@k, probe
+    AUC); never trained on."""
+    out_dir = Path(out_dir)
+    pos: dict[str, set[str]] = {}
+    with open(out_dir / ANSWERS_FILE, newline="") as fh:
+        for r in csv.DictReader(fh):
+            h, m, s = map(int, r["start"].split(":"))
+            for label in filter(None, r["primary_label"].split(";")):
+                pos.setdefault(label, set()).add(f"{SOUNDSCAPE}/{r['filename']}@{h * 3600 + m * 60 + s}")
+    with open(out_dir / "test_solution.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            stem, _, end = r.pop("row_id").rpartition("_")
+            for label, v in r.items():
+                if v == "1":
+                    pos.setdefault(label, set()).add(f"{TEST}/{stem}.ogg@{int(end) - WINDOW_SECONDS}")
+    return pos
+
+
 def default_out() -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "birdclef-stack" / "demo"

@@ -995,10 +995,14 @@ def replay_repeat(study, trial) -> float | None:
     """When an earlier COMPLETE trial had exactly these parameters: copy its per-fold scores and
     seconds onto ``trial``, mark it ``repeat_of`` and return its value (a repeat costs nothing). An earlier
     trial with these parameters still running in a live process (another worker's) is waited for first."""
-    repeat = _finished_repeat(study, trial)
-    while repeat is None and _running_repeat(study, trial):
-        time.sleep(REPEAT_POLL_S)
+    while True:
+        # "running?" is asked BEFORE "finished?": a trial that completes between the two questions is then seen
+        # finished (asked the other way round it was seen neither, and its result was trained again)
+        running = _running_repeat(study, trial)
         repeat = _finished_repeat(study, trial)
+        if repeat is not None or not running:
+            break
+        time.sleep(REPEAT_POLL_S)
     if repeat is None:
         return None
     trial.set_user_attr("repeat_of", repeat.number)

@@ -212,13 +212,14 @@ def _text(v) -> str:
     return "" if v is None else str(v)
 
 
+# the decision first after the id: it is what the page is for (the reason, with the rule's numbers, at the end)
 COLUMNS: dict[str, object] = {
-    "head_id": _text, "mode": _text, "head": _text, "tag": _text, "features": _text,
+    "head_id": _text, "decision": _text, "mode": _text, "head": _text, "tag": _text, "features": _text,
     "fold_mean": _fixed(4), "fold_std": _fixed(4), "pooled": _fixed(4), "rare_auc": _fixed(4),
     "worst_slice": _text, "worst_slice_auc": _fixed(4), "worst_slice_gap": _fixed(4, True),
     "per_file_s": _fixed(3), "kaggle_minutes": _fixed(1), "corr_best": _fixed(3), "stack_gain": _fixed(4, True),
     "question": _text, "answer": _text, "verdict": _text, "teacher_id": _text, "student_flag": _text,
-    "track": _text, "decision": _text, "reason": _text,
+    "track": _text, "reason": _text,
 }
 NUMERIC = {c for c, f in COLUMNS.items() if f is not _text}
 

@@ -11,40 +11,21 @@ undo; bad input is refused. One store copy for the module; ~10 small probe fits 
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from featurestore.demo_data import held_back_calls
 from featurestore.errors import UserInputError
 from featurestore.store import FeatureStore
 from featurestore.user_labels import current_labels
-from featurestore.windows import SOUNDSCAPE, TEST, WINDOW_SECONDS
+from featurestore.windows import TEST
 from models.probe import LabelLoop, ProbeParams, effective_weights, score_rows
 from models.search import SearchParams
 
 CLASS = "banana"
 ROUNDS = 2              # probe pages labelled after the search page
 PARAMS = ProbeParams(page_size=12, weak_negatives=2000, heldout_folds=2)   # 2 folds: one probe fit less a round
-
-
-def held_back_positives(demo_data: Path) -> dict[str, set[str]]:
-    """Window ids of each class's true calls among the windows without labels in the store (as test_search)."""
-    pos: dict[str, set[str]] = {}
-    with open(demo_data.parent / "unlabelled_answers.csv") as fh:
-        for r in csv.DictReader(fh):
-            h, m, s = map(int, r["start"].split(":"))
-            for label in filter(None, r["primary_label"].split(";")):
-                pos.setdefault(label, set()).add(f"{SOUNDSCAPE}/{r['filename']}@{h * 3600 + m * 60 + s}")
-    with open(demo_data.parent / "test_solution.csv") as fh:
-        for r in csv.DictReader(fh):
-            stem, _, end = r.pop("row_id").rpartition("_")
-            for label, v in r.items():
-                if v == "1":
-                    pos.setdefault(label, set()).add(f"{TEST}/{stem}.ogg@{int(end) - WINDOW_SECONDS}")
-    return pos
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +36,7 @@ def store(demo_embedded_store, store_copy):
 
 @pytest.fixture(scope="module")
 def truth(demo_data) -> set[str]:
-    return held_back_positives(demo_data)[CLASS]
+    return held_back_calls(demo_data.parent)[CLASS]
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,16 @@ in-memory float16 matrix); the cache test works on a copy. No head is trained (t
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from embed.features import load_window_features
+from featurestore.demo_data import held_back_calls
 from featurestore.errors import StoreError, UserInputError
 from featurestore.store import FeatureStore
-from featurestore.windows import SOUNDSCAPE, TEST, WINDOW_SECONDS
+from featurestore.windows import SOUNDSCAPE, TEST
 from models.search import CACHE_DIR, SearchParams, search
 
 # Floors, from the demo (seed 7, SMALL): measured precision@20 1.00 for banana and 47158son02 and recall@50 0.85 /
@@ -27,24 +27,6 @@ from models.search import CACHE_DIR, SearchParams, search
 # the measured figures and far above chance.
 PRECISION_AT_20_FLOOR = 0.8
 RECALL_AT_50_FLOOR = 0.6
-
-
-def held_back_positives(demo_data: Path) -> dict[str, set[str]]:
-    """Window ids of each class's true calls in the windows without labels in the store: the test soundscapes
-    (``test_solution.csv``) and the unlabelled train soundscapes (``unlabelled_answers.csv``)."""
-    pos: dict[str, set[str]] = {}
-    with open(demo_data.parent / "unlabelled_answers.csv") as fh:
-        for r in csv.DictReader(fh):
-            h, m, s = map(int, r["start"].split(":"))
-            for label in filter(None, r["primary_label"].split(";")):
-                pos.setdefault(label, set()).add(f"{SOUNDSCAPE}/{r['filename']}@{h * 3600 + m * 60 + s}")
-    with open(demo_data.parent / "test_solution.csv") as fh:
-        for r in csv.DictReader(fh):
-            stem, _, end = r.pop("row_id").rpartition("_")
-            for label, v in r.items():
-                if v == "1":
-                    pos.setdefault(label, set()).add(f"{TEST}/{stem}.ogg@{int(end) - WINDOW_SECONDS}")
-    return pos
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +37,7 @@ def store(demo_trained):
 
 @pytest.fixture(scope="module")
 def positives(demo_data) -> dict[str, set[str]]:
-    return held_back_positives(demo_data)
+    return held_back_calls(demo_data.parent)
 
 
 @pytest.fixture(scope="module")
