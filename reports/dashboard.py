@@ -270,6 +270,9 @@ class Dashboard:
     gain_method: str | None            # key of GAIN_METHOD; None when gains were not computed
     params: DashboardParams
     notes: list[str] = field(default_factory=list)
+    # every asked question, newest first (models.experiments.search_log: the experiments rows' and the runs'
+    # that write no row, e.g. pseudo)
+    log: list[dict] = field(default_factory=list)
 
     def row(self, head_id: str) -> DashboardRow:
         return next(r for r in self.rows if r.head_id == head_id)
@@ -413,8 +416,11 @@ def build_dashboard(store_dir: str | os.PathLike, params: DashboardParams = Dash
 
     params.check()
     root = Path(store_dir).expanduser().resolve()
+    from models.experiments import search_log
+
     with FeatureStore.open(root, create=False, read_only=True) as store:
         experiments = _experiments(store)
+        log = search_log(store)
     if not experiments:
         raise StoreError(f"no experiments in {root}; run pipelines.train first")
     rows = [_base_row(e, params) for e in experiments]
@@ -431,7 +437,7 @@ def build_dashboard(store_dir: str | os.PathLike, params: DashboardParams = Dash
         stack_id, method = _gains_and_correlations(root, rows, best, params, notes)
     for r in rows:
         r.decision, r.reason = decide(asdict(r), best, params.decisions)
-    return Dashboard(root, rows, best, stack_id, method, params, notes)
+    return Dashboard(root, rows, best, stack_id, method, params, notes, log)
 
 
 def unmeasured_heads(store_dir: str | os.PathLike) -> list[str]:
@@ -590,27 +596,26 @@ def _plot_svg(rows: list[DashboardRow]) -> str:
             + "".join(parts) + f"<ul id='pareto-front'>{listing}</ul>")
 
 
-def _search_log_html(rows: list[DashboardRow]) -> str:
-    asked = [r for r in rows if r.question]
-    if not asked:
+def _search_log_html(log: list[dict]) -> str:
+    if not log:
         return ("<p class='none'>no question recorded: pass --question \"...\" to train, tune, stack, pseudo, "
                 "selftrain, distill or cnn, and record what was learned with python -m pipelines.answer</p>")
-    body = "".join(f"<tr><td><code>{html.escape(r.head_id)}</code></td><td>{html.escape(config_hash_of(r.head_id))}"
-                   f"</td><td>{html.escape(r.question or '')}</td><td>{html.escape(r.answer or '')}</td>"
-                   f"<td>{html.escape(r.verdict or '')}</td><td>{html.escape(r.answered_at or '')}</td></tr>"
-                   for r in asked)
-    return ("<div class='scroll'><table id='search-log-table'><thead><tr><th>head_id</th><th>config hash</th>"
+    body = "".join(f"<tr><td><code>{html.escape(r['head_id'])}</code></td><td>{html.escape(str(r['kind'] or ''))}</td>"
+                   f"<td>{html.escape(config_hash_of(r['head_id']))}</td><td>{html.escape(r['question'] or '')}</td>"
+                   f"<td>{html.escape(r['answer'] or '')}</td><td>{html.escape(r['verdict'] or '')}</td>"
+                   f"<td>{html.escape(str(r['answered_at'] or ''))}</td></tr>" for r in log)
+    return ("<div class='scroll'><table id='search-log-table'><thead><tr><th>head_id / run</th><th>kind</th><th>config hash</th>"
             "<th>question</th><th>answer</th><th>verdict</th><th>answered at</th></tr></thead>"
             f"<tbody>{body}</tbody></table></div>")
 
 
-def _ideas_html(rows: list[DashboardRow]) -> str:
+def _ideas_html(log: list[dict]) -> str:
     from models.experiments import ANSWER_VERDICTS
 
     out = []
     for verdict in ANSWER_VERDICTS:
-        items = "".join(f"<li>{html.escape(r.question or '(no question)')} - {html.escape(r.answer or '')} "
-                        f"(<code>{html.escape(r.head_id)}</code>)</li>" for r in rows if r.verdict == verdict)
+        items = "".join(f"<li>{html.escape(r['question'] or '(no question)')} - {html.escape(r['answer'] or '')} "
+                        f"(<code>{html.escape(r['head_id'])}</code>)</li>" for r in log if r["verdict"] == verdict)
         out.append(f"<h3>{verdict}</h3><ul class='ideas' data-verdict='{verdict}'>"
                    f"{items or '<li class=none>none</li>'}</ul>")
     return "".join(out)
@@ -661,8 +666,8 @@ def render_html(dash: Dashboard) -> str:
         "other-runs": ("<p>Fast and replay runs were trained on a subset (not comparable with full CV); CNN students "
                        "are fully cross-validated but are used through --extractor cnn.</p>" + _table(other, "other-table")),
         "pareto": _plot_svg(dash.rows),
-        "search-log": _search_log_html(dash.rows),
-        "ideas": _ideas_html(dash.rows),
+        "search-log": _search_log_html(dash.log),
+        "ideas": _ideas_html(dash.log),
         "tracks": _tracks_html(dash.rows, dash.params.decisions),
         "students": _students_html(dash.rows) + SORT_JS,
     }

@@ -13,7 +13,7 @@ import pytest
 
 from featurestore.errors import StoreError, UserInputError
 from featurestore.store import FeatureStore
-from models.experiments import annotate, record
+from models.experiments import annotate, record, record_answer, record_run_question
 from reports.dashboard import (
     COLUMNS,
     Best,
@@ -163,6 +163,9 @@ def demo_page(demo_trained, store_copy, tmp_path_factory):
         annotate(s, lgbm, question="do trees beat the linear head?", answer="yes, by 0.01", verdict="reproduced")
         annotate(s, demo_trained.head("classical"), question="classical features?", answer="later",
                  verdict="postponed")
+        # a run that writes no experiments row (pseudo): its question and answer are in the log too
+        record_run_question(s, "pl-test-version", "pseudo", "do the stack's labels help?")
+        record_answer(s, "pl-test-version", "no, noisy below 0.6", verdict="rejected")
     out = tmp_path_factory.mktemp("dash")
     dash = build_dashboard(store)           # once: the page and the CSV of the same rows
     page, csv_path = write_page(out / "dashboard.html", render_html(dash)), write_page(out / "dashboard.csv",
@@ -245,10 +248,10 @@ def test_page_in_a_browser(demo_page, demo_trained) -> None:
         lgbm_on_front = dash.row(demo_trained.head("lgbm")).fold_mean > dash.row(demo_trained.head("linear")).fold_mean
         assert sorted(points) == sorted([[demo_trained.head("linear"), True], [demo_trained.head("lgbm"), lgbm_on_front],
                                          [demo_trained.stack.head_id, True]])
-        assert driver.execute_script("return document.querySelectorAll('#search-log-table tbody tr').length") == 2
+        assert driver.execute_script("return document.querySelectorAll('#search-log-table tbody tr').length") == 3
         ideas = driver.execute_script("return Object.fromEntries([...document.querySelectorAll('ul.ideas')].map("
                                       "u => [u.dataset.verdict, u.querySelectorAll('li:not(.none)').length]))")
-        assert ideas == {"reproduced": 1, "rejected": 0, "postponed": 1}
+        assert ideas == {"reproduced": 1, "rejected": 1, "postponed": 1}
         assert driver.execute_script("return document.querySelector('#tracks-table tbody tr').dataset.track") == "safe"
 
 
