@@ -177,18 +177,19 @@ def synthetic_store(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 DEMO_CHAIN = ("demo_data", "demo_store", "demo_embedded_store", "demo_trained", "synthetic_store")
 SHARED = (*DEMO_CHAIN, "bc2026_store")
-# seconds per file (junit sums of a quiet 2-worker run, less the shared builds a file's first test waited on): the
-# order the files are dealt out in, longest first; a file not listed counts as short. Only the order matters:
+# seconds per file (junit sums of a 2-worker run of 836 tests, 2026-12-05, with the shared builds a file's first
+# test waited on; the Ctrl-C files at their usual times): the order the files are dealt out in, longest first; a file not listed counts as short. Only the order matters:
 # refresh from --junitxml when the long files move.
 FILE_SECONDS = {
-    "students/test_cnn.py": 280, "submit/test_submit.py": 165, "stack/test_stack_pipeline.py": 102,
-    "submit/test_predict.py": 86, "submit/test_predictor_contract.py": 52, "embed/test_embed_job.py": 59,
-    "models/test_tuning.py": 55, "embed/test_extractor_contract.py": 45, "students/test_pseudo.py": 41,
-    "embed/test_embed_streaming.py": 41, "submit/test_bundle_safety.py": 30, "models/test_real_degenerate.py": 27,
-    "featurestore/test_workers.py": 22, "featurestore/test_reader_during_write.py": 21,
-    "featurestore/test_ingest.py": 21, "models/test_training_integrity.py": 20, "models/test_heads.py": 20,
-    "embed/test_embed_custom.py": 16, "featurestore/test_store_repair.py": 15, "pipelines/test_cli.py": 12,
-    "reports/test_errors_page.py": 12, "models/test_head_contract.py": 10, "embed/test_embed_overlap.py": 8,
+    "pipelines/test_demo.py": 142, "models/test_training.py": 118, "students/test_cnn.py": 103,
+    "submit/test_submit.py": 73, "submit/test_export_perch.py": 67, "submit/test_predict_windows.py": 58,
+    "stack/test_stack_pipeline.py": 53, "embed/test_embed_ray.py": 29, "submit/test_predict.py": 28,
+    "embed/test_embed_job.py": 28, "pipelines/test_progress.py": 24, "submit/test_predictor_contract.py": 22,
+    "models/test_tuning.py": 19, "models/test_real_degenerate.py": 18, "featurestore/test_ingest.py": 17,
+    "reports/test_label_app.py": 16, "students/test_pseudo.py": 13, "models/test_training_integrity.py": 12,
+    "featurestore/test_reader_during_write.py": 11, "embed/test_extractor_contract.py": 10,
+    "embed/test_embed_streaming.py": 10, "models/test_tune_storage.py": 10, "embed/test_convert.py": 10,
+    "submit/test_bundle_safety.py": 8, "models/test_train_resume.py": 8,
 }
 
 
