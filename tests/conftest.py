@@ -178,8 +178,8 @@ def synthetic_store(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) 
 DEMO_CHAIN = ("demo_data", "demo_store", "demo_embedded_store", "demo_trained", "synthetic_store")
 SHARED = (*DEMO_CHAIN, "bc2026_store")
 # seconds per file (junit sums of a 2-worker run of 836 tests, 2026-12-05, with the shared builds a file's first
-# test waited on; the Ctrl-C files at their usual times): the order the files are dealt out in, longest first; a file not listed counts as short. Only the order matters:
-# refresh from --junitxml when the long files move.
+# test waited on; the Ctrl-C files at their usual times): the order the files are dealt out in, longest first; a
+# file not listed counts as short. Only the order matters: refresh from --junitxml when the long files move.
 FILE_SECONDS = {
     "pipelines/test_demo.py": 142, "models/test_training.py": 118, "students/test_cnn.py": 103,
     "submit/test_submit.py": 73, "submit/test_export_perch.py": 67, "submit/test_predict_windows.py": 58,
