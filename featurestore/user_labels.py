@@ -304,6 +304,16 @@ class TrainingLabels:
         return bool(self.windows)
 
 
+def resolve(values: set[str]) -> str:
+    """What the current labels of all annotators of one (window, class) say together: ``positive`` or
+    ``negative`` when the decisive ones agree, ``uncertain`` when none is decisive, ``conflict`` when they disagree
+    (training and the labelling loop's probe use only the first two)."""
+    decisive = values & set(DECISIVE)
+    if not decisive:
+        return "uncertain"
+    return "conflict" if len(decisive) > 1 else next(iter(decisive))
+
+
 def training_labels(store: FeatureStore) -> TrainingLabels:
     """The current labels of every annotator resolved per (window, class): positive / negative decide;
     only-uncertain and positive-vs-negative conflicts are left out and counted."""
@@ -315,13 +325,13 @@ def training_labels(store: FeatureStore) -> TrainingLabels:
     pos: dict[str, set[str]] = {}
     neg: dict[str, set[str]] = {}
     for (w, c), values in sorted(votes.items()):
-        decisive = values & set(DECISIVE)
-        if not decisive:
+        said = resolve(values)
+        if said == "uncertain":
             out.n_uncertain += 1
-        elif len(decisive) > 1:
+        elif said == "conflict":
             out.n_conflicts += 1
         else:
-            (pos if "positive" in decisive else neg).setdefault(w, set()).add(c)
+            (pos if said == "positive" else neg).setdefault(w, set()).add(c)
     for w in sorted(set(pos) | set(neg)):
         out.windows[w] = (frozenset(pos.get(w, ())), frozenset(neg.get(w, ())))
     return out

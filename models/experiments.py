@@ -78,9 +78,9 @@ BOARD_COLUMNS = ("rank", "head_id", "head", "tag", "mode", "features", "fold_mea
                  "scored_on", "n_eval_windows", "train_seconds")
 
 
-def _num(value) -> float | None:
-    """A score as stored: NULL when undefined (None or NaN)."""
-    return None if value is None or not math.isfinite(value) else float(value)
+def finite_or_none(value) -> float | None:
+    """A number as stored and shown: None (NULL) when undefined (None or NaN)."""
+    return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
 def metric_columns(report, *, fold_mean: float | None = None, fold_std: float | None = None,
@@ -92,7 +92,7 @@ def metric_columns(report, *, fold_mean: float | None = None, fold_std: float | 
         fold_mean = report.fold_mean if fold_mean is None else fold_mean
         fold_std = report.fold_std if fold_std is None else fold_std
         fold_scores = report.fold_scores if fold_scores is None else fold_scores
-    scores = {str(k): _num(v) for k, v in (fold_scores or {}).items()}
+    scores = {str(k): finite_or_none(v) for k, v in (fold_scores or {}).items()}
     pooled = report.auc if report is not None else None
     ci = report.ci if report is not None and report.ci else (None, None)
     rare = None if report is None else next(
@@ -100,13 +100,13 @@ def metric_columns(report, *, fold_mean: float | None = None, fold_std: float | 
          if r["slice"] == "frequency" and r["value"] == "rare" and r["n_classes"]), None)
     gap = None if pooled is None or fold_mean is None else pooled - fold_mean
     return {
-        "oof_auc": _num(pooled), "fold_mean": _num(fold_mean), "fold_std": _num(fold_std),
-        "ci_low": _num(ci[0]), "ci_high": _num(ci[1]), "rare_auc": _num(rare),
-        "padded_cmap": _num(report.padded_cmap) if report is not None else None,
+        "oof_auc": finite_or_none(pooled), "fold_mean": finite_or_none(fold_mean), "fold_std": finite_or_none(fold_std),
+        "ci_low": finite_or_none(ci[0]), "ci_high": finite_or_none(ci[1]), "rare_auc": finite_or_none(rare),
+        "padded_cmap": finite_or_none(report.padded_cmap) if report is not None else None,
         "per_class": json.dumps(report.per_class.to_pylist(), default=float) if report is not None else None,
         "slices": json.dumps(report.slices.to_pylist(), default=float) if report is not None else None,
         "n_folds_scored": sum(v is not None for v in scores.values()), "fold_scores": json.dumps(scores),
-        "calibration_gap": _num(gap),
+        "calibration_gap": finite_or_none(gap),
         "n_classes_scored": report.n_scored_classes if report is not None else 0,
         "n_classes_degenerate": report.n_degenerate_classes if report is not None else 0,
         "degenerate_classes": json.dumps(report.degenerate if report is not None else [])}

@@ -58,11 +58,19 @@ import numpy as np
 
 from featurestore.errors import StoreError, UserInputError
 from featurestore.progress import NoProgress
-from featurestore.user_labels import DECISIVE, LABELS, LabelClick, UndoResult, append_labels, current_labels
+from featurestore.user_labels import (
+    DECISIVE,
+    LABELS,
+    LabelClick,
+    UndoResult,
+    append_labels,
+    current_labels,
+    resolve,
+)
 from featurestore.user_labels import undo as undo_click
 from featurestore.windows import file_of
 from models.heads import LinearHead, LinearParams, one_blas_thread
-from models.search import SearchParams, load_vectors, parse_query, search, windows_sql
+from models.search import SearchParams, capped, load_vectors, parse_query, search, windows_sql
 
 if TYPE_CHECKING:
     from featurestore.store import FeatureStore
@@ -401,11 +409,11 @@ class LabelLoop:
                 votes.setdefault(r["window_id"], set()).add(r["label"])
         for w, values in sorted(votes.items()):
             out.any_label.add(w)
-            decisive = values & set(DECISIVE)
-            if not decisive:
+            said = resolve(values)
+            if said == "uncertain":
                 out.uncertain += 1
-            elif len(decisive) == 1:
-                (out.positive if "positive" in decisive else out.negative).append(w)
+            elif said != "conflict":
+                (out.positive if said == "positive" else out.negative).append(w)
         return out
 
     # ------------------------------------------------------------------ pages
@@ -445,7 +453,7 @@ class LabelLoop:
             allowed = self._allowed
             fresh = [h for h in result.hits if h.window_id not in skip
                      and allowed[self._rows_of([h.window_id])].all()]
-            picked = _capped(fresh, self.params.per_file, lambda h: h.filename)[:self.params.page_size]
+            picked = capped(fresh, self.params.page_size, self.params.per_file, lambda h: h.filename)
             if len(picked) == self.params.page_size or len(result.hits) < k:
                 self._search_k = k
                 return [PageItem(h.window_id, h.source, h.filename, h.start_s, h.site, float(h.score), "search")
@@ -599,20 +607,7 @@ class LabelLoop:
             rows, yy, weight, _ = self._training_set(tp, tn, labels.any_label, exclude_files=set(groups[test]))
             head = self._fit(rows, yy, weight)
             w, b = effective_weights(head)
-            X = np.asarray(self.cache.exact[self._rows_of([wids[i] for i in test])], np.float64)
+            X = self.cache.exact[self._rows_of([wids[i] for i in test])]
             test_sorted = sorted(test, key=lambda i: wids[i])       # _rows_of returns rows in id order
-            oof[test_sorted] = 1.0 / (1.0 + np.exp(-(X @ w + b)))
+            oof[test_sorted] = score_rows(X, w, b, threads=1)
         return float(roc_auc_score(y, oof)), f"{k} folds by file, {counts}"
-
-
-def _capped(items: Sequence, per_file: int | None, file_key: Callable) -> list:
-    if per_file is None:
-        return list(items)
-    files: dict[str, int] = {}
-    out = []
-    for it in items:
-        f = file_key(it)
-        if files.get(f, 0) < per_file:
-            files[f] = files.get(f, 0) + 1
-            out.append(it)
-    return out

@@ -605,7 +605,8 @@ def _exact_top(store: FeatureStore, filtered: str, cache: VectorCache, params: S
             for r, s, best in zip(new, combined.tolist(), per_item.argmax(axis=1).tolist(), strict=True):
                 exact[r] = (s, best)
         order = sorted(exact, key=lambda r: (-exact[r][0], meta[r]["window_id"]))
-        picked = _capped(order, params, lambda r: meta[r]["filename"], lambda r: meta[r]["site"])
+        picked = capped(order, params.k, params.per_file, lambda r: meta[r]["filename"], params.per_site,
+                        lambda r: meta[r]["site"])
         complete = len(picked) == params.k or len(exact) >= n_ok
         if complete and (len(exact) >= n_ok or exact[picked[-1]][0] >= t - SCAN_EPS):
             break
@@ -614,22 +615,24 @@ def _exact_top(store: FeatureStore, filtered: str, cache: VectorCache, params: S
             for i, r in enumerate(picked)]
 
 
-def _capped(order: Sequence, params: SearchParams, file_of: Callable, site_of: Callable) -> list:
-    """The first ``k`` of ``order`` with at most ``per_file`` per file and ``per_site`` per (non-NULL) site."""
+def capped(order: Sequence, k: int, per_file: int | None, file_of: Callable, per_site: int | None = None,
+           site_of: Callable = lambda _r: None) -> list:
+    """The first ``k`` of ``order`` with at most ``per_file`` per file and ``per_site`` per (non-None) site (None:
+    no cap): the search's hits and the labelling loop's search pages."""
     files: dict[str, int] = {}
     sites: dict[str, int] = {}
     out = []
     for r in order:
         f, s = file_of(r), site_of(r)
-        if params.per_file is not None and files.get(f, 0) >= params.per_file:
+        if per_file is not None and files.get(f, 0) >= per_file:
             continue
-        if params.per_site is not None and s is not None and sites.get(s, 0) >= params.per_site:
+        if per_site is not None and s is not None and sites.get(s, 0) >= per_site:
             continue
         files[f] = files.get(f, 0) + 1
         if s is not None:
             sites[s] = sites.get(s, 0) + 1
         out.append(r)
-        if len(out) == params.k:
+        if len(out) == k:
             break
     return out
 
@@ -663,7 +666,8 @@ def _search_head(store: FeatureStore, items: list[QueryItem], params: SearchPara
     cols = {col: meta.column(col).to_pylist() for col in SEARCH_COLUMNS}
     at = {w: i for i, w in enumerate(wids)}
     order = sorted(scores, key=lambda w: (-scores[w], w))
-    picked = _capped(order, params, lambda w: cols["filename"][at[w]], lambda w: cols["site"][at[w]])
+    picked = capped(order, params.k, params.per_file, lambda w: cols["filename"][at[w]], params.per_site,
+                    lambda w: cols["site"][at[w]])
     hits = [Hit(i + 1, *(cols[col][at[w]] for col in SEARCH_COLUMNS), scores[w], item.text)
             for i, w in enumerate(picked)]
     return SearchResult(items, spec.features, dict(fv.extractors), replace(params, pooling=fv.pooling), hits,

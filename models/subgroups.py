@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from featurestore.errors import MetricError, UserInputError
+from models.experiments import finite_or_none
 
 TOLERANCE = 0.01        # a slice drop may exceed the headline drop by this much before the student is flagged
 MIN_WINDOWS = 36        # three 60-s files: a slice from one or two recordings measures them, not a subgroup
@@ -175,10 +176,6 @@ def parse_slices(slices: str | Sequence[dict] | None, who: str = "slices") -> di
     return out
 
 
-def _finite(x) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)
-
-
 def compare_slices(teacher_slices: str | Sequence[dict] | None, student_slices: str | Sequence[dict] | None,
                    teacher_fold_mean: float | None, student_fold_mean: float | None, *,
                    tolerance: float = TOLERANCE, teacher_label: str = "teacher",
@@ -199,7 +196,7 @@ def compare_slices(teacher_slices: str | Sequence[dict] | None, student_slices: 
                                  s[key]["auc"] if key in s else None,
                                  min(x["n_windows"] for x in sides), min(x["n_classes"] for x in sides),
                                  key in t, key in s))
-    return SliceComparison(_finite(teacher_fold_mean), _finite(student_fold_mean), rows, tolerance,
+    return SliceComparison(finite_or_none(teacher_fold_mean), finite_or_none(student_fold_mean), rows, tolerance,
                            teacher_label, student_label)
 
 

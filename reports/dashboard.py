@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.errors import DataError, StackError, StoreError, UserInputError
+from models.experiments import finite_or_none
 from reports.htmlpage import check_out, render_page, write_page
 
 DECISIONS = ("promote", "test more", "replay first", "watch", "prune")
@@ -195,11 +196,6 @@ def _json(value) -> object:
         raise DataError(f"experiments row: JSON value {value[:60]!r} does not parse ({exc})") from exc
 
 
-def _num(value) -> float | None:
-    """A number as shown: None when undefined (None or NaN)."""
-    return None if value is None or not math.isfinite(float(value)) else float(value)
-
-
 # ---------------------------------------------------------------------------- the rows
 # column -> cell text of a value (the CSV and the page show the same text)
 def _fixed(decimals: int, sign: bool = False):
@@ -291,18 +287,18 @@ def _experiments(store) -> list[dict]:
 
 def _base_row(e: dict, params: DashboardParams) -> DashboardRow:
     slices = _json(e.get("slices"))
-    headline = _num(e.get("fold_mean"))
+    headline = finite_or_none(e.get("fold_mean"))
     worst = worst_slice(slices, headline, params.min_slice_windows)
     cost = _json(e.get("predict_cost")) or {}
     track = _json(e.get("track"))
     answered = e.get("answered_at")
     return DashboardRow(
         head_id=e["head_id"], mode=e["mode"], head=e.get("head"), tag=e.get("tag"), features=e.get("features"),
-        fold_mean=headline, fold_std=_num(e.get("fold_std")), pooled=_num(e.get("oof_auc")),
-        rare_auc=_num(e.get("rare_auc")),
+        fold_mean=headline, fold_std=finite_or_none(e.get("fold_std")), pooled=finite_or_none(e.get("oof_auc")),
+        rare_auc=finite_or_none(e.get("rare_auc")),
         worst_slice=worst[0] if worst else None, worst_slice_auc=worst[1] if worst else None,
         worst_slice_gap=worst[2] if worst else None,
-        per_file_s=_num(cost.get("per_file_s")), kaggle_minutes=_num(cost.get("kaggle_minutes")),
+        per_file_s=finite_or_none(cost.get("per_file_s")), kaggle_minutes=finite_or_none(cost.get("kaggle_minutes")),
         question=e.get("question"), answer=e.get("answer"), verdict=e.get("verdict"), teacher_id=e.get("teacher_id"),
         track=track.get("track") if isinstance(track, dict) else None,
         track_info=track if isinstance(track, dict) else None,
@@ -323,13 +319,8 @@ def _student_flags(rows: list[DashboardRow], slices: dict[str, list], notes: lis
     students = [r for r in rows if r.teacher_id]
     if not students:
         return
-    try:
-        from models.subgroups import compare_slices
-    except ImportError:
-        notes.append("students: the subgroup check (models.subgroups.compare_slices) is not in this version")
-        for r in students:
-            r.student_flag = "not checked"
-        return
+    from models.subgroups import compare_slices
+
     means = {r.head_id: r.fold_mean for r in rows}
     for r in students:
         if r.teacher_id not in slices:
@@ -391,7 +382,7 @@ def _gains_and_correlations(root: Path, rows: list[DashboardRow], best: Best, pa
             continue
         labelled = (data.folds >= 0) & (data.source == SOUNDSCAPE)
         pair = data.select([best.head_id, r.head_id]) if r.head_id != best.head_id else data.select([best.head_id])
-        r.corr_best = 1.0 if r.head_id == best.head_id else _num(head_correlation(pair, labelled).matrix[0, 1])
+        r.corr_best = 1.0 if r.head_id == best.head_id else finite_or_none(head_correlation(pair, labelled).matrix[0, 1])
         if not params.stack_gain or r.mode != "full" or r.head == "stack":
             continue
         try:
@@ -399,9 +390,9 @@ def _gains_and_correlations(root: Path, rows: list[DashboardRow], best: Best, pa
                 rest = [h for h in base if h != r.head_id]
                 if not rest and not zero_shot:
                     continue                        # the recipe without its only source: nothing to compare
-                r.stack_gain = _num(cv(data, base) - cv(data, rest))
+                r.stack_gain = finite_or_none(cv(data, base) - cv(data, rest))
             else:
-                r.stack_gain = _num(cv(data, [*base, r.head_id]) - cv(data, base))
+                r.stack_gain = finite_or_none(cv(data, [*base, r.head_id]) - cv(data, base))
         except StackError as exc:
             failed.append(f"{r.head_id}: stack gain not computed ({exc})")
     if failed:
@@ -628,7 +619,7 @@ def _tracks_html(rows: list[DashboardRow], params: DecisionParams) -> str:
     body = []
     for r in tracked:
         t = r.track_info or {}
-        minutes = _num(t.get("kaggle_minutes"))
+        minutes = finite_or_none(t.get("kaggle_minutes"))
         headroom = "" if minutes is None else f"{params.budget_minutes - minutes:.1f}"
         body.append(f"<tr data-track='{html.escape(str(t.get('track')))}'><td>{html.escape(str(t.get('track')))}</td>"
                     f"<td><code>{html.escape(r.head_id)}</code></td><td>{_fixed(4)(r.fold_mean)}</td>"

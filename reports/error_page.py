@@ -48,13 +48,15 @@ from featurestore.errors import DataError, UserInputError
 from featurestore.windows import SOUNDSCAPE, WINDOW_SECONDS, parse_window_id
 from models.metrics import evaluate, fast_auc, frequency_bucket
 from reports.htmlpage import (
-    audio_ogg,
     audio_tag,
+    b64,
     check_out,
     fixed,
     html_table,
     img,
+    ogg_bytes,
     png,
+    png_bytes,
     pyplot,
     render_page,
     write_page,
@@ -180,7 +182,7 @@ def read_window(path: Path, start_s: float) -> tuple[np.ndarray, int]:
     return y.mean(axis=1), sr
 
 
-def mel_thumbnail(y: np.ndarray, sr: int) -> str:
+def mel_png(y: np.ndarray, sr: int) -> bytes:
     """A small log-mel spectrogram PNG of a window (the classical extractor's STFT and Slaney mel basis)."""
     from embed.classical import mel_basis, power_to_db, stft_power
 
@@ -193,16 +195,46 @@ def mel_thumbnail(y: np.ndarray, sr: int) -> str:
               extent=(0.0, len(y) / sr, 0, THUMB_MELS))
     ax.set_yticks([])
     ax.tick_params(labelsize=6)
-    return png(fig, dpi=72)
+    return png_bytes(fig, dpi=72)
 
 
-def check_data_dir(data_dir: Path, given: bool) -> None:
-    """Refuse a data folder that does not exist (``given``: it came from ``--data``; else ingest recorded it)."""
+@dataclass
+class WindowMedia:
+    """A window's mel thumbnail (PNG) and 5-s clip (OGG/Vorbis), or ``note`` saying why there are none."""
+
+    png: bytes = b""
+    ogg: bytes = b""
+    note: str | None = None
+
+    @property
+    def mel_b64(self) -> str:
+        return b64(self.png)
+
+    @property
+    def audio_b64(self) -> str:
+        return b64(self.ogg)
+
+
+def window_media(path: Path, start_s: float) -> WindowMedia:
+    """The thumbnail and clip of the 5-s window at ``start_s`` of an audio file; a missing or unreadable file is a
+    note (the page still renders): the error page, the search page and the labelling page show windows this way."""
+    if not path.exists():
+        return WindowMedia(note=f"audio not found: {path} (pass --data DIR)")
+    try:
+        y, sr = read_window(path, start_s)
+    except Exception as exc:  # an unreadable file is shown as a note; the page still renders
+        return WindowMedia(note=f"could not read {path}: {type(exc).__name__}: {exc}")
+    return WindowMedia(mel_png(y, sr), ogg_bytes(y, sr))
+
+
+def check_data_dir(data_dir: Path, given: bool, instead: str = "") -> None:
+    """Refuse a data folder that does not exist (``given``: it came from ``--data``; else ingest recorded it);
+    ``instead``: the page's own way round it, added to the message."""
     if data_dir.is_dir():
         return
     what = f"--data {data_dir}" if given else f"the data folder ingest recorded, {data_dir},"
     raise UserInputError(f"{what} does not exist: pass --data DIR, the competition folder holding train_soundscapes/ "
-                         "and train_audio/ (or --worst 0 for a page without audio examples)")
+                         f"and train_audio/{instead}")
 
 
 def attach_media(examples: list[Example], data_dir: Path) -> None:
@@ -215,17 +247,11 @@ def attach_media(examples: list[Example], data_dir: Path) -> None:
                              f"{paths[0]}): pass --data DIR, the competition folder holding train_soundscapes/ and "
                              "train_audio/ (or --worst 0 for a page without audio examples)")
     for ex, path in zip(examples, paths, strict=True):
-        start = parse_window_id(ex.window_id)[1]
-        if not path.exists():
-            ex.note = f"audio not found: {path} (pass --data DIR)"
-            continue
-        try:
-            y, sr = read_window(path, start)
-        except Exception as exc:  # an unreadable file is shown as a note; the page still renders
-            ex.note = f"could not read {path}: {type(exc).__name__}: {exc}"
-            continue
-        ex.mel_b64 = mel_thumbnail(y, sr)
-        ex.audio_b64 = audio_ogg(y, sr)
+        media = window_media(path, parse_window_id(ex.window_id)[1])
+        if media.note is not None:
+            ex.note = media.note
+        else:
+            ex.mel_b64, ex.audio_b64 = media.mel_b64, media.audio_b64
 
 
 # ---------------------------------------------------------------------------- gathering
@@ -275,7 +301,7 @@ def gather(store_dir: str | os.PathLike, head_id: str, params: ErrorPageParams =
         head_id = resolve_head_id(store, head_id)
         audio_root = Path(data_dir).expanduser().resolve() if data_dir else data_dir_of(store)
         if data_dir or (params.worst and params.examples):     # a wrong --data is refused even when unused
-            check_data_dir(audio_root, given=bool(data_dir))
+            check_data_dir(audio_root, given=bool(data_dir), instead=" (or --worst 0 for a page without audio examples)")
         present = available_heads(root)
         if head_id not in present:
             raise UserInputError(f"no OOF table for head {head_id!r} in {root / 'oof'}; heads present: {present} "

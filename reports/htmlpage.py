@@ -48,25 +48,35 @@ def pyplot():
     return pyplot
 
 
-def png(fig, dpi: int = 90) -> str:
-    """Render a figure to a base64 PNG string and close it."""
+def png_bytes(fig, dpi: int = 90) -> bytes:
+    """Render a figure to PNG bytes and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def png(fig, dpi: int = 90) -> str:
+    """Render a figure to a base64 PNG string (for a data URI) and close it."""
+    return b64(png_bytes(fig, dpi))
+
+
+def b64(data: bytes) -> str:
+    """Bytes as base64 text (what a data URI holds)."""
+    return base64.b64encode(data).decode("ascii")
 
 
 def img(b64: str, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{b64}'>"
 
 
-def audio_ogg(samples: np.ndarray, sample_rate: int) -> str:
-    """A mono signal as base64 OGG/Vorbis (about 15x smaller than 16-bit WAV, decodable by soundfile)."""
+def ogg_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
+    """A mono signal as OGG/Vorbis bytes (about 15x smaller than 16-bit WAV, decodable by soundfile)."""
     import soundfile as sf
 
     buf = io.BytesIO()
     sf.write(buf, np.asarray(samples, np.float32), sample_rate, format="OGG", subtype="VORBIS")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
 
 
 def audio_tag(b64: str) -> str:

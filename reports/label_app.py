@@ -25,7 +25,6 @@ The page's keyboard shortcuts are listed on it (:data:`SHORTCUTS`).
 
 from __future__ import annotations
 
-import base64
 import errno
 import html
 import json
@@ -41,14 +40,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from featurestore.errors import StackError, UserInputError
+from featurestore.user_labels import LABELS as ALL_LABELS
 from featurestore.windows import parse_window_id
 
 if TYPE_CHECKING:
     from featurestore.store import FeatureStore
     from models.probe import LabelLoop, Page
+    from reports.error_page import WindowMedia
 
 HOST = "127.0.0.1"
-LABELS = ("positive", "negative", "uncertain")
+LABELS = tuple(v for v in ALL_LABELS if v != "cleared")     # what a click may say (undo clears)
 SHORTCUTS = (("j / → / ↓", "next window"), ("k / ← / ↑", "previous window"), ("p", "positive"), ("n", "negative"),
              ("u", "uncertain"), ("space", "play / pause the clip"), ("z / ctrl-z", "undo the last click"),
              ("Enter", "next page (retrains the probe)"))
@@ -58,15 +59,6 @@ WHY = {"search": "search hit (no probe yet)", "top": "top probe score", "margin"
 
 
 # ---------------------------------------------------------------------------- the app (no HTTP)
-@dataclass
-class Media:
-    """A window's spectrogram PNG and OGG clip, or ``note`` saying why there are none."""
-
-    png: bytes = b""
-    ogg: bytes = b""
-    note: str = ""
-
-
 class LabelApp:
     """The state behind the page: the :class:`LabelLoop`, its current page, the round lines so far and a media cache.
 
@@ -83,7 +75,7 @@ class LabelApp:
         self._release = release or (lambda: None)
         self.lock = threading.Lock()
         self._media_lock = threading.Lock()
-        self._media: dict[str, Media] = {}
+        self._media: dict[str, WindowMedia] = {}
         self._known: set[str] = set()           # window ids ever shown: the only ones whose media are served
         self.lines: list[str] = []
         with self._using():
@@ -166,7 +158,7 @@ class LabelApp:
         key, start = parse_window_id(window_id)
         return self.data_dir / key, start
 
-    def media(self, window_id: str) -> Media:
+    def media(self, window_id: str) -> WindowMedia:
         """The window's spectrogram and clip (made once, then cached). Only windows shown on a page are served:
         UserInputError for any other id."""
         if window_id not in self._known:
@@ -174,12 +166,9 @@ class LabelApp:
         with self._media_lock:
             got = self._media.get(window_id)
             if got is None:
-                from reports.search_page import _media
+                from reports.error_page import window_media  # pulls the stack's modules in: not at start-up
 
-                path, start = self.audio_path(window_id)
-                m = _media(path, start)
-                got = Media(base64.b64decode(m.mel_b64), base64.b64decode(m.audio_b64), m.note)
-                self._media[window_id] = got
+                got = self._media[window_id] = window_media(*self.audio_path(window_id))
         return got
 
     # ------------------------------------------------------------------ the page
@@ -463,6 +452,7 @@ def _prepare(settings: AppSettings) -> Path:
     from embed.job import data_dir_of
     from featurestore.store import FeatureStore
     from featurestore.user_labels import ensure_table
+    from reports.error_page import check_data_dir
 
     with FeatureStore.open(settings.store_dir, create=False) as store:
         ensure_table(store)
@@ -472,10 +462,7 @@ def _prepare(settings: AppSettings) -> Path:
             raise UserInputError(f"--class {settings.primary_label!r} is not in the store's taxonomy (e.g. "
                                  f"{', '.join(some)})")
         data_dir = (Path(settings.data_dir).expanduser().resolve() if settings.data_dir else data_dir_of(store))
-    if not data_dir.is_dir():
-        what = f"--data {data_dir}" if settings.data_dir else f"the data folder ingest recorded, {data_dir},"
-        raise UserInputError(f"{what} does not exist: pass --data DIR, the competition folder holding "
-                             "train_soundscapes/ and train_audio/ (the page plays and draws the windows from it)")
+    check_data_dir(data_dir, given=bool(settings.data_dir), instead=" (the page plays and draws the windows from it)")
     return data_dir
 
 

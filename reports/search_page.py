@@ -13,13 +13,12 @@ import csv
 import html
 import io
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from featurestore.windows import parse_window_id
 from models.search import SearchResult
-from reports.error_page import mel_thumbnail, read_window
-from reports.htmlpage import audio_ogg, audio_tag, check_out, html_table, img, render_page, write_page
+from reports.error_page import WindowMedia, window_media
+from reports.htmlpage import audio_tag, check_out, html_table, img, render_page, write_page
 
 CSV_COLUMNS = ("rank", "window_id", "filename", "start_s", "site", "score", "best_query")
 OUT_SUFFIXES = (".csv", ".html")
@@ -52,25 +51,8 @@ def write_csv(result: SearchResult, path: str | os.PathLike) -> Path:
     return out
 
 
-@dataclass
-class _Media:
-    mel_b64: str = ""
-    audio_b64: str = ""
-    note: str = ""
-
-
-def _media(path: Path, start_s: float) -> _Media:
-    if not path.exists():
-        return _Media(note=f"audio not found: {path} (pass --data DIR)")
-    try:
-        y, sr = read_window(path, start_s)
-    except Exception as exc:  # an unreadable file is a note on its card; the page still renders
-        return _Media(note=f"could not read {path}: {type(exc).__name__}: {exc}")
-    return _Media(mel_thumbnail(y, sr), audio_ogg(y, sr))
-
-
-def _media_html(m: _Media, alt: str) -> str:
-    if m.audio_b64:
+def _media_html(m: WindowMedia, alt: str) -> str:
+    if m.note is None:
         return img(m.mel_b64, f"mel {alt}") + audio_tag(m.audio_b64)
     return f"<p class='note'>{html.escape(m.note)}</p>"
 
@@ -92,10 +74,10 @@ def render_search_html(result: SearchResult, data_dir: Path, command: str, *, ma
         for ex in examples[:max_examples]:
             if item.kind == "audio":
                 path_text, _, offset = ex.rpartition("@")
-                media = _media(Path(path_text), float(offset))
+                media = window_media(Path(path_text), float(offset))
             else:
                 key, start = parse_window_id(ex)
-                media = _media(data_dir / key, start)
+                media = window_media(data_dir / key, start)
             cards.append(f"<div class='clip'><code>{html.escape(ex)}</code>{_media_html(media, ex)}</div>")
         more = (f"<p class='more'>... and {len(examples) - max_examples} more example windows</p>"
                 if len(examples) > max_examples else "")
@@ -113,7 +95,7 @@ def render_search_html(result: SearchResult, data_dir: Path, command: str, *, ma
         ("windows searched", result.scanned), ("hits", len(result.hits)))]
     cards = []
     for h, path in zip(result.hits, paths, strict=True):
-        media = _media(path, h.start_s)
+        media = window_media(path, h.start_s)
         where = ", ".join(x for x in (h.site, str(h.date) if h.date else None,
                                       f"{h.hour:02d} h" if h.hour is not None else None) if x)
         cards.append(f"<div class='clip' data-rank='{h.rank}'><b>#{h.rank}</b> score {h.score:.4f}"
@@ -147,7 +129,7 @@ def run_search(store_dir: str | os.PathLike, features: str, query: list[str], pa
         audio_root = None
         if out_path.suffix.lower() == ".html":
             audio_root = Path(data_dir).expanduser().resolve() if data_dir else data_dir_of(store)
-            check_data_dir(audio_root, given=bool(data_dir))
+            check_data_dir(audio_root, given=bool(data_dir), instead=", or write a .csv instead")
         result = search(store, features, query, params, use_cache=use_cache, threads=threads, bars=bars)
     if audio_root is None:
         return write_csv(result, out_path), result
