@@ -440,6 +440,11 @@ class LabelLoop:
             page = self._probe_page(labels, training)
         for item in page.items:
             item.label = labels.mine.get(item.window_id)
+        if not page.items:      # say why, not just an empty page (a small store may hold labelled windows only)
+            where = " or outside --where" if (self.search_params.where or "").strip() else ""
+            page.stats.note = "; ".join(x for x in (page.stats.note, (
+                f"no window left to show: each of the {len(self.ids):,} windows with {self.features} features is "
+                f"labelled already (for {self.primary_label}, or in the store's expert / focal labels){where}")) if x)
         self._shown.update(i.window_id for i in page.items)
         return page
 

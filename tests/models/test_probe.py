@@ -176,6 +176,8 @@ def test_where_limits_the_pages_and_labelled_windows_are_skipped(store, session_
     assert not {i.window_id for i in items} & done          # another annotator's labels of the class count too
     with pytest.raises(UserInputError, match="not a valid SQL condition"):
         LabelLoop(store, "birdnet", CLASS, "second", search_params=SearchParams(where="no_such_column = 1"))
+    nothing = LabelLoop(store, "birdnet", CLASS, "second", search_params=SearchParams(where="start_s < 0")).page()
+    assert nothing.items == [] and "no window left to show" in nothing.stats.line() and "--where" in nothing.stats.line()
 
 
 def test_bad_input_is_refused(store):
